@@ -1,0 +1,23 @@
+# ferrolb: `make test` runs everything CI runs. `make demo` arrives with the lab (see README).
+CARGO ?= cargo
+
+.PHONY: test fmt-check clippy unit crds bench-alloc
+
+test: fmt-check clippy unit
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --workspace
+
+# Regenerates charts/ferrolb/crds from the types (a test fails when they are stale).
+crds:
+	$(CARGO) run -q -p ferrolb-crds --bin crdgen
+
+# Allocator cost: 50,000 Services into one /16, beside a naive first-free scan.
+bench-alloc:
+	$(CARGO) bench -p ferrolb-controller --bench fill_pool
