@@ -1,1 +1,13 @@
+//! ferrolb-controller: hands out addresses from IPAddressPools to LoadBalancer Services.
+//!
+//! The decisions live in pure modules ([`pool`], [`service`], [`selector`], [`allocator`]) over plain data, with
+//! no client, clock or socket inside; the Kubernetes I/O around them gathers inputs and applies outputs.
 
+pub mod allocator;
+pub mod pool;
+pub mod selector;
+pub mod service;
+
+pub use allocator::{Allocator, Assignment, Outcome, PoolUsage, Refusal};
+pub use pool::{AddrRange, Family, PoolConfig, PoolProblem, resolve_pools};
+pub use service::{PortKey, ServiceIntent, ServiceKey};

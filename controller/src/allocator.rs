@@ -1,0 +1,853 @@
+//! The allocator: MetalLB's allocation semantics (reference/metallb.md §2.6–2.9) over plain data.
+//!
+//! Allocating or freeing an address never walks a pool: each pool family keeps its free addresses as runs of
+//! a dense index space ([`crate::pool`]), so "lowest free" is the first run, and freeing merges neighbours.
+
+use crate::pool::{Family, PoolConfig, Space};
+use crate::service::{PortKey, ServiceIntent, ServiceKey};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+/// Addresses held by one Service, all from one pool, IPv4 first (MetalLB's ingress order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    /// The pool they came from.
+    pub pool: String,
+    /// One address per family.
+    pub ips: Vec<IpAddr>,
+}
+
+/// Result of [`Allocator::allocate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// What the Service holds now.
+    pub assignment: Assignment,
+    /// Whether it differs from what it held before the call.
+    pub changed: bool,
+}
+
+/// Address counts of one pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolUsage {
+    /// IPv4 addresses held by at least one Service.
+    pub assigned_v4: u128,
+    /// IPv6 addresses held by at least one Service.
+    pub assigned_v6: u128,
+    /// IPv4 addresses free.
+    pub available_v4: u128,
+    /// IPv6 addresses free.
+    pub available_v6: u128,
+}
+
+/// Why a Service gets no address; every message says what the user can change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Both ways of requesting an address are used.
+    #[error(
+        "both spec.loadBalancerIP and the metallb.io/loadBalancerIPs annotation are set; keep only one"
+    )]
+    BothRequestStyles,
+    /// A requested address does not parse.
+    #[error("requested address {value:?} is not an IP address")]
+    BadRequestedIp {
+        /// As written.
+        value: String,
+    },
+    /// More than one requested address per family.
+    #[error("at most one requested address per family may be given, got {requested:?}")]
+    TooManyRequested {
+        /// What was asked.
+        requested: Vec<IpAddr>,
+    },
+    /// A requested address of a family the Service does not have.
+    #[error("requested address {ip} does not match the Service's IP families {families:?}")]
+    RequestedFamilyMismatch {
+        /// The address.
+        ip: IpAddr,
+        /// The Service's families.
+        families: Vec<Family>,
+    },
+    /// RequireDualStack on a single-family Service.
+    #[error(
+        "ipFamilyPolicy is RequireDualStack but the Service has only one IP family (not enough cluster IPs)"
+    )]
+    NotEnoughFamilies,
+    /// RequireDualStack with only one requested address.
+    #[error(
+        "ipFamilyPolicy is RequireDualStack, so request one IPv4 and one IPv6 address, or none"
+    )]
+    RequireDualStackNeedsTwo,
+    /// A requested address is in no usable pool.
+    #[error("requested address {ip} is not in any usable IPAddressPool")]
+    RequestedIpNotInPool {
+        /// The address.
+        ip: IpAddr,
+    },
+    /// The requested addresses come from different pools.
+    #[error(
+        "requested addresses must come from one pool, but {a} is in {pool_a:?} and {b} in {pool_b:?}"
+    )]
+    RequestedIpsInDifferentPools {
+        /// First address.
+        a: IpAddr,
+        /// Its pool.
+        pool_a: String,
+        /// Second address.
+        b: IpAddr,
+        /// Its pool.
+        pool_b: String,
+    },
+    /// A requested address outside the pool named by `address-pool`.
+    #[error(
+        "requested address {ip} is not in IPAddressPool {pool:?} named by the address-pool annotation"
+    )]
+    RequestedIpNotInNamedPool {
+        /// The address.
+        ip: IpAddr,
+        /// The named pool.
+        pool: String,
+    },
+    /// `address-pool` names no pool.
+    #[error("IPAddressPool {pool:?} named by the address-pool annotation does not exist")]
+    UnknownPool {
+        /// The name.
+        pool: String,
+    },
+    /// `address-pool` names a pool whose configuration is invalid.
+    #[error("IPAddressPool {pool:?} named by the address-pool annotation is not usable: {why}")]
+    UnusablePool {
+        /// The name.
+        pool: String,
+        /// Its problems.
+        why: String,
+    },
+    /// The pool's `serviceAllocation` excludes this Service.
+    #[error(
+        "IPAddressPool {pool:?} is reserved by its serviceAllocation for other namespaces or Services"
+    )]
+    PoolNotAllowed {
+        /// The pool.
+        pool: String,
+    },
+    /// The address is held by a Service that has no sharing key, or this Service has none.
+    #[error(
+        "{ip} is already used by {holder}; to share it, both Services need the same metallb.io/allow-shared-ip annotation"
+    )]
+    NotShared {
+        /// The address.
+        ip: IpAddr,
+        /// A current holder.
+        holder: ServiceKey,
+    },
+    /// Both have sharing keys, but different ones.
+    #[error(
+        "{ip} is used by {holder} with allow-shared-ip {theirs:?}, which differs from this Service's {ours:?}"
+    )]
+    SharingKeyMismatch {
+        /// The address.
+        ip: IpAddr,
+        /// A current holder.
+        holder: ServiceKey,
+        /// Holder's key.
+        theirs: String,
+        /// Our key.
+        ours: String,
+    },
+    /// externalTrafficPolicy/selector mismatch.
+    #[error(
+        "{ip} is used by {holder}; a Service with externalTrafficPolicy: Local shares an address only with Local Services that have the same selector"
+    )]
+    BackendMismatch {
+        /// The address.
+        ip: IpAddr,
+        /// A current holder.
+        holder: ServiceKey,
+    },
+    /// A `(protocol, port)` clash on a shared address.
+    #[error("port {port} already used by {holder} on {ip}")]
+    PortInUse {
+        /// The clashing port.
+        port: PortKey,
+        /// Who has it.
+        holder: ServiceKey,
+        /// On which address.
+        ip: IpAddr,
+    },
+    /// The named pool has no free address of a wanted family.
+    #[error("no free {family} address left in IPAddressPool {pool:?}")]
+    PoolExhausted {
+        /// The pool.
+        pool: String,
+        /// The family missing.
+        family: Family,
+    },
+    /// No pool may serve this Service automatically.
+    #[error(
+        "no IPAddressPool with autoAssign serves namespace {namespace:?} (pools with a serviceAllocation may be reserved for others)"
+    )]
+    NoEligiblePool {
+        /// The Service's namespace.
+        namespace: String,
+    },
+    /// Every eligible pool is full for the wanted families.
+    #[error("no free {families:?} address in any eligible IPAddressPool ({pools:?})")]
+    NoFreeAddress {
+        /// Pools tried, in order.
+        pools: Vec<String>,
+        /// Families wanted.
+        families: Vec<Family>,
+    },
+}
+
+/// Free addresses of one pool family as runs `start -> end` (inclusive) of dense indices.
+#[derive(Debug, Clone)]
+struct FreeRuns {
+    runs: BTreeMap<u128, u128>,
+    free: u128,
+}
+
+impl FreeRuns {
+    fn new(total: u128) -> Self {
+        let mut runs = BTreeMap::new();
+        if total > 0 {
+            runs.insert(0, total - 1);
+        }
+        Self { runs, free: total }
+    }
+
+    fn lowest(&self) -> Option<u128> {
+        self.runs.first_key_value().map(|(start, _)| *start)
+    }
+
+    fn take(&mut self, index: u128) -> bool {
+        let Some((&start, &end)) = self.runs.range(..=index).next_back() else {
+            return false;
+        };
+        if end < index {
+            return false;
+        }
+        self.runs.remove(&start);
+        if start < index {
+            self.runs.insert(start, index - 1);
+        }
+        if index < end {
+            self.runs.insert(index + 1, end);
+        }
+        self.free -= 1;
+        true
+    }
+
+    fn give_back(&mut self, index: u128) {
+        let (mut start, mut end) = (index, index);
+        if let Some((&s, &e)) = self.runs.range(..index).next_back()
+            && e.checked_add(1) == Some(index)
+        {
+            self.runs.remove(&s);
+            start = s;
+        }
+        if let Some(next) = index.checked_add(1)
+            && let Some(e) = self.runs.remove(&next)
+        {
+            end = e;
+        }
+        self.runs.insert(start, end);
+        self.free += 1;
+    }
+}
+
+#[derive(Debug, Clone)]
+struct FamilyState {
+    space: Space,
+    free: FreeRuns,
+}
+
+#[derive(Debug, Clone)]
+struct PoolState {
+    config: PoolConfig,
+    v4: FamilyState,
+    v6: FamilyState,
+    /// Addresses in use under a sharing key, by (sharing key, backend key), so a Service that may share finds
+    /// candidates without scanning the pool.
+    shareable: BTreeMap<(String, String), BTreeSet<(Family, u128)>>,
+}
+
+impl PoolState {
+    fn new(config: PoolConfig) -> Option<Self> {
+        let v4 = config.space(Family::V4)?;
+        let v6 = config.space(Family::V6)?;
+        Some(Self {
+            v4: FamilyState {
+                free: FreeRuns::new(v4.total),
+                space: v4,
+            },
+            v6: FamilyState {
+                free: FreeRuns::new(v6.total),
+                space: v6,
+            },
+            config,
+            shareable: BTreeMap::new(),
+        })
+    }
+
+    fn family(&self, family: Family) -> &FamilyState {
+        match family {
+            Family::V4 => &self.v4,
+            Family::V6 => &self.v6,
+        }
+    }
+
+    fn family_mut(&mut self, family: Family) -> &mut FamilyState {
+        match family {
+            Family::V4 => &mut self.v4,
+            Family::V6 => &mut self.v6,
+        }
+    }
+}
+
+/// Who uses one address.
+#[derive(Debug, Clone)]
+struct AddressUse {
+    pool: String,
+    index: u128,
+    sharing_key: Option<String>,
+    backend_key: String,
+    ports: BTreeMap<PortKey, ServiceKey>,
+    holders: BTreeSet<ServiceKey>,
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    assignment: Assignment,
+    sharing_key: Option<String>,
+    backend_key: String,
+    ports: BTreeSet<PortKey>,
+}
+
+/// All pools and who holds which address. Plain data: no client, no clock.
+#[derive(Debug, Clone, Default)]
+pub struct Allocator {
+    pools: BTreeMap<String, PoolState>,
+    unusable: BTreeMap<String, String>,
+    services: BTreeMap<ServiceKey, Held>,
+    addresses: HashMap<IpAddr, AddressUse>,
+}
+
+impl Allocator {
+    /// An allocator with no pools.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces the pool configuration. `unusable` names invalid pools with their problem, so a Service that asks
+    /// for one by name is told why. Assignments whose addresses are no longer in any pool are dropped and
+    /// returned; the caller re-runs every Service afterwards, as the pools may no longer allow them.
+    pub fn set_pools(
+        &mut self,
+        pools: Vec<PoolConfig>,
+        unusable: BTreeMap<String, String>,
+    ) -> Vec<(ServiceKey, Assignment)> {
+        self.unusable = unusable;
+        self.pools = pools
+            .into_iter()
+            .filter_map(|p| {
+                let name = p.name.clone();
+                match PoolState::new(p) {
+                    Some(state) => Some((name, state)),
+                    None => {
+                        self.unusable
+                            .insert(name, "the pool is too large to index".into());
+                        None
+                    }
+                }
+            })
+            .collect();
+        self.addresses.clear();
+        let held = std::mem::take(&mut self.services);
+        let mut dropped = Vec::new();
+        for (key, h) in held {
+            match self.single_pool_of(&h.assignment.ips) {
+                Some(pool) => {
+                    let assignment = Assignment {
+                        pool,
+                        ips: h.assignment.ips.clone(),
+                    };
+                    self.register(&key, assignment, h.sharing_key, h.backend_key, h.ports);
+                }
+                None => dropped.push((key, h.assignment)),
+            }
+        }
+        dropped
+    }
+
+    /// Re-registers an address a Service already holds (from its status), without choosing anything new.
+    /// Run for every Service before any [`Self::allocate`] so a restart never moves an address.
+    pub fn restore(
+        &mut self,
+        intent: &ServiceIntent,
+        ips: &[IpAddr],
+    ) -> Result<Assignment, Refusal> {
+        let previous = self.unregister(&intent.key);
+        match self.validate_held(intent, ips, false) {
+            Ok(assignment) => {
+                self.register_intent(intent, assignment.clone());
+                Ok(assignment)
+            }
+            Err(refusal) => {
+                if let Some(h) = previous {
+                    self.register(
+                        &intent.key,
+                        h.assignment,
+                        h.sharing_key,
+                        h.backend_key,
+                        h.ports,
+                    );
+                }
+                Err(refusal)
+            }
+        }
+    }
+
+    /// Gives the Service the addresses it should hold: keeps its current ones while they still satisfy it,
+    /// else picks new ones. On refusal the Service holds nothing.
+    pub fn allocate(&mut self, intent: &ServiceIntent) -> Result<Outcome, Refusal> {
+        let previous = self.unregister(&intent.key);
+        if let Some(prev) = &previous
+            && let Ok(assignment) = self.validate_held(intent, &prev.assignment.ips, true)
+        {
+            let changed = assignment != prev.assignment;
+            self.register_intent(intent, assignment.clone());
+            return Ok(Outcome {
+                assignment,
+                changed,
+            });
+        }
+        let assignment = self.choose(intent)?;
+        self.register_intent(intent, assignment.clone());
+        let changed = previous.is_none_or(|p| p.assignment != assignment);
+        Ok(Outcome {
+            assignment,
+            changed,
+        })
+    }
+
+    /// Frees whatever the Service holds (deleted, or no longer a LoadBalancer of our class).
+    pub fn release(&mut self, key: &ServiceKey) -> Option<Assignment> {
+        self.unregister(key).map(|h| h.assignment)
+    }
+
+    /// What the Service holds.
+    pub fn assignment(&self, key: &ServiceKey) -> Option<&Assignment> {
+        self.services.get(key).map(|h| &h.assignment)
+    }
+
+    /// Every assignment, by Service.
+    pub fn assignments(&self) -> impl Iterator<Item = (&ServiceKey, &Assignment)> {
+        self.services.iter().map(|(k, h)| (k, &h.assignment))
+    }
+
+    /// Counts for a pool, if it is in use.
+    pub fn pool_usage(&self, pool: &str) -> Option<PoolUsage> {
+        let p = self.pools.get(pool)?;
+        let used = |f: &FamilyState| f.space.total - f.free.free;
+        Some(PoolUsage {
+            assigned_v4: used(&p.v4),
+            assigned_v6: used(&p.v6),
+            available_v4: p.v4.free.free,
+            available_v6: p.v6.free.free,
+        })
+    }
+
+    /// Services holding an address (usually one; several when shared).
+    pub fn holders(&self, ip: IpAddr) -> impl Iterator<Item = &ServiceKey> {
+        self.addresses
+            .get(&ip)
+            .into_iter()
+            .flat_map(|u| u.holders.iter())
+    }
+
+    fn pool_of(&self, ip: IpAddr) -> Option<&str> {
+        self.pools
+            .values()
+            .find(|p| p.config.contains_usable(ip))
+            .map(|p| p.config.name.as_str())
+    }
+
+    fn single_pool_of(&self, ips: &[IpAddr]) -> Option<String> {
+        let first = self.pool_of(*ips.first()?)?;
+        ips.iter()
+            .all(|ip| self.pool_of(*ip) == Some(first))
+            .then(|| first.to_string())
+    }
+
+    /// Whether this Service may use the address alongside its current holders.
+    fn check_share(&self, ip: IpAddr, intent: &ServiceIntent) -> Result<(), Refusal> {
+        let Some(used) = self.addresses.get(&ip) else {
+            return Ok(());
+        };
+        let Some(holder) = used.holders.iter().find(|h| **h != intent.key) else {
+            return Ok(());
+        };
+        let holder = holder.clone();
+        let (Some(theirs), Some(ours)) = (&used.sharing_key, &intent.sharing_key) else {
+            return Err(Refusal::NotShared { ip, holder });
+        };
+        if theirs != ours {
+            return Err(Refusal::SharingKeyMismatch {
+                ip,
+                holder,
+                theirs: theirs.clone(),
+                ours: ours.clone(),
+            });
+        }
+        if used.backend_key != intent.backend_key {
+            return Err(Refusal::BackendMismatch { ip, holder });
+        }
+        if let Some((port, holder)) = intent.ports.iter().find_map(|p| {
+            used.ports
+                .get(p)
+                .filter(|h| **h != intent.key)
+                .map(|h| (p, h))
+        }) {
+            return Err(Refusal::PortInUse {
+                port: port.clone(),
+                holder: holder.clone(),
+                ip,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks addresses the Service already holds (or names) against what it asks for now. With `extend`, a
+    /// dual-stack Service missing a family gets it from the same pool when possible.
+    fn validate_held(
+        &self,
+        intent: &ServiceIntent,
+        ips: &[IpAddr],
+        extend: bool,
+    ) -> Result<Assignment, Refusal> {
+        let requested_changed = !intent.requested.is_empty()
+            && ips.iter().collect::<BTreeSet<_>>()
+                != intent.requested.iter().collect::<BTreeSet<_>>();
+        let first = *ips.first().ok_or(Refusal::NoEligiblePool {
+            namespace: intent.key.namespace.clone(),
+        })?;
+        if requested_changed {
+            return Err(Refusal::RequestedIpNotInPool { ip: first });
+        }
+        let mut ips = self.validate_addresses(intent, ips)?;
+        let pool = self
+            .single_pool_of(&ips)
+            .ok_or(Refusal::RequestedIpNotInPool { ip: first })?;
+        let missing: Vec<Family> = intent
+            .families
+            .iter()
+            .copied()
+            .filter(|f| !ips.iter().any(|ip| Family::of(*ip) == *f))
+            .collect();
+        if !missing.is_empty()
+            && intent.requested.is_empty()
+            && (extend || intent.require_all_families)
+        {
+            let state = &self.pools[&pool];
+            for family in missing {
+                match self.candidate(state, family, intent) {
+                    Some(ip) => ips.push(ip),
+                    None if intent.require_all_families => {
+                        return Err(Refusal::PoolExhausted {
+                            pool: pool.clone(),
+                            family,
+                        });
+                    }
+                    None => {}
+                }
+            }
+        }
+        ips.sort_by_key(|ip| Family::of(*ip));
+        Ok(Assignment { pool, ips })
+    }
+
+    /// The checks shared by requested and held addresses: one pool, the right families, allowed, shareable.
+    fn validate_addresses(
+        &self,
+        intent: &ServiceIntent,
+        ips: &[IpAddr],
+    ) -> Result<Vec<IpAddr>, Refusal> {
+        let mut pool: Option<(&str, IpAddr)> = None;
+        let mut families = BTreeSet::new();
+        for &ip in ips {
+            let this = self
+                .pool_of(ip)
+                .ok_or(Refusal::RequestedIpNotInPool { ip })?;
+            if let Some((other, other_ip)) = pool
+                && other != this
+            {
+                return Err(Refusal::RequestedIpsInDifferentPools {
+                    a: other_ip,
+                    pool_a: other.to_string(),
+                    b: ip,
+                    pool_b: this.to_string(),
+                });
+            }
+            pool = Some((this, ip));
+            if !intent.families.contains(&Family::of(ip)) || !families.insert(Family::of(ip)) {
+                return Err(Refusal::RequestedFamilyMismatch {
+                    ip,
+                    families: intent.families.clone(),
+                });
+            }
+        }
+        let Some((pool, _)) = pool else {
+            return Err(Refusal::NoEligiblePool {
+                namespace: intent.key.namespace.clone(),
+            });
+        };
+        if let Some(named) = &intent.pool
+            && named != pool
+        {
+            return Err(Refusal::RequestedIpNotInNamedPool {
+                ip: ips[0],
+                pool: named.clone(),
+            });
+        }
+        if !self.pools[pool].config.allows(intent) {
+            return Err(Refusal::PoolNotAllowed {
+                pool: pool.to_string(),
+            });
+        }
+        for &ip in ips {
+            self.check_share(ip, intent)?;
+        }
+        Ok(ips.to_vec())
+    }
+
+    /// Picks addresses for a Service that holds none it may keep (MetalLB's order: requested, named pool,
+    /// pinned pools by priority, then every autoAssign pool, here by name for reproducible results).
+    fn choose(&self, intent: &ServiceIntent) -> Result<Assignment, Refusal> {
+        if !intent.requested.is_empty() {
+            let ips = self.validate_addresses(intent, &intent.requested)?;
+            let pool = self
+                .single_pool_of(&ips)
+                .ok_or(Refusal::RequestedIpNotInPool { ip: ips[0] })?;
+            let mut ips = ips;
+            ips.sort_by_key(|ip| Family::of(*ip));
+            return Ok(Assignment { pool, ips });
+        }
+        if let Some(name) = &intent.pool {
+            let Some(state) = self.pools.get(name) else {
+                return Err(match self.unusable.get(name) {
+                    Some(why) => Refusal::UnusablePool {
+                        pool: name.clone(),
+                        why: why.clone(),
+                    },
+                    None => Refusal::UnknownPool { pool: name.clone() },
+                });
+            };
+            if !state.config.allows(intent) {
+                return Err(Refusal::PoolNotAllowed { pool: name.clone() });
+            }
+            return self
+                .from_pools(intent, &[state])
+                .map_err(|_| Refusal::PoolExhausted {
+                    pool: name.clone(),
+                    family: self.first_missing_family(state, intent),
+                });
+        }
+        let mut pinned: Vec<&PoolState> = self
+            .pools
+            .values()
+            .filter(|p| {
+                p.config.auto_assign && p.config.allocation.is_some() && p.config.allows(intent)
+            })
+            .collect();
+        pinned.sort_by_key(|p| {
+            let priority = p
+                .config
+                .allocation
+                .as_ref()
+                .and_then(|a| a.priority)
+                .filter(|&n| n > 0);
+            (priority.unwrap_or(i32::MAX), p.config.name.clone())
+        });
+        let general = self
+            .pools
+            .values()
+            .filter(|p| p.config.auto_assign && p.config.allocation.is_none());
+        let order: Vec<&PoolState> = pinned.into_iter().chain(general).collect();
+        if order.is_empty() {
+            return Err(Refusal::NoEligiblePool {
+                namespace: intent.key.namespace.clone(),
+            });
+        }
+        self.from_pools(intent, &order)
+    }
+
+    fn first_missing_family(&self, state: &PoolState, intent: &ServiceIntent) -> Family {
+        let primary = intent.families.first().copied().unwrap_or(Family::V4);
+        intent
+            .families
+            .iter()
+            .copied()
+            .find(|f| self.candidate(state, *f, intent).is_none())
+            .unwrap_or(primary)
+    }
+
+    /// First pool (in order) that gives every wanted family; unless every family is required, then the first
+    /// that gives any one, the primary family first.
+    fn from_pools(
+        &self,
+        intent: &ServiceIntent,
+        order: &[&PoolState],
+    ) -> Result<Assignment, Refusal> {
+        for state in order {
+            let ips: Option<Vec<IpAddr>> = intent
+                .families
+                .iter()
+                .map(|f| self.candidate(state, *f, intent))
+                .collect();
+            if let Some(mut ips) = ips {
+                ips.sort_by_key(|ip| Family::of(*ip));
+                return Ok(Assignment {
+                    pool: state.config.name.clone(),
+                    ips,
+                });
+            }
+        }
+        if !intent.require_all_families && intent.families.len() > 1 {
+            for family in &intent.families {
+                for state in order {
+                    if let Some(ip) = self.candidate(state, *family, intent) {
+                        return Ok(Assignment {
+                            pool: state.config.name.clone(),
+                            ips: vec![ip],
+                        });
+                    }
+                }
+            }
+        }
+        Err(Refusal::NoFreeAddress {
+            pools: order.iter().map(|p| p.config.name.clone()).collect(),
+            families: intent.families.clone(),
+        })
+    }
+
+    /// The lowest address of the family this Service may take in the pool: free, or shared under its key.
+    fn candidate(
+        &self,
+        state: &PoolState,
+        family: Family,
+        intent: &ServiceIntent,
+    ) -> Option<IpAddr> {
+        let fam = state.family(family);
+        let free = fam.free.lowest();
+        let shared = intent.sharing_key.as_ref().and_then(|key| {
+            let set = state
+                .shareable
+                .get(&(key.clone(), intent.backend_key.clone()))?;
+            set.range((family, 0)..=(family, u128::MAX))
+                .map(|(_, index)| *index)
+                .take_while(|index| free.is_none_or(|f| *index < f))
+                .find(|index| {
+                    fam.space
+                        .address(*index)
+                        .is_some_and(|ip| self.check_share(ip, intent).is_ok())
+                })
+        });
+        shared.or(free).and_then(|index| fam.space.address(index))
+    }
+
+    fn register_intent(&mut self, intent: &ServiceIntent, assignment: Assignment) {
+        let ports = intent.ports.clone();
+        self.register(
+            &intent.key,
+            assignment,
+            intent.sharing_key.clone(),
+            intent.backend_key.clone(),
+            ports,
+        );
+    }
+
+    fn register(
+        &mut self,
+        key: &ServiceKey,
+        assignment: Assignment,
+        sharing_key: Option<String>,
+        backend_key: String,
+        ports: BTreeSet<PortKey>,
+    ) {
+        for &ip in &assignment.ips {
+            let family = Family::of(ip);
+            let used = match self.addresses.get_mut(&ip) {
+                Some(used) => used,
+                None => {
+                    let Some(state) = self.pools.get_mut(&assignment.pool) else {
+                        continue;
+                    };
+                    let Some(index) = state.family(family).space.index(ip, &state.config.ranges)
+                    else {
+                        continue;
+                    };
+                    state.family_mut(family).free.take(index);
+                    if let Some(sk) = &sharing_key {
+                        state
+                            .shareable
+                            .entry((sk.clone(), backend_key.clone()))
+                            .or_default()
+                            .insert((family, index));
+                    }
+                    self.addresses.entry(ip).or_insert(AddressUse {
+                        pool: assignment.pool.clone(),
+                        index,
+                        sharing_key: sharing_key.clone(),
+                        backend_key: backend_key.clone(),
+                        ports: BTreeMap::new(),
+                        holders: BTreeSet::new(),
+                    })
+                }
+            };
+            used.holders.insert(key.clone());
+            for p in &ports {
+                used.ports.insert(p.clone(), key.clone());
+            }
+        }
+        self.services.insert(
+            key.clone(),
+            Held {
+                assignment,
+                sharing_key,
+                backend_key,
+                ports,
+            },
+        );
+    }
+
+    fn unregister(&mut self, key: &ServiceKey) -> Option<Held> {
+        let held = self.services.remove(key)?;
+        for ip in &held.assignment.ips {
+            let Some(used) = self.addresses.get_mut(ip) else {
+                continue;
+            };
+            used.holders.remove(key);
+            used.ports.retain(|_, holder| holder != key);
+            if !used.holders.is_empty() {
+                continue;
+            }
+            let Some(used) = self.addresses.remove(ip) else {
+                continue;
+            };
+            if let Some(state) = self.pools.get_mut(&used.pool) {
+                let family = Family::of(*ip);
+                state.family_mut(family).free.give_back(used.index);
+                if let Some(sk) = &used.sharing_key {
+                    let shared_key = (sk.clone(), used.backend_key.clone());
+                    if let Some(set) = state.shareable.get_mut(&shared_key) {
+                        set.remove(&(family, used.index));
+                        if set.is_empty() {
+                            state.shareable.remove(&shared_key);
+                        }
+                    }
+                }
+            }
+        }
+        Some(held)
+    }
+}
