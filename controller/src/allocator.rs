@@ -646,7 +646,7 @@ impl Allocator {
                 return Err(Refusal::PoolNotAllowed { pool: name.clone() });
             }
             return self
-                .from_pools(intent, &[state])
+                .first_fitting_pool(intent, &[state])
                 .map_err(|_| Refusal::PoolExhausted {
                     pool: name.clone(),
                     family: self.first_missing_family(state, intent),
@@ -678,7 +678,7 @@ impl Allocator {
                 namespace: intent.key.namespace.clone(),
             });
         }
-        self.from_pools(intent, &order)
+        self.first_fitting_pool(intent, &order)
     }
 
     fn first_missing_family(&self, state: &PoolState, intent: &ServiceIntent) -> Family {
@@ -693,7 +693,7 @@ impl Allocator {
 
     /// First pool (in order) that gives every wanted family; unless every family is required, then the first
     /// that gives any one, the primary family first.
-    fn from_pools(
+    fn first_fitting_pool(
         &self,
         intent: &ServiceIntent,
         order: &[&PoolState],

@@ -1,6 +1,9 @@
 //! The API ferrolb serves: MetalLB's `metallb.io/v1beta1` kinds for Layer-2 mode, spelled exactly as MetalLB
 //! spells them so that MetalLB manifests apply unchanged, plus the Service annotation keys under both prefixes.
 
+// kube's `printcolumn(...)` repeats `type_`/`priority` keys across columns, which this lint mistakes for duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod annotations;
 mod l2advertisement;
 mod pool;
