@@ -1,1 +1,4 @@
-//! The lab (real control plane + network namespaces) and the end-to-end suites. Not built yet (issue 3).
+//! The lab (a real control plane and a Layer-2 network of namespaces on one machine) and the end-to-end
+//! suites that run against it.
+
+pub mod lab;

@@ -1,0 +1,169 @@
+//! `ferrolb-lab`: a real Kubernetes control plane and a Layer-2 network of namespaces on one machine.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ferrolb_tests::lab::{State, default_dir, kubelet, lifecycle, node};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    about = "A real Kubernetes control plane and a Layer-2 lab network on one machine (needs root)"
+)]
+struct Cli {
+    /// Lab name: prefix of its network namespaces.
+    #[arg(long, global = true, env = "FERROLB_LAB_NAME", default_value = "flb")]
+    name: String,
+    /// State directory (default: $TMPDIR/ferrolb-lab-<name>).
+    #[arg(long, global = true, env = "FERROLB_LAB_DIR")]
+    dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build (once) and start everything in the background; prints the admin kubeconfig path.
+    Up {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
+    /// What runs, and where.
+    Status,
+    /// Prints the admin kubeconfig path.
+    Kubeconfig,
+    /// Runs a command in the `host` namespace or a node's (`node-1`, …).
+    Exec {
+        /// `host` or a node name.
+        target: String,
+        /// The command.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Hard-fails a node: SIGKILL its processes (its speaker), stop its heartbeats, link down.
+    Kill {
+        /// Node name.
+        node: String,
+    },
+    /// Brings a killed node back.
+    Revive {
+        /// Node name.
+        node: String,
+    },
+    /// Removes every process, namespace and file the lab made.
+    Down,
+    /// Sends one TCP or UDP probe and prints the answer (run it inside a namespace with `exec`).
+    Probe {
+        /// `tcp` or `udp`.
+        protocol: String,
+        /// Address and port, e.g. 198.19.0.1:53.
+        addr: std::net::SocketAddr,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// (internal) fake kubelets and the API relay, run by `up`.
+    #[command(hide = true)]
+    Agent,
+    /// (internal) per-node API relay and kube-proxy stand-in, run by `up` inside a node namespace.
+    #[command(hide = true)]
+    NodeAgent {
+        /// Node name.
+        #[arg(long)]
+        node: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let dir = cli.dir.unwrap_or_else(|| default_dir(&cli.name));
+    let load = || {
+        State::load(&dir)
+            .with_context(|| format!("no lab at {} (run `ferrolb-lab up`)", dir.display()))
+    };
+    match cli.command {
+        Cmd::Up { nodes } => {
+            let state = lifecycle::up(&lifecycle::UpOptions {
+                name: cli.name,
+                dir: dir.clone(),
+                nodes,
+            })
+            .await?;
+            println!("{}", state.kubeconfig().display());
+        }
+        Cmd::Status => {
+            let state = load()?;
+            println!(
+                "lab {:?}  dir {}  running: {}",
+                state.name,
+                state.dir.display(),
+                lifecycle::is_running(&dir)
+            );
+            println!(
+                "api  https://127.0.0.1:{}   kubeconfig {}",
+                state.api_port,
+                state.kubeconfig().display()
+            );
+            println!(
+                "host {} (198.18.0.1, route {} on-link)",
+                state.host_netns(),
+                ferrolb_tests::lab::addresses::POOL_CIDR
+            );
+            for n in &state.nodes {
+                let killed = if state.killed_marker(&n.name).exists() {
+                    "  KILLED"
+                } else {
+                    ""
+                };
+                println!("node {:<8} {:<12} netns {}{killed}", n.name, n.ip, n.netns);
+            }
+            for p in &state.procs {
+                let up = if ferrolb_tests::lab::control_plane::alive(p.pid) {
+                    "running"
+                } else {
+                    "DEAD"
+                };
+                println!("proc {:<24} pid {:<8} {up}", p.role, p.pid);
+            }
+        }
+        Cmd::Kubeconfig => println!("{}", load()?.kubeconfig().display()),
+        Cmd::Exec { target, command } => {
+            let state = load()?;
+            let ns = if target == "host" {
+                state.host_netns()
+            } else {
+                state.node(&target)?.netns.clone()
+            };
+            let status = std::process::Command::new("ip")
+                .args(["netns", "exec", &ns])
+                .args(&command)
+                .env("KUBECONFIG", state.kubeconfig())
+                .status()
+                .context("running ip netns exec")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Kill { node } => lifecycle::kill(&load()?, &node)?,
+        Cmd::Revive { node } => lifecycle::revive(&load()?, &node)?,
+        Cmd::Down => {
+            lifecycle::down(&cli.name, &dir)?;
+            eprintln!("[ferrolb-lab] lab {:?} removed", cli.name);
+        }
+        Cmd::Probe {
+            protocol,
+            addr,
+            timeout_ms,
+        } => {
+            let timeout = std::time::Duration::from_millis(timeout_ms);
+            let answer = match protocol.as_str() {
+                "tcp" => ferrolb_tests::lab::probe::tcp(addr, timeout)?,
+                "udp" => ferrolb_tests::lab::probe::udp(addr, "probe", timeout)?,
+                other => anyhow::bail!("protocol must be tcp or udp, not {other:?}"),
+            };
+            println!("{answer}");
+        }
+        Cmd::Agent => kubelet::run(load()?).await?,
+        Cmd::NodeAgent { node: name } => node::run(load()?, &name).await?,
+    }
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! `up`, `down`, `kill`, `revive`: building the lab, taking it apart, and failing nodes.
+
+use super::control_plane::{self, alive, spawn};
+use super::{LabError, NodeInfo, Result, State, addresses, io_err, kubelet, net, pki, step};
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Options of `up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Lab name (namespace prefix).
+    pub name: String,
+    /// State directory.
+    pub dir: PathBuf,
+    /// Number of nodes.
+    pub nodes: usize,
+}
+
+/// Whether the lab described by `dir` is fully running.
+pub fn is_running(dir: &Path) -> bool {
+    let Ok(state) = State::load(dir) else {
+        return false;
+    };
+    let namespaces = net::lab_namespaces(&state.name).unwrap_or_default();
+    let expected = state.nodes.len() + 2;
+    !state.procs.is_empty()
+        && state.procs.iter().all(|p| alive(p.pid))
+        && namespaces.len() == expected
+}
+
+/// Brings the lab up (idempotent: a running lab is left alone; a broken one is taken down first).
+pub async fn up(opts: &UpOptions) -> Result<State> {
+    if is_running(&opts.dir) {
+        let state = State::load(&opts.dir)?;
+        if state.nodes.len() == opts.nodes {
+            step(format!("lab {:?} is already up", state.name));
+            return Ok(state);
+        }
+        step(format!(
+            "lab {:?} has {} nodes, {} asked: rebuilding",
+            state.name,
+            state.nodes.len(),
+            opts.nodes
+        ));
+    }
+    down(&opts.name, &opts.dir)?;
+    if opts.nodes == 0 || opts.nodes > 200 {
+        return Err(LabError::Usage(format!(
+            "--nodes must be 1..=200, got {}",
+            opts.nodes
+        )));
+    }
+    let started = Instant::now();
+    let bin_dir = control_plane::ensure_binaries()?;
+    std::fs::create_dir_all(opts.dir.join("killed")).map_err(|e| io_err(&opts.dir, e))?;
+    let nodes = (1..=opts.nodes)
+        .map(|i| NodeInfo {
+            name: format!("node-{i}"),
+            netns: format!("{}-node-{i}", opts.name),
+            ip: addresses::node_ip(i),
+        })
+        .collect();
+    let mut state = State {
+        name: opts.name.clone(),
+        dir: opts.dir.clone(),
+        bin_dir,
+        nodes,
+        ..State::default()
+    };
+    state.save()?;
+
+    step("generating the CA, serving certificate, ServiceAccount key and tokens");
+    let tokens = pki::generate(&state.dir)?;
+    step(format!(
+        "creating the network: bridge, host and {} node namespaces (198.18.0.0/15)",
+        state.nodes.len()
+    ));
+    net::create(
+        &state.name,
+        &state.lan_netns(),
+        &state.host_netns(),
+        &state.nodes,
+    )?;
+
+    control_plane::start(&mut state)?;
+    let ca = state.dir.join("pki/ca.crt");
+    let write = |file: &str, user: &str, token: &str| {
+        let path = state.dir.join(file);
+        std::fs::write(&path, pki::kubeconfig(&ca, state.api_port, user, token))
+            .map_err(|e| io_err(&path, e))
+    };
+    write("admin.kubeconfig", "lab-admin", &tokens.admin)?;
+    write("kcm.kubeconfig", "kube-controller-manager", &tokens.kcm)?;
+    wait_ready(&state).await?;
+    control_plane::start_controller_manager(&mut state)?;
+
+    step("starting the lab agent (fake kubelets, API relay for the node namespaces)");
+    let exe = std::env::current_exe().map_err(|e| io_err(Path::new("current_exe"), e))?;
+    let mut agent = Command::new(&exe);
+    agent.args(["agent", "--dir"]).arg(&state.dir);
+    spawn(&mut state, "agent", agent)?;
+    for node in state.nodes.clone() {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &node.netns])
+            .arg(&exe)
+            .args(["node-agent", "--node", &node.name, "--dir"])
+            .arg(&state.dir);
+        spawn(&mut state, &format!("node-agent {}", node.name), cmd)?;
+    }
+    wait_nodes_ready(&state, Duration::from_secs(60)).await?;
+    step(format!(
+        "lab {:?} up in {:.1?}; kubeconfig: {}",
+        state.name,
+        started.elapsed(),
+        state.kubeconfig().display()
+    ));
+    Ok(state)
+}
+
+async fn wait_ready(state: &State) -> Result<()> {
+    let client = kubelet::client(&state.kubeconfig()).await?;
+    let start = Instant::now();
+    let timeout = Duration::from_secs(90);
+    loop {
+        let req = http::Request::get("/readyz")
+            .body(Vec::new())
+            .map_err(|e| LabError::Usage(e.to_string()))?;
+        match client.request_text(req).await {
+            Ok(body) if body.trim() == "ok" => {
+                step(format!(
+                    "kube-apiserver /readyz: ok after {:.1?}",
+                    start.elapsed()
+                ));
+                return Ok(());
+            }
+            _ if start.elapsed() > timeout => {
+                return Err(LabError::Timeout {
+                    what: "kube-apiserver /readyz".into(),
+                    after: timeout,
+                });
+            }
+            _ => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+}
+
+/// Waits until every lab node (not marked killed) reports Ready=True.
+pub async fn wait_nodes_ready(state: &State, timeout: Duration) -> Result<()> {
+    let nodes: Api<Node> = Api::all(kubelet::client(&state.kubeconfig()).await?);
+    let start = Instant::now();
+    loop {
+        let mut ready = 0;
+        for n in &state.nodes {
+            let node = nodes.get_opt(&n.name).await?;
+            let conds = node
+                .and_then(|n| n.status)
+                .and_then(|s| s.conditions)
+                .unwrap_or_default();
+            if conds
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+            {
+                ready += 1;
+            }
+        }
+        if ready == state.nodes.len() {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            return Err(LabError::Timeout {
+                what: format!("{ready}/{} nodes Ready", state.nodes.len()),
+                after: timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn stop_group(pid: i32) {
+    let group = Pid::from_raw(pid);
+    if killpg(group, Signal::SIGTERM).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && alive(pid) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+}
+
+/// Takes the lab apart: every process (recorded, or found in its namespaces), every namespace, the state dir.
+/// Safe on a lab that is half built, crashed, or already gone.
+pub fn down(name: &str, dir: &Path) -> Result<()> {
+    if let Ok(state) = State::load(dir) {
+        for p in state.procs.iter().rev() {
+            stop_group(p.pid);
+        }
+    }
+    for ns in net::lab_namespaces(name)? {
+        if let Ok(pids) = super::run("ip", &["netns", "pids", &ns]) {
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+    net::destroy(name)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    }
+    Ok(())
+}
+
+/// Hard node failure: SIGKILL whatever runs in its namespace except the lab's own agent, stop its heartbeats,
+/// take its link down.
+pub fn kill(state: &State, node: &str) -> Result<()> {
+    let info = state.node(node)?;
+    let index = state
+        .nodes
+        .iter()
+        .position(|n| n.name == info.name)
+        .map_or(0, |i| i + 1);
+    let marker = state.killed_marker(&info.name);
+    std::fs::write(&marker, b"").map_err(|e| io_err(&marker, e))?;
+    let agent = state
+        .procs
+        .iter()
+        .find(|p| p.role == format!("node-agent {}", info.name))
+        .map(|p| p.pid);
+    if let Ok(pids) = super::run("ip", &["netns", "pids", &info.netns]) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let is_agent = agent.is_some_and(|a| a == pid || parent_of(pid) == Some(a));
+            if !is_agent {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+    net::set_node_link(&state.lan_netns(), index, false)
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Brings a killed node back: link up, heartbeats resume (the agent re-posts Ready and re-readies its pods).
+pub fn revive(state: &State, node: &str) -> Result<()> {
+    let info = state.node(node)?;
+    let index = state
+        .nodes
+        .iter()
+        .position(|n| n.name == info.name)
+        .map_or(0, |i| i + 1);
+    net::set_node_link(&state.lan_netns(), index, true)?;
+    let marker = state.killed_marker(&info.name);
+    if marker.exists() {
+        std::fs::remove_file(&marker).map_err(|e| io_err(&marker, e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! The lab network: a bridge in its own namespace (the machine's own interfaces are never touched), one
+//! namespace per node with `eth0` on the bridge, and a `host` namespace with an on-link static route to the
+//! pool. Every address is in 198.18.0.0/15.
+
+use super::addresses::{HOST_IP, LAN_BITS, POOL_CIDR};
+use super::{NodeInfo, Result, run};
+
+/// Name of the kube-proxy stand-in's VIP interface, as kube-proxy IPVS names it.
+pub const IPVS_INTERFACE: &str = "kube-ipvs0";
+
+fn ip(args: &[&str]) -> Result<String> {
+    run("ip", args)
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
+    let mut full = vec!["-n", ns];
+    full.extend_from_slice(args);
+    ip(&full)
+}
+
+/// Writes a sysctl inside a namespace (per-namespace `/proc/sys/net`).
+pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "sh",
+            "-c",
+            &format!("echo {value} > {path}"),
+        ],
+    )
+    .map(|_| ())
+}
+
+/// Namespaces that belong to a lab.
+pub fn lab_namespaces(name: &str) -> Result<Vec<String>> {
+    let prefix = format!("{name}-");
+    Ok(ip(&["netns", "list"])?
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|ns| ns.starts_with(&prefix))
+        .map(String::from)
+        .collect())
+}
+
+/// Builds the LAN, the host and every node namespace.
+pub fn create(name: &str, lan_ns: &str, host_ns: &str, nodes: &[NodeInfo]) -> Result<()> {
+    ip(&["netns", "add", lan_ns])?;
+    in_ns(lan_ns, &["link", "add", "br0", "type", "bridge"])?;
+    in_ns(lan_ns, &["link", "set", "br0", "up"])?;
+    // No bridge netfilter or STP delays: frames flow at once.
+    in_ns(
+        lan_ns,
+        &[
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+        ],
+    )?;
+
+    attach(lan_ns, host_ns, "h0", HOST_IP)?;
+    in_ns(host_ns, &["route", "add", POOL_CIDR, "dev", "eth0"])?;
+
+    for (i, node) in nodes.iter().enumerate() {
+        attach(lan_ns, &node.netns, &format!("n{}", i + 1), &node.ip)?;
+        // kube-proxy IPVS with strictARP: VIPs on kube-ipvs0 are local addresses, but the kernel answers ARP
+        // only for addresses on the asking interface (arp_ignore=1) and sources ARP from them (arp_announce=2).
+        // The machine's kernel has no dummy driver, so kube-ipvs0 is one end of a veth pair, which behaves the
+        // same for local delivery and ARP.
+        in_ns(
+            &node.netns,
+            &[
+                "link",
+                "add",
+                IPVS_INTERFACE,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "ipvs0-peer",
+            ],
+        )?;
+        in_ns(&node.netns, &["link", "set", IPVS_INTERFACE, "up"])?;
+        in_ns(&node.netns, &["link", "set", "ipvs0-peer", "up"])?;
+        for iface in ["all", "eth0"] {
+            sysctl(
+                &node.netns,
+                &format!("net.ipv4.conf.{iface}.arp_ignore"),
+                "1",
+            )?;
+            sysctl(
+                &node.netns,
+                &format!("net.ipv4.conf.{iface}.arp_announce"),
+                "2",
+            )?;
+        }
+    }
+    let _ = name;
+    Ok(())
+}
+
+/// A namespace with `lo` up and `eth0` (a veth whose other end, `lan_end`, is on the bridge) at `addr`.
+fn attach(lan_ns: &str, ns: &str, lan_end: &str, addr: &str) -> Result<()> {
+    ip(&["netns", "add", ns])?;
+    in_ns(ns, &["link", "set", "lo", "up"])?;
+    in_ns(
+        lan_ns,
+        &[
+            "link", "add", lan_end, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ],
+    )?;
+    in_ns(lan_ns, &["link", "set", lan_end, "master", "br0", "up"])?;
+    in_ns(
+        ns,
+        &["addr", "add", &format!("{addr}/{LAN_BITS}"), "dev", "eth0"],
+    )?;
+    in_ns(ns, &["link", "set", "eth0", "up"])?;
+    Ok(())
+}
+
+/// Brings a node's link up or down (its bridge-side end, so the node sees carrier loss like a pulled cable).
+pub fn set_node_link(lan_ns: &str, node_index: usize, up: bool) -> Result<()> {
+    in_ns(
+        lan_ns,
+        &[
+            "link",
+            "set",
+            &format!("n{node_index}"),
+            if up { "up" } else { "down" },
+        ],
+    )
+    .map(|_| ())
+}
+
+/// Deletes every namespace of the lab (their veths and the bridge go with them).
+pub fn destroy(name: &str) -> Result<()> {
+    for ns in lab_namespaces(name)? {
+        ip(&["netns", "delete", &ns])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! The lab's CA, serving certificate, ServiceAccount signing key and static tokens, made with `openssl`.
+
+use super::{Result, run};
+use std::path::Path;
+
+/// Tokens of the two static identities (both `system:masters`): the admin and kube-controller-manager.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    /// Admin bearer token.
+    pub admin: String,
+    /// kube-controller-manager's bearer token.
+    pub kcm: String,
+}
+
+fn random_token() -> Result<String> {
+    Ok(run("openssl", &["rand", "-hex", "24"])?.trim().to_string())
+}
+
+/// Writes `pki/{ca,apiserver}.{crt,key}`, `pki/sa.key` and `tokens.csv` into `dir`.
+pub fn generate(dir: &Path) -> Result<Tokens> {
+    let pki = dir.join("pki");
+    std::fs::create_dir_all(&pki).map_err(|e| super::io_err(&pki, e))?;
+    let p = |f: &str| pki.join(f).display().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    let (ca_key, ca_crt) = (p("ca.key"), p("ca.crt"));
+    ca.extend([
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca_crt,
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=ferrolb-lab-ca",
+    ]);
+    run("openssl", &ca)?;
+
+    let (key, csr, crt) = (p("apiserver.key"), p("apiserver.csr"), p("apiserver.crt"));
+    let mut req = vec!["req", "-new"];
+    req.extend(ec);
+    let san = "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1";
+    req.extend([
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        "/CN=kube-apiserver",
+        "-addext",
+        san,
+    ]);
+    run("openssl", &req)?;
+    run(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_crt,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "3650",
+            "-copy_extensions",
+            "copy",
+            "-out",
+            &crt,
+        ],
+    )?;
+    run(
+        "openssl",
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            &p("sa.key"),
+        ],
+    )?;
+
+    let tokens = Tokens {
+        admin: random_token()?,
+        kcm: random_token()?,
+    };
+    let csv = format!(
+        "{},lab-admin,uid-lab-admin,\"system:masters\"\n{},system:kube-controller-manager,uid-kcm,\"system:masters\"\n",
+        tokens.admin, tokens.kcm
+    );
+    let path = dir.join("tokens.csv");
+    std::fs::write(&path, csv).map_err(|e| super::io_err(&path, e))?;
+    Ok(tokens)
+}
+
+/// A kubeconfig for `https://127.0.0.1:<port>` with a bearer token.
+pub fn kubeconfig(ca: &Path, port: u16, user: &str, token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority: {ca}\ncontexts:\n- name: lab\n  context: {{cluster: lab, user: {user}}}\ncurrent-context: lab\nusers:\n- name: {user}\n  user:\n    token: {token}\n",
+        ca = ca.display()
+    )
+}
