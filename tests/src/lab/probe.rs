@@ -25,6 +25,11 @@ pub fn udp(addr: SocketAddr, payload: &str, timeout: Duration) -> Result<String>
     socket.connect(addr).map_err(err)?;
     socket.send(payload.as_bytes()).map_err(err)?;
     let mut buf = [0u8; 1500];
-    let n = socket.recv(&mut buf).map_err(err)?;
+    let n = socket.recv(&mut buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            LabError::Usage(format!("udp {addr}: no answer within {timeout:?}"))
+        }
+        _ => err(e),
+    })?;
     Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
 }
