@@ -1,9 +1,11 @@
 # ferrolb: `make test` runs everything CI runs; `make demo` shows the user's scenario in the lab (root).
 CARGO ?= cargo
 
-.PHONY: test fmt-check clippy unit crds bench-alloc demo lab-up lab-down
+HELM_KUBE_VERSION := 1.35.4
 
-test: fmt-check clippy unit
+.PHONY: test fmt-check clippy unit chart crds bench-alloc demo lab-up lab-down
+
+test: fmt-check clippy chart unit
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -11,8 +13,18 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The lab's end-to-end tests start the binaries, so build them all first.
 unit:
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+# helm lint + render; helm comes from the same cached build as the lab's control plane.
+chart:
+	@helm="$$(bash tests/lab/build-control-plane.sh)/helm" && \
+	  $$helm lint charts/ferrolb && \
+	  $$helm template ferrolb charts/ferrolb -n metallb-system --kube-version $(HELM_KUBE_VERSION) >/dev/null && \
+	  $$helm template ferrolb charts/ferrolb -n metallb-system --kube-version $(HELM_KUBE_VERSION) --set speaker.enabled=true --set loadBalancerClass=example.com/l2 >/dev/null && \
+	  echo "chart: lint and template ok"
 
 # Regenerates charts/ferrolb/crds from the types (a test fails when they are stale).
 crds:

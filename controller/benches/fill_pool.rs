@@ -22,12 +22,8 @@ fn naive_first_free(used: &mut HashSet<u32>, first: u32, last: u32) -> Option<u3
 }
 
 fn report(name: &str, times: &[Duration]) -> (f64, f64) {
-    let mean_us =
-        |w: &[Duration]| w.iter().map(Duration::as_secs_f64).sum::<f64>() / w.len() as f64 * 1e6;
-    let (first, last) = (
-        mean_us(&times[..WINDOW]),
-        mean_us(&times[times.len() - WINDOW..]),
-    );
+    let mean_us = |w: &[Duration]| w.iter().map(Duration::as_secs_f64).sum::<f64>() / w.len() as f64 * 1e6;
+    let (first, last) = (mean_us(&times[..WINDOW]), mean_us(&times[times.len() - WINDOW..]));
     println!(
         "{name:<22} first 5k: {first:>9.3} µs/alloc   last 5k: {last:>9.3} µs/alloc   last/first: {:>7.2}x",
         last / first
@@ -45,13 +41,10 @@ fn main() {
     let pool = PoolConfig::from_spec("bench", &spec).expect("valid pool");
     let mut allocator = Allocator::new();
     allocator.set_pools(vec![pool], BTreeMap::new());
-    let intents: Vec<ServiceIntent> = (0..SERVICES)
-        .map(|i| ServiceIntent::simple("bench", &format!("svc-{i}"), &[80]))
-        .collect();
+    let intents: Vec<ServiceIntent> =
+        (0..SERVICES).map(|i| ServiceIntent::simple("bench", &format!("svc-{i}"), &[80])).collect();
 
-    println!(
-        "filling 10.20.0.0/16 with {SERVICES} Services, then the same with a naive first-free scan"
-    );
+    println!("filling 10.20.0.0/16 with {SERVICES} Services, then the same with a naive first-free scan");
     let mut ours = Vec::with_capacity(SERVICES);
     for intent in &intents {
         let start = Instant::now();
@@ -61,10 +54,7 @@ fn main() {
     }
     let mut used = HashSet::new();
     let mut naive = Vec::with_capacity(SERVICES);
-    let (first, last) = (
-        u32::from_be_bytes([10, 20, 0, 0]),
-        u32::from_be_bytes([10, 20, 255, 255]),
-    );
+    let (first, last) = (u32::from_be_bytes([10, 20, 0, 0]), u32::from_be_bytes([10, 20, 255, 255]));
     for _ in 0..SERVICES {
         let start = Instant::now();
         black_box(naive_first_free(&mut used, first, last));
@@ -72,15 +62,7 @@ fn main() {
     }
     let (of, ol) = report("ferrolb allocator", &ours);
     let (nf, nl) = report("naive first-free scan", &naive);
-    println!(
-        "naive/ferrolb on the last 5k: {:.1}x   (on the first 5k: {:.1}x)",
-        nl / ol,
-        nf / of
-    );
+    println!("naive/ferrolb on the last 5k: {:.1}x   (on the first 5k: {:.1}x)", nl / ol, nf / of);
     let total = |t: &[Duration]| t.iter().sum::<Duration>();
-    println!(
-        "total fill time: ferrolb {:.3?}, naive {:.3?}",
-        total(&ours),
-        total(&naive)
-    );
+    println!("total fill time: ferrolb {:.3?}, naive {:.3?}", total(&ours), total(&naive));
 }

@@ -43,9 +43,7 @@ pub struct PoolUsage {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// Both ways of requesting an address are used.
-    #[error(
-        "both spec.loadBalancerIP and the metallb.io/loadBalancerIPs annotation are set; keep only one"
-    )]
+    #[error("both spec.loadBalancerIP and the metallb.io/loadBalancerIPs annotation are set; keep only one")]
     BothRequestStyles,
     /// A requested address does not parse.
     #[error("requested address {value:?} is not an IP address")]
@@ -68,14 +66,10 @@ pub enum Refusal {
         families: Vec<Family>,
     },
     /// RequireDualStack on a single-family Service.
-    #[error(
-        "ipFamilyPolicy is RequireDualStack but the Service has only one IP family (not enough cluster IPs)"
-    )]
+    #[error("ipFamilyPolicy is RequireDualStack but the Service has only one IP family (not enough cluster IPs)")]
     NotEnoughFamilies,
     /// RequireDualStack with only one requested address.
-    #[error(
-        "ipFamilyPolicy is RequireDualStack, so request one IPv4 and one IPv6 address, or none"
-    )]
+    #[error("ipFamilyPolicy is RequireDualStack, so request one IPv4 and one IPv6 address, or none")]
     RequireDualStackNeedsTwo,
     /// A requested address is in no usable pool.
     #[error("requested address {ip} is not in any usable IPAddressPool")]
@@ -84,9 +78,7 @@ pub enum Refusal {
         ip: IpAddr,
     },
     /// The requested addresses come from different pools.
-    #[error(
-        "requested addresses must come from one pool, but {a} is in {pool_a:?} and {b} in {pool_b:?}"
-    )]
+    #[error("requested addresses must come from one pool, but {a} is in {pool_a:?} and {b} in {pool_b:?}")]
     RequestedIpsInDifferentPools {
         /// First address.
         a: IpAddr,
@@ -98,9 +90,7 @@ pub enum Refusal {
         pool_b: String,
     },
     /// A requested address outside the pool named by `address-pool`.
-    #[error(
-        "requested address {ip} is not in IPAddressPool {pool:?} named by the address-pool annotation"
-    )]
+    #[error("requested address {ip} is not in IPAddressPool {pool:?} named by the address-pool annotation")]
     RequestedIpNotInNamedPool {
         /// The address.
         ip: IpAddr,
@@ -122,9 +112,7 @@ pub enum Refusal {
         why: String,
     },
     /// The pool's `serviceAllocation` excludes this Service.
-    #[error(
-        "IPAddressPool {pool:?} is reserved by its serviceAllocation for other namespaces or Services"
-    )]
+    #[error("IPAddressPool {pool:?} is reserved by its serviceAllocation for other namespaces or Services")]
     PoolNotAllowed {
         /// The pool.
         pool: String,
@@ -140,9 +128,7 @@ pub enum Refusal {
         holder: ServiceKey,
     },
     /// Both have sharing keys, but different ones.
-    #[error(
-        "{ip} is used by {holder} with allow-shared-ip {theirs:?}, which differs from this Service's {ours:?}"
-    )]
+    #[error("{ip} is used by {holder} with allow-shared-ip {theirs:?}, which differs from this Service's {ours:?}")]
     SharingKeyMismatch {
         /// The address.
         ip: IpAddr,
@@ -276,14 +262,8 @@ impl PoolState {
         let v4 = config.space(Family::V4)?;
         let v6 = config.space(Family::V6)?;
         Some(Self {
-            v4: FamilyState {
-                free: FreeRuns::new(v4.total),
-                space: v4,
-            },
-            v6: FamilyState {
-                free: FreeRuns::new(v6.total),
-                space: v6,
-            },
+            v4: FamilyState { free: FreeRuns::new(v4.total), space: v4 },
+            v6: FamilyState { free: FreeRuns::new(v6.total), space: v6 },
             config,
             shareable: BTreeMap::new(),
         })
@@ -354,8 +334,7 @@ impl Allocator {
                 match PoolState::new(p) {
                     Some(state) => Some((name, state)),
                     None => {
-                        self.unusable
-                            .insert(name, "the pool is too large to index".into());
+                        self.unusable.insert(name, "the pool is too large to index".into());
                         None
                     }
                 }
@@ -367,10 +346,7 @@ impl Allocator {
         for (key, h) in held {
             match self.single_pool_of(&h.assignment.ips) {
                 Some(pool) => {
-                    let assignment = Assignment {
-                        pool,
-                        ips: h.assignment.ips.clone(),
-                    };
+                    let assignment = Assignment { pool, ips: h.assignment.ips.clone() };
                     self.register(&key, assignment, h.sharing_key, h.backend_key, h.ports);
                 }
                 None => dropped.push((key, h.assignment)),
@@ -381,11 +357,7 @@ impl Allocator {
 
     /// Re-registers an address a Service already holds (from its status), without choosing anything new.
     /// Run for every Service before any [`Self::allocate`] so a restart never moves an address.
-    pub fn restore(
-        &mut self,
-        intent: &ServiceIntent,
-        ips: &[IpAddr],
-    ) -> Result<Assignment, Refusal> {
+    pub fn restore(&mut self, intent: &ServiceIntent, ips: &[IpAddr]) -> Result<Assignment, Refusal> {
         let previous = self.unregister(&intent.key);
         match self.validate_held(intent, ips, false) {
             Ok(assignment) => {
@@ -394,13 +366,7 @@ impl Allocator {
             }
             Err(refusal) => {
                 if let Some(h) = previous {
-                    self.register(
-                        &intent.key,
-                        h.assignment,
-                        h.sharing_key,
-                        h.backend_key,
-                        h.ports,
-                    );
+                    self.register(&intent.key, h.assignment, h.sharing_key, h.backend_key, h.ports);
                 }
                 Err(refusal)
             }
@@ -416,18 +382,12 @@ impl Allocator {
         {
             let changed = assignment != prev.assignment;
             self.register_intent(intent, assignment.clone());
-            return Ok(Outcome {
-                assignment,
-                changed,
-            });
+            return Ok(Outcome { assignment, changed });
         }
         let assignment = self.choose(intent)?;
         self.register_intent(intent, assignment.clone());
         let changed = previous.is_none_or(|p| p.assignment != assignment);
-        Ok(Outcome {
-            assignment,
-            changed,
-        })
+        Ok(Outcome { assignment, changed })
     }
 
     /// Frees whatever the Service holds (deleted, or no longer a LoadBalancer of our class).
@@ -459,24 +419,16 @@ impl Allocator {
 
     /// Services holding an address (usually one; several when shared).
     pub fn holders(&self, ip: IpAddr) -> impl Iterator<Item = &ServiceKey> {
-        self.addresses
-            .get(&ip)
-            .into_iter()
-            .flat_map(|u| u.holders.iter())
+        self.addresses.get(&ip).into_iter().flat_map(|u| u.holders.iter())
     }
 
     fn pool_of(&self, ip: IpAddr) -> Option<&str> {
-        self.pools
-            .values()
-            .find(|p| p.config.contains_usable(ip))
-            .map(|p| p.config.name.as_str())
+        self.pools.values().find(|p| p.config.contains_usable(ip)).map(|p| p.config.name.as_str())
     }
 
     fn single_pool_of(&self, ips: &[IpAddr]) -> Option<String> {
         let first = self.pool_of(*ips.first()?)?;
-        ips.iter()
-            .all(|ip| self.pool_of(*ip) == Some(first))
-            .then(|| first.to_string())
+        ips.iter().all(|ip| self.pool_of(*ip) == Some(first)).then(|| first.to_string())
     }
 
     /// Whether this Service may use the address alongside its current holders.
@@ -492,71 +444,39 @@ impl Allocator {
             return Err(Refusal::NotShared { ip, holder });
         };
         if theirs != ours {
-            return Err(Refusal::SharingKeyMismatch {
-                ip,
-                holder,
-                theirs: theirs.clone(),
-                ours: ours.clone(),
-            });
+            return Err(Refusal::SharingKeyMismatch { ip, holder, theirs: theirs.clone(), ours: ours.clone() });
         }
         if used.backend_key != intent.backend_key {
             return Err(Refusal::BackendMismatch { ip, holder });
         }
-        if let Some((port, holder)) = intent.ports.iter().find_map(|p| {
-            used.ports
-                .get(p)
-                .filter(|h| **h != intent.key)
-                .map(|h| (p, h))
-        }) {
-            return Err(Refusal::PortInUse {
-                port: port.clone(),
-                holder: holder.clone(),
-                ip,
-            });
+        if let Some((port, holder)) =
+            intent.ports.iter().find_map(|p| used.ports.get(p).filter(|h| **h != intent.key).map(|h| (p, h)))
+        {
+            return Err(Refusal::PortInUse { port: port.clone(), holder: holder.clone(), ip });
         }
         Ok(())
     }
 
     /// Checks addresses the Service already holds (or names) against what it asks for now. With `extend`, a
     /// dual-stack Service missing a family gets it from the same pool when possible.
-    fn validate_held(
-        &self,
-        intent: &ServiceIntent,
-        ips: &[IpAddr],
-        extend: bool,
-    ) -> Result<Assignment, Refusal> {
+    fn validate_held(&self, intent: &ServiceIntent, ips: &[IpAddr], extend: bool) -> Result<Assignment, Refusal> {
         let requested_changed = !intent.requested.is_empty()
-            && ips.iter().collect::<BTreeSet<_>>()
-                != intent.requested.iter().collect::<BTreeSet<_>>();
-        let first = *ips.first().ok_or(Refusal::NoEligiblePool {
-            namespace: intent.key.namespace.clone(),
-        })?;
+            && ips.iter().collect::<BTreeSet<_>>() != intent.requested.iter().collect::<BTreeSet<_>>();
+        let first = *ips.first().ok_or(Refusal::NoEligiblePool { namespace: intent.key.namespace.clone() })?;
         if requested_changed {
             return Err(Refusal::RequestedIpNotInPool { ip: first });
         }
         let mut ips = self.validate_addresses(intent, ips)?;
-        let pool = self
-            .single_pool_of(&ips)
-            .ok_or(Refusal::RequestedIpNotInPool { ip: first })?;
-        let missing: Vec<Family> = intent
-            .families
-            .iter()
-            .copied()
-            .filter(|f| !ips.iter().any(|ip| Family::of(*ip) == *f))
-            .collect();
-        if !missing.is_empty()
-            && intent.requested.is_empty()
-            && (extend || intent.require_all_families)
-        {
+        let pool = self.single_pool_of(&ips).ok_or(Refusal::RequestedIpNotInPool { ip: first })?;
+        let missing: Vec<Family> =
+            intent.families.iter().copied().filter(|f| !ips.iter().any(|ip| Family::of(*ip) == *f)).collect();
+        if !missing.is_empty() && intent.requested.is_empty() && (extend || intent.require_all_families) {
             let state = &self.pools[&pool];
             for family in missing {
                 match self.candidate(state, family, intent) {
                     Some(ip) => ips.push(ip),
                     None if intent.require_all_families => {
-                        return Err(Refusal::PoolExhausted {
-                            pool: pool.clone(),
-                            family,
-                        });
+                        return Err(Refusal::PoolExhausted { pool: pool.clone(), family });
                     }
                     None => {}
                 }
@@ -567,17 +487,11 @@ impl Allocator {
     }
 
     /// The checks shared by requested and held addresses: one pool, the right families, allowed, shareable.
-    fn validate_addresses(
-        &self,
-        intent: &ServiceIntent,
-        ips: &[IpAddr],
-    ) -> Result<Vec<IpAddr>, Refusal> {
+    fn validate_addresses(&self, intent: &ServiceIntent, ips: &[IpAddr]) -> Result<Vec<IpAddr>, Refusal> {
         let mut pool: Option<(&str, IpAddr)> = None;
         let mut families = BTreeSet::new();
         for &ip in ips {
-            let this = self
-                .pool_of(ip)
-                .ok_or(Refusal::RequestedIpNotInPool { ip })?;
+            let this = self.pool_of(ip).ok_or(Refusal::RequestedIpNotInPool { ip })?;
             if let Some((other, other_ip)) = pool
                 && other != this
             {
@@ -590,29 +504,19 @@ impl Allocator {
             }
             pool = Some((this, ip));
             if !intent.families.contains(&Family::of(ip)) || !families.insert(Family::of(ip)) {
-                return Err(Refusal::RequestedFamilyMismatch {
-                    ip,
-                    families: intent.families.clone(),
-                });
+                return Err(Refusal::RequestedFamilyMismatch { ip, families: intent.families.clone() });
             }
         }
         let Some((pool, _)) = pool else {
-            return Err(Refusal::NoEligiblePool {
-                namespace: intent.key.namespace.clone(),
-            });
+            return Err(Refusal::NoEligiblePool { namespace: intent.key.namespace.clone() });
         };
         if let Some(named) = &intent.pool
             && named != pool
         {
-            return Err(Refusal::RequestedIpNotInNamedPool {
-                ip: ips[0],
-                pool: named.clone(),
-            });
+            return Err(Refusal::RequestedIpNotInNamedPool { ip: ips[0], pool: named.clone() });
         }
         if !self.pools[pool].config.allows(intent) {
-            return Err(Refusal::PoolNotAllowed {
-                pool: pool.to_string(),
-            });
+            return Err(Refusal::PoolNotAllowed { pool: pool.to_string() });
         }
         for &ip in ips {
             self.check_share(ip, intent)?;
@@ -625,9 +529,7 @@ impl Allocator {
     fn choose(&self, intent: &ServiceIntent) -> Result<Assignment, Refusal> {
         if !intent.requested.is_empty() {
             let ips = self.validate_addresses(intent, &intent.requested)?;
-            let pool = self
-                .single_pool_of(&ips)
-                .ok_or(Refusal::RequestedIpNotInPool { ip: ips[0] })?;
+            let pool = self.single_pool_of(&ips).ok_or(Refusal::RequestedIpNotInPool { ip: ips[0] })?;
             let mut ips = ips;
             ips.sort_by_key(|ip| Family::of(*ip));
             return Ok(Assignment { pool, ips });
@@ -635,91 +537,55 @@ impl Allocator {
         if let Some(name) = &intent.pool {
             let Some(state) = self.pools.get(name) else {
                 return Err(match self.unusable.get(name) {
-                    Some(why) => Refusal::UnusablePool {
-                        pool: name.clone(),
-                        why: why.clone(),
-                    },
+                    Some(why) => Refusal::UnusablePool { pool: name.clone(), why: why.clone() },
                     None => Refusal::UnknownPool { pool: name.clone() },
                 });
             };
             if !state.config.allows(intent) {
                 return Err(Refusal::PoolNotAllowed { pool: name.clone() });
             }
-            return self
-                .first_fitting_pool(intent, &[state])
-                .map_err(|_| Refusal::PoolExhausted {
-                    pool: name.clone(),
-                    family: self.first_missing_family(state, intent),
-                });
+            return self.first_fitting_pool(intent, &[state]).map_err(|_| Refusal::PoolExhausted {
+                pool: name.clone(),
+                family: self.first_missing_family(state, intent),
+            });
         }
         let mut pinned: Vec<&PoolState> = self
             .pools
             .values()
-            .filter(|p| {
-                p.config.auto_assign && p.config.allocation.is_some() && p.config.allows(intent)
-            })
+            .filter(|p| p.config.auto_assign && p.config.allocation.is_some() && p.config.allows(intent))
             .collect();
         pinned.sort_by_key(|p| {
-            let priority = p
-                .config
-                .allocation
-                .as_ref()
-                .and_then(|a| a.priority)
-                .filter(|&n| n > 0);
+            let priority = p.config.allocation.as_ref().and_then(|a| a.priority).filter(|&n| n > 0);
             (priority.unwrap_or(i32::MAX), p.config.name.clone())
         });
-        let general = self
-            .pools
-            .values()
-            .filter(|p| p.config.auto_assign && p.config.allocation.is_none());
+        let general = self.pools.values().filter(|p| p.config.auto_assign && p.config.allocation.is_none());
         let order: Vec<&PoolState> = pinned.into_iter().chain(general).collect();
         if order.is_empty() {
-            return Err(Refusal::NoEligiblePool {
-                namespace: intent.key.namespace.clone(),
-            });
+            return Err(Refusal::NoEligiblePool { namespace: intent.key.namespace.clone() });
         }
         self.first_fitting_pool(intent, &order)
     }
 
     fn first_missing_family(&self, state: &PoolState, intent: &ServiceIntent) -> Family {
         let primary = intent.families.first().copied().unwrap_or(Family::V4);
-        intent
-            .families
-            .iter()
-            .copied()
-            .find(|f| self.candidate(state, *f, intent).is_none())
-            .unwrap_or(primary)
+        intent.families.iter().copied().find(|f| self.candidate(state, *f, intent).is_none()).unwrap_or(primary)
     }
 
     /// First pool (in order) that gives every wanted family; unless every family is required, then the first
     /// that gives any one, the primary family first.
-    fn first_fitting_pool(
-        &self,
-        intent: &ServiceIntent,
-        order: &[&PoolState],
-    ) -> Result<Assignment, Refusal> {
+    fn first_fitting_pool(&self, intent: &ServiceIntent, order: &[&PoolState]) -> Result<Assignment, Refusal> {
         for state in order {
-            let ips: Option<Vec<IpAddr>> = intent
-                .families
-                .iter()
-                .map(|f| self.candidate(state, *f, intent))
-                .collect();
+            let ips: Option<Vec<IpAddr>> = intent.families.iter().map(|f| self.candidate(state, *f, intent)).collect();
             if let Some(mut ips) = ips {
                 ips.sort_by_key(|ip| Family::of(*ip));
-                return Ok(Assignment {
-                    pool: state.config.name.clone(),
-                    ips,
-                });
+                return Ok(Assignment { pool: state.config.name.clone(), ips });
             }
         }
         if !intent.require_all_families && intent.families.len() > 1 {
             for family in &intent.families {
                 for state in order {
                     if let Some(ip) = self.candidate(state, *family, intent) {
-                        return Ok(Assignment {
-                            pool: state.config.name.clone(),
-                            ips: vec![ip],
-                        });
+                        return Ok(Assignment { pool: state.config.name.clone(), ips: vec![ip] });
                     }
                 }
             }
@@ -731,39 +597,22 @@ impl Allocator {
     }
 
     /// The lowest address of the family this Service may take in the pool: free, or shared under its key.
-    fn candidate(
-        &self,
-        state: &PoolState,
-        family: Family,
-        intent: &ServiceIntent,
-    ) -> Option<IpAddr> {
+    fn candidate(&self, state: &PoolState, family: Family, intent: &ServiceIntent) -> Option<IpAddr> {
         let fam = state.family(family);
         let free = fam.free.lowest();
         let shared = intent.sharing_key.as_ref().and_then(|key| {
-            let set = state
-                .shareable
-                .get(&(key.clone(), intent.backend_key.clone()))?;
+            let set = state.shareable.get(&(key.clone(), intent.backend_key.clone()))?;
             set.range((family, 0)..=(family, u128::MAX))
                 .map(|(_, index)| *index)
                 .take_while(|index| free.is_none_or(|f| *index < f))
-                .find(|index| {
-                    fam.space
-                        .address(*index)
-                        .is_some_and(|ip| self.check_share(ip, intent).is_ok())
-                })
+                .find(|index| fam.space.address(*index).is_some_and(|ip| self.check_share(ip, intent).is_ok()))
         });
         shared.or(free).and_then(|index| fam.space.address(index))
     }
 
     fn register_intent(&mut self, intent: &ServiceIntent, assignment: Assignment) {
         let ports = intent.ports.clone();
-        self.register(
-            &intent.key,
-            assignment,
-            intent.sharing_key.clone(),
-            intent.backend_key.clone(),
-            ports,
-        );
+        self.register(&intent.key, assignment, intent.sharing_key.clone(), intent.backend_key.clone(), ports);
     }
 
     fn register(
@@ -782,17 +631,12 @@ impl Allocator {
                     let Some(state) = self.pools.get_mut(&assignment.pool) else {
                         continue;
                     };
-                    let Some(index) = state.family(family).space.index(ip, &state.config.ranges)
-                    else {
+                    let Some(index) = state.family(family).space.index(ip, &state.config.ranges) else {
                         continue;
                     };
                     state.family_mut(family).free.take(index);
                     if let Some(sk) = &sharing_key {
-                        state
-                            .shareable
-                            .entry((sk.clone(), backend_key.clone()))
-                            .or_default()
-                            .insert((family, index));
+                        state.shareable.entry((sk.clone(), backend_key.clone())).or_default().insert((family, index));
                     }
                     self.addresses.entry(ip).or_insert(AddressUse {
                         pool: assignment.pool.clone(),
@@ -809,15 +653,7 @@ impl Allocator {
                 used.ports.insert(p.clone(), key.clone());
             }
         }
-        self.services.insert(
-            key.clone(),
-            Held {
-                assignment,
-                sharing_key,
-                backend_key,
-                ports,
-            },
-        );
+        self.services.insert(key.clone(), Held { assignment, sharing_key, backend_key, ports });
     }
 
     fn unregister(&mut self, key: &ServiceKey) -> Option<Held> {

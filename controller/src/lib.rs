@@ -4,9 +4,14 @@
 //! no client, clock or socket inside; the Kubernetes I/O around them gathers inputs and applies outputs.
 
 pub mod allocator;
+pub mod error;
+pub mod lease;
+pub mod metrics;
 pub mod pool;
+pub mod run;
 pub mod selector;
 pub mod service;
+pub mod status;
 
 pub use allocator::{Allocator, Assignment, Outcome, PoolUsage, Refusal};
 pub use pool::{AddrRange, Family, PoolConfig, PoolProblem, resolve_pools};

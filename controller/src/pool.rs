@@ -64,19 +64,10 @@ pub struct AddrRange {
 impl AddrRange {
     /// Parses one `spec.addresses` entry: a CIDR, or `start-end` with optional spaces around the dash.
     pub fn parse(entry: &str) -> Result<Self, PoolProblem> {
-        let bad = |why: &str| PoolProblem::BadAddress {
-            entry: entry.to_string(),
-            why: why.to_string(),
-        };
+        let bad = |why: &str| PoolProblem::BadAddress { entry: entry.to_string(), why: why.to_string() };
         if let Some((start, end)) = entry.split_once('-') {
-            let start: IpAddr = start
-                .trim()
-                .parse()
-                .map_err(|_| bad("the start is not an IP address"))?;
-            let end: IpAddr = end
-                .trim()
-                .parse()
-                .map_err(|_| bad("the end is not an IP address"))?;
+            let start: IpAddr = start.trim().parse().map_err(|_| bad("the start is not an IP address"))?;
+            let end: IpAddr = end.trim().parse().map_err(|_| bad("the end is not an IP address"))?;
             if Family::of(start) != Family::of(end) {
                 return Err(bad("start and end are of different address families"));
             }
@@ -84,37 +75,21 @@ impl AddrRange {
             if first > last {
                 return Err(bad("the start is after the end"));
             }
-            return Ok(Self {
-                family: Family::of(start),
-                first,
-                last,
-            });
+            return Ok(Self { family: Family::of(start), first, last });
         }
         if !entry.contains('/') {
-            return Err(bad(
-                "expected a CIDR such as 192.168.10.0/24 or a range such as 192.168.9.1-192.168.9.5",
-            ));
+            return Err(bad("expected a CIDR such as 192.168.10.0/24 or a range such as 192.168.9.1-192.168.9.5"));
         }
-        let net: ipnetwork::IpNetwork = entry
-            .trim()
-            .parse()
-            .map_err(|e| bad(&format!("not a valid CIDR: {e}")))?;
+        let net: ipnetwork::IpNetwork = entry.trim().parse().map_err(|e| bad(&format!("not a valid CIDR: {e}")))?;
         let family = Family::of(net.ip());
         let (first, last) = match net {
-            ipnetwork::IpNetwork::V4(n) => (
-                u128::from(u32::from(n.network())),
-                u128::from(u32::from(n.broadcast())),
-            ),
+            ipnetwork::IpNetwork::V4(n) => (u128::from(u32::from(n.network())), u128::from(u32::from(n.broadcast()))),
             ipnetwork::IpNetwork::V6(n) => (u128::from(n.network()), u128::from(n.broadcast())),
         };
         if family == Family::V6 && first == 0 && last == u128::MAX {
             return Err(bad("::/0 is not a pool"));
         }
-        Ok(Self {
-            family,
-            first,
-            last,
-        })
+        Ok(Self { family, first, last })
     }
 
     /// Whether the two ranges share an address.
@@ -130,12 +105,7 @@ impl AddrRange {
 
 impl fmt::Display for AddrRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}-{}",
-            from_int(self.family, self.first),
-            from_int(self.family, self.last)
-        )
+        write!(f, "{}-{}", from_int(self.family, self.first), from_int(self.family, self.last))
     }
 }
 
@@ -221,22 +191,24 @@ impl PoolConfig {
         if spec.addresses.is_empty() {
             problems.push(PoolProblem::NoAddresses);
         }
-        let ranges: Vec<AddrRange> = spec
-            .addresses
-            .iter()
-            .filter_map(|a| AddrRange::parse(a).map_err(|p| problems.push(p)).ok())
-            .collect();
+        let ranges: Vec<AddrRange> =
+            spec.addresses.iter().filter_map(|a| AddrRange::parse(a).map_err(|p| problems.push(p)).ok()).collect();
         for (i, a) in ranges.iter().enumerate() {
             if let Some(b) = ranges[i + 1..].iter().find(|b| a.overlaps(b)) {
                 problems.push(PoolProblem::SelfOverlap { a: *a, b: *b });
             }
         }
-        let mut parse_all = |field: &'static str, selectors: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector]| {
-            selectors
-                .iter()
-                .filter_map(|s| Selector::parse(s).map_err(|problem| problems.push(PoolProblem::BadSelector { field, problem })).ok())
-                .collect::<Vec<_>>()
-        };
+        let mut parse_all =
+            |field: &'static str, selectors: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector]| {
+                selectors
+                    .iter()
+                    .filter_map(|s| {
+                        Selector::parse(s)
+                            .map_err(|problem| problems.push(PoolProblem::BadSelector { field, problem }))
+                            .ok()
+                    })
+                    .collect::<Vec<_>>()
+            };
         let allocation = spec.service_allocation.as_ref().map(|a| Allocation {
             priority: a.priority,
             namespaces: a.namespaces.iter().cloned().collect(),
@@ -253,11 +225,7 @@ impl PoolConfig {
         if pool.space(Family::V4).is_none() || pool.space(Family::V6).is_none() {
             problems.push(PoolProblem::TooLarge);
         }
-        if problems.is_empty() {
-            Ok(pool)
-        } else {
-            Err(problems)
-        }
+        if problems.is_empty() { Ok(pool) } else { Err(problems) }
     }
 
     /// Whether `serviceAllocation` lets this Service use the pool (no `serviceAllocation` lets everyone).
@@ -267,11 +235,8 @@ impl PoolConfig {
         };
         let namespace_ok = (a.namespaces.is_empty() && a.namespace_selectors.is_empty())
             || a.namespaces.contains(&svc.key.namespace)
-            || a.namespace_selectors
-                .iter()
-                .any(|s| s.matches(&svc.namespace_labels));
-        let service_ok = a.service_selectors.is_empty()
-            || a.service_selectors.iter().any(|s| s.matches(&svc.labels));
+            || a.namespace_selectors.iter().any(|s| s.matches(&svc.namespace_labels));
+        let service_ok = a.service_selectors.is_empty() || a.service_selectors.iter().any(|s| s.matches(&svc.labels));
         namespace_ok && service_ok
     }
 
@@ -288,20 +253,11 @@ impl PoolConfig {
         for r in self.ranges.iter().filter(|r| r.family == family) {
             let count = range_count(r, skip_buggy)?;
             if count > 0 {
-                segments.push(Segment {
-                    offset: total,
-                    count,
-                    rank_of_first: usable_below(r.first, skip_buggy),
-                });
+                segments.push(Segment { offset: total, count, rank_of_first: usable_below(r.first, skip_buggy) });
                 total = total.checked_add(count)?;
             }
         }
-        Some(Space {
-            family,
-            skip_buggy,
-            segments,
-            total,
-        })
+        Some(Space { family, skip_buggy, segments, total })
     }
 }
 
@@ -356,15 +312,9 @@ pub(crate) struct Space {
 impl Space {
     /// The address at a dense index.
     pub(crate) fn address(&self, index: u128) -> Option<IpAddr> {
-        let seg = self
-            .segments
-            .iter()
-            .find(|s| index >= s.offset && index - s.offset < s.count)?;
+        let seg = self.segments.iter().find(|s| index >= s.offset && index - s.offset < s.count)?;
         let rank = seg.rank_of_first + (index - seg.offset);
-        Some(from_int(
-            self.family,
-            usable_with_rank(rank, self.skip_buggy),
-        ))
+        Some(from_int(self.family, usable_with_rank(rank, self.skip_buggy)))
     }
 
     /// The dense index of a usable address of this pool, or `None`.
@@ -375,11 +325,7 @@ impl Space {
         let n = to_int(ip);
         let mut segments = self.segments.iter();
         for r in ranges.iter().filter(|r| r.family == self.family) {
-            let seg = if range_count(r, self.skip_buggy)? > 0 {
-                segments.next()
-            } else {
-                None
-            };
+            let seg = if range_count(r, self.skip_buggy)? > 0 { segments.next() } else { None };
             if (r.first..=r.last).contains(&n) {
                 let seg = seg?;
                 return Some(seg.offset + usable_below(n, self.skip_buggy) - seg.rank_of_first);
@@ -411,13 +357,9 @@ pub fn resolve_pools(
             .iter()
             .filter_map(|r| {
                 let before = taken.range(..=(r.family, r.last)).next_back();
-                before
-                    .filter(|(_, (theirs, _))| theirs.overlaps(r))
-                    .map(|(_, (theirs, other))| PoolProblem::Overlapping {
-                        ours: *r,
-                        other: other.clone(),
-                        theirs: *theirs,
-                    })
+                before.filter(|(_, (theirs, _))| theirs.overlaps(r)).map(|(_, (theirs, other))| {
+                    PoolProblem::Overlapping { ours: *r, other: other.clone(), theirs: *theirs }
+                })
             })
             .collect();
         if overlaps.is_empty() {
@@ -454,13 +396,11 @@ mod tests {
     fn parses_cidrs_and_ranges_of_both_families() {
         let r = AddrRange::parse("192.168.10.0/24").expect("cidr");
         assert_eq!(r.to_string(), "192.168.10.0-192.168.10.255");
-        let r = AddrRange::parse("192.168.10.7/24")
-            .expect("host bits are masked, like Go's net.ParseCIDR");
+        let r = AddrRange::parse("192.168.10.7/24").expect("host bits are masked, like Go's net.ParseCIDR");
         assert_eq!(r.to_string(), "192.168.10.0-192.168.10.255");
         let r = AddrRange::parse("172.17.255.1-172.17.255.255").expect("range");
         assert_eq!((r.last - r.first + 1), 255);
-        let r =
-            AddrRange::parse(" 10.0.0.1 - 10.0.0.3 ").expect("spaces around the dash are trimmed");
+        let r = AddrRange::parse(" 10.0.0.1 - 10.0.0.3 ").expect("spaces around the dash are trimmed");
         assert_eq!(r.to_string(), "10.0.0.1-10.0.0.3");
         let r = AddrRange::parse("fc00:f853:ccd:e799::/124").expect("v6 cidr");
         assert_eq!((r.family, r.last - r.first + 1), (Family::V6, 16));
@@ -482,23 +422,11 @@ mod tests {
     #[test]
     fn pool_reports_every_problem() {
         let problems =
-            PoolConfig::from_spec("p", &spec(&["10.0.0.0/30", "10.0.0.2-10.0.0.9", "nope"]))
-                .expect_err("invalid");
+            PoolConfig::from_spec("p", &spec(&["10.0.0.0/30", "10.0.0.2-10.0.0.9", "nope"])).expect_err("invalid");
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(
-            problems
-                .iter()
-                .any(|p| matches!(p, PoolProblem::BadAddress { .. }))
-        );
-        assert!(
-            problems
-                .iter()
-                .any(|p| matches!(p, PoolProblem::SelfOverlap { .. }))
-        );
-        assert_eq!(
-            PoolConfig::from_spec("p", &spec(&[])).expect_err("empty"),
-            vec![PoolProblem::NoAddresses]
-        );
+        assert!(problems.iter().any(|p| matches!(p, PoolProblem::BadAddress { .. })));
+        assert!(problems.iter().any(|p| matches!(p, PoolProblem::SelfOverlap { .. })));
+        assert_eq!(PoolConfig::from_spec("p", &spec(&[])).expect_err("empty"), vec![PoolProblem::NoAddresses]);
     }
 
     #[test]
@@ -506,8 +434,7 @@ mod tests {
         let a = PoolConfig::from_spec("zeta", &spec(&["10.0.0.0/24"]));
         let b = PoolConfig::from_spec("alpha", &spec(&["10.0.0.128-10.0.1.5"]));
         let c = PoolConfig::from_spec("other", &spec(&["10.0.1.0/24", "fc00::/120"]));
-        let (ok, problems) =
-            resolve_pools([("zeta".into(), a), ("alpha".into(), b), ("other".into(), c)]);
+        let (ok, problems) = resolve_pools([("zeta".into(), a), ("alpha".into(), b), ("other".into(), c)]);
         let names: Vec<_> = ok.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["other", "zeta"]);
         let msg = problems["alpha"][0].to_string();
@@ -516,13 +443,10 @@ mod tests {
 
     #[test]
     fn dense_index_walks_ranges_in_listed_order() {
-        let pool = PoolConfig::from_spec("p", &spec(&["10.0.0.10-10.0.0.11", "10.0.0.1-10.0.0.2"]))
-            .expect("valid");
+        let pool = PoolConfig::from_spec("p", &spec(&["10.0.0.10-10.0.0.11", "10.0.0.1-10.0.0.2"])).expect("valid");
         let space = pool.space(Family::V4).expect("countable");
         assert_eq!(space.total, 4);
-        let order: Vec<_> = (0..4)
-            .map(|i| space.address(i).expect("in space").to_string())
-            .collect();
+        let order: Vec<_> = (0..4).map(|i| space.address(i).expect("in space").to_string()).collect();
         assert_eq!(order, ["10.0.0.10", "10.0.0.11", "10.0.0.1", "10.0.0.2"]);
         assert_eq!(space.index(ip("10.0.0.1"), &pool.ranges), Some(2));
         assert_eq!(space.index(ip("10.0.0.3"), &pool.ranges), None);
@@ -534,9 +458,7 @@ mod tests {
         s.avoid_buggy_ips = true;
         let pool = PoolConfig::from_spec("p", &s).expect("valid");
         let space = pool.space(Family::V4).expect("countable");
-        let all: Vec<_> = (0..space.total)
-            .map(|i| space.address(i).expect("in space"))
-            .collect();
+        let all: Vec<_> = (0..space.total).map(|i| space.address(i).expect("in space")).collect();
         assert_eq!(all.len(), 5 + 254 + 1);
         assert!(all.iter().all(|a| !is_buggy(*a)));
         assert_eq!(all[5], ip("10.0.1.1"));
@@ -565,9 +487,6 @@ mod tests {
         let pool = PoolConfig::from_spec("p", &spec(&["fc00::/8"])).expect("valid");
         let space = pool.space(Family::V6).expect("countable");
         assert_eq!(space.total, 1u128 << 120);
-        assert_eq!(
-            space.address(space.total - 1),
-            Some(ip("fcff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"))
-        );
+        assert_eq!(space.address(space.total - 1), Some(ip("fcff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")));
     }
 }

@@ -21,9 +21,7 @@ enum Requirement {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectorProblem {
     /// The operator is not one Kubernetes defines.
-    #[error(
-        "unknown operator {operator:?} for key {key:?} (expected In, NotIn, Exists or DoesNotExist)"
-    )]
+    #[error("unknown operator {operator:?} for key {key:?} (expected In, NotIn, Exists or DoesNotExist)")]
     UnknownOperator {
         /// Label key.
         key: String,
@@ -47,10 +45,7 @@ impl Selector {
     pub fn parse(selector: &LabelSelector) -> Result<Self, SelectorProblem> {
         let mut requirements = Vec::new();
         for (key, value) in selector.match_labels.iter().flatten() {
-            requirements.push(Requirement::In(
-                key.clone(),
-                BTreeSet::from([value.clone()]),
-            ));
+            requirements.push(Requirement::In(key.clone(), BTreeSet::from([value.clone()])));
         }
         for expr in selector.match_expressions.iter().flatten() {
             let values: BTreeSet<String> = expr.values.iter().flatten().cloned().collect();
@@ -83,10 +78,7 @@ impl Selector {
                 "Exists" => no_values().map(|()| Requirement::Exists(key.clone()))?,
                 "DoesNotExist" => no_values().map(|()| Requirement::DoesNotExist(key.clone()))?,
                 other => {
-                    return Err(SelectorProblem::UnknownOperator {
-                        key,
-                        operator: other.to_string(),
-                    });
+                    return Err(SelectorProblem::UnknownOperator { key, operator: other.to_string() });
                 }
             };
             requirements.push(requirement);
@@ -111,10 +103,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelector {
@@ -122,8 +111,7 @@ mod tests {
             match_expressions: Some(vec![LabelSelectorRequirement {
                 key: key.into(),
                 operator: op.into(),
-                values: (!values.is_empty())
-                    .then(|| values.iter().map(|v| v.to_string()).collect()),
+                values: (!values.is_empty()).then(|| values.iter().map(|v| v.to_string()).collect()),
             }]),
             match_labels: None,
         }
@@ -149,9 +137,7 @@ mod tests {
 
     #[test]
     fn every_operator() {
-        let is = |sel: LabelSelector, l: &[(&str, &str)]| {
-            Selector::parse(&sel).expect("valid").matches(&labels(l))
-        };
+        let is = |sel: LabelSelector, l: &[(&str, &str)]| Selector::parse(&sel).expect("valid").matches(&labels(l));
         assert!(is(expr("k", "In", &["a", "b"]), &[("k", "b")]));
         assert!(!is(expr("k", "In", &["a"]), &[]));
         assert!(is(expr("k", "Exists", &[]), &[("k", "")]));
@@ -163,15 +149,9 @@ mod tests {
     #[test]
     fn malformed_selectors_are_refused_with_the_reason() {
         let err = Selector::parse(&expr("k", "Equals", &["a"])).expect_err("bad operator");
-        assert!(
-            err.to_string().contains("unknown operator \"Equals\""),
-            "{err}"
-        );
+        assert!(err.to_string().contains("unknown operator \"Equals\""), "{err}");
         let err = Selector::parse(&expr("k", "In", &[])).expect_err("In without values");
-        assert!(
-            err.to_string().contains("needs at least one value"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("needs at least one value"), "{err}");
         let err = Selector::parse(&expr("k", "Exists", &["x"])).expect_err("Exists with values");
         assert!(err.to_string().contains("must not list values"), "{err}");
     }

@@ -20,10 +20,7 @@ pub struct ServiceKey {
 impl ServiceKey {
     /// A key from its parts.
     pub fn new(namespace: &str, name: &str) -> Self {
-        Self {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        }
+        Self { namespace: namespace.to_string(), name: name.to_string() }
     }
 }
 
@@ -85,60 +82,33 @@ impl ServiceIntent {
             pool: None,
             sharing_key: None,
             backend_key: String::new(),
-            ports: tcp_ports
-                .iter()
-                .map(|&port| PortKey {
-                    protocol: "TCP".into(),
-                    port,
-                })
-                .collect(),
+            ports: tcp_ports.iter().map(|&port| PortKey { protocol: "TCP".into(), port }).collect(),
             families: vec![Family::V4],
             require_all_families: false,
         }
     }
 
     /// Reads a Service. Fails with the reason a user would need when the Service asks for something impossible.
-    pub fn from_service(
-        svc: &Service,
-        namespace_labels: &BTreeMap<String, String>,
-    ) -> Result<Self, Refusal> {
+    pub fn from_service(svc: &Service, namespace_labels: &BTreeMap<String, String>) -> Result<Self, Refusal> {
         let meta = &svc.metadata;
-        let key = ServiceKey::new(
-            meta.namespace.as_deref().unwrap_or("default"),
-            meta.name.as_deref().unwrap_or(""),
-        );
+        let key = ServiceKey::new(meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref().unwrap_or(""));
         let empty = BTreeMap::new();
         let ann = meta.annotations.as_ref().unwrap_or(&empty);
         let spec = svc.spec.clone().unwrap_or_default();
 
-        let from_annotation = annotations::LOAD_BALANCER_IPS
-            .get(ann)
-            .filter(|v| !v.trim().is_empty());
-        let from_spec = spec
-            .load_balancer_ip
-            .as_deref()
-            .filter(|v| !v.trim().is_empty());
+        let from_annotation = annotations::LOAD_BALANCER_IPS.get(ann).filter(|v| !v.trim().is_empty());
+        let from_spec = spec.load_balancer_ip.as_deref().filter(|v| !v.trim().is_empty());
         let raw: Vec<&str> = match (from_annotation, from_spec) {
             (Some(_), Some(_)) => return Err(Refusal::BothRequestStyles),
-            (Some(list), None) => list
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect(),
+            (Some(list), None) => list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect(),
             (None, Some(one)) => vec![one.trim()],
             (None, None) => Vec::new(),
         };
         let requested = raw
             .iter()
-            .map(|s| {
-                s.parse::<IpAddr>().map_err(|_| Refusal::BadRequestedIp {
-                    value: (*s).to_string(),
-                })
-            })
+            .map(|s| s.parse::<IpAddr>().map_err(|_| Refusal::BadRequestedIp { value: (*s).to_string() }))
             .collect::<Result<Vec<_>, _>>()?;
-        if requested.len() > 2
-            || (requested.len() == 2 && Family::of(requested[0]) == Family::of(requested[1]))
-        {
+        if requested.len() > 2 || (requested.len() == 2 && Family::of(requested[0]) == Family::of(requested[1])) {
             return Err(Refusal::TooManyRequested { requested });
         }
 
@@ -154,10 +124,7 @@ impl ServiceIntent {
         }
         for ip in &requested {
             if !families.contains(&Family::of(*ip)) {
-                return Err(Refusal::RequestedFamilyMismatch {
-                    ip: *ip,
-                    families: families.clone(),
-                });
+                return Err(Refusal::RequestedFamilyMismatch { ip: *ip, families: families.clone() });
             }
         }
         if require_all_families && !requested.is_empty() && requested.len() < 2 {
@@ -167,11 +134,7 @@ impl ServiceIntent {
         let local = spec.external_traffic_policy.as_deref() == Some("Local");
         let backend_key = if local {
             let selector = spec.selector.clone().unwrap_or_default();
-            selector
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",")
+            selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
         } else {
             String::new()
         };
@@ -179,25 +142,15 @@ impl ServiceIntent {
             .ports
             .iter()
             .flatten()
-            .map(|p| PortKey {
-                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
-                port: p.port,
-            })
+            .map(|p| PortKey { protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()), port: p.port })
             .collect();
         Ok(Self {
             key,
             labels: meta.labels.clone().unwrap_or_default(),
             namespace_labels: namespace_labels.clone(),
             requested,
-            pool: annotations::ADDRESS_POOL
-                .get(ann)
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from),
-            sharing_key: annotations::ALLOW_SHARED_IP
-                .get(ann)
-                .filter(|s| !s.is_empty())
-                .map(String::from),
+            pool: annotations::ADDRESS_POOL.get(ann).map(str::trim).filter(|s| !s.is_empty()).map(String::from),
+            sharing_key: annotations::ALLOW_SHARED_IP.get(ann).filter(|s| !s.is_empty()).map(String::from),
             backend_key,
             ports,
             families,
@@ -219,15 +172,8 @@ fn service_families(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<Famil
         })
         .collect();
     if families.is_empty() {
-        let ips = spec
-            .cluster_ips
-            .iter()
-            .flatten()
-            .chain(spec.cluster_ip.iter());
-        families = ips
-            .filter_map(|ip| ip.parse::<IpAddr>().ok())
-            .map(Family::of)
-            .collect();
+        let ips = spec.cluster_ips.iter().flatten().chain(spec.cluster_ip.iter());
+        families = ips.filter_map(|ip| ip.parse::<IpAddr>().ok()).map(Family::of).collect();
     }
     families.dedup();
     if families.is_empty() {
@@ -239,8 +185,7 @@ fn service_families(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<Famil
 /// Whether this controller manages the Service: `type: LoadBalancer` and the configured class (none by default).
 pub fn is_managed(svc: &Service, load_balancer_class: Option<&str>) -> bool {
     let Some(spec) = &svc.spec else { return false };
-    spec.type_.as_deref() == Some("LoadBalancer")
-        && spec.load_balancer_class.as_deref() == load_balancer_class
+    spec.type_.as_deref() == Some("LoadBalancer") && spec.load_balancer_class.as_deref() == load_balancer_class
 }
 
 #[cfg(test)]
@@ -252,16 +197,13 @@ mod tests {
     }
 
     fn seed(name: &str) -> String {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../examples/seed")
-            .join(name);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seed").join(name);
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
     #[test]
     fn seed_dns_service_has_tcp_and_udp_53() {
-        let intent = ServiceIntent::from_service(&svc(&seed("dns-svc-lb.yaml")), &BTreeMap::new())
-            .expect("valid");
+        let intent = ServiceIntent::from_service(&svc(&seed("dns-svc-lb.yaml")), &BTreeMap::new()).expect("valid");
         assert_eq!(intent.key.to_string(), "kube-system/dns-svc-lb");
         let ports: Vec<_> = intent.ports.iter().map(ToString::to_string).collect();
         assert_eq!(ports, ["TCP/53", "UDP/53"]);
@@ -274,10 +216,7 @@ mod tests {
         for doc in seed("shared-ip.yaml").split("\n---\n") {
             let intent = ServiceIntent::from_service(&svc(doc), &BTreeMap::new()).expect("valid");
             assert_eq!(intent.sharing_key.as_deref(), Some("true"));
-            assert_eq!(
-                intent.requested,
-                ["172.17.255.10".parse::<IpAddr>().expect("ip")]
-            );
+            assert_eq!(intent.requested, ["172.17.255.10".parse::<IpAddr>().expect("ip")]);
         }
     }
 
@@ -287,19 +226,11 @@ mod tests {
         let both = format!(
             "{base}  annotations: {{metallb.io/loadBalancerIPs: 10.0.0.1}}\nspec: {{type: LoadBalancer, loadBalancerIP: 10.0.0.2}}\n"
         );
-        assert_eq!(
-            ServiceIntent::from_service(&svc(&both), &BTreeMap::new()),
-            Err(Refusal::BothRequestStyles)
-        );
-        let bad = format!(
-            "{base}  annotations: {{metallb.io/loadBalancerIPs: 'ten.0.0.1'}}\nspec: {{type: LoadBalancer}}\n"
-        );
+        assert_eq!(ServiceIntent::from_service(&svc(&both), &BTreeMap::new()), Err(Refusal::BothRequestStyles));
+        let bad =
+            format!("{base}  annotations: {{metallb.io/loadBalancerIPs: 'ten.0.0.1'}}\nspec: {{type: LoadBalancer}}\n");
         let err = ServiceIntent::from_service(&svc(&bad), &BTreeMap::new()).expect_err("bad ip");
-        assert!(
-            err.to_string()
-                .contains("\"ten.0.0.1\" is not an IP address"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("\"ten.0.0.1\" is not an IP address"), "{err}");
         let two_v4 = format!(
             "{base}  annotations: {{metallb.io/loadBalancerIPs: '10.0.0.1, 10.0.0.2'}}\nspec: {{type: LoadBalancer}}\n"
         );
@@ -314,13 +245,9 @@ mod tests {
             ServiceIntent::from_service(&svc(&v6_for_v4), &BTreeMap::new()),
             Err(Refusal::RequestedFamilyMismatch { .. })
         ));
-        let require = format!(
-            "{base}spec: {{type: LoadBalancer, ipFamilyPolicy: RequireDualStack, ipFamilies: [IPv4]}}\n"
-        );
-        assert_eq!(
-            ServiceIntent::from_service(&svc(&require), &BTreeMap::new()),
-            Err(Refusal::NotEnoughFamilies)
-        );
+        let require =
+            format!("{base}spec: {{type: LoadBalancer, ipFamilyPolicy: RequireDualStack, ipFamilies: [IPv4]}}\n");
+        assert_eq!(ServiceIntent::from_service(&svc(&require), &BTreeMap::new()), Err(Refusal::NotEnoughFamilies));
     }
 
     #[test]
@@ -329,12 +256,7 @@ mod tests {
         let intent = ServiceIntent::from_service(&svc(yaml), &BTreeMap::new()).expect("valid");
         assert_eq!(intent.backend_key, "a=1,b=2");
         let cluster = yaml.replace("Local", "Cluster");
-        assert_eq!(
-            ServiceIntent::from_service(&svc(&cluster), &BTreeMap::new())
-                .expect("valid")
-                .backend_key,
-            ""
-        );
+        assert_eq!(ServiceIntent::from_service(&svc(&cluster), &BTreeMap::new()).expect("valid").backend_key, "");
     }
 
     #[test]
@@ -344,33 +266,21 @@ mod tests {
                 "apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec: {{type: LoadBalancer, ipFamilyPolicy: {policy}, ipFamilies: [IPv6, IPv4]}}\n"
             )
         };
-        let single = ServiceIntent::from_service(&svc(&yaml("SingleStack")), &BTreeMap::new())
-            .expect("valid");
-        assert_eq!(
-            (single.families.as_slice(), single.require_all_families),
-            (&[Family::V6][..], false)
-        );
-        let prefer = ServiceIntent::from_service(&svc(&yaml("PreferDualStack")), &BTreeMap::new())
-            .expect("valid");
-        assert_eq!(
-            (prefer.families.as_slice(), prefer.require_all_families),
-            (&[Family::V6, Family::V4][..], false)
-        );
-        let require =
-            ServiceIntent::from_service(&svc(&yaml("RequireDualStack")), &BTreeMap::new())
-                .expect("valid");
+        let single = ServiceIntent::from_service(&svc(&yaml("SingleStack")), &BTreeMap::new()).expect("valid");
+        assert_eq!((single.families.as_slice(), single.require_all_families), (&[Family::V6][..], false));
+        let prefer = ServiceIntent::from_service(&svc(&yaml("PreferDualStack")), &BTreeMap::new()).expect("valid");
+        assert_eq!((prefer.families.as_slice(), prefer.require_all_families), (&[Family::V6, Family::V4][..], false));
+        let require = ServiceIntent::from_service(&svc(&yaml("RequireDualStack")), &BTreeMap::new()).expect("valid");
         assert!(require.require_all_families);
     }
 
     #[test]
     fn only_load_balancers_of_our_class_are_managed() {
-        let lb =
-            svc("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {type: LoadBalancer}\n");
+        let lb = svc("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {type: LoadBalancer}\n");
         let other = svc(
             "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {type: LoadBalancer, loadBalancerClass: x/y}\n",
         );
-        let cluster_ip =
-            svc("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {type: ClusterIP}\n");
+        let cluster_ip = svc("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {type: ClusterIP}\n");
         assert!(is_managed(&lb, None) && !is_managed(&lb, Some("x/y")));
         assert!(!is_managed(&other, None) && is_managed(&other, Some("x/y")));
         assert!(!is_managed(&cluster_ip, None));

@@ -38,29 +38,18 @@ fn svc(name: &str, ports: &[i32]) -> ServiceIntent {
 fn shared(name: &str, key: &str, ports: &[(&str, i32)]) -> ServiceIntent {
     let mut s = svc(name, &[]);
     s.sharing_key = Some(key.to_string());
-    s.ports = ports
-        .iter()
-        .map(|(p, n)| PortKey {
-            protocol: p.to_string(),
-            port: *n,
-        })
-        .collect();
+    s.ports = ports.iter().map(|(p, n)| PortKey { protocol: p.to_string(), port: *n }).collect();
     s
 }
 
 fn got(a: &mut Allocator, s: &ServiceIntent) -> Vec<IpAddr> {
-    a.allocate(s)
-        .unwrap_or_else(|r| panic!("{} refused: {r}", s.key))
-        .assignment
-        .ips
+    a.allocate(s).unwrap_or_else(|r| panic!("{} refused: {r}", s.key)).assignment.ips
 }
 
 // --- the user's scenario, manifests unchanged ---------------------------------------------------------------
 
 fn seed(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/seed")
-        .join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seed").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -85,42 +74,23 @@ fn seed_web_then_dns_get_the_first_two_addresses() {
     let web = &seed_intents("web-svc-lb.yaml")[0];
     let dns = &seed_intents("dns-svc-lb.yaml")[0];
     assert_eq!(got(&mut a, web), [ip("172.17.255.1")]);
-    assert_eq!(
-        got(&mut a, dns),
-        [ip("172.17.255.2")],
-        "one Service with TCP/53 and UDP/53 needs one address"
-    );
-    assert_eq!(
-        a.assignment(&dns.key).map(|x| x.pool.as_str()),
-        Some("default")
-    );
+    assert_eq!(got(&mut a, dns), [ip("172.17.255.2")], "one Service with TCP/53 and UDP/53 needs one address");
+    assert_eq!(a.assignment(&dns.key).map(|x| x.pool.as_str()), Some("default"));
 }
 
 #[test]
 fn seed_shared_ip_services_share_dot_10_and_a_clashing_third_is_refused() {
     let mut a = seed_allocator();
-    let [tcp, udp] =
-        <[ServiceIntent; 2]>::try_from(seed_intents("shared-ip.yaml")).expect("two Services");
+    let [tcp, udp] = <[ServiceIntent; 2]>::try_from(seed_intents("shared-ip.yaml")).expect("two Services");
     assert_eq!(got(&mut a, &tcp), [ip("172.17.255.10")]);
     assert_eq!(got(&mut a, &udp), [ip("172.17.255.10")]);
     let mut third = tcp.clone();
     third.key = ServiceKey::new("kube-system", "dns-svc-tcp-2");
     let refusal = a.allocate(&third).expect_err("TCP/53 clashes");
-    assert_eq!(
-        refusal.to_string(),
-        "port TCP/53 already used by kube-system/dns-svc-tcp on 172.17.255.10"
-    );
+    assert_eq!(refusal.to_string(), "port TCP/53 already used by kube-system/dns-svc-tcp on 172.17.255.10");
     assert!(a.assignment(&third.key).is_none());
-    assert_eq!(
-        a.holders(ip("172.17.255.10")).count(),
-        2,
-        "the two sharing Services are undisturbed"
-    );
-    assert_eq!(
-        a.pool_usage("default")
-            .map(|u| (u.assigned_v4, u.available_v4)),
-        Some((1, 254))
-    );
+    assert_eq!(a.holders(ip("172.17.255.10")).count(), 2, "the two sharing Services are undisturbed");
+    assert_eq!(a.pool_usage("default").map(|u| (u.assigned_v4, u.available_v4)), Some((1, 254)));
 }
 
 // --- 1. requested addresses --------------------------------------------------------------------------------
@@ -133,12 +103,7 @@ fn requested_address_is_given_and_must_lie_in_a_pool() {
     assert_eq!(got(&mut a, &s), [ip("10.0.0.77")]);
     let mut out = svc("out", &[80]);
     out.requested = vec![ip("192.0.2.1")];
-    assert_eq!(
-        a.allocate(&out),
-        Err(Refusal::RequestedIpNotInPool {
-            ip: ip("192.0.2.1")
-        })
-    );
+    assert_eq!(a.allocate(&out), Err(Refusal::RequestedIpNotInPool { ip: ip("192.0.2.1") }));
 }
 
 #[test]
@@ -147,30 +112,18 @@ fn requested_address_may_come_from_a_pool_without_auto_assign() {
     manual.auto_assign = Some(false);
     let mut a = allocator(vec![pool("manual", manual)]);
     let mut s = svc("s", &[80]);
-    assert!(
-        matches!(a.allocate(&s), Err(Refusal::NoEligiblePool { .. })),
-        "never picked automatically"
-    );
+    assert!(matches!(a.allocate(&s), Err(Refusal::NoEligiblePool { .. })), "never picked automatically");
     s.requested = vec![ip("10.9.0.2")];
     assert_eq!(got(&mut a, &s), [ip("10.9.0.2")]);
 }
 
 #[test]
 fn requested_address_must_match_the_named_pool() {
-    let mut a = allocator(vec![
-        pool("a", spec(&["10.0.0.0/30"])),
-        pool("b", spec(&["10.0.1.0/30"])),
-    ]);
+    let mut a = allocator(vec![pool("a", spec(&["10.0.0.0/30"])), pool("b", spec(&["10.0.1.0/30"]))]);
     let mut s = svc("s", &[80]);
     s.requested = vec![ip("10.0.0.1")];
     s.pool = Some("b".into());
-    assert_eq!(
-        a.allocate(&s),
-        Err(Refusal::RequestedIpNotInNamedPool {
-            ip: ip("10.0.0.1"),
-            pool: "b".into()
-        })
-    );
+    assert_eq!(a.allocate(&s), Err(Refusal::RequestedIpNotInNamedPool { ip: ip("10.0.0.1"), pool: "b".into() }));
 }
 
 #[test]
@@ -193,10 +146,7 @@ fn requested_address_in_use_without_sharing_is_refused_with_the_holder() {
 fn named_pool_is_used_even_without_auto_assign_and_unknown_names_are_explained() {
     let mut manual = spec(&["10.9.0.0/31"]);
     manual.auto_assign = Some(false);
-    let mut a = allocator(vec![
-        pool("auto", spec(&["10.0.0.0/24"])),
-        pool("manual", manual),
-    ]);
+    let mut a = allocator(vec![pool("auto", spec(&["10.0.0.0/24"])), pool("manual", manual)]);
     a.set_pools(
         vec![
             pool("auto", spec(&["10.0.0.0/24"])),
@@ -206,27 +156,16 @@ fn named_pool_is_used_even_without_auto_assign_and_unknown_names_are_explained()
                 m
             }),
         ],
-        BTreeMap::from([(
-            "broken".to_string(),
-            "address \"x\": not a valid CIDR".to_string(),
-        )]),
+        BTreeMap::from([("broken".to_string(), "address \"x\": not a valid CIDR".to_string())]),
     );
     let mut s = svc("s", &[80]);
     s.pool = Some("manual".into());
     assert_eq!(got(&mut a, &s), [ip("10.9.0.0")]);
     s.pool = Some("nope".into());
-    assert_eq!(
-        a.allocate(&s),
-        Err(Refusal::UnknownPool {
-            pool: "nope".into()
-        })
-    );
+    assert_eq!(a.allocate(&s), Err(Refusal::UnknownPool { pool: "nope".into() }));
     s.pool = Some("broken".into());
     let r = a.allocate(&s).expect_err("invalid pool");
-    assert!(
-        r.to_string().contains("is not usable: address \"x\""),
-        "{r}"
-    );
+    assert!(r.to_string().contains("is not usable: address \"x\""), "{r}");
     let mut t = svc("t", &[80]);
     t.pool = Some("manual".into());
     assert_eq!(got(&mut a, &t), [ip("10.9.0.0")], "freed when s moved away");
@@ -235,13 +174,7 @@ fn named_pool_is_used_even_without_auto_assign_and_unknown_names_are_explained()
     assert_eq!(got(&mut a, &u), [ip("10.9.0.1")]);
     let mut v = svc("v", &[80]);
     v.pool = Some("manual".into());
-    assert_eq!(
-        a.allocate(&v),
-        Err(Refusal::PoolExhausted {
-            pool: "manual".into(),
-            family: Family::V4
-        })
-    );
+    assert_eq!(a.allocate(&v), Err(Refusal::PoolExhausted { pool: "manual".into(), family: Family::V4 }));
 }
 
 // --- 3. serviceAllocation ----------------------------------------------------------------------------------
@@ -265,12 +198,8 @@ fn pinned_pools_go_by_priority_with_zero_last_then_general_pools() {
         pool("five", pinned(&["10.3.0.0/31"], Some(5), &["team"])),
     ]);
     let team = |n: &str| ServiceIntent::simple("team", n, &[80]);
-    let order: Vec<IpAddr> = (0..7)
-        .map(|i| got(&mut a, &team(&format!("s{i}")))[0])
-        .collect();
-    let expect = [
-        "10.3.0.0", "10.3.0.1", "10.2.0.0", "10.2.0.1", "10.1.0.0", "10.1.0.1", "10.0.0.0",
-    ];
+    let order: Vec<IpAddr> = (0..7).map(|i| got(&mut a, &team(&format!("s{i}")))[0]).collect();
+    let expect = ["10.3.0.0", "10.3.0.1", "10.2.0.0", "10.2.0.1", "10.1.0.0", "10.1.0.1", "10.0.0.0"];
     assert_eq!(order, expect.map(ip));
     assert_eq!(
         got(&mut a, &svc("other-ns", &[80])),
@@ -294,10 +223,7 @@ fn namespace_and_service_selectors_choose_who_may_use_a_pinned_pool() {
         }],
         ..ServiceAllocation::default()
     });
-    let mut a = allocator(vec![
-        pool("prod-web", by_label),
-        pool("general", spec(&["10.0.0.0/24"])),
-    ]);
+    let mut a = allocator(vec![pool("prod-web", by_label), pool("general", spec(&["10.0.0.0/24"]))]);
     let mut s = ServiceIntent::simple("shop", "web", &[80]);
     s.namespace_labels.insert("tier".into(), "prod".into());
     s.labels.insert("app".into(), "web".into());
@@ -305,26 +231,13 @@ fn namespace_and_service_selectors_choose_who_may_use_a_pinned_pool() {
     let mut db = s.clone();
     db.key = ServiceKey::new("shop", "db");
     db.labels.insert("app".into(), "db".into());
-    assert_eq!(
-        got(&mut a, &db),
-        [ip("10.0.0.0")],
-        "service selector does not match"
-    );
+    assert_eq!(got(&mut a, &db), [ip("10.0.0.0")], "service selector does not match");
     let mut dev = s.clone();
     dev.key = ServiceKey::new("dev", "web");
     dev.namespace_labels.insert("tier".into(), "dev".into());
-    assert_eq!(
-        got(&mut a, &dev),
-        [ip("10.0.0.1")],
-        "namespace selector does not match"
-    );
+    assert_eq!(got(&mut a, &dev), [ip("10.0.0.1")], "namespace selector does not match");
     dev.pool = Some("prod-web".into());
-    assert_eq!(
-        a.allocate(&dev),
-        Err(Refusal::PoolNotAllowed {
-            pool: "prod-web".into()
-        })
-    );
+    assert_eq!(a.allocate(&dev), Err(Refusal::PoolNotAllowed { pool: "prod-web".into() }));
 }
 
 // --- 4. autoAssign pools in stable order ---------------------------------------------------------------------
@@ -333,26 +246,12 @@ fn namespace_and_service_selectors_choose_who_may_use_a_pinned_pool() {
 fn auto_assign_pools_are_taken_by_name_and_non_auto_pools_skipped() {
     let mut off = spec(&["10.0.0.0/30"]);
     off.auto_assign = Some(false);
-    let mut a = allocator(vec![
-        pool("b", spec(&["10.2.0.0/31"])),
-        pool("a-off", off),
-        pool("c", spec(&["10.3.0.0/31"])),
-    ]);
-    let ips: Vec<IpAddr> = (0..4)
-        .map(|i| got(&mut a, &svc(&format!("s{i}"), &[80]))[0])
-        .collect();
-    assert_eq!(
-        ips,
-        ["10.2.0.0", "10.2.0.1", "10.3.0.0", "10.3.0.1"].map(ip)
-    );
+    let mut a =
+        allocator(vec![pool("b", spec(&["10.2.0.0/31"])), pool("a-off", off), pool("c", spec(&["10.3.0.0/31"]))]);
+    let ips: Vec<IpAddr> = (0..4).map(|i| got(&mut a, &svc(&format!("s{i}"), &[80]))[0]).collect();
+    assert_eq!(ips, ["10.2.0.0", "10.2.0.1", "10.3.0.0", "10.3.0.1"].map(ip));
     let r = a.allocate(&svc("s4", &[80])).expect_err("full");
-    assert_eq!(
-        r,
-        Refusal::NoFreeAddress {
-            pools: vec!["b".into(), "c".into()],
-            families: vec![Family::V4]
-        }
-    );
+    assert_eq!(r, Refusal::NoFreeAddress { pools: vec!["b".into(), "c".into()], families: vec![Family::V4] });
     assert!(r.to_string().contains("no free [V4] address"), "{r}");
 }
 
@@ -360,23 +259,10 @@ fn auto_assign_pools_are_taken_by_name_and_non_auto_pools_skipped() {
 
 #[test]
 fn lowest_free_address_and_reuse_after_release() {
-    let mut a = allocator(vec![pool(
-        "p",
-        spec(&["10.0.0.10-10.0.0.12", "10.0.0.1-10.0.0.1"]),
-    )]);
-    let ips: Vec<IpAddr> = ["a", "b", "c", "d"]
-        .iter()
-        .map(|n| got(&mut a, &svc(n, &[80]))[0])
-        .collect();
-    assert_eq!(
-        ips,
-        ["10.0.0.10", "10.0.0.11", "10.0.0.12", "10.0.0.1"].map(ip),
-        "ranges in listed order"
-    );
-    assert_eq!(
-        a.release(&ServiceKey::new("default", "b")).map(|x| x.ips),
-        Some(vec![ip("10.0.0.11")])
-    );
+    let mut a = allocator(vec![pool("p", spec(&["10.0.0.10-10.0.0.12", "10.0.0.1-10.0.0.1"]))]);
+    let ips: Vec<IpAddr> = ["a", "b", "c", "d"].iter().map(|n| got(&mut a, &svc(n, &[80]))[0]).collect();
+    assert_eq!(ips, ["10.0.0.10", "10.0.0.11", "10.0.0.12", "10.0.0.1"].map(ip), "ranges in listed order");
+    assert_eq!(a.release(&ServiceKey::new("default", "b")).map(|x| x.ips), Some(vec![ip("10.0.0.11")]));
     assert_eq!(got(&mut a, &svc("e", &[80])), [ip("10.0.0.11")]);
 }
 
@@ -384,25 +270,11 @@ fn lowest_free_address_and_reuse_after_release() {
 fn a_service_that_may_share_takes_the_lowest_shareable_address() {
     let mut a = allocator(vec![pool("p", spec(&["10.0.0.0/29"]))]);
     assert_eq!(got(&mut a, &svc("plain", &[80])), [ip("10.0.0.0")]);
-    assert_eq!(
-        got(&mut a, &shared("dns-tcp", "k", &[("TCP", 53)])),
-        [ip("10.0.0.1")]
-    );
+    assert_eq!(got(&mut a, &shared("dns-tcp", "k", &[("TCP", 53)])), [ip("10.0.0.1")]);
     assert_eq!(got(&mut a, &svc("plain2", &[80])), [ip("10.0.0.2")]);
-    assert_eq!(
-        got(&mut a, &shared("dns-udp", "k", &[("UDP", 53)])),
-        [ip("10.0.0.1")],
-        "shares rather than takes .3"
-    );
-    assert_eq!(
-        got(&mut a, &shared("dns-tcp-2", "k", &[("TCP", 53)])),
-        [ip("10.0.0.3")],
-        "port clash: next free"
-    );
-    assert_eq!(
-        got(&mut a, &shared("other-key", "j", &[("TCP", 8080)])),
-        [ip("10.0.0.4")]
-    );
+    assert_eq!(got(&mut a, &shared("dns-udp", "k", &[("UDP", 53)])), [ip("10.0.0.1")], "shares rather than takes .3");
+    assert_eq!(got(&mut a, &shared("dns-tcp-2", "k", &[("TCP", 53)])), [ip("10.0.0.3")], "port clash: next free");
+    assert_eq!(got(&mut a, &shared("other-key", "j", &[("TCP", 8080)])), [ip("10.0.0.4")]);
 }
 
 #[test]
@@ -415,10 +287,7 @@ fn avoid_buggy_ips_never_hands_out_dot_zero_or_dot_255() {
     assert!(a.allocate(&svc("c", &[80])).is_err());
     let mut req = svc("req", &[80]);
     req.requested = vec![ip("10.0.1.0")];
-    assert_eq!(
-        a.allocate(&req),
-        Err(Refusal::RequestedIpNotInPool { ip: ip("10.0.1.0") })
-    );
+    assert_eq!(a.allocate(&req), Err(Refusal::RequestedIpNotInPool { ip: ip("10.0.1.0") }));
 }
 
 // --- sharing rules ------------------------------------------------------------------------------------------
@@ -448,16 +317,10 @@ fn local_services_share_only_with_local_services_of_the_same_selector() {
     got(&mut a, &local);
     let mut cluster = shared("cluster", "k", &[("TCP", 81)]);
     cluster.requested = vec![ip("10.0.0.2")];
-    assert!(
-        matches!(a.allocate(&cluster), Err(Refusal::BackendMismatch { .. })),
-        "Local never shares with Cluster"
-    );
+    assert!(matches!(a.allocate(&cluster), Err(Refusal::BackendMismatch { .. })), "Local never shares with Cluster");
     let mut other_sel = cluster.clone();
     other_sel.backend_key = "app=db".into();
-    assert!(matches!(
-        a.allocate(&other_sel),
-        Err(Refusal::BackendMismatch { .. })
-    ));
+    assert!(matches!(a.allocate(&other_sel), Err(Refusal::BackendMismatch { .. })));
     let mut same = cluster.clone();
     same.backend_key = "app=web".into();
     assert_eq!(got(&mut a, &same), [ip("10.0.0.2")]);
@@ -469,10 +332,7 @@ fn a_sole_holder_may_change_its_sharing_key_and_ports() {
     let mut s = shared("s", "old", &[("TCP", 80)]);
     let before = got(&mut a, &s);
     s.sharing_key = Some("new".into());
-    s.ports.insert(PortKey {
-        protocol: "TCP".into(),
-        port: 443,
-    });
+    s.ports.insert(PortKey { protocol: "TCP".into(), port: 443 });
     let outcome = a.allocate(&s).expect("still valid");
     assert_eq!((outcome.assignment.ips, outcome.changed), (before, false));
 }
@@ -483,19 +343,10 @@ fn a_port_clash_after_an_update_moves_only_the_updated_service() {
     let x = shared("x", "k", &[("TCP", 80)]);
     let mut y = shared("y", "k", &[("TCP", 81)]);
     assert_eq!(got(&mut a, &x), got(&mut a, &y));
-    y.ports.insert(PortKey {
-        protocol: "TCP".into(),
-        port: 80,
-    });
+    y.ports.insert(PortKey { protocol: "TCP".into(), port: 80 });
     let outcome = a.allocate(&y).expect("moves to a free address");
-    assert_eq!(
-        (outcome.assignment.ips, outcome.changed),
-        (vec![ip("10.0.0.1")], true)
-    );
-    assert_eq!(
-        a.assignment(&x.key).map(|x| x.ips.clone()),
-        Some(vec![ip("10.0.0.0")])
-    );
+    assert_eq!((outcome.assignment.ips, outcome.changed), (vec![ip("10.0.0.1")], true));
+    assert_eq!(a.assignment(&x.key).map(|x| x.ips.clone()), Some(vec![ip("10.0.0.0")]));
 }
 
 // --- restart, pool changes, release ------------------------------------------------------------------------
@@ -508,102 +359,57 @@ fn restoring_before_allocating_keeps_every_address() {
     assert_eq!(got(&mut a, &svc("new", &[80])), [ip("10.0.0.0")]);
     let mut grabbing = svc("grabbing", &[81]);
     grabbing.requested = vec![ip("10.0.0.5")];
-    assert!(matches!(
-        a.allocate(&grabbing),
-        Err(Refusal::NotShared { .. })
-    ));
+    assert!(matches!(a.allocate(&grabbing), Err(Refusal::NotShared { .. })));
     let outcome = a.allocate(&old).expect("keeps");
-    assert_eq!(
-        (outcome.assignment.ips, outcome.changed),
-        (vec![ip("10.0.0.5")], false)
-    );
+    assert_eq!((outcome.assignment.ips, outcome.changed), (vec![ip("10.0.0.5")], false));
     old.requested = vec![ip("10.0.0.6")];
-    let outcome = a
-        .allocate(&old)
-        .expect("moves to the newly requested address");
-    assert_eq!(
-        (outcome.assignment.ips, outcome.changed),
-        (vec![ip("10.0.0.6")], true)
-    );
+    let outcome = a.allocate(&old).expect("moves to the newly requested address");
+    assert_eq!((outcome.assignment.ips, outcome.changed), (vec![ip("10.0.0.6")], true));
 }
 
 #[test]
 fn restore_refuses_an_address_outside_every_pool() {
     let mut a = allocator(vec![pool("p", spec(&["10.0.0.0/29"]))]);
     let s = svc("s", &[80]);
-    assert_eq!(
-        a.restore(&s, &[ip("10.9.9.9")]),
-        Err(Refusal::RequestedIpNotInPool { ip: ip("10.9.9.9") })
-    );
+    assert_eq!(a.restore(&s, &[ip("10.9.9.9")]), Err(Refusal::RequestedIpNotInPool { ip: ip("10.9.9.9") }));
     assert_eq!(got(&mut a, &s), [ip("10.0.0.0")], "then allocated anew");
 }
 
 #[test]
 fn shrinking_or_deleting_a_pool_reassigns_its_services() {
-    let mut a = allocator(vec![
-        pool("a", spec(&["10.0.0.0/30"])),
-        pool("b", spec(&["10.1.0.0/30"])),
-    ]);
+    let mut a = allocator(vec![pool("a", spec(&["10.0.0.0/30"])), pool("b", spec(&["10.1.0.0/30"]))]);
     let names = ["s0", "s1", "s2", "s3", "s4"];
     for n in names {
         got(&mut a, &svc(n, &[80]));
     }
-    assert_eq!(
-        a.assignment(&ServiceKey::new("default", "s4"))
-            .map(|x| x.pool.as_str()),
-        Some("b")
-    );
-    let dropped = a.set_pools(
-        vec![
-            pool("a", spec(&["10.0.0.0/31"])),
-            pool("b", spec(&["10.1.0.0/30"])),
-        ],
-        BTreeMap::new(),
-    );
+    assert_eq!(a.assignment(&ServiceKey::new("default", "s4")).map(|x| x.pool.as_str()), Some("b"));
+    let dropped =
+        a.set_pools(vec![pool("a", spec(&["10.0.0.0/31"])), pool("b", spec(&["10.1.0.0/30"]))], BTreeMap::new());
     let dropped: Vec<String> = dropped.iter().map(|(k, _)| k.name.clone()).collect();
     assert_eq!(dropped, ["s2", "s3"]);
     for n in names {
         got(&mut a, &svc(n, &[80]));
     }
-    assert_eq!(
-        a.assignment(&ServiceKey::new("default", "s2"))
-            .map(|x| x.pool.as_str()),
-        Some("b")
-    );
+    assert_eq!(a.assignment(&ServiceKey::new("default", "s2")).map(|x| x.pool.as_str()), Some("b"));
     let dropped = a.set_pools(vec![pool("b", spec(&["10.1.0.0/30"]))], BTreeMap::new());
     assert_eq!(dropped.len(), 2, "pool a deleted");
-    let refused: Vec<_> = names
-        .iter()
-        .filter(|n| a.allocate(&svc(n, &[80])).is_err())
-        .collect();
+    let refused: Vec<_> = names.iter().filter(|n| a.allocate(&svc(n, &[80])).is_err()).collect();
     assert_eq!(refused.len(), 1, "four addresses for five Services");
-    assert_eq!(
-        a.pool_usage("b").map(|u| (u.assigned_v4, u.available_v4)),
-        Some((4, 0))
-    );
+    assert_eq!(a.pool_usage("b").map(|u| (u.assigned_v4, u.available_v4)), Some((4, 0)));
     assert_eq!(a.pool_usage("a"), None);
 }
 
 #[test]
 fn narrowing_service_allocation_moves_services_it_no_longer_allows() {
-    let mut a = allocator(vec![
-        pool("p", spec(&["10.0.0.0/30"])),
-        pool("q", spec(&["10.1.0.0/30"])),
-    ]);
+    let mut a = allocator(vec![pool("p", spec(&["10.0.0.0/30"])), pool("q", spec(&["10.1.0.0/30"]))]);
     let s = ServiceIntent::simple("team", "s", &[80]);
     assert_eq!(got(&mut a, &s), [ip("10.0.0.0")]);
     a.set_pools(
-        vec![
-            pool("p", pinned(&["10.0.0.0/30"], Some(1), &["other"])),
-            pool("q", spec(&["10.1.0.0/30"])),
-        ],
+        vec![pool("p", pinned(&["10.0.0.0/30"], Some(1), &["other"])), pool("q", spec(&["10.1.0.0/30"]))],
         BTreeMap::new(),
     );
     let outcome = a.allocate(&s).expect("moves");
-    assert_eq!(
-        (outcome.assignment.ips, outcome.changed),
-        (vec![ip("10.1.0.0")], true)
-    );
+    assert_eq!((outcome.assignment.ips, outcome.changed), (vec![ip("10.1.0.0")], true));
 }
 
 // --- dual-stack --------------------------------------------------------------------------------------------
@@ -620,41 +426,22 @@ fn dual_stack_policies() {
     let dual = || pool("dual", spec(&["10.0.0.0/30", "fc00::/126"]));
     let v4 = || pool("v4", spec(&["10.1.0.0/30"]));
     let mut a = allocator(vec![v4(), dual()]);
-    assert_eq!(
-        got(&mut a, &stack("single6", &[Family::V6], false)),
-        [ip("fc00::")]
-    );
+    assert_eq!(got(&mut a, &stack("single6", &[Family::V6], false)), [ip("fc00::")]);
     assert_eq!(
         got(&mut a, &stack("prefer", &[Family::V6, Family::V4], false)),
         [ip("10.0.0.0"), ip("fc00::1")],
         "a pool with both families wins; IPv4 is listed first"
     );
-    assert_eq!(
-        got(&mut a, &stack("require", &[Family::V4, Family::V6], true)).len(),
-        2
-    );
+    assert_eq!(got(&mut a, &stack("require", &[Family::V4, Family::V6], true)).len(), 2);
 
     let mut only_v4 = allocator(vec![v4()]);
-    assert_eq!(
-        got(
-            &mut only_v4,
-            &stack("prefer", &[Family::V4, Family::V6], false)
-        ),
-        [ip("10.1.0.0")]
-    );
-    let r = only_v4
-        .allocate(&stack("require", &[Family::V4, Family::V6], true))
-        .expect_err("no IPv6 anywhere");
+    assert_eq!(got(&mut only_v4, &stack("prefer", &[Family::V4, Family::V6], false)), [ip("10.1.0.0")]);
+    let r = only_v4.allocate(&stack("require", &[Family::V4, Family::V6], true)).expect_err("no IPv6 anywhere");
     assert!(matches!(r, Refusal::NoFreeAddress { .. }), "{r}");
 
     // PreferDualStack gets the missing family later, from the same pool, without moving the first one.
-    only_v4.set_pools(
-        vec![pool("v4", spec(&["10.1.0.0/30", "fc00:1::/126"]))],
-        BTreeMap::new(),
-    );
-    let outcome = only_v4
-        .allocate(&stack("prefer", &[Family::V4, Family::V6], false))
-        .expect("extended");
+    only_v4.set_pools(vec![pool("v4", spec(&["10.1.0.0/30", "fc00:1::/126"]))], BTreeMap::new());
+    let outcome = only_v4.allocate(&stack("prefer", &[Family::V4, Family::V6], false)).expect("extended");
     assert_eq!(outcome.assignment.ips, [ip("10.1.0.0"), ip("fc00:1::")]);
     assert!(outcome.changed);
 }
@@ -666,8 +453,5 @@ fn pool_usage_counts_shared_addresses_once() {
     got(&mut a, &shared("b", "k", &[("TCP", 2)]));
     got(&mut a, &stack("v6", &[Family::V6], false));
     let u = a.pool_usage("p").expect("pool");
-    assert_eq!(
-        (u.assigned_v4, u.available_v4, u.assigned_v6, u.available_v6),
-        (1, 15, 1, 255)
-    );
+    assert_eq!((u.assigned_v4, u.available_v4, u.assigned_v6, u.available_v6), (1, 15, 1, 255));
 }

@@ -37,11 +37,7 @@ fn pool_config(slot: usize, c: &PoolChoice) -> Option<PoolConfig> {
         addresses.push(format!("10.0.{slot}.{}-10.0.{slot}.{}", x.min(y), x.max(y)));
     }
     if let Some((x, y)) = c.v6 {
-        addresses.push(format!(
-            "fc00::{slot}:{:x}-fc00::{slot}:{:x}",
-            x.min(y),
-            x.max(y)
-        ));
+        addresses.push(format!("fc00::{slot}:{:x}-fc00::{slot}:{:x}", x.min(y), x.max(y)));
     }
     if addresses.is_empty() {
         return None;
@@ -61,11 +57,7 @@ fn pool_config(slot: usize, c: &PoolChoice) -> Option<PoolConfig> {
 
 fn small_range() -> impl Strategy<Value = (u8, u8)> {
     // Near .0 and .255 on purpose, so avoidBuggyIPs matters.
-    prop_oneof![
-        (0u8..6, 0u8..6),
-        (250u8..=255, 250u8..=255),
-        (0u8..=255, 0u8..=255).prop_map(|(a, _)| (a, a))
-    ]
+    prop_oneof![(0u8..6, 0u8..6), (250u8..=255, 250u8..=255), (0u8..=255, 0u8..=255).prop_map(|(a, _)| (a, a))]
 }
 
 fn pool_choice() -> impl Strategy<Value = PoolChoice> {
@@ -109,28 +101,17 @@ fn intent(index: usize) -> impl Strategy<Value = ServiceIntent> {
         families,
         prop_oneof![Just("default"), Just("team")],
     )
-        .prop_map(
-            move |(sharing, backend, ports, requested, pool, (families, require), ns)| {
-                let mut s = ServiceIntent::simple(ns, &format!("svc{index}"), &[]);
-                s.sharing_key = sharing.map(String::from);
-                s.backend_key = backend.to_string();
-                s.ports = ports
-                    .into_iter()
-                    .map(|(p, n)| PortKey {
-                        protocol: p.into(),
-                        port: n,
-                    })
-                    .collect();
-                s.requested = requested
-                    .into_iter()
-                    .filter(|ip| families.contains(&Family::of(*ip)))
-                    .collect();
-                s.pool = pool.map(String::from);
-                s.families = families;
-                s.require_all_families = require && s.requested.is_empty();
-                s
-            },
-        )
+        .prop_map(move |(sharing, backend, ports, requested, pool, (families, require), ns)| {
+            let mut s = ServiceIntent::simple(ns, &format!("svc{index}"), &[]);
+            s.sharing_key = sharing.map(String::from);
+            s.backend_key = backend.to_string();
+            s.ports = ports.into_iter().map(|(p, n)| PortKey { protocol: p.into(), port: n }).collect();
+            s.requested = requested.into_iter().filter(|ip| families.contains(&Family::of(*ip))).collect();
+            s.pool = pool.map(String::from);
+            s.families = families;
+            s.require_all_families = require && s.requested.is_empty();
+            s
+        })
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -157,8 +138,7 @@ impl Model {
                     .enumerate()
                     .filter_map(|(i, c)| c.as_ref().and_then(|c| pool_config(i, c)))
                     .collect();
-                self.allocator
-                    .set_pools(self.pools.clone(), BTreeMap::new());
+                self.allocator.set_pools(self.pools.clone(), BTreeMap::new());
                 for s in self.live.values() {
                     let _ = self.allocator.allocate(s);
                 }
@@ -181,39 +161,22 @@ impl Model {
     }
 
     fn check(&self) -> Result<(), TestCaseError> {
-        let intents: BTreeMap<&ServiceKey, &ServiceIntent> =
-            self.live.values().map(|s| (&s.key, s)).collect();
+        let intents: BTreeMap<&ServiceKey, &ServiceIntent> = self.live.values().map(|s| (&s.key, s)).collect();
         let mut holders: BTreeMap<IpAddr, Vec<&ServiceIntent>> = BTreeMap::new();
         let mut used: BTreeMap<(&str, Family), BTreeSet<IpAddr>> = BTreeMap::new();
         for (key, a) in self.allocator.assignments() {
-            let intent = intents.get(key).ok_or_else(|| {
-                TestCaseError::fail(format!("{key} holds an address but is gone"))
-            })?;
-            let pool = self
-                .pools
-                .iter()
-                .find(|p| p.name == a.pool)
-                .ok_or_else(|| TestCaseError::fail("unknown pool"))?;
+            let intent =
+                intents.get(key).ok_or_else(|| TestCaseError::fail(format!("{key} holds an address but is gone")))?;
+            let pool =
+                self.pools.iter().find(|p| p.name == a.pool).ok_or_else(|| TestCaseError::fail("unknown pool"))?;
             let families: BTreeSet<Family> = a.ips.iter().map(|ip| Family::of(*ip)).collect();
-            prop_assert_eq!(
-                families.len(),
-                a.ips.len(),
-                "one address per family: {:?}",
-                a
-            );
+            prop_assert_eq!(families.len(), a.ips.len(), "one address per family: {:?}", a);
             prop_assert!(!a.ips.is_empty());
             for ip in &a.ips {
-                prop_assert!(
-                    pool.contains_usable(*ip),
-                    "{} outside pool {}",
-                    ip,
-                    pool.name
-                );
+                prop_assert!(pool.contains_usable(*ip), "{} outside pool {}", ip, pool.name);
                 prop_assert!(intent.families.contains(&Family::of(*ip)));
                 holders.entry(*ip).or_default().push(intent);
-                used.entry((pool.name.as_str(), Family::of(*ip)))
-                    .or_default()
-                    .insert(*ip);
+                used.entry((pool.name.as_str(), Family::of(*ip))).or_default().insert(*ip);
             }
             if !intent.requested.is_empty() {
                 prop_assert_eq!(
@@ -235,25 +198,13 @@ impl Model {
                         ip
                     );
                     prop_assert_eq!(&x.backend_key, &y.backend_key);
-                    prop_assert!(
-                        x.ports.is_disjoint(&y.ports),
-                        "{} and {} clash on {}",
-                        x.key,
-                        y.key,
-                        ip
-                    );
+                    prop_assert!(x.ports.is_disjoint(&y.ports), "{} and {} clash on {}", x.key, y.key, ip);
                 }
             }
         }
         for pool in &self.pools {
-            let usage = self
-                .allocator
-                .pool_usage(&pool.name)
-                .ok_or_else(|| TestCaseError::fail("usage"))?;
-            let count = |f| {
-                used.get(&(pool.name.as_str(), f))
-                    .map_or(0, |s| s.len() as u128)
-            };
+            let usage = self.allocator.pool_usage(&pool.name).ok_or_else(|| TestCaseError::fail("usage"))?;
+            let count = |f| used.get(&(pool.name.as_str(), f)).map_or(0, |s| s.len() as u128);
             prop_assert_eq!(usage.assigned_v4, count(Family::V4));
             prop_assert_eq!(usage.assigned_v6, count(Family::V6));
         }

@@ -18,41 +18,25 @@ pub struct Annotation {
 }
 
 /// Allocate from this pool (also works when the pool has `autoAssign: false`).
-pub const ADDRESS_POOL: Annotation = Annotation {
-    key: "metallb.io/address-pool",
-    legacy_key: "metallb.universe.tf/address-pool",
-};
+pub const ADDRESS_POOL: Annotation =
+    Annotation { key: "metallb.io/address-pool", legacy_key: "metallb.universe.tf/address-pool" };
 /// Comma-separated requested addresses, at most one per family.
-pub const LOAD_BALANCER_IPS: Annotation = Annotation {
-    key: "metallb.io/loadBalancerIPs",
-    legacy_key: "metallb.universe.tf/loadBalancerIPs",
-};
+pub const LOAD_BALANCER_IPS: Annotation =
+    Annotation { key: "metallb.io/loadBalancerIPs", legacy_key: "metallb.universe.tf/loadBalancerIPs" };
 /// Sharing key: Services with the same key may share an address when their ports do not clash.
-pub const ALLOW_SHARED_IP: Annotation = Annotation {
-    key: "metallb.io/allow-shared-ip",
-    legacy_key: "metallb.universe.tf/allow-shared-ip",
-};
+pub const ALLOW_SHARED_IP: Annotation =
+    Annotation { key: "metallb.io/allow-shared-ip", legacy_key: "metallb.universe.tf/allow-shared-ip" };
 /// Written by the controller: the pool the address came from (only the new key is written).
-pub const IP_ALLOCATED_FROM_POOL: Annotation = Annotation {
-    key: "metallb.io/ip-allocated-from-pool",
-    legacy_key: "metallb.universe.tf/ip-allocated-from-pool",
-};
+pub const IP_ALLOCATED_FROM_POOL: Annotation =
+    Annotation { key: "metallb.io/ip-allocated-from-pool", legacy_key: "metallb.universe.tf/ip-allocated-from-pool" };
 
 /// Every annotation ferrolb reads or writes.
-pub const ALL: [Annotation; 4] = [
-    ADDRESS_POOL,
-    LOAD_BALANCER_IPS,
-    ALLOW_SHARED_IP,
-    IP_ALLOCATED_FROM_POOL,
-];
+pub const ALL: [Annotation; 4] = [ADDRESS_POOL, LOAD_BALANCER_IPS, ALLOW_SHARED_IP, IP_ALLOCATED_FROM_POOL];
 
 impl Annotation {
     /// The value under the new key, else under the legacy key.
     pub fn get<'a>(&self, annotations: &'a BTreeMap<String, String>) -> Option<&'a str> {
-        annotations
-            .get(self.key)
-            .or_else(|| annotations.get(self.legacy_key))
-            .map(String::as_str)
+        annotations.get(self.key).or_else(|| annotations.get(self.legacy_key)).map(String::as_str)
     }
 
     /// Whether the value was found only under the legacy key (worth a deprecation hint to the user).
@@ -68,10 +52,7 @@ mod tests {
     #[test]
     fn both_prefixes_share_the_suffix() {
         for a in ALL {
-            assert_eq!(
-                a.key.strip_prefix(PREFIX),
-                a.legacy_key.strip_prefix(LEGACY_PREFIX)
-            );
+            assert_eq!(a.key.strip_prefix(PREFIX), a.legacy_key.strip_prefix(LEGACY_PREFIX));
             assert!(a.key.starts_with(PREFIX) && a.legacy_key.starts_with(LEGACY_PREFIX));
         }
     }

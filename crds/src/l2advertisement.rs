@@ -15,11 +15,7 @@ use serde::{Deserialize, Serialize};
     status = "L2AdvertisementStatus",
     shortname = "l2adv",
     category = "ferrolb",
-    printcolumn(
-        name = "IPAddressPools",
-        type_ = "string",
-        json_path = ".spec.ipAddressPools"
-    ),
+    printcolumn(name = "IPAddressPools", type_ = "string", json_path = ".spec.ipAddressPools"),
     printcolumn(
         name = "IPAddressPool Selectors",
         type_ = "string",
@@ -27,17 +23,8 @@ use serde::{Deserialize, Serialize};
         priority = 10
     ),
     printcolumn(name = "Interfaces", type_ = "string", json_path = ".spec.interfaces"),
-    printcolumn(
-        name = "Node Selectors",
-        type_ = "string",
-        json_path = ".spec.nodeSelectors",
-        priority = 10
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Node Selectors", type_ = "string", json_path = ".spec.nodeSelectors", priority = 10),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct L2AdvertisementSpec {
@@ -99,10 +86,7 @@ impl L2Advertisement {
         Self {
             api_version: api_version(),
             kind: kind(),
-            metadata: ObjectMeta {
-                name: Some(name.to_string()),
-                ..ObjectMeta::default()
-            },
+            metadata: ObjectMeta { name: Some(name.to_string()), ..ObjectMeta::default() },
             spec,
         }
     }

@@ -9,13 +9,9 @@ mod l2advertisement;
 mod pool;
 mod servicel2status;
 
-pub use l2advertisement::{
-    L2Advertisement, L2AdvertisementSchema, L2AdvertisementSpec, L2AdvertisementStatus,
-};
+pub use l2advertisement::{L2Advertisement, L2AdvertisementSchema, L2AdvertisementSpec, L2AdvertisementStatus};
 pub use pool::{IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus, ServiceAllocation};
-pub use servicel2status::{
-    InterfaceInfo, ServiceL2Status, ServiceL2StatusSpec, ServiceL2StatusStatus,
-};
+pub use servicel2status::{InterfaceInfo, ServiceL2Status, ServiceL2StatusSpec, ServiceL2StatusStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -27,11 +23,7 @@ pub const VERSION: &str = "v1beta1";
 
 /// Every CRD ferrolb installs, as `(file name, YAML)` in a stable order; crdgen writes these files.
 pub fn crd_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
-    let mut crds = [
-        IPAddressPool::crd(),
-        L2AdvertisementSchema::crd(),
-        ServiceL2Status::crd(),
-    ];
+    let mut crds = [IPAddressPool::crd(), L2AdvertisementSchema::crd(), ServiceL2Status::crd()];
     // MetalLB's documented manifests omit `spec` on these two kinds; the derived schema would require it.
     for crd in &mut crds[1..] {
         spec_not_required(crd);
@@ -51,10 +43,7 @@ pub const GENERATED_HEADER: &str =
 
 fn spec_not_required(crd: &mut CustomResourceDefinition) {
     for version in &mut crd.spec.versions {
-        let schema = version
-            .schema
-            .as_mut()
-            .and_then(|s| s.open_api_v3_schema.as_mut());
+        let schema = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut());
         if let Some(required) = schema.and_then(|s| s.required.as_mut()) {
             required.retain(|field| field != "spec");
         }

@@ -14,48 +14,14 @@ use serde::{Deserialize, Serialize};
     shortname = "ipp",
     category = "ferrolb",
     printcolumn(name = "Addresses", type_ = "string", json_path = ".spec.addresses"),
-    printcolumn(
-        name = "Auto Assign",
-        type_ = "boolean",
-        json_path = ".spec.autoAssign"
-    ),
-    printcolumn(
-        name = "Avoid Buggy IPs",
-        type_ = "boolean",
-        json_path = ".spec.avoidBuggyIPs"
-    ),
-    printcolumn(
-        name = "Assigned v4",
-        type_ = "integer",
-        json_path = ".status.assignedIPv4"
-    ),
-    printcolumn(
-        name = "Available v4",
-        type_ = "integer",
-        json_path = ".status.availableIPv4"
-    ),
-    printcolumn(
-        name = "Assigned v6",
-        type_ = "integer",
-        json_path = ".status.assignedIPv6",
-        priority = 1
-    ),
-    printcolumn(
-        name = "Available v6",
-        type_ = "integer",
-        json_path = ".status.availableIPv6",
-        priority = 1
-    ),
-    printcolumn(
-        name = "Valid",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Valid\")].status"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Auto Assign", type_ = "boolean", json_path = ".spec.autoAssign"),
+    printcolumn(name = "Avoid Buggy IPs", type_ = "boolean", json_path = ".spec.avoidBuggyIPs"),
+    printcolumn(name = "Assigned v4", type_ = "integer", json_path = ".status.assignedIPv4"),
+    printcolumn(name = "Available v4", type_ = "integer", json_path = ".status.availableIPv4"),
+    printcolumn(name = "Assigned v6", type_ = "integer", json_path = ".status.assignedIPv6", priority = 1),
+    printcolumn(name = "Available v6", type_ = "integer", json_path = ".status.availableIPv6", priority = 1),
+    printcolumn(name = "Valid", type_ = "string", json_path = ".status.conditions[?(@.type==\"Valid\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IPAddressPoolSpec {

@@ -12,21 +12,9 @@ use serde::{Deserialize, Serialize};
     status = "ServiceL2StatusStatus",
     category = "ferrolb",
     printcolumn(name = "Allocated Node", type_ = "string", json_path = ".status.node"),
-    printcolumn(
-        name = "Service Name",
-        type_ = "string",
-        json_path = ".status.serviceName"
-    ),
-    printcolumn(
-        name = "Service Namespace",
-        type_ = "string",
-        json_path = ".status.serviceNamespace"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Service Name", type_ = "string", json_path = ".status.serviceName"),
+    printcolumn(name = "Service Namespace", type_ = "string", json_path = ".status.serviceNamespace"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 pub struct ServiceL2StatusSpec {}
 

@@ -22,26 +22,19 @@ fn committed_crds_match_the_types() {
     on_disk.sort();
     assert_eq!(
         on_disk,
-        [
-            "ipaddresspools.metallb.io.yaml",
-            "l2advertisements.metallb.io.yaml",
-            "servicel2statuses.metallb.io.yaml"
-        ],
+        ["ipaddresspools.metallb.io.yaml", "l2advertisements.metallb.io.yaml", "servicel2statuses.metallb.io.yaml"],
         "no stray files in charts/ferrolb/crds"
     );
 }
 
 fn seed(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/seed")
-        .join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seed").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 #[test]
 fn seed_pool_parses_with_metallb_defaults() {
-    let pool: IPAddressPool =
-        serde_yaml::from_str(&seed("ipaddresspool.yaml")).expect("seed pool parses");
+    let pool: IPAddressPool = serde_yaml::from_str(&seed("ipaddresspool.yaml")).expect("seed pool parses");
     assert_eq!(pool.metadata.name.as_deref(), Some("default"));
     assert_eq!(pool.metadata.namespace.as_deref(), Some("metallb-system"));
     assert_eq!(pool.spec.addresses, ["172.17.255.1-172.17.255.255"]);
@@ -56,9 +49,7 @@ fn seed_l2advertisement_without_spec_means_everything() {
         serde_yaml::from_str(&seed("l2advertisement.yaml")).expect("seed L2Advertisement parses");
     assert_eq!(adv.metadata.name.as_deref(), Some("default"));
     assert!(
-        adv.spec.ip_address_pools.is_empty()
-            && adv.spec.node_selectors.is_empty()
-            && adv.spec.interfaces.is_empty()
+        adv.spec.ip_address_pools.is_empty() && adv.spec.node_selectors.is_empty() && adv.spec.interfaces.is_empty()
     );
     assert_eq!(adv.kind, "L2Advertisement");
 }
@@ -68,9 +59,7 @@ fn spec_is_optional_where_metallb_manifests_omit_it() {
     for (name, yaml) in ferrolb_crds::crd_files().expect("CRDs serialize") {
         let crd: serde_yaml::Value = serde_yaml::from_str(&yaml).expect("yaml");
         let required = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["required"];
-        let spec_required = required
-            .as_sequence()
-            .is_some_and(|r| r.iter().any(|f| f == "spec"));
+        let spec_required = required.as_sequence().is_some_and(|r| r.iter().any(|f| f == "spec"));
         assert_eq!(spec_required, name.starts_with("ipaddresspools"), "{name}");
     }
 }
@@ -94,22 +83,12 @@ spec:
     let pool: IPAddressPool = serde_yaml::from_str(yaml).expect("parses");
     assert!(!pool.spec.auto_assign());
     assert!(pool.spec.avoid_buggy_ips);
-    let alloc = pool
-        .spec
-        .service_allocation
-        .as_ref()
-        .expect("serviceAllocation");
+    let alloc = pool.spec.service_allocation.as_ref().expect("serviceAllocation");
     assert_eq!(alloc.priority, Some(50));
     assert_eq!(alloc.namespaces, ["team-a"]);
     let json = serde_json::to_value(&pool).expect("serializes");
-    assert_eq!(
-        json["spec"]["avoidBuggyIPs"], true,
-        "field keeps MetalLB's exact spelling"
-    );
-    assert_eq!(
-        json["spec"]["serviceAllocation"]["namespaceSelectors"][0]["matchLabels"]["tier"],
-        "prod"
-    );
+    assert_eq!(json["spec"]["avoidBuggyIPs"], true, "field keeps MetalLB's exact spelling");
+    assert_eq!(json["spec"]["serviceAllocation"]["namespaceSelectors"][0]["matchLabels"]["tier"], "prod");
 }
 
 #[test]

@@ -19,11 +19,7 @@ struct Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = Command::new(EXE)
-            .args(["--name", "flbc", "--dir"])
-            .arg(&self.dir)
-            .arg("down")
-            .output();
+        let _ = Command::new(EXE).args(["--name", "flbc", "--dir"]).arg(&self.dir).arg("down").output();
     }
 }
 
@@ -52,11 +48,7 @@ fn rejected_with(result: Result<DynamicObject, kube::Error>, needle: &str) {
     match result {
         Err(kube::Error::Api(e)) => {
             assert_eq!(e.code, 422, "{e:?}");
-            assert!(
-                e.message.contains(needle),
-                "expected {needle:?} in {:?}",
-                e.message
-            );
+            assert!(e.message.contains(needle), "expected {needle:?} in {:?}", e.message);
         }
         other => panic!("expected a 422 mentioning {needle:?}, got {other:?}"),
     }
@@ -65,96 +57,54 @@ fn rejected_with(result: Result<DynamicObject, kube::Error>, needle: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_crds_accept_metallb_manifests_and_reject_bad_input() {
     assert!(nix::unistd::geteuid().is_root(), "the lab needs root");
-    let lab = Lab {
-        dir: std::env::temp_dir().join("ferrolb-lab-flbc"),
-    };
+    let lab = Lab { dir: std::env::temp_dir().join("ferrolb-lab-flbc") };
     let out = Command::new(EXE)
         .args(["--name", "flbc", "--dir"])
         .arg(&lab.dir)
-        .args(["up", "--nodes", "1"])
+        .args(["up", "--nodes", "1", "--bare"])
         .output()
         .expect("up");
-    assert!(
-        out.status.success(),
-        "up: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let client = ferrolb_tests::lab::kubelet::client(&lab.dir.join("admin.kubeconfig"))
-        .await
-        .expect("client");
+    assert!(out.status.success(), "up: {}", String::from_utf8_lossy(&out.stderr));
+    let client = ferrolb_tests::lab::kubelet::client(&lab.dir.join("admin.kubeconfig")).await.expect("client");
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for (file, _) in ferrolb_crds::crd_files().expect("crds") {
-        let text = std::fs::read_to_string(repo("charts/ferrolb/crds").join(&file))
-            .expect("committed CRD");
+        let text = std::fs::read_to_string(repo("charts/ferrolb/crds").join(&file)).expect("committed CRD");
         let crd: CustomResourceDefinition = serde_yaml::from_str(&text).expect("CRD yaml");
         crds.create(&PostParams::default(), &crd)
             .await
             .unwrap_or_else(|e| panic!("{file} rejected by the API server: {e}"));
     }
     let start = Instant::now();
-    for name in [
-        "ipaddresspools.metallb.io",
-        "l2advertisements.metallb.io",
-        "servicel2statuses.metallb.io",
-    ] {
+    for name in ["ipaddresspools.metallb.io", "l2advertisements.metallb.io", "servicel2statuses.metallb.io"] {
         loop {
             let crd = crds.get(name).await.expect("crd");
             let conds = crd.status.and_then(|s| s.conditions).unwrap_or_default();
-            if conds
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-            {
+            if conds.iter().any(|c| c.type_ == "Established" && c.status == "True") {
                 break;
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "{name} never Established"
-            );
+            assert!(start.elapsed() < Duration::from_secs(30), "{name} never Established");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let ns: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": "metallb-system"}})).expect("ns");
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("namespace");
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "metallb-system"}})).expect("ns");
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("namespace");
 
     let pools = ApiResource::erase::<IPAddressPool>(&());
     let ads = ApiResource::erase::<L2AdvertisementSchema>(&());
     // The user's manifests, unchanged.
     let seed = |f: &str| std::fs::read_to_string(repo("examples/seed").join(f)).expect("seed");
-    let pool = create_yaml(
-        &client,
-        &pools,
-        "metallb-system",
-        &seed("ipaddresspool.yaml"),
-    )
-    .await
-    .expect("seed pool accepted");
-    assert_eq!(
-        pool.data["spec"]["autoAssign"], true,
-        "schema default applied"
-    );
-    assert_eq!(
-        pool.data["spec"]["avoidBuggyIPs"], false,
-        "schema default applied"
-    );
-    create_yaml(
-        &client,
-        &ads,
-        "metallb-system",
-        &seed("l2advertisement.yaml"),
-    )
-    .await
-    .expect("spec-less L2Advertisement accepted");
+    let pool =
+        create_yaml(&client, &pools, "metallb-system", &seed("ipaddresspool.yaml")).await.expect("seed pool accepted");
+    assert_eq!(pool.data["spec"]["autoAssign"], true, "schema default applied");
+    assert_eq!(pool.data["spec"]["avoidBuggyIPs"], false, "schema default applied");
+    create_yaml(&client, &ads, "metallb-system", &seed("l2advertisement.yaml"))
+        .await
+        .expect("spec-less L2Advertisement accepted");
 
     // MetalLB's documented forms.
     let doc = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: docs}\nspec:\n  addresses: ['192.168.10.0/24', '192.168.9.1-192.168.9.5', 'fc00:f853:0ccd:e799::/124', '10.9.0.1 - 10.9.0.9']\n  serviceAllocation: {priority: 50, namespaces: [a, b]}\n";
-    create_yaml(&client, &pools, "metallb-system", doc)
-        .await
-        .expect("documented pool accepted");
+    create_yaml(&client, &pools, "metallb-system", doc).await.expect("documented pool accepted");
 
     // What the schema and CEL reject, with a message a user can act on.
     let bad = |addr: &str, name: &str| {
@@ -162,39 +112,18 @@ async fn generated_crds_accept_metallb_manifests_and_reject_bad_input() {
             "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {{name: {name}}}\nspec: {{addresses: ['{addr}']}}\n"
         )
     };
-    for (i, addr) in ["banana", "10.0.0.1", "10.0.0.0/33", "10.0.0.1-banana"]
-        .iter()
-        .enumerate()
-    {
-        let result = create_yaml(
-            &client,
-            &pools,
-            "metallb-system",
-            &bad(addr, &format!("bad{i}")),
-        )
-        .await;
+    for (i, addr) in ["banana", "10.0.0.1", "10.0.0.0/33", "10.0.0.1-banana"].iter().enumerate() {
+        let result = create_yaml(&client, &pools, "metallb-system", &bad(addr, &format!("bad{i}"))).await;
         rejected_with(result, "each address must be a CIDR");
     }
     let empty = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: empty}\nspec: {addresses: []}\n";
-    rejected_with(
-        create_yaml(&client, &pools, "metallb-system", empty).await,
-        "should have at least 1 items",
-    );
+    rejected_with(create_yaml(&client, &pools, "metallb-system", empty).await, "should have at least 1 items");
     let no_spec = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: nospec}\n";
-    rejected_with(
-        create_yaml(&client, &pools, "metallb-system", no_spec).await,
-        "spec: Required value",
-    );
+    rejected_with(create_yaml(&client, &pools, "metallb-system", no_spec).await, "spec: Required value");
     let dup = "apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: dup}\nspec: {interfaces: [eth0, eth0]}\n";
-    rejected_with(
-        create_yaml(&client, &ads, "metallb-system", dup).await,
-        "Duplicate value",
-    );
+    rejected_with(create_yaml(&client, &ads, "metallb-system", dup).await, "Duplicate value");
     let prio = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: prio}\nspec: {addresses: [10.1.0.0/24], serviceAllocation: {priority: -1}}\n";
-    rejected_with(
-        create_yaml(&client, &pools, "metallb-system", prio).await,
-        "should be greater than or equal to 0",
-    );
+    rejected_with(create_yaml(&client, &pools, "metallb-system", prio).await, "should be greater than or equal to 0");
 
     // ServiceL2Status: the announcing node cannot be rewritten in place.
     let statuses = ApiResource::erase::<ServiceL2Status>(&());
@@ -207,14 +136,8 @@ async fn generated_crds_accept_metallb_manifests_and_reject_bad_input() {
     )
     .await
     .expect("status object");
-    let set = |node: &str| {
-        Patch::Merge(json!({"status": {"node": node, "serviceName": "s", "serviceNamespace": "n"}}))
-    };
-    api.patch_status("l2-x", &PatchParams::default(), &set("node-1"))
-        .await
-        .expect("first status write");
-    let moved = api
-        .patch_status("l2-x", &PatchParams::default(), &set("node-2"))
-        .await;
+    let set = |node: &str| Patch::Merge(json!({"status": {"node": node, "serviceName": "s", "serviceNamespace": "n"}}));
+    api.patch_status("l2-x", &PatchParams::default(), &set("node-1")).await.expect("first status write");
+    let moved = api.patch_status("l2-x", &PatchParams::default(), &set("node-2")).await;
     rejected_with(moved, "node is immutable");
 }

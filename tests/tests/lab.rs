@@ -34,33 +34,14 @@ impl Lab {
 
     fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "ferrolb-lab {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "ferrolb-lab {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// Runs `ferrolb-lab probe` inside a namespace.
-    fn probe(
-        &self,
-        from: &str,
-        protocol: &str,
-        addr: &str,
-        timeout_ms: u64,
-    ) -> Result<String, String> {
-        let out = self.cli(&[
-            "exec",
-            from,
-            "--",
-            EXE,
-            "probe",
-            protocol,
-            addr,
-            "--timeout-ms",
-            &timeout_ms.to_string(),
-        ]);
+    fn probe(&self, from: &str, protocol: &str, addr: &str, timeout_ms: u64) -> Result<String, String> {
+        let out =
+            self.cli(&["exec", from, "--", EXE, "probe", protocol, addr, "--timeout-ms", &timeout_ms.to_string()]);
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
         } else {
@@ -80,40 +61,23 @@ impl Drop for Lab {
 }
 
 fn start_lab(name: &str) -> Lab {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the lab needs root (network namespaces, raw sockets)"
-    );
-    let lab = Lab {
-        name: name.to_string(),
-        dir: std::env::temp_dir().join(format!("ferrolb-lab-{name}")),
-    };
+    assert!(nix::unistd::geteuid().is_root(), "the lab needs root (network namespaces, raw sockets)");
+    let lab = Lab { name: name.to_string(), dir: std::env::temp_dir().join(format!("ferrolb-lab-{name}")) };
     let (name, dir) = (lab.name.clone(), lab.dir.clone());
     // An interrupted run (Ctrl-C, SIGTERM from a CI timeout) still takes the lab down.
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("signal");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
         tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
-        let _ = Command::new(EXE)
-            .args(["--name", &name, "--dir"])
-            .arg(&dir)
-            .arg("down")
-            .status();
+        let _ = Command::new(EXE).args(["--name", &name, "--dir"]).arg(&dir).arg("down").status();
         std::process::exit(130);
     });
-    let out = lab.cli(&["up", "--nodes", "3"]);
-    assert!(
-        out.status.success(),
-        "up failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = lab.cli(&["up", "--nodes", "3", "--bare"]);
+    assert!(out.status.success(), "up failed: {}", String::from_utf8_lossy(&out.stderr));
     lab
 }
 
 async fn client_for(kubeconfig: &std::path::Path) -> Client {
-    ferrolb_tests::lab::kubelet::client(kubeconfig)
-        .await
-        .expect("kubeconfig loads")
+    ferrolb_tests::lab::kubelet::client(kubeconfig).await.expect("kubeconfig loads")
 }
 
 /// Polls `check` until it returns Some, or panics with `what` after `timeout` (a bound, not a measurement).
@@ -127,28 +91,18 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
 async fn ready_status(nodes: &Api<Node>, name: &str) -> Option<String> {
     let node = nodes.get(name).await.ok()?;
-    node.status?
-        .conditions?
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| c.status)
+    node.status?.conditions?.into_iter().find(|c| c.type_ == "Ready").map(|c| c.status)
 }
 
 fn neighbour(ns: &str, ip: &str) -> String {
-    let out = Command::new("ip")
-        .args(["-n", ns, "neigh", "show", ip])
-        .output()
-        .expect("ip neigh");
+    let out = Command::new("ip").args(["-n", ns, "neigh", "show", ip]).output().expect("ip neigh");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -159,24 +113,14 @@ async fn the_lab_is_real_and_leaves_nothing_behind() {
     let admin = client_for(&state.kubeconfig()).await;
 
     // /readyz on a real API server.
-    let readyz = admin
-        .request_text(
-            http::Request::get("/readyz")
-                .body(Vec::new())
-                .expect("request"),
-        )
-        .await;
+    let readyz = admin.request_text(http::Request::get("/readyz").body(Vec::new()).expect("request")).await;
     assert_eq!(readyz.expect("readyz").trim(), "ok");
 
     // RBAC is enforced: a ServiceAccount with no bindings is denied what the admin may do.
     let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "default");
-    let sa: ServiceAccount =
-        serde_json::from_value(json!({"metadata": {"name": "nobody"}})).expect("sa");
-    sas.create(&PostParams::default(), &sa)
-        .await
-        .expect("create sa");
-    let request: TokenRequest =
-        serde_json::from_value(json!({"spec": {"audiences": []}})).expect("tokenrequest");
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "nobody"}})).expect("sa");
+    sas.create(&PostParams::default(), &sa).await.expect("create sa");
+    let request: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": []}})).expect("tokenrequest");
     let token = sas
         .create_token_request("nobody", &PostParams::default(), &request)
         .await
@@ -186,37 +130,19 @@ async fn the_lab_is_real_and_leaves_nothing_behind() {
         .token;
     let ca = state.dir.join("pki/ca.crt");
     let sa_kubeconfig = state.dir.join("nobody.kubeconfig");
-    std::fs::write(
-        &sa_kubeconfig,
-        ferrolb_tests::lab::pki::kubeconfig(&ca, state.api_port, "nobody", &token),
-    )
-    .expect("write");
+    std::fs::write(&sa_kubeconfig, ferrolb_tests::lab::pki::kubeconfig(&ca, state.api_port, "nobody", &token))
+        .expect("write");
     let nobody = client_for(&sa_kubeconfig).await;
-    let denied = Api::<Secret>::namespaced(nobody.clone(), "kube-system")
-        .list(&ListParams::default())
-        .await;
-    assert!(
-        matches!(&denied, Err(kube::Error::Api(e)) if e.code == 403),
-        "unprivileged list of Secrets: {denied:?}"
-    );
+    let denied = Api::<Secret>::namespaced(nobody.clone(), "kube-system").list(&ListParams::default()).await;
+    assert!(matches!(&denied, Err(kube::Error::Api(e)) if e.code == 403), "unprivileged list of Secrets: {denied:?}");
     let denied = Api::<Node>::all(nobody).list(&ListParams::default()).await;
-    assert!(
-        matches!(&denied, Err(kube::Error::Api(e)) if e.code == 403),
-        "unprivileged list of Nodes: {denied:?}"
-    );
-    Api::<Secret>::namespaced(admin.clone(), "kube-system")
-        .list(&ListParams::default())
-        .await
-        .expect("admin may");
+    assert!(matches!(&denied, Err(kube::Error::Api(e)) if e.code == 403), "unprivileged list of Nodes: {denied:?}");
+    Api::<Secret>::namespaced(admin.clone(), "kube-system").list(&ListParams::default()).await.expect("admin may");
 
     // Nodes are Ready; a killed node goes NotReady (node lifecycle controller), a revived one comes back.
     let nodes: Api<Node> = Api::all(admin.clone());
     for n in ["node-1", "node-2", "node-3"] {
-        assert_eq!(
-            ready_status(&nodes, n).await.as_deref(),
-            Some("True"),
-            "{n}"
-        );
+        assert_eq!(ready_status(&nodes, n).await.as_deref(), Some("True"), "{n}");
     }
 
     // EndpointSlices for a Service whose pod is bound to a lab node, carrying nodeName.
@@ -224,10 +150,7 @@ async fn the_lab_is_real_and_leaves_nothing_behind() {
         "metadata": {"name": "echo-2", "labels": {"app": "echo"}},
         "spec": {"nodeName": "node-2", "containers": [{"name": "echo", "image": "lab/echo"}]}}))
     .expect("pod");
-    Api::<Pod>::namespaced(admin.clone(), "default")
-        .create(&PostParams::default(), &pod)
-        .await
-        .expect("create pod");
+    Api::<Pod>::namespaced(admin.clone(), "default").create(&PostParams::default(), &pod).await.expect("create pod");
     let svc: Service = serde_json::from_value(json!({
         "metadata": {"name": "echo"},
         "spec": {"type": "LoadBalancer", "selector": {"app": "echo"}, "ports": [
@@ -238,94 +161,53 @@ async fn the_lab_is_real_and_leaves_nothing_behind() {
         .await
         .expect("create svc");
     let slices: Api<EndpointSlice> = Api::namespaced(admin.clone(), "default");
-    let endpoint = eventually(
-        "an EndpointSlice endpoint on node-2",
-        Duration::from_secs(60),
-        || async {
-            let list = slices
-                .list(&ListParams::default().labels("kubernetes.io/service-name=echo"))
-                .await
-                .ok()?;
-            list.items
-                .into_iter()
-                .flat_map(|s| s.endpoints)
-                .find(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
-        },
-    )
+    let endpoint = eventually("an EndpointSlice endpoint on node-2", Duration::from_secs(60), || async {
+        let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=echo")).await.ok()?;
+        list.items
+            .into_iter()
+            .flat_map(|s| s.endpoints)
+            .find(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+    })
     .await;
     assert_eq!(endpoint.node_name.as_deref(), Some("node-2"));
 
     // TCP and UDP from the host namespace to a node's echo server, over the bridge.
-    let tcp = eventually(
-        "TCP answer from node-2",
-        Duration::from_secs(30),
-        || async { lab.probe("host", "tcp", "198.18.0.12:7777", 1000).ok() },
-    )
+    let tcp = eventually("TCP answer from node-2", Duration::from_secs(30), || async {
+        lab.probe("host", "tcp", "198.18.0.12:7777", 1000).ok()
+    })
     .await;
     assert_eq!(tcp, "node-2");
-    assert_eq!(
-        lab.probe("host", "udp", "198.18.0.13:7777", 2000)
-            .as_deref(),
-        Ok("node-3 probe")
-    );
+    assert_eq!(lab.probe("host", "udp", "198.18.0.13:7777", 2000).as_deref(), Ok("node-3 probe"));
 
     // The kube-proxy stand-in holds the VIP on every node, yet the kernel never answers ARP for it...
     let services: Api<Service> = Api::namespaced(admin.clone(), "default");
     let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.19.0.77"}]}}});
-    services
-        .patch_status("echo", &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .expect("set ingress");
+    services.patch_status("echo", &PatchParams::default(), &Patch::Merge(&status)).await.expect("set ingress");
     for node in &state.nodes {
         eventually("the VIP on kube-ipvs0", Duration::from_secs(30), || async {
             let out = Command::new("ip")
                 .args(["-n", &node.netns, "-4", "addr", "show", net::IPVS_INTERFACE])
                 .output()
                 .ok()?;
-            String::from_utf8_lossy(&out.stdout)
-                .contains("198.19.0.77/32")
-                .then_some(())
+            String::from_utf8_lossy(&out.stdout).contains("198.19.0.77/32").then_some(())
         })
         .await;
     }
     let host = state.host_netns();
     let probe = lab.probe("host", "udp", "198.19.0.77:7777", 1500);
-    assert!(
-        probe.is_err(),
-        "nobody answers ARP for the VIP, so nothing can reach it: {probe:?}"
-    );
+    assert!(probe.is_err(), "nobody answers ARP for the VIP, so nothing can reach it: {probe:?}");
     let neigh = neighbour(&host, "198.19.0.77");
-    assert!(
-        !neigh.contains("lladdr"),
-        "no ARP reply for the VIP, host neighbour entry: {neigh:?}"
-    );
+    assert!(!neigh.contains("lladdr"), "no ARP reply for the VIP, host neighbour entry: {neigh:?}");
     // ...which is strictARP at work: with arp_ignore=0 (IPVS without strictARP) the kernel answers at once.
     for iface in ["all", "eth0"] {
-        net::sysctl(
-            &state.nodes[0].netns,
-            &format!("net.ipv4.conf.{iface}.arp_ignore"),
-            "0",
-        )
-        .expect("sysctl");
+        net::sysctl(&state.nodes[0].netns, &format!("net.ipv4.conf.{iface}.arp_ignore"), "0").expect("sysctl");
     }
-    Command::new("ip")
-        .args(["-n", &host, "neigh", "flush", "all"])
-        .status()
-        .expect("flush");
+    Command::new("ip").args(["-n", &host, "neigh", "flush", "all"]).status().expect("flush");
     let answered = lab.probe("host", "udp", "198.19.0.77:7777", 2000);
-    assert_eq!(
-        answered.as_deref(),
-        Ok("node-1 probe"),
-        "without strictARP node-1's kernel answers ARP for the VIP"
-    );
+    assert_eq!(answered.as_deref(), Ok("node-1 probe"), "without strictARP node-1's kernel answers ARP for the VIP");
     assert!(neighbour(&host, "198.19.0.77").contains("lladdr"));
     for iface in ["all", "eth0"] {
-        net::sysctl(
-            &state.nodes[0].netns,
-            &format!("net.ipv4.conf.{iface}.arp_ignore"),
-            "1",
-        )
-        .expect("sysctl");
+        net::sysctl(&state.nodes[0].netns, &format!("net.ipv4.conf.{iface}.arp_ignore"), "1").expect("sysctl");
     }
 
     // Hard node failure: heartbeats stop, the node lifecycle controller marks it NotReady, endpoints go unready.
@@ -334,45 +216,28 @@ async fn the_lab_is_real_and_leaves_nothing_behind() {
         (ready_status(&nodes, "node-2").await.as_deref() != Some("True")).then_some(())
     })
     .await;
-    assert!(
-        lab.probe("host", "tcp", "198.18.0.12:7777", 500).is_err(),
-        "node-2's link is down"
-    );
-    eventually(
-        "node-2's endpoint not ready",
-        Duration::from_secs(60),
-        || async {
-            let list = slices
-                .list(&ListParams::default().labels("kubernetes.io/service-name=echo"))
-                .await
-                .ok()?;
-            let ready = list
-                .items
-                .iter()
-                .flat_map(|s| &s.endpoints)
-                .any(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true));
-            (!ready).then_some(())
-        },
-    )
+    assert!(lab.probe("host", "tcp", "198.18.0.12:7777", 500).is_err(), "node-2's link is down");
+    eventually("node-2's endpoint not ready", Duration::from_secs(60), || async {
+        let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=echo")).await.ok()?;
+        let ready = list
+            .items
+            .iter()
+            .flat_map(|s| &s.endpoints)
+            .any(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true));
+        (!ready).then_some(())
+    })
     .await;
     lab.ok(&["revive", "node-2"]);
     eventually("node-2 Ready again", Duration::from_secs(60), || async {
         (ready_status(&nodes, "node-2").await.as_deref() == Some("True")).then_some(())
     })
     .await;
-    assert_eq!(
-        lab.probe("host", "tcp", "198.18.0.12:7777", 2000)
-            .as_deref(),
-        Ok("node-2")
-    );
+    assert_eq!(lab.probe("host", "tcp", "198.18.0.12:7777", 2000).as_deref(), Ok("node-2"));
 
     // Down removes every process, namespace and file.
     let pids: Vec<i32> = state.procs.iter().map(|p| p.pid).collect();
     lab.ok(&["down"]);
-    assert!(
-        net::lab_namespaces("flbt").expect("ip netns").is_empty(),
-        "namespaces left behind"
-    );
+    assert!(net::lab_namespaces("flbt").expect("ip netns").is_empty(), "namespaces left behind");
     assert!(pids.iter().all(|p| !alive(*p)), "processes left behind");
     assert!(!lab.dir.exists(), "state dir left behind");
 }
@@ -380,46 +245,27 @@ async fn the_lab_is_real_and_leaves_nothing_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_cleans_up_after_an_interrupted_up() {
     assert!(nix::unistd::geteuid().is_root(), "the lab needs root");
-    let lab = Lab {
-        name: "flbi".into(),
-        dir: std::env::temp_dir().join("ferrolb-lab-flbi"),
-    };
+    let lab = Lab { name: "flbi".into(), dir: std::env::temp_dir().join("ferrolb-lab-flbi") };
     lab.down();
     let mut up = Command::new(EXE)
         .args(["--name", &lab.name, "--dir"])
         .arg(&lab.dir)
-        .args(["up", "--nodes", "2"])
+        .args(["up", "--nodes", "2", "--bare"])
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn up");
     // Interrupt `up` once it has started processes (etcd is the first), as a Ctrl-C at the worst moment would.
-    let state = eventually(
-        "up to start a process",
-        Duration::from_secs(120),
-        || async { State::load(&lab.dir).ok().filter(|s| !s.procs.is_empty()) },
-    )
+    let state = eventually("up to start a process", Duration::from_secs(120), || async {
+        State::load(&lab.dir).ok().filter(|s| !s.procs.is_empty())
+    })
     .await;
     up.kill().expect("kill up");
     let _ = up.wait();
-    assert!(
-        !net::lab_namespaces("flbi").expect("ip netns").is_empty(),
-        "the interrupted up left namespaces"
-    );
+    assert!(!net::lab_namespaces("flbi").expect("ip netns").is_empty(), "the interrupted up left namespaces");
     lab.ok(&["down"]);
-    assert!(
-        net::lab_namespaces("flbi").expect("ip netns").is_empty(),
-        "namespaces left behind"
-    );
-    let pids: Vec<i32> = State::load(&lab.dir)
-        .map(|s| s.procs)
-        .unwrap_or_default()
-        .iter()
-        .map(|p| p.pid)
-        .collect();
+    assert!(net::lab_namespaces("flbi").expect("ip netns").is_empty(), "namespaces left behind");
+    let pids: Vec<i32> = State::load(&lab.dir).map(|s| s.procs).unwrap_or_default().iter().map(|p| p.pid).collect();
     assert!(pids.is_empty(), "state is gone");
-    assert!(
-        state.procs.iter().all(|p| !alive(p.pid)),
-        "processes left behind"
-    );
+    assert!(state.procs.iter().all(|p| !alive(p.pid)), "processes left behind");
     assert!(!lab.dir.exists());
 }

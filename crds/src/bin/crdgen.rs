@@ -6,9 +6,7 @@ fn main() -> std::io::Result<()> {
     let dir = std::env::args_os()
         .nth(1)
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/ferrolb/crds")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/ferrolb/crds"));
     std::fs::create_dir_all(&dir)?;
     let files = ferrolb_crds::crd_files().map_err(std::io::Error::other)?;
     for (name, yaml) in files {

@@ -6,9 +6,7 @@ use ferrolb_tests::lab::{State, default_dir, kubelet, lifecycle, node};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(
-    about = "A real Kubernetes control plane and a Layer-2 lab network on one machine (needs root)"
-)]
+#[command(about = "A real Kubernetes control plane and a Layer-2 lab network on one machine (needs root)")]
 struct Cli {
     /// Lab name: prefix of its network namespaces.
     #[arg(long, global = true, env = "FERROLB_LAB_NAME", default_value = "flb")]
@@ -27,6 +25,9 @@ enum Cmd {
         /// Number of nodes.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// Only the cluster and the network: no chart, no ferrolb processes.
+        #[arg(long)]
+        bare: bool,
     },
     /// What runs, and where.
     Status,
@@ -78,63 +79,34 @@ enum Cmd {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let dir = cli.dir.unwrap_or_else(|| default_dir(&cli.name));
-    let load = || {
-        State::load(&dir)
-            .with_context(|| format!("no lab at {} (run `ferrolb-lab up`)", dir.display()))
-    };
+    let load = || State::load(&dir).with_context(|| format!("no lab at {} (run `ferrolb-lab up`)", dir.display()));
     match cli.command {
-        Cmd::Up { nodes } => {
-            let state = lifecycle::up(&lifecycle::UpOptions {
-                name: cli.name,
-                dir: dir.clone(),
-                nodes,
-            })
-            .await?;
+        Cmd::Up { nodes, bare } => {
+            let state = lifecycle::up(&lifecycle::UpOptions { name: cli.name, dir: dir.clone(), nodes, bare }).await?;
             println!("{}", state.kubeconfig().display());
         }
         Cmd::Status => {
             let state = load()?;
-            println!(
-                "lab {:?}  dir {}  running: {}",
-                state.name,
-                state.dir.display(),
-                lifecycle::is_running(&dir)
-            );
-            println!(
-                "api  https://127.0.0.1:{}   kubeconfig {}",
-                state.api_port,
-                state.kubeconfig().display()
-            );
+            println!("lab {:?}  dir {}  running: {}", state.name, state.dir.display(), lifecycle::is_running(&dir));
+            println!("api  https://127.0.0.1:{}   kubeconfig {}", state.api_port, state.kubeconfig().display());
             println!(
                 "host {} (198.18.0.1, route {} on-link)",
                 state.host_netns(),
                 ferrolb_tests::lab::addresses::POOL_CIDR
             );
             for n in &state.nodes {
-                let killed = if state.killed_marker(&n.name).exists() {
-                    "  KILLED"
-                } else {
-                    ""
-                };
+                let killed = if state.killed_marker(&n.name).exists() { "  KILLED" } else { "" };
                 println!("node {:<8} {:<12} netns {}{killed}", n.name, n.ip, n.netns);
             }
             for p in &state.procs {
-                let up = if ferrolb_tests::lab::control_plane::alive(p.pid) {
-                    "running"
-                } else {
-                    "DEAD"
-                };
+                let up = if ferrolb_tests::lab::control_plane::alive(p.pid) { "running" } else { "DEAD" };
                 println!("proc {:<24} pid {:<8} {up}", p.role, p.pid);
             }
         }
         Cmd::Kubeconfig => println!("{}", load()?.kubeconfig().display()),
         Cmd::Exec { target, command } => {
             let state = load()?;
-            let ns = if target == "host" {
-                state.host_netns()
-            } else {
-                state.node(&target)?.netns.clone()
-            };
+            let ns = if target == "host" { state.host_netns() } else { state.node(&target)?.netns.clone() };
             let status = std::process::Command::new("ip")
                 .args(["netns", "exec", &ns])
                 .args(&command)
@@ -149,11 +121,7 @@ async fn main() -> anyhow::Result<()> {
             lifecycle::down(&cli.name, &dir)?;
             eprintln!("[ferrolb-lab] lab {:?} removed", cli.name);
         }
-        Cmd::Probe {
-            protocol,
-            addr,
-            timeout_ms,
-        } => {
+        Cmd::Probe { protocol, addr, timeout_ms } => {
             let timeout = std::time::Duration::from_millis(timeout_ms);
             let answer = match protocol.as_str() {
                 "tcp" => ferrolb_tests::lab::probe::tcp(addr, timeout)?,

@@ -15,25 +15,19 @@ pub const HELM_VERSION: &str = "3.21.4";
 
 /// Where the build script caches the binaries for these versions.
 pub fn cache_dir() -> PathBuf {
-    let root = std::env::var_os("FERROLB_CACHE")
-        .map_or_else(|| PathBuf::from("/var/cache/ferrolb"), PathBuf::from);
+    let root = std::env::var_os("FERROLB_CACHE").map_or_else(|| PathBuf::from("/var/cache/ferrolb"), PathBuf::from);
     root.join(format!("k8s-v{K8S_VERSION}-helm-v{HELM_VERSION}"))
 }
 
 /// Builds the binaries unless cached, streaming the script's progress; returns their directory.
 pub fn ensure_binaries() -> Result<PathBuf> {
     let dir = cache_dir();
-    let have = ["etcd", "kube-apiserver", "kube-controller-manager", "helm"]
-        .iter()
-        .all(|b| dir.join(b).exists());
+    let have = ["etcd", "kube-apiserver", "kube-controller-manager", "helm"].iter().all(|b| dir.join(b).exists());
     if have {
         return Ok(dir);
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/build-control-plane.sh");
-    step(format!(
-        "building the control plane (cold: several minutes) with {}",
-        script.display()
-    ));
+    step(format!("building the control plane (cold: several minutes) with {}", script.display()));
     let status = Command::new("bash")
         .arg(&script)
         .env("K8S_VERSION", K8S_VERSION)
@@ -42,10 +36,7 @@ pub fn ensure_binaries() -> Result<PathBuf> {
         .status()
         .map_err(|e| io_err(&script, e))?;
     if !status.success() {
-        return Err(LabError::Command {
-            command: script.display().to_string(),
-            detail: status.to_string(),
-        });
+        return Err(LabError::Command { command: script.display().to_string(), detail: status.to_string() });
     }
     Ok(dir)
 }
@@ -53,9 +44,7 @@ pub fn ensure_binaries() -> Result<PathBuf> {
 /// A free TCP port on loopback.
 pub fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| io_err(Path::new("127.0.0.1:0"), e))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| io_err(Path::new("127.0.0.1:0"), e))
+    l.local_addr().map(|a| a.port()).map_err(|e| io_err(Path::new("127.0.0.1:0"), e))
 }
 
 /// Starts a process in its own process group (so a terminal's Ctrl-C does not reach it and `down` can kill
@@ -73,15 +62,9 @@ pub fn spawn(state: &mut State, role: &str, mut cmd: Command) -> Result<()> {
         .stderr(err)
         .process_group(0)
         .spawn()
-        .map_err(|e| LabError::Command {
-            command: format!("{cmd:?}"),
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| LabError::Command { command: format!("{cmd:?}"), detail: e.to_string() })?;
     let pid = i32::try_from(child.id()).map_err(|_| LabError::Usage("pid out of range".into()))?;
-    state.procs.push(Proc {
-        role: role.to_string(),
-        pid,
-    });
+    state.procs.push(Proc { role: role.to_string(), pid });
     state.save()
 }
 
@@ -92,19 +75,9 @@ pub fn alive(pid: i32) -> bool {
 }
 
 /// Polls until `ready` holds, failing with the log's tail when the process died or time ran out.
-pub fn wait_for(
-    state: &State,
-    role: &str,
-    timeout: Duration,
-    mut ready: impl FnMut() -> bool,
-) -> Result<()> {
+pub fn wait_for(state: &State, role: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
     let start = Instant::now();
-    let pid = state
-        .procs
-        .iter()
-        .rev()
-        .find(|p| p.role == role)
-        .map(|p| p.pid);
+    let pid = state.procs.iter().rev().find(|p| p.role == role).map(|p| p.pid);
     while start.elapsed() < timeout {
         if ready() {
             return Ok(());
@@ -119,10 +92,7 @@ pub fn wait_for(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    Err(LabError::Timeout {
-        what: format!("{role} (log:\n{})", tail(&state.log(role))),
-        after: timeout,
-    })
+    Err(LabError::Timeout { what: format!("{role} (log:\n{})", tail(&state.log(role))), after: timeout })
 }
 
 fn tail(path: &Path) -> String {
@@ -132,8 +102,7 @@ fn tail(path: &Path) -> String {
 }
 
 fn tcp_open(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
-        .is_ok()
+    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
 }
 
 /// Starts etcd, kube-apiserver and kube-controller-manager; returns once the API server answers on its port.
@@ -147,90 +116,29 @@ pub fn start(state: &mut State) -> Result<()> {
 
     step(format!("starting etcd on 127.0.0.1:{}", state.etcd_port));
     let mut etcd = Command::new(bin.join("etcd"));
-    let (client, peer_url) = (
-        format!("http://127.0.0.1:{}", state.etcd_port),
-        format!("http://127.0.0.1:{peer}"),
-    );
-    etcd.args([
-        "--name",
-        "lab",
-        "--data-dir",
-        &d("etcd"),
-        "--log-level",
-        "warn",
-        "--unsafe-no-fsync",
-    ])
-    .args([
-        "--listen-client-urls",
-        &client,
-        "--advertise-client-urls",
-        &client,
-    ])
-    .args([
-        "--listen-peer-urls",
-        &peer_url,
-        "--initial-advertise-peer-urls",
-        &peer_url,
-    ])
-    .args(["--initial-cluster", &format!("lab={peer_url}")]);
+    let (client, peer_url) = (format!("http://127.0.0.1:{}", state.etcd_port), format!("http://127.0.0.1:{peer}"));
+    etcd.args(["--name", "lab", "--data-dir", &d("etcd"), "--log-level", "warn", "--unsafe-no-fsync"])
+        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("lab={peer_url}")]);
     spawn(state, "etcd", etcd)?;
     let port = state.etcd_port;
     wait_for(state, "etcd", Duration::from_secs(30), || tcp_open(port))?;
 
-    step(format!(
-        "starting kube-apiserver on 127.0.0.1:{} (RBAC, ServiceAccount tokens)",
-        state.api_port
-    ));
+    step(format!("starting kube-apiserver on 127.0.0.1:{} (RBAC, ServiceAccount tokens)", state.api_port));
     let mut api = Command::new(bin.join("kube-apiserver"));
-    api.args([
-        "--etcd-servers",
-        &client,
-        "--bind-address",
-        "127.0.0.1",
-        "--advertise-address",
-        "127.0.0.1",
-    ])
-    .args(["--secure-port", &state.api_port.to_string()])
-    .args([
-        "--tls-cert-file",
-        &d("pki/apiserver.crt"),
-        "--tls-private-key-file",
-        &d("pki/apiserver.key"),
-    ])
-    .args([
-        "--client-ca-file",
-        &d("pki/ca.crt"),
-        "--token-auth-file",
-        &d("tokens.csv"),
-    ])
-    .args([
-        "--service-account-issuer",
-        "https://kubernetes.default.svc.cluster.local",
-    ])
-    .args([
-        "--service-account-key-file",
-        &d("pki/sa.key"),
-        "--service-account-signing-key-file",
-        &d("pki/sa.key"),
-    ])
-    .args([
-        "--service-cluster-ip-range",
-        "10.96.0.0/16",
-        "--authorization-mode",
-        "RBAC",
-    ])
-    .args([
-        "--endpoint-reconciler-type",
-        "none",
-        "--allow-privileged=true",
-        "--profiling=false",
-    ])
-    .args(["--cert-dir", &d("pki")]);
+    api.args(["--etcd-servers", &client, "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1"])
+        .args(["--secure-port", &state.api_port.to_string()])
+        .args(["--tls-cert-file", &d("pki/apiserver.crt"), "--tls-private-key-file", &d("pki/apiserver.key")])
+        .args(["--client-ca-file", &d("pki/ca.crt"), "--token-auth-file", &d("tokens.csv")])
+        .args(["--service-account-issuer", "https://kubernetes.default.svc.cluster.local"])
+        .args(["--service-account-key-file", &d("pki/sa.key"), "--service-account-signing-key-file", &d("pki/sa.key")])
+        .args(["--service-cluster-ip-range", "10.96.0.0/16", "--authorization-mode", "RBAC"])
+        .args(["--endpoint-reconciler-type", "none", "--allow-privileged=true", "--profiling=false"])
+        .args(["--cert-dir", &d("pki")]);
     spawn(state, "kube-apiserver", api)?;
     let port = state.api_port;
-    wait_for(state, "kube-apiserver", Duration::from_secs(90), || {
-        tcp_open(port)
-    })?;
+    wait_for(state, "kube-apiserver", Duration::from_secs(90), || tcp_open(port))?;
     Ok(())
 }
 
@@ -252,37 +160,10 @@ pub fn start_controller_manager(state: &mut State) -> Result<()> {
     ]
     .join(",");
     let mut kcm = Command::new(state.bin_dir.join("kube-controller-manager"));
-    kcm.args([
-        "--kubeconfig",
-        &d("kcm.kubeconfig"),
-        "--leader-elect=false",
-        "--controllers",
-        &controllers,
-    ])
-    .args([
-        "--service-account-private-key-file",
-        &d("pki/sa.key"),
-        "--root-ca-file",
-        &d("pki/ca.crt"),
-    ])
-    .args([
-        "--node-monitor-period",
-        "1s",
-        "--node-monitor-grace-period",
-        "6s",
-        "--node-startup-grace-period",
-        "6s",
-    ])
-    .args([
-        "--bind-address",
-        "127.0.0.1",
-        "--secure-port",
-        "0",
-        "--concurrent-service-endpoint-syncs",
-        "10",
-    ]);
-    step(
-        "starting kube-controller-manager (EndpointSlices, node lifecycle, ServiceAccount tokens)",
-    );
+    kcm.args(["--kubeconfig", &d("kcm.kubeconfig"), "--leader-elect=false", "--controllers", &controllers])
+        .args(["--service-account-private-key-file", &d("pki/sa.key"), "--root-ca-file", &d("pki/ca.crt")])
+        .args(["--node-monitor-period", "1s", "--node-monitor-grace-period", "6s", "--node-startup-grace-period", "6s"])
+        .args(["--bind-address", "127.0.0.1", "--secure-port", "0", "--concurrent-service-endpoint-syncs", "10"]);
+    step("starting kube-controller-manager (EndpointSlices, node lifecycle, ServiceAccount tokens)");
     spawn(state, "kube-controller-manager", kcm)
 }

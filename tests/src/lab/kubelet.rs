@@ -20,12 +20,10 @@ const STATUS_REFRESH: Duration = Duration::from_secs(20);
 
 /// A client from a kubeconfig file.
 pub async fn client(kubeconfig: &std::path::Path) -> Result<Client> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| super::LabError::Kubeconfig(e.to_string()))?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
         .map_err(|e| super::LabError::Kubeconfig(e.to_string()))?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await
-            .map_err(|e| super::LabError::Kubeconfig(e.to_string()))?;
     Client::try_from(config).map_err(super::LabError::Kube)
 }
 
@@ -77,8 +75,7 @@ async fn ensure_node(nodes: &Api<Node>, node: &NodeInfo) -> Result<()> {
 async fn post_status(nodes: &Api<Node>, node: &NodeInfo, was_ready: bool) -> Result<()> {
     let t = now();
     let cond = |kind: &str, status: &str, reason: &str| {
-        let mut c =
-            json!({"type": kind, "status": status, "reason": reason, "lastHeartbeatTime": t});
+        let mut c = json!({"type": kind, "status": status, "reason": reason, "lastHeartbeatTime": t});
         if kind != "Ready" || !was_ready {
             c["lastTransitionTime"] = t.clone();
         }
@@ -99,36 +96,21 @@ async fn post_status(nodes: &Api<Node>, node: &NodeInfo, was_ready: bool) -> Res
             "osImage": "ferrolb-lab", "containerRuntimeVersion": "lab://0", "kubeletVersion": "v1.35.4",
             "kubeProxyVersion": "v1.35.4", "operatingSystem": "linux", "architecture": "amd64"},
     }});
-    nodes
-        .patch_status(
-            &node.name,
-            &PatchParams::default(),
-            &Patch::Strategic(status),
-        )
-        .await?;
+    nodes.patch_status(&node.name, &PatchParams::default(), &Patch::Strategic(status)).await?;
     Ok(())
 }
 
 async fn renew_lease(leases: &Api<Lease>, nodes: &Api<Node>, node: &NodeInfo) -> Result<()> {
     let renew = json!({"spec": {"holderIdentity": node.name, "leaseDurationSeconds": LEASE_SECONDS,
         "renewTime": serde_json::to_value(MicroTime(Timestamp::now())).unwrap_or_default()}});
-    match leases
-        .patch(&node.name, &PatchParams::default(), &Patch::Merge(&renew))
-        .await
-    {
+    match leases.patch(&node.name, &PatchParams::default(), &Patch::Merge(&renew)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => {
-            let uid = nodes
-                .get(&node.name)
-                .await?
-                .metadata
-                .uid
-                .unwrap_or_default();
+            let uid = nodes.get(&node.name).await?.metadata.uid.unwrap_or_default();
             let mut lease = renew.clone();
             lease["metadata"] = json!({"name": node.name, "namespace": "kube-node-lease",
                 "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node.name, "uid": uid}]});
-            let lease: Lease =
-                serde_json::from_value(lease).map_err(|e| super::LabError::Usage(e.to_string()))?;
+            let lease: Lease = serde_json::from_value(lease).map_err(|e| super::LabError::Usage(e.to_string()))?;
             leases.create(&PostParams::default(), &lease).await?;
             Ok(())
         }
@@ -145,15 +127,10 @@ fn is_ready_pod(pod: &Pod) -> bool {
 }
 
 /// Marks pods on live nodes Running/Ready with an address, and finishes deletions no kubelet will finish.
-async fn sync_pods(
-    client: &Client,
-    live: &BTreeMap<String, NodeInfo>,
-    next_ip: &mut u32,
-) -> Result<()> {
+async fn sync_pods(client: &Client, live: &BTreeMap<String, NodeInfo>, next_ip: &mut u32) -> Result<()> {
     let pods: Api<Pod> = Api::all(client.clone());
     for pod in pods.list(&ListParams::default()).await? {
-        let (Some(ns), Some(name)) = (pod.metadata.namespace.clone(), pod.metadata.name.clone())
-        else {
+        let (Some(ns), Some(name)) = (pod.metadata.namespace.clone(), pod.metadata.name.clone()) else {
             continue;
         };
         let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
@@ -161,15 +138,7 @@ async fn sync_pods(
         };
         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
         if pod.metadata.deletion_timestamp.is_some() {
-            let _ = api
-                .delete(
-                    &name,
-                    &DeleteParams {
-                        grace_period_seconds: Some(0),
-                        ..DeleteParams::default()
-                    },
-                )
-                .await;
+            let _ = api.delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await;
             continue;
         }
         let Some(info) = live.get(&node) else {
@@ -178,27 +147,29 @@ async fn sync_pods(
         if is_ready_pod(&pod) {
             continue;
         }
-        let pod_ip = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.clone())
-            .unwrap_or_else(|| {
-                *next_ip += 1;
-                let [a, b, c, d] = next_ip.to_be_bytes();
-                format!("{a}.{b}.{c}.{d}")
-            });
+        let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_else(|| {
+            *next_ip += 1;
+            let [a, b, c, d] = next_ip.to_be_bytes();
+            format!("{a}.{b}.{c}.{d}")
+        });
         let t = now();
-        let containers: Vec<_> = pod.spec.iter().flat_map(|s| s.containers.iter()).map(|c| json!({
+        let containers: Vec<_> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .map(|c| {
+                json!({
             "name": c.name, "image": c.image.clone().unwrap_or_default(), "imageID": "", "ready": true,
-            "started": true, "restartCount": 0, "state": {"running": {"startedAt": t}}})).collect();
+            "started": true, "restartCount": 0, "state": {"running": {"startedAt": t}}})
+            })
+            .collect();
         let cond = |kind: &str| json!({"type": kind, "status": "True", "lastTransitionTime": t});
         let status = json!({"status": {
             "phase": "Running", "podIP": pod_ip, "podIPs": [{"ip": pod_ip}], "hostIP": info.ip,
             "hostIPs": [{"ip": info.ip}], "startTime": t, "containerStatuses": containers,
             "conditions": [cond("PodScheduled"), cond("Initialized"), cond("ContainersReady"), cond("Ready")],
         }});
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-            .await?;
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?;
     }
     Ok(())
 }
@@ -233,9 +204,7 @@ pub async fn run(state: State) -> Result<()> {
                     .status
                     .and_then(|s| s.conditions)
                     .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                let stale = last_status
-                    .get(&node.name)
-                    .is_none_or(|t| t.elapsed() > STATUS_REFRESH);
+                let stale = last_status.get(&node.name).is_none_or(|t| t.elapsed() > STATUS_REFRESH);
                 if !ready || stale || was_killed.remove(&node.name) {
                     post_status(&nodes, node, ready).await?;
                     last_status.insert(node.name.clone(), Instant::now());

@@ -19,7 +19,14 @@ pub struct UpOptions {
     pub dir: PathBuf,
     /// Number of nodes.
     pub nodes: usize,
+    /// Only the cluster and the network: no chart, no ferrolb processes.
+    pub bare: bool,
 }
+
+/// Namespace the chart is installed into: the one the user's MetalLB manifests name.
+pub const RELEASE_NAMESPACE: &str = "metallb-system";
+/// Helm release name (so the chart's objects are `ferrolb-controller`, `ferrolb-speaker`, …).
+pub const RELEASE: &str = "ferrolb";
 
 /// Whether the lab described by `dir` is fully running.
 pub fn is_running(dir: &Path) -> bool {
@@ -28,9 +35,7 @@ pub fn is_running(dir: &Path) -> bool {
     };
     let namespaces = net::lab_namespaces(&state.name).unwrap_or_default();
     let expected = state.nodes.len() + 2;
-    !state.procs.is_empty()
-        && state.procs.iter().all(|p| alive(p.pid))
-        && namespaces.len() == expected
+    !state.procs.is_empty() && state.procs.iter().all(|p| alive(p.pid)) && namespaces.len() == expected
 }
 
 /// Brings the lab up (idempotent: a running lab is left alone; a broken one is taken down first).
@@ -41,19 +46,11 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
             step(format!("lab {:?} is already up", state.name));
             return Ok(state);
         }
-        step(format!(
-            "lab {:?} has {} nodes, {} asked: rebuilding",
-            state.name,
-            state.nodes.len(),
-            opts.nodes
-        ));
+        step(format!("lab {:?} has {} nodes, {} asked: rebuilding", state.name, state.nodes.len(), opts.nodes));
     }
     down(&opts.name, &opts.dir)?;
     if opts.nodes == 0 || opts.nodes > 200 {
-        return Err(LabError::Usage(format!(
-            "--nodes must be 1..=200, got {}",
-            opts.nodes
-        )));
+        return Err(LabError::Usage(format!("--nodes must be 1..=200, got {}", opts.nodes)));
     }
     let started = Instant::now();
     let bin_dir = control_plane::ensure_binaries()?;
@@ -65,34 +62,19 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
             ip: addresses::node_ip(i),
         })
         .collect();
-    let mut state = State {
-        name: opts.name.clone(),
-        dir: opts.dir.clone(),
-        bin_dir,
-        nodes,
-        ..State::default()
-    };
+    let mut state = State { name: opts.name.clone(), dir: opts.dir.clone(), bin_dir, nodes, ..State::default() };
     state.save()?;
 
     step("generating the CA, serving certificate, ServiceAccount key and tokens");
     let tokens = pki::generate(&state.dir)?;
-    step(format!(
-        "creating the network: bridge, host and {} node namespaces (198.18.0.0/15)",
-        state.nodes.len()
-    ));
-    net::create(
-        &state.name,
-        &state.lan_netns(),
-        &state.host_netns(),
-        &state.nodes,
-    )?;
+    step(format!("creating the network: bridge, host and {} node namespaces (198.18.0.0/15)", state.nodes.len()));
+    net::create(&state.name, &state.lan_netns(), &state.host_netns(), &state.nodes)?;
 
     control_plane::start(&mut state)?;
     let ca = state.dir.join("pki/ca.crt");
     let write = |file: &str, user: &str, token: &str| {
         let path = state.dir.join(file);
-        std::fs::write(&path, pki::kubeconfig(&ca, state.api_port, user, token))
-            .map_err(|e| io_err(&path, e))
+        std::fs::write(&path, pki::kubeconfig(&ca, state.api_port, user, token)).map_err(|e| io_err(&path, e))
     };
     write("admin.kubeconfig", "lab-admin", &tokens.admin)?;
     write("kcm.kubeconfig", "kube-controller-manager", &tokens.kcm)?;
@@ -113,12 +95,11 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
         spawn(&mut state, &format!("node-agent {}", node.name), cmd)?;
     }
     wait_nodes_ready(&state, Duration::from_secs(60)).await?;
-    step(format!(
-        "lab {:?} up in {:.1?}; kubeconfig: {}",
-        state.name,
-        started.elapsed(),
-        state.kubeconfig().display()
-    ));
+    if !opts.bare {
+        install_chart(&state)?;
+        start_controller(&mut state, 0).await?;
+    }
+    step(format!("lab {:?} up in {:.1?}; kubeconfig: {}", state.name, started.elapsed(), state.kubeconfig().display()));
     Ok(state)
 }
 
@@ -127,22 +108,14 @@ async fn wait_ready(state: &State) -> Result<()> {
     let start = Instant::now();
     let timeout = Duration::from_secs(90);
     loop {
-        let req = http::Request::get("/readyz")
-            .body(Vec::new())
-            .map_err(|e| LabError::Usage(e.to_string()))?;
+        let req = http::Request::get("/readyz").body(Vec::new()).map_err(|e| LabError::Usage(e.to_string()))?;
         match client.request_text(req).await {
             Ok(body) if body.trim() == "ok" => {
-                step(format!(
-                    "kube-apiserver /readyz: ok after {:.1?}",
-                    start.elapsed()
-                ));
+                step(format!("kube-apiserver /readyz: ok after {:.1?}", start.elapsed()));
                 return Ok(());
             }
             _ if start.elapsed() > timeout => {
-                return Err(LabError::Timeout {
-                    what: "kube-apiserver /readyz".into(),
-                    after: timeout,
-                });
+                return Err(LabError::Timeout { what: "kube-apiserver /readyz".into(), after: timeout });
             }
             _ => tokio::time::sleep(Duration::from_millis(300)).await,
         }
@@ -157,14 +130,8 @@ pub async fn wait_nodes_ready(state: &State, timeout: Duration) -> Result<()> {
         let mut ready = 0;
         for n in &state.nodes {
             let node = nodes.get_opt(&n.name).await?;
-            let conds = node
-                .and_then(|n| n.status)
-                .and_then(|s| s.conditions)
-                .unwrap_or_default();
-            if conds
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-            {
+            let conds = node.and_then(|n| n.status).and_then(|s| s.conditions).unwrap_or_default();
+            if conds.iter().any(|c| c.type_ == "Ready" && c.status == "True") {
                 ready += 1;
             }
         }
@@ -203,10 +170,7 @@ pub fn down(name: &str, dir: &Path) -> Result<()> {
     }
     for ns in net::lab_namespaces(name)? {
         if let Ok(pids) = super::run("ip", &["netns", "pids", &ns]) {
-            for pid in pids
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
+            for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
                 let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
@@ -222,23 +186,12 @@ pub fn down(name: &str, dir: &Path) -> Result<()> {
 /// take its link down.
 pub fn kill(state: &State, node: &str) -> Result<()> {
     let info = state.node(node)?;
-    let index = state
-        .nodes
-        .iter()
-        .position(|n| n.name == info.name)
-        .map_or(0, |i| i + 1);
+    let index = state.nodes.iter().position(|n| n.name == info.name).map_or(0, |i| i + 1);
     let marker = state.killed_marker(&info.name);
     std::fs::write(&marker, b"").map_err(|e| io_err(&marker, e))?;
-    let agent = state
-        .procs
-        .iter()
-        .find(|p| p.role == format!("node-agent {}", info.name))
-        .map(|p| p.pid);
+    let agent = state.procs.iter().find(|p| p.role == format!("node-agent {}", info.name)).map(|p| p.pid);
     if let Ok(pids) = super::run("ip", &["netns", "pids", &info.netns]) {
-        for pid in pids
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
+        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
             let is_agent = agent.is_some_and(|a| a == pid || parent_of(pid) == Some(a));
             if !is_agent {
                 let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -250,26 +203,95 @@ pub fn kill(state: &State, node: &str) -> Result<()> {
 
 fn parent_of(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Brings a killed node back: link up, heartbeats resume (the agent re-posts Ready and re-readies its pods).
 pub fn revive(state: &State, node: &str) -> Result<()> {
     let info = state.node(node)?;
-    let index = state
-        .nodes
-        .iter()
-        .position(|n| n.name == info.name)
-        .map_or(0, |i| i + 1);
+    let index = state.nodes.iter().position(|n| n.name == info.name).map_or(0, |i| i + 1);
     net::set_node_link(&state.lan_netns(), index, true)?;
     let marker = state.killed_marker(&info.name);
     if marker.exists() {
         std::fs::remove_file(&marker).map_err(|e| io_err(&marker, e))?;
     }
     Ok(())
+}
+
+fn chart_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/ferrolb")
+}
+
+/// `helm upgrade --install` of charts/ferrolb into metallb-system, with helm's caches kept in the lab dir.
+pub fn install_chart(state: &State) -> Result<()> {
+    step(format!("installing charts/ferrolb with helm into {RELEASE_NAMESPACE} (CRDs, RBAC, ServiceAccounts)"));
+    let helm = state.bin_dir.join("helm");
+    let out = Command::new(&helm)
+        .args(["upgrade", "--install", RELEASE])
+        .arg(chart_dir())
+        .args(["--namespace", RELEASE_NAMESPACE, "--create-namespace", "--kubeconfig"])
+        .arg(state.kubeconfig())
+        .env("HELM_CACHE_HOME", state.dir.join("helm/cache"))
+        .env("HELM_CONFIG_HOME", state.dir.join("helm/config"))
+        .env("HELM_DATA_HOME", state.dir.join("helm/data"))
+        .output()
+        .map_err(|e| io_err(&helm, e))?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            command: "helm upgrade --install ferrolb charts/ferrolb".into(),
+            detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A ferrolb binary next to this one (cargo puts every workspace binary in the same target directory).
+pub fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().map_err(|e| io_err(Path::new("current_exe"), e))?;
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    // Integration tests run from target/<profile>/deps; binaries sit one level up.
+    let candidates = [dir.join(name), dir.join("..").join(name)];
+    candidates.into_iter().find(|p| p.exists()).ok_or_else(|| {
+        LabError::Usage(format!(
+            "{name} is not built next to {}: run `cargo build --workspace --bins` first",
+            exe.display()
+        ))
+    })
+}
+
+/// A kubeconfig carrying a token of a chart ServiceAccount, so the chart's RBAC is what the process gets.
+pub async fn service_account_kubeconfig(state: &State, account: &str) -> Result<PathBuf> {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let client = kubelet::client(&state.kubeconfig()).await?;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client, RELEASE_NAMESPACE);
+    let request: TokenRequest =
+        serde_json::from_value(serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 86400}}))
+            .map_err(|e| LabError::Usage(e.to_string()))?;
+    let token = accounts
+        .create_token_request(account, &kube::api::PostParams::default(), &request)
+        .await?
+        .status
+        .map(|s| s.token)
+        .unwrap_or_default();
+    let path = state.dir.join(format!("{account}.kubeconfig"));
+    let text = pki::kubeconfig(&state.dir.join("pki/ca.crt"), state.api_port, account, &token);
+    std::fs::write(&path, text).map_err(|e| io_err(&path, e))?;
+    Ok(path)
+}
+
+/// Starts controller replica `replica` as a process with the chart's controller ServiceAccount token.
+pub async fn start_controller(state: &mut State, replica: usize) -> Result<()> {
+    let binary = sibling_binary("ferrolb-controller")?;
+    let kubeconfig = service_account_kubeconfig(state, "ferrolb-controller").await?;
+    let metrics_port = control_plane::free_port()?;
+    step(format!(
+        "starting ferrolb-controller replica {replica} (chart ServiceAccount token, metrics on 127.0.0.1:{metrics_port})"
+    ));
+    let mut cmd = Command::new(binary);
+    cmd.env("KUBECONFIG", kubeconfig)
+        .env_remove("RUST_BACKTRACE")
+        .args(["--namespace", RELEASE_NAMESPACE, "--identity", &format!("lab-controller-{replica}")])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")]);
+    spawn(state, &format!("controller-{replica}"), cmd)
 }

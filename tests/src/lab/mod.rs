@@ -139,20 +139,15 @@ impl State {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = Self::path(dir);
         let text = std::fs::read_to_string(&path).map_err(|source| io_err(&path, source))?;
-        serde_json::from_str(&text).map_err(|source| LabError::State {
-            path: path.display().to_string(),
-            source,
-        })
+        serde_json::from_str(&text).map_err(|source| LabError::State { path: path.display().to_string(), source })
     }
 
     /// Saves it (atomically, so a crash never leaves half a file).
     pub fn save(&self) -> Result<()> {
         let path = Self::path(&self.dir);
         let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_string_pretty(self).map_err(|source| LabError::State {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|source| LabError::State { path: path.display().to_string(), source })?;
         std::fs::write(&tmp, text).map_err(|source| io_err(&tmp, source))?;
         std::fs::rename(&tmp, &path).map_err(|source| io_err(&path, source))
     }
@@ -192,17 +187,12 @@ impl State {
 
     /// Log file of a role.
     pub fn log(&self, role: &str) -> PathBuf {
-        self.dir
-            .join("logs")
-            .join(format!("{}.log", role.replace(' ', "-")))
+        self.dir.join("logs").join(format!("{}.log", role.replace(' ', "-")))
     }
 }
 
 pub(crate) fn io_err(path: &Path, source: std::io::Error) -> LabError {
-    LabError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    LabError::Io { path: path.display().to_string(), source }
 }
 
 /// Runs a command to completion; fails with its stderr.
@@ -211,18 +201,11 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| LabError::Command {
-            command: format!("{program} {}", args.join(" ")),
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| LabError::Command { command: format!("{program} {}", args.join(" ")), detail: e.to_string() })?;
     if !out.status.success() {
         return Err(LabError::Command {
             command: format!("{program} {}", args.join(" ")),
-            detail: format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
+            detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())

@@ -21,18 +21,7 @@ fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
 /// Writes a sysctl inside a namespace (per-namespace `/proc/sys/net`).
 pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
-    run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            ns,
-            "sh",
-            "-c",
-            &format!("echo {value} > {path}"),
-        ],
-    )
-    .map(|_| ())
+    run("ip", &["netns", "exec", ns, "sh", "-c", &format!("echo {value} > {path}")]).map(|_| ())
 }
 
 /// Namespaces that belong to a lab.
@@ -52,20 +41,7 @@ pub fn create(name: &str, lan_ns: &str, host_ns: &str, nodes: &[NodeInfo]) -> Re
     in_ns(lan_ns, &["link", "add", "br0", "type", "bridge"])?;
     in_ns(lan_ns, &["link", "set", "br0", "up"])?;
     // No bridge netfilter or STP delays: frames flow at once.
-    in_ns(
-        lan_ns,
-        &[
-            "link",
-            "set",
-            "br0",
-            "type",
-            "bridge",
-            "stp_state",
-            "0",
-            "forward_delay",
-            "0",
-        ],
-    )?;
+    in_ns(lan_ns, &["link", "set", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"])?;
 
     attach(lan_ns, host_ns, "h0", HOST_IP)?;
     in_ns(host_ns, &["route", "add", POOL_CIDR, "dev", "eth0"])?;
@@ -76,32 +52,12 @@ pub fn create(name: &str, lan_ns: &str, host_ns: &str, nodes: &[NodeInfo]) -> Re
         // only for addresses on the asking interface (arp_ignore=1) and sources ARP from them (arp_announce=2).
         // The machine's kernel has no dummy driver, so kube-ipvs0 is one end of a veth pair, which behaves the
         // same for local delivery and ARP.
-        in_ns(
-            &node.netns,
-            &[
-                "link",
-                "add",
-                IPVS_INTERFACE,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "ipvs0-peer",
-            ],
-        )?;
+        in_ns(&node.netns, &["link", "add", IPVS_INTERFACE, "type", "veth", "peer", "name", "ipvs0-peer"])?;
         in_ns(&node.netns, &["link", "set", IPVS_INTERFACE, "up"])?;
         in_ns(&node.netns, &["link", "set", "ipvs0-peer", "up"])?;
         for iface in ["all", "eth0"] {
-            sysctl(
-                &node.netns,
-                &format!("net.ipv4.conf.{iface}.arp_ignore"),
-                "1",
-            )?;
-            sysctl(
-                &node.netns,
-                &format!("net.ipv4.conf.{iface}.arp_announce"),
-                "2",
-            )?;
+            sysctl(&node.netns, &format!("net.ipv4.conf.{iface}.arp_ignore"), "1")?;
+            sysctl(&node.netns, &format!("net.ipv4.conf.{iface}.arp_announce"), "2")?;
         }
     }
     let _ = name;
@@ -112,33 +68,16 @@ pub fn create(name: &str, lan_ns: &str, host_ns: &str, nodes: &[NodeInfo]) -> Re
 fn attach(lan_ns: &str, ns: &str, lan_end: &str, addr: &str) -> Result<()> {
     ip(&["netns", "add", ns])?;
     in_ns(ns, &["link", "set", "lo", "up"])?;
-    in_ns(
-        lan_ns,
-        &[
-            "link", "add", lan_end, "type", "veth", "peer", "name", "eth0", "netns", ns,
-        ],
-    )?;
+    in_ns(lan_ns, &["link", "add", lan_end, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
     in_ns(lan_ns, &["link", "set", lan_end, "master", "br0", "up"])?;
-    in_ns(
-        ns,
-        &["addr", "add", &format!("{addr}/{LAN_BITS}"), "dev", "eth0"],
-    )?;
+    in_ns(ns, &["addr", "add", &format!("{addr}/{LAN_BITS}"), "dev", "eth0"])?;
     in_ns(ns, &["link", "set", "eth0", "up"])?;
     Ok(())
 }
 
 /// Brings a node's link up or down (its bridge-side end, so the node sees carrier loss like a pulled cable).
 pub fn set_node_link(lan_ns: &str, node_index: usize, up: bool) -> Result<()> {
-    in_ns(
-        lan_ns,
-        &[
-            "link",
-            "set",
-            &format!("n{node_index}"),
-            if up { "up" } else { "down" },
-        ],
-    )
-    .map(|_| ())
+    in_ns(lan_ns, &["link", "set", &format!("n{node_index}"), if up { "up" } else { "down" }]).map(|_| ())
 }
 
 /// Deletes every namespace of the lab (their veths and the bridge go with them).

@@ -58,11 +58,7 @@ fn desired(services: &[std::sync::Arc<Service>]) -> Desired {
                 _ => d.tcp_ports.insert(p),
             };
         }
-        let ingress = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref());
+        let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
         for ing in ingress.into_iter().flatten() {
             // Only the benchmark range ever reaches an interface; other ranges (the seed's 172.17.255.x) stay data.
             if let Some(ip) = ing.ip.as_deref().and_then(|s| s.parse::<Ipv4Addr>().ok())
@@ -82,11 +78,7 @@ async fn echo_tcp(listener: tokio::net::TcpListener, name: String) {
         };
         let name = name.clone();
         tokio::spawn(async move {
-            if stream
-                .write_all(format!("{name}\n").as_bytes())
-                .await
-                .is_err()
-            {
+            if stream.write_all(format!("{name}\n").as_bytes()).await.is_err() {
                 return;
             }
             let mut buf = [0u8; 1500];
@@ -129,10 +121,7 @@ struct Proxy {
 impl Proxy {
     async fn apply(&mut self, want: &Desired) {
         for vip in want.vips.difference(&self.vips.clone()) {
-            match super::run(
-                "ip",
-                &["addr", "add", &format!("{vip}/32"), "dev", IPVS_INTERFACE],
-            ) {
+            match super::run("ip", &["addr", "add", &format!("{vip}/32"), "dev", IPVS_INTERFACE]) {
                 Ok(_) => {
                     self.vips.insert(*vip);
                 }
@@ -140,10 +129,7 @@ impl Proxy {
             }
         }
         for vip in self.vips.clone().difference(&want.vips) {
-            let _ = super::run(
-                "ip",
-                &["addr", "del", &format!("{vip}/32"), "dev", IPVS_INTERFACE],
-            );
+            let _ = super::run("ip", &["addr", "del", &format!("{vip}/32"), "dev", IPVS_INTERFACE]);
             self.vips.remove(vip);
         }
         self.tcp.retain(|port, task| {
@@ -156,22 +142,14 @@ impl Proxy {
             if self.tcp.contains_key(port) {
                 continue;
             }
-            match tokio::net::TcpListener::bind(SocketAddr::new(
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                *port,
-            ))
-            .await
-            {
+            match tokio::net::TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), *port)).await {
                 Ok(l) => {
-                    self.tcp
-                        .insert(*port, tokio::spawn(echo_tcp(l, self.node.clone())));
+                    self.tcp.insert(*port, tokio::spawn(echo_tcp(l, self.node.clone())));
                 }
                 Err(e) => eprintln!("tcp/{port}: {e}"),
             }
         }
-        let addrs: BTreeSet<Ipv4Addr> = std::iter::once(self.node_ip)
-            .chain(self.vips.iter().copied())
-            .collect();
+        let addrs: BTreeSet<Ipv4Addr> = std::iter::once(self.node_ip).chain(self.vips.iter().copied()).collect();
         self.udp.retain(|(addr, port), task| {
             addrs.contains(addr) && want.udp_ports.contains(port) || {
                 task.abort();
@@ -185,8 +163,7 @@ impl Proxy {
                 }
                 match tokio::net::UdpSocket::bind(SocketAddr::new(IpAddr::V4(*addr), *port)).await {
                     Ok(s) => {
-                        self.udp
-                            .insert((*addr, *port), tokio::spawn(echo_udp(s, self.node.clone())));
+                        self.udp.insert((*addr, *port), tokio::spawn(echo_udp(s, self.node.clone())));
                     }
                     Err(e) => eprintln!("udp {addr}:{port}: {e}"),
                 }
@@ -204,17 +181,9 @@ pub async fn run(state: State, node: &str) -> Result<()> {
             eprintln!("api relay stopped: {e}");
         }
     });
-    let node_ip: Ipv4Addr = info
-        .ip
-        .parse()
-        .map_err(|_| super::LabError::Usage(format!("bad node ip {}", info.ip)))?;
-    let mut proxy = Proxy {
-        node: info.name.clone(),
-        node_ip,
-        vips: BTreeSet::new(),
-        tcp: BTreeMap::new(),
-        udp: BTreeMap::new(),
-    };
+    let node_ip: Ipv4Addr = info.ip.parse().map_err(|_| super::LabError::Usage(format!("bad node ip {}", info.ip)))?;
+    let mut proxy =
+        Proxy { node: info.name.clone(), node_ip, vips: BTreeSet::new(), tcp: BTreeMap::new(), udp: BTreeMap::new() };
     // Clear VIPs a previous agent may have left, then follow the Services.
     let _ = super::run("ip", &["addr", "flush", "dev", IPVS_INTERFACE]);
     let client = loop {
@@ -227,12 +196,9 @@ pub async fn run(state: State, node: &str) -> Result<()> {
         }
     };
     let (reader, writer) = reflector::store::<Service>();
-    let stream = reflector(
-        writer,
-        watcher(Api::<Service>::all(client), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
+    let stream = reflector(writer, watcher(Api::<Service>::all(client), watcher::Config::default()))
+        .default_backoff()
+        .touched_objects();
     futures::pin_mut!(stream);
     let mut last = Desired::default();
     while let Some(event) = stream.next().await {

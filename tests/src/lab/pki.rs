@@ -21,42 +21,18 @@ pub fn generate(dir: &Path) -> Result<Tokens> {
     let pki = dir.join("pki");
     std::fs::create_dir_all(&pki).map_err(|e| super::io_err(&pki, e))?;
     let p = |f: &str| pki.join(f).display().to_string();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
     let mut ca = vec!["req", "-x509"];
     ca.extend(ec);
     let (ca_key, ca_crt) = (p("ca.key"), p("ca.crt"));
-    ca.extend([
-        "-keyout",
-        &ca_key,
-        "-out",
-        &ca_crt,
-        "-days",
-        "3650",
-        "-subj",
-        "/CN=ferrolb-lab-ca",
-    ]);
+    ca.extend(["-keyout", &ca_key, "-out", &ca_crt, "-days", "3650", "-subj", "/CN=ferrolb-lab-ca"]);
     run("openssl", &ca)?;
 
     let (key, csr, crt) = (p("apiserver.key"), p("apiserver.csr"), p("apiserver.crt"));
     let mut req = vec!["req", "-new"];
     req.extend(ec);
     let san = "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1";
-    req.extend([
-        "-keyout",
-        &key,
-        "-out",
-        &csr,
-        "-subj",
-        "/CN=kube-apiserver",
-        "-addext",
-        san,
-    ]);
+    req.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=kube-apiserver", "-addext", san]);
     run("openssl", &req)?;
     run(
         "openssl",
@@ -78,23 +54,9 @@ pub fn generate(dir: &Path) -> Result<Tokens> {
             &crt,
         ],
     )?;
-    run(
-        "openssl",
-        &[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            &p("sa.key"),
-        ],
-    )?;
+    run("openssl", &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", &p("sa.key")])?;
 
-    let tokens = Tokens {
-        admin: random_token()?,
-        kcm: random_token()?,
-    };
+    let tokens = Tokens { admin: random_token()?, kcm: random_token()? };
     let csv = format!(
         "{},lab-admin,uid-lab-admin,\"system:masters\"\n{},system:kube-controller-manager,uid-kcm,\"system:masters\"\n",
         tokens.admin, tokens.kcm

@@ -1,0 +1,434 @@
+//! The controller's I/O shell: watch Services, IPAddressPools and Namespaces; feed the allocator; write
+//! Service status, the pool annotation, pool status and Events. Decisions stay in the pure modules.
+
+use crate::allocator::{Allocator, Assignment};
+use crate::error::{Error, Result};
+use crate::metrics::{Metrics, PoolLabels};
+use crate::pool::{Family, PoolConfig, PoolProblem, resolve_pools};
+use crate::service::{ServiceIntent, ServiceKey, is_managed};
+use crate::status::{current_ingress, pool_status, service_writes};
+use ferrolb_crds::IPAddressPool;
+use ferrolb_crds::annotations::IP_ALLOCATED_FROM_POOL;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// What the controller is told at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Namespace whose IPAddressPools are honoured.
+    pub namespace: String,
+    /// Only Services of this `loadBalancerClass` (none: only Services without a class).
+    pub load_balancer_class: Option<String>,
+    /// Name in Events.
+    pub identity: String,
+}
+
+/// Why the loop wakes up.
+#[derive(Debug)]
+enum Trigger {
+    Service(ServiceKey),
+    AllServices,
+    Config,
+}
+
+fn key_of(svc: &Service) -> ServiceKey {
+    ServiceKey::new(svc.metadata.namespace.as_deref().unwrap_or_default(), &svc.name_any())
+}
+
+/// Runs a reflector and turns its events into triggers.
+fn watch<K, F>(api: Api<K>, tx: mpsc::UnboundedSender<Trigger>, to_trigger: F) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    F: Fn(&watcher::Event<K>) -> Option<Trigger> + Send + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(ev) => {
+                    if let Some(t) = to_trigger(&ev)
+                        && tx.send(t).is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "watch error; retrying with backoff"),
+            }
+        }
+    });
+    reader
+}
+
+/// The controller's state between wake-ups.
+struct Controller {
+    client: Client,
+    settings: Settings,
+    services: Store<Service>,
+    pools: Store<IPAddressPool>,
+    namespaces: Store<Namespace>,
+    allocator: Allocator,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    /// Fingerprint of the pool specs and namespace labels the allocator was last configured with.
+    config_seen: String,
+    problems: BTreeMap<String, Vec<PoolProblem>>,
+    /// Last refusal reported per Service, so Events are sent only on change.
+    refusals: BTreeMap<ServiceKey, String>,
+    /// Last problems reported per pool.
+    reported_problems: BTreeMap<String, String>,
+    retry: mpsc::UnboundedSender<Trigger>,
+}
+
+impl Controller {
+    fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {
+        self.namespaces.get(&ObjectRef::new(ns)).and_then(|n| n.metadata.labels.clone()).unwrap_or_default()
+    }
+
+    fn config_fingerprint(&self) -> String {
+        let mut pools: Vec<_> = self
+            .pools
+            .state()
+            .iter()
+            .map(|p| {
+                (
+                    p.name_any(),
+                    serde_json::to_string(&p.spec).unwrap_or_default(),
+                    p.metadata.creation_timestamp.clone(),
+                )
+            })
+            .collect();
+        pools.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut namespaces: Vec<_> =
+            self.namespaces.state().iter().map(|n| (n.name_any(), n.metadata.labels.clone())).collect();
+        namespaces.sort_by(|a, b| a.0.cmp(&b.0));
+        format!("{pools:?}{namespaces:?}")
+    }
+
+    /// Re-reads the pools. Oldest first, so a new pool that overlaps an old one is the one set aside.
+    fn apply_config(&mut self) -> bool {
+        let fingerprint = self.config_fingerprint();
+        if fingerprint == self.config_seen {
+            return false;
+        }
+        self.config_seen = fingerprint;
+        let mut pools = self.pools.state();
+        pools.sort_by(|a, b| {
+            (a.metadata.creation_timestamp.as_ref().map(|t| t.0), a.name_any())
+                .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.name_any()))
+        });
+        let parsed = pools.iter().map(|p| (p.name_any(), PoolConfig::from_spec(&p.name_any(), &p.spec)));
+        let (valid, problems) = resolve_pools(parsed);
+        let unusable = problems
+            .iter()
+            .map(|(name, ps)| (name.clone(), ps.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))
+            .collect();
+        tracing::info!(valid = valid.len(), invalid = problems.len(), "pool configuration changed");
+        for (key, lost) in self.allocator.set_pools(valid, unusable) {
+            tracing::info!(service = %key, ips = ?lost.ips, pool = %lost.pool, "address no longer in any pool");
+        }
+        self.problems = problems;
+        true
+    }
+
+    /// Re-registers every address Services already show, before anything new is handed out.
+    fn restore_all(&mut self) {
+        let mut services: Vec<_> = self
+            .services
+            .state()
+            .into_iter()
+            .filter(|s| is_managed(s, self.settings.load_balancer_class.as_deref()) && !current_ingress(s).is_empty())
+            .collect();
+        // Services holding more addresses first (dual-stack), then by key: MetalLB's order, made stable.
+        services.sort_by_key(|s| (std::cmp::Reverse(current_ingress(s).len()), key_of(s)));
+        let mut restored = 0;
+        for svc in services {
+            let key = key_of(&svc);
+            let labels = self.namespace_labels(&key.namespace);
+            match ServiceIntent::from_service(&svc, &labels)
+                .and_then(|i| self.allocator.restore(&i, &current_ingress(&svc)))
+            {
+                Ok(_) => restored += 1,
+                Err(refusal) => tracing::info!(service = %key, %refusal, "cannot keep the current address"),
+            }
+        }
+        tracing::info!(restored, "restored existing assignments");
+    }
+
+    async fn reconcile_all(&mut self) {
+        let mut keys: BTreeSet<ServiceKey> = self.services.state().iter().map(|s| key_of(s)).collect();
+        keys.extend(self.allocator.assignments().map(|(k, _)| k.clone()));
+        for key in keys {
+            self.reconcile(&key).await;
+        }
+    }
+
+    async fn reconcile(&mut self, key: &ServiceKey) {
+        let started = Instant::now();
+        let svc = self.services.get(&ObjectRef::new(&key.name).within(&key.namespace));
+        let result = match svc {
+            None => {
+                if let Some(a) = self.allocator.release(key) {
+                    tracing::info!(service = %key, ips = ?a.ips, "Service deleted; address freed");
+                    self.metrics.count("released");
+                }
+                self.refusals.remove(key);
+                Ok(())
+            }
+            Some(svc) if !is_managed(&svc, self.settings.load_balancer_class.as_deref()) => {
+                let released = self.allocator.release(key);
+                self.refusals.remove(key);
+                // Clear only what we wrote: the pool annotation marks a Service as ours.
+                if released.is_some() || crate::status::current_pool(&svc).is_some() {
+                    self.metrics.count("released");
+                    self.write(&svc, None).await.map(|_| ())
+                } else {
+                    Ok(())
+                }
+            }
+            Some(svc) => self.assign(&svc).await,
+        };
+        if let Err(e) = result {
+            self.metrics.count("error");
+            tracing::warn!(service = %key, error = %e, "write failed; retrying in 2s");
+            let retry = self.retry.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let _ = retry.send(Trigger::Service(key));
+            });
+        }
+        self.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+    }
+
+    async fn assign(&mut self, svc: &Service) -> Result<()> {
+        let key = key_of(svc);
+        let labels = self.namespace_labels(&key.namespace);
+        let before = self.allocator.assignment(&key).cloned();
+        let outcome = ServiceIntent::from_service(svc, &labels).and_then(|intent| {
+            let outcome = self.allocator.allocate(&intent);
+            if outcome.is_err() {
+                self.allocator.release(&key);
+            }
+            outcome
+        });
+        match outcome {
+            Ok(outcome) => {
+                self.metrics.count("assigned");
+                let wrote = self.write(svc, Some(&outcome.assignment)).await?;
+                self.refusals.remove(&key);
+                if outcome.changed || wrote {
+                    let a = &outcome.assignment;
+                    let ips: Vec<String> = a.ips.iter().map(ToString::to_string).collect();
+                    let note = match &before {
+                        Some(old) if old.ips != a.ips => {
+                            format!("Assigned IP {ips:?} from pool {:?} (was {:?})", a.pool, old.ips)
+                        }
+                        _ => format!("Assigned IP {ips:?} from pool {:?}", a.pool),
+                    };
+                    tracing::info!(service = %key, ips = ?ips, pool = %a.pool, "assigned");
+                    self.event(svc, EventType::Normal, "IPAllocated", note).await;
+                }
+                Ok(())
+            }
+            Err(refusal) => {
+                self.metrics.count("refused");
+                let message = refusal.to_string();
+                self.write(svc, None).await?;
+                if self.refusals.get(&key) != Some(&message) {
+                    tracing::info!(service = %key, reason = %message, "no address");
+                    let note = match &before {
+                        Some(old) => format!("{message} (released {:?})", old.ips),
+                        None => message.clone(),
+                    };
+                    self.event(svc, EventType::Warning, "AllocationFailed", note).await;
+                    self.refusals.insert(key, message);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes the Service show `assignment`; returns whether anything was written.
+    async fn write(&self, svc: &Service, assignment: Option<&Assignment>) -> Result<bool> {
+        let writes = service_writes(svc, assignment);
+        if writes.is_empty() {
+            return Ok(false);
+        }
+        let api: Api<Service> =
+            Api::namespaced(self.client.clone(), svc.metadata.namespace.as_deref().unwrap_or("default"));
+        let name = svc.name_any();
+        let params = PatchParams::default();
+        // Status first: a reader that sees the annotation can trust the address is published.
+        if let Some(ips) = &writes.ingress {
+            let ingress: Vec<_> = ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
+            let patch = if ingress.is_empty() {
+                json!({"status": {"loadBalancer": {"ingress": null}}})
+            } else {
+                json!({"status": {"loadBalancer": {"ingress": ingress}}})
+            };
+            api.patch_status(&name, &params, &Patch::Merge(&patch)).await?;
+        }
+        if let Some(pool) = &writes.pool_annotation {
+            let patch = json!({"metadata": {"annotations": {IP_ALLOCATED_FROM_POOL.key: pool}}});
+            api.patch(&name, &params, &Patch::Merge(&patch)).await?;
+        }
+        Ok(true)
+    }
+
+    async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, kind: EventType, reason: &str, note: String) {
+        let event =
+            Event { type_: kind, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "cannot publish Event");
+        }
+    }
+
+    /// Writes each pool's counts and conditions when they changed, and an Event when its problems change.
+    async fn update_pools(&mut self) {
+        let now = Time(Timestamp::now());
+        for pool in self.pools.state() {
+            let name = pool.name_any();
+            let problems = self.problems.get(&name).cloned().unwrap_or_default();
+            let usage = self.allocator.pool_usage(&name);
+            if let Some(u) = usage {
+                for (family, state, n) in [
+                    (Family::V4, "assigned", u.assigned_v4),
+                    (Family::V4, "available", u.available_v4),
+                    (Family::V6, "assigned", u.assigned_v6),
+                    (Family::V6, "available", u.available_v6),
+                ] {
+                    let labels = PoolLabels {
+                        pool: name.clone(),
+                        family: if family == Family::V4 { "ipv4" } else { "ipv6" }.into(),
+                        state: state.into(),
+                    };
+                    self.metrics.pool_addresses.get_or_create(&labels).set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+            }
+            let status = pool_status(usage, &problems, pool.metadata.generation, pool.status.as_ref(), &now);
+            if pool.status.as_ref() != Some(&status) {
+                let api: Api<IPAddressPool> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+                let patch = json!({"status": status});
+                if let Err(e) = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                    tracing::warn!(pool = %name, error = %e, "cannot write pool status");
+                }
+            }
+            let summary = problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            if self.reported_problems.get(&name).map_or(!summary.is_empty(), |s| *s != summary) {
+                if summary.is_empty() {
+                    self.event(&*pool, EventType::Normal, "ConfigurationValid", "the pool is valid and in use".into())
+                        .await;
+                } else {
+                    tracing::warn!(pool = %name, problems = %summary, "invalid pool");
+                    self.event(&*pool, EventType::Warning, "InvalidConfiguration", summary.clone()).await;
+                }
+                self.reported_problems.insert(name, summary);
+            }
+        }
+    }
+}
+
+/// Runs the controller: caches first, then (as leader) restore, reconcile everything, and follow changes.
+/// `leader` resolves when this replica may write; the caller stops the process when leadership is lost.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    leader: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let services = watch(Api::<Service>::all(client.clone()), tx.clone(), |ev| match ev {
+        watcher::Event::Apply(s) | watcher::Event::Delete(s) => Some(Trigger::Service(key_of(s))),
+        watcher::Event::InitDone => Some(Trigger::AllServices),
+        _ => None,
+    });
+    let pools =
+        watch(Api::<IPAddressPool>::namespaced(client.clone(), &settings.namespace), tx.clone(), |ev| match ev {
+            watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone => Some(Trigger::Config),
+            _ => None,
+        });
+    let namespaces = watch(Api::<Namespace>::all(client.clone()), tx.clone(), |ev| match ev {
+        watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone => Some(Trigger::Config),
+        _ => None,
+    });
+    for (what, ready) in [
+        ("Services", services.wait_until_ready().await.is_ok()),
+        ("IPAddressPools", pools.wait_until_ready().await.is_ok()),
+        ("Namespaces", namespaces.wait_until_ready().await.is_ok()),
+    ] {
+        if !ready {
+            return Err(Error::CacheSync(what.into()));
+        }
+    }
+    // A standby with synced caches is ready to take over; the leader is ready again after its first full sync.
+    metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!("caches synced; waiting to lead");
+    leader.await;
+    metrics.leader.set(1);
+    let reporter = Reporter { controller: "ferrolb-controller".into(), instance: Some(settings.identity.clone()) };
+    let mut c = Controller {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        settings,
+        services,
+        pools,
+        namespaces,
+        allocator: Allocator::new(),
+        metrics: metrics.clone(),
+        config_seen: String::new(),
+        problems: BTreeMap::new(),
+        refusals: BTreeMap::new(),
+        reported_problems: BTreeMap::new(),
+        retry: tx,
+    };
+    let started = Instant::now();
+    c.apply_config();
+    c.restore_all();
+    c.reconcile_all().await;
+    c.update_pools().await;
+    metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(services = c.services.state().len(), took = ?started.elapsed(), "first full sync done");
+
+    while let Some(first) = rx.recv().await {
+        let mut keys = BTreeSet::new();
+        let (mut all, mut config) = (false, false);
+        let mut note = |t: Trigger| match t {
+            Trigger::Service(k) => {
+                keys.insert(k);
+            }
+            Trigger::AllServices => all = true,
+            Trigger::Config => config = true,
+        };
+        note(first);
+        while let Ok(t) = rx.try_recv() {
+            note(t);
+        }
+        if config && c.apply_config() {
+            all = true;
+        }
+        if all {
+            c.reconcile_all().await;
+        } else {
+            for key in &keys {
+                c.reconcile(key).await;
+            }
+        }
+        c.update_pools().await;
+    }
+    Ok(())
+}
