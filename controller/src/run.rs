@@ -11,10 +11,11 @@ use ferrolb_crds::IPAddressPool;
 use ferrolb_crds::annotations::IP_ALLOCATED_FROM_POOL;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::events::v1 as events_v1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -33,6 +34,22 @@ pub struct Settings {
     pub load_balancer_class: Option<String>,
     /// Name in Events.
     pub identity: String,
+}
+
+/// Severity of an Event.
+#[derive(Debug, Clone, Copy)]
+enum EventKind {
+    Normal,
+    Warning,
+}
+
+impl EventKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Normal => "Normal",
+            EventKind::Warning => "Warning",
+        }
+    }
 }
 
 /// Why the loop wakes up.
@@ -82,13 +99,14 @@ struct Controller {
     pools: Store<IPAddressPool>,
     namespaces: Store<Namespace>,
     allocator: Allocator,
-    recorder: Recorder,
     metrics: Arc<Metrics>,
     /// Fingerprint of the pool specs and namespace labels the allocator was last configured with.
     config_seen: String,
     problems: BTreeMap<String, Vec<PoolProblem>>,
     /// Last refusal reported per Service, so Events are sent only on change.
     refusals: BTreeMap<ServiceKey, String>,
+    /// Addresses taken away by a pool change, until the Service is reconciled and told.
+    lost: BTreeMap<ServiceKey, Assignment>,
     /// Last problems reported per pool.
     reported_problems: BTreeMap<String, String>,
     retry: mpsc::UnboundedSender<Trigger>,
@@ -140,6 +158,7 @@ impl Controller {
         tracing::info!(valid = valid.len(), invalid = problems.len(), "pool configuration changed");
         for (key, lost) in self.allocator.set_pools(valid, unusable) {
             tracing::info!(service = %key, ips = ?lost.ips, pool = %lost.pool, "address no longer in any pool");
+            self.lost.insert(key, lost);
         }
         self.problems = problems;
         true
@@ -218,7 +237,9 @@ impl Controller {
     async fn assign(&mut self, svc: &Service) -> Result<()> {
         let key = key_of(svc);
         let labels = self.namespace_labels(&key.namespace);
-        let before = self.allocator.assignment(&key).cloned();
+        // What it held, even if a pool change already took it away, so the Event can say what moved.
+        let lost = self.lost.remove(&key);
+        let before = self.allocator.assignment(&key).cloned().or(lost);
         let outcome = ServiceIntent::from_service(svc, &labels).and_then(|intent| {
             let outcome = self.allocator.allocate(&intent);
             if outcome.is_err() {
@@ -241,7 +262,7 @@ impl Controller {
                         _ => format!("Assigned IP {ips:?} from pool {:?}", a.pool),
                     };
                     tracing::info!(service = %key, ips = ?ips, pool = %a.pool, "assigned");
-                    self.event(svc, EventType::Normal, "IPAllocated", note).await;
+                    self.event(svc, EventKind::Normal, "IPAllocated", note).await;
                 }
                 Ok(())
             }
@@ -255,7 +276,7 @@ impl Controller {
                         Some(old) => format!("{message} (released {:?})", old.ips),
                         None => message.clone(),
                     };
-                    self.event(svc, EventType::Warning, "AllocationFailed", note).await;
+                    self.event(svc, EventKind::Warning, "AllocationFailed", note).await;
                     self.refusals.insert(key, message);
                 }
                 Ok(())
@@ -290,10 +311,33 @@ impl Controller {
         Ok(true)
     }
 
-    async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, kind: EventType, reason: &str, note: String) {
-        let event =
-            Event { type_: kind, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
-        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+    /// Publishes one Event. Not through kube's Recorder: it folds Events with the same reason into one series
+    /// and keeps the first note, which would hide "(was …)" and every later refusal reason. We only send on
+    /// change, so there is nothing to fold.
+    async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, kind: EventKind, reason: &str, note: String) {
+        let regarding = obj.object_ref(&());
+        let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".into());
+        let now = Timestamp::now();
+        // Named like client-go names Events: object name + a unique hex suffix (generateName may not end in '.').
+        let unique = now.as_nanosecond().unsigned_abs();
+        let event = events_v1::Event {
+            metadata: ObjectMeta {
+                name: Some(format!("{}.{unique:x}", regarding.name.clone().unwrap_or_default())),
+                namespace: Some(namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(MicroTime(now)),
+            type_: Some(kind.as_str().into()),
+            reason: Some(reason.into()),
+            action: Some(reason.into()),
+            note: Some(note.chars().take(1024).collect()),
+            reporting_controller: Some("ferrolb.io/controller".into()),
+            reporting_instance: Some(self.settings.identity.chars().take(128).collect()),
+            regarding: Some(regarding),
+            ..events_v1::Event::default()
+        };
+        let api: Api<events_v1::Event> = Api::namespaced(self.client.clone(), &namespace);
+        if let Err(e) = api.create(&PostParams::default(), &event).await {
             tracing::warn!(error = %e, reason, "cannot publish Event");
         }
     }
@@ -331,11 +375,11 @@ impl Controller {
             let summary = problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
             if self.reported_problems.get(&name).map_or(!summary.is_empty(), |s| *s != summary) {
                 if summary.is_empty() {
-                    self.event(&*pool, EventType::Normal, "ConfigurationValid", "the pool is valid and in use".into())
+                    self.event(&*pool, EventKind::Normal, "ConfigurationValid", "the pool is valid and in use".into())
                         .await;
                 } else {
                     tracing::warn!(pool = %name, problems = %summary, "invalid pool");
-                    self.event(&*pool, EventType::Warning, "InvalidConfiguration", summary.clone()).await;
+                    self.event(&*pool, EventKind::Warning, "InvalidConfiguration", summary.clone()).await;
                 }
                 self.reported_problems.insert(name, summary);
             }
@@ -380,9 +424,7 @@ pub async fn run(
     tracing::info!("caches synced; waiting to lead");
     leader.await;
     metrics.leader.set(1);
-    let reporter = Reporter { controller: "ferrolb-controller".into(), instance: Some(settings.identity.clone()) };
     let mut c = Controller {
-        recorder: Recorder::new(client.clone(), reporter),
         client,
         settings,
         services,
@@ -394,6 +436,7 @@ pub async fn run(
         problems: BTreeMap::new(),
         refusals: BTreeMap::new(),
         reported_problems: BTreeMap::new(),
+        lost: BTreeMap::new(),
         retry: tx,
     };
     let started = Instant::now();

@@ -2,46 +2,33 @@
 //! reject what their schema and CEL rules exist to reject. Needs root (it brings up a one-node lab).
 
 use ferrolb_crds::{IPAddressPool, L2AdvertisementSchema, ServiceL2Status};
+use ferrolb_tests::harness::TestLab;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const EXE: &str = env!("CARGO_BIN_EXE_ferrolb-lab");
-
-struct Lab {
-    dir: PathBuf,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new(EXE).args(["--name", "flbc", "--dir"]).arg(&self.dir).arg("down").output();
-    }
-}
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
 
+/// Creates one object exactly as written, in `namespace`, as the given kind.
 async fn create_yaml(
     client: &Client,
     resource: &ApiResource,
     namespace: &str,
     yaml: &str,
 ) -> Result<DynamicObject, kube::Error> {
-    let obj: DynamicObject = parse_yaml(yaml);
+    let value: serde_json::Value = serde_yaml::from_str(yaml).expect("yaml");
+    let obj: DynamicObject = serde_json::from_value(value).expect("object");
     Api::<DynamicObject>::namespaced_with(client.clone(), namespace, resource)
         .create(&PostParams::default(), &obj)
         .await
-}
-
-fn parse_yaml(yaml: &str) -> DynamicObject {
-    let value: serde_json::Value = serde_yaml::from_str(yaml).expect("yaml");
-    serde_json::from_value(value).expect("object")
 }
 
 fn rejected_with(result: Result<DynamicObject, kube::Error>, needle: &str) {
@@ -56,16 +43,8 @@ fn rejected_with(result: Result<DynamicObject, kube::Error>, needle: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_crds_accept_metallb_manifests_and_reject_bad_input() {
-    assert!(nix::unistd::geteuid().is_root(), "the lab needs root");
-    let lab = Lab { dir: std::env::temp_dir().join("ferrolb-lab-flbc") };
-    let out = Command::new(EXE)
-        .args(["--name", "flbc", "--dir"])
-        .arg(&lab.dir)
-        .args(["up", "--nodes", "1", "--bare"])
-        .output()
-        .expect("up");
-    assert!(out.status.success(), "up: {}", String::from_utf8_lossy(&out.stderr));
-    let client = ferrolb_tests::lab::kubelet::client(&lab.dir.join("admin.kubeconfig")).await.expect("client");
+    let lab = TestLab::start(EXE, "flbc", 1, true);
+    let client = lab.admin().await;
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for (file, _) in ferrolb_crds::crd_files().expect("crds") {

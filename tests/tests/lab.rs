@@ -2,6 +2,7 @@
 //! real Ethernet frames between namespaces, and a kube-proxy stand-in whose kernel does not answer ARP for VIPs.
 //! Needs root (network namespaces); `make test` runs it, and so does CI.
 
+use ferrolb_tests::harness::{TestLab, eventually};
 use ferrolb_tests::lab::{State, control_plane::alive, net};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service, ServiceAccount};
@@ -9,91 +10,13 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
-use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const EXE: &str = env!("CARGO_BIN_EXE_ferrolb-lab");
 
-/// A lab for one test, taken down when dropped (also on panic) or when the test run is interrupted.
-struct Lab {
-    name: String,
-    dir: PathBuf,
-}
-
-impl Lab {
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(EXE)
-            .args(["--name", &self.name, "--dir"])
-            .arg(&self.dir)
-            .args(args)
-            .env_remove("RUST_BACKTRACE")
-            .output()
-            .expect("ferrolb-lab runs")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(out.status.success(), "ferrolb-lab {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    /// Runs `ferrolb-lab probe` inside a namespace.
-    fn probe(&self, from: &str, protocol: &str, addr: &str, timeout_ms: u64) -> Result<String, String> {
-        let out =
-            self.cli(&["exec", from, "--", EXE, "probe", protocol, addr, "--timeout-ms", &timeout_ms.to_string()]);
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
-    }
-
-    fn down(&self) {
-        let _ = self.cli(&["down"]);
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        self.down();
-    }
-}
-
-fn start_lab(name: &str) -> Lab {
-    assert!(nix::unistd::geteuid().is_root(), "the lab needs root (network namespaces, raw sockets)");
-    let lab = Lab { name: name.to_string(), dir: std::env::temp_dir().join(format!("ferrolb-lab-{name}")) };
-    let (name, dir) = (lab.name.clone(), lab.dir.clone());
-    // An interrupted run (Ctrl-C, SIGTERM from a CI timeout) still takes the lab down.
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
-        tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
-        let _ = Command::new(EXE).args(["--name", &name, "--dir"]).arg(&dir).arg("down").status();
-        std::process::exit(130);
-    });
-    let out = lab.cli(&["up", "--nodes", "3", "--bare"]);
-    assert!(out.status.success(), "up failed: {}", String::from_utf8_lossy(&out.stderr));
-    lab
-}
-
 async fn client_for(kubeconfig: &std::path::Path) -> Client {
     ferrolb_tests::lab::kubelet::client(kubeconfig).await.expect("kubeconfig loads")
-}
-
-/// Polls `check` until it returns Some, or panics with `what` after `timeout` (a bound, not a measurement).
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 async fn ready_status(nodes: &Api<Node>, name: &str) -> Option<String> {
@@ -108,7 +31,7 @@ fn neighbour(ns: &str, ip: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lab_is_real_and_leaves_nothing_behind() {
-    let lab = start_lab("flbt");
+    let lab = TestLab::start(EXE, "flbt", 3, true);
     let state = State::load(&lab.dir).expect("state");
     let admin = client_for(&state.kubeconfig()).await;
 
@@ -245,27 +168,26 @@ async fn the_lab_is_real_and_leaves_nothing_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_cleans_up_after_an_interrupted_up() {
     assert!(nix::unistd::geteuid().is_root(), "the lab needs root");
-    let lab = Lab { name: "flbi".into(), dir: std::env::temp_dir().join("ferrolb-lab-flbi") };
-    lab.down();
+    let dir = std::env::temp_dir().join("ferrolb-lab-flbi");
+    let down = || Command::new(EXE).args(["--name", "flbi", "--dir"]).arg(&dir).arg("down").output().expect("down");
+    down();
     let mut up = Command::new(EXE)
-        .args(["--name", &lab.name, "--dir"])
-        .arg(&lab.dir)
+        .args(["--name", "flbi", "--dir"])
+        .arg(&dir)
         .args(["up", "--nodes", "2", "--bare"])
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn up");
     // Interrupt `up` once it has started processes (etcd is the first), as a Ctrl-C at the worst moment would.
     let state = eventually("up to start a process", Duration::from_secs(120), || async {
-        State::load(&lab.dir).ok().filter(|s| !s.procs.is_empty())
+        State::load(&dir).ok().filter(|s| !s.procs.is_empty())
     })
     .await;
     up.kill().expect("kill up");
     let _ = up.wait();
     assert!(!net::lab_namespaces("flbi").expect("ip netns").is_empty(), "the interrupted up left namespaces");
-    lab.ok(&["down"]);
+    assert!(down().status.success(), "down after an interrupted up");
     assert!(net::lab_namespaces("flbi").expect("ip netns").is_empty(), "namespaces left behind");
-    let pids: Vec<i32> = State::load(&lab.dir).map(|s| s.procs).unwrap_or_default().iter().map(|p| p.pid).collect();
-    assert!(pids.is_empty(), "state is gone");
     assert!(state.procs.iter().all(|p| !alive(p.pid)), "processes left behind");
-    assert!(!lab.dir.exists());
+    assert!(!dir.exists(), "state dir left behind");
 }

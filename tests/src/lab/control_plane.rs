@@ -64,7 +64,7 @@ pub fn spawn(state: &mut State, role: &str, mut cmd: Command) -> Result<()> {
         .spawn()
         .map_err(|e| LabError::Command { command: format!("{cmd:?}"), detail: e.to_string() })?;
     let pid = i32::try_from(child.id()).map_err(|_| LabError::Usage("pid out of range".into()))?;
-    state.procs.push(Proc { role: role.to_string(), pid });
+    state.procs.push(Proc { role: role.to_string(), pid, port: None });
     state.save()
 }
 

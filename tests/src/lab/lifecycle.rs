@@ -293,5 +293,9 @@ pub async fn start_controller(state: &mut State, replica: usize) -> Result<()> {
         .env_remove("RUST_BACKTRACE")
         .args(["--namespace", RELEASE_NAMESPACE, "--identity", &format!("lab-controller-{replica}")])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")]);
-    spawn(state, &format!("controller-{replica}"), cmd)
+    spawn(state, &format!("controller-{replica}"), cmd)?;
+    if let Some(p) = state.procs.last_mut() {
+        p.port = Some(metrics_port);
+    }
+    state.save()
 }

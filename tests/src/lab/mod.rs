@@ -108,6 +108,9 @@ pub struct Proc {
     pub role: String,
     /// Its pid (it leads its own process group).
     pub pid: i32,
+    /// Its metrics/health port on 127.0.0.1, if it serves one.
+    #[serde(default)]
+    pub port: Option<u16>,
 }
 
 /// What `up` built; `down` reads it to take everything apart.

@@ -1,0 +1,173 @@
+//! What the end-to-end tests share: a lab per test that is always taken down (on success, on panic, and on
+//! Ctrl-C or SIGTERM), polling with a bound, and applying YAML the way `kubectl apply` would.
+
+use crate::lab::{State, kubelet};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{ApiResource, DynamicObject, PostParams};
+use kube::{Api, Client};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// A lab owned by one test.
+pub struct TestLab {
+    /// Lab name (namespace prefix).
+    pub name: String,
+    /// State directory.
+    pub dir: PathBuf,
+    exe: String,
+}
+
+impl TestLab {
+    /// Brings up a lab (`bare`: without the chart and controller). Needs root.
+    pub fn start(exe: &str, name: &str, nodes: usize, bare: bool) -> Self {
+        assert!(nix::unistd::geteuid().is_root(), "the lab needs root (network namespaces, raw sockets)");
+        let lab =
+            Self { name: name.into(), dir: std::env::temp_dir().join(format!("ferrolb-lab-{name}")), exe: exe.into() };
+        let (exe, name, dir) = (lab.exe.clone(), lab.name.clone(), lab.dir.clone());
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(async move {
+                let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+                    return;
+                };
+                tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+                let _ = Command::new(&exe).args(["--name", &name, "--dir"]).arg(&dir).arg("down").status();
+                std::process::exit(130);
+            });
+        }
+        let nodes = nodes.to_string();
+        let mut args = vec!["up", "--nodes", nodes.as_str()];
+        if bare {
+            args.push("--bare");
+        }
+        let out = lab.cli(&args);
+        assert!(out.status.success(), "up failed: {}", String::from_utf8_lossy(&out.stderr));
+        lab
+    }
+
+    /// Runs `ferrolb-lab` against this lab.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(&self.exe)
+            .args(["--name", &self.name, "--dir"])
+            .arg(&self.dir)
+            .args(args)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .expect("ferrolb-lab runs")
+    }
+
+    /// Runs `ferrolb-lab` and returns its stdout, failing the test on error.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "ferrolb-lab {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// One probe from inside a namespace (`host` or `node-N`).
+    pub fn probe(&self, from: &str, protocol: &str, addr: &str, timeout_ms: u64) -> Result<String, String> {
+        let timeout = timeout_ms.to_string();
+        let out = self.cli(&["exec", from, "--", &self.exe, "probe", protocol, addr, "--timeout-ms", &timeout]);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    /// The lab's recorded state.
+    pub fn state(&self) -> State {
+        State::load(&self.dir).expect("lab state")
+    }
+
+    /// An admin client.
+    pub async fn admin(&self) -> Client {
+        kubelet::client(&self.state().kubeconfig()).await.expect("admin kubeconfig")
+    }
+
+    /// Takes the lab down now.
+    pub fn down(&self) {
+        let _ = self.cli(&["down"]);
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics naming `what` after `timeout` (a bound, not a measurement).
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Kinds the tests create that live outside namespaces.
+const CLUSTER_SCOPED: [&str; 2] = ["Namespace", "Node"];
+
+fn resource_of(api_version: &str, kind: &str) -> ApiResource {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let plural = match kind {
+        "IPAddressPool" => "ipaddresspools".to_string(),
+        "L2Advertisement" => "l2advertisements".to_string(),
+        "ServiceL2Status" => "servicel2statuses".to_string(),
+        other => format!("{}s", other.to_lowercase()),
+    };
+    ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: api_version.into(),
+        kind: kind.into(),
+        plural,
+    }
+}
+
+/// Creates every document of a multi-document YAML exactly as written (the server applies defaults).
+pub async fn create_yaml(client: &Client, yaml: &str) -> Result<Vec<DynamicObject>, kube::Error> {
+    let mut created = Vec::new();
+    for doc in yaml.split("\n---").filter(|d| !d.trim().is_empty()) {
+        let value: serde_json::Value = serde_yaml::from_str(doc).expect("valid YAML");
+        let obj: DynamicObject = serde_json::from_value(value).expect("a Kubernetes object");
+        let types = obj.types.clone().expect("apiVersion and kind");
+        let resource = resource_of(&types.api_version, &types.kind);
+        let namespace = obj.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let api: Api<DynamicObject> = if CLUSTER_SCOPED.contains(&types.kind.as_str()) {
+            Api::all_with(client.clone(), &resource)
+        } else {
+            Api::namespaced_with(client.clone(), &namespace, &resource)
+        };
+        created.push(api.create(&PostParams::default(), &obj).await?);
+    }
+    Ok(created)
+}
+
+/// The ingress addresses of a Service, as strings.
+pub async fn ingress(client: &Client, namespace: &str, name: &str) -> Vec<String> {
+    let Ok(svc) = Api::<Service>::namespaced(client.clone(), namespace).get(name).await else { return Vec::new() };
+    ingress_of(&svc)
+}
+
+fn ingress_of(svc: &Service) -> Vec<String> {
+    let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+    ingress.into_iter().flatten().filter_map(|i| i.ip.clone()).collect()
+}
+
+/// Waits until the Service has exactly these addresses.
+pub async fn wait_ingress(client: &Client, namespace: &str, name: &str, want: &[&str]) {
+    let what = format!("{namespace}/{name} to get {want:?}");
+    eventually(&what, Duration::from_secs(30), || async {
+        let got = ingress(client, namespace, name).await;
+        (got == want).then_some(())
+    })
+    .await;
+}

@@ -1,0 +1,291 @@
+//! ferrolb-controller against the real API server, installed with Helm and running with its chart
+//! ServiceAccount token (so the chart's RBAC is what is tested). Needs root (it brings up a lab).
+
+use ferrolb_tests::harness::{TestLab, create_yaml, eventually, ingress, wait_ingress};
+use ferrolb_tests::lab::{State, control_plane::alive, lifecycle};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event, Service};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+const EXE: &str = env!("CARGO_BIN_EXE_ferrolb-lab");
+
+fn seed(file: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seed").join(file)).expect("seed")
+}
+
+/// Event notes on an object, oldest first.
+async fn events(client: &Client, namespace: &str, name: &str) -> Vec<(String, String)> {
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let list = api.list(&ListParams::default().fields(&format!("involvedObject.name={name}"))).await.expect("events");
+    list.items.into_iter().map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default())).collect()
+}
+
+async fn wait_event(client: &Client, namespace: &str, name: &str, reason: &str, needle: &str) -> String {
+    let what = format!("{reason} Event on {namespace}/{name} containing {needle:?}");
+    eventually(&what, Duration::from_secs(30), || async {
+        events(client, namespace, name)
+            .await
+            .into_iter()
+            .find(|(r, m)| r == reason && m.contains(needle))
+            .map(|(_, m)| m)
+    })
+    .await
+}
+
+fn pools(client: &Client) -> Api<DynamicObject> {
+    let resource = ApiResource {
+        group: "metallb.io".into(),
+        version: "v1beta1".into(),
+        api_version: "metallb.io/v1beta1".into(),
+        kind: "IPAddressPool".into(),
+        plural: "ipaddresspools".into(),
+    };
+    Api::namespaced_with(client.clone(), "metallb-system", &resource)
+}
+
+fn lb_service(namespace: &str, name: &str, port: u16, extra_metadata: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\n{extra_metadata}spec:\n  type: LoadBalancer\n  selector: {{app: {name}}}\n  ports: [{{port: {port}, protocol: TCP}}]\n{extra_spec}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_users_scenario_and_every_allocation_rule() {
+    let lab = TestLab::start(EXE, "flbe", 1, false);
+    let client = lab.admin().await;
+
+    // The user's manifests, unchanged: web first, then DNS (TCP+UDP 53 in one Service).
+    create_yaml(&client, &seed("ipaddresspool.yaml")).await.expect("pool");
+    create_yaml(&client, &seed("l2advertisement.yaml")).await.expect("l2advertisement");
+    create_yaml(&client, &seed("web-svc-lb.yaml")).await.expect("web");
+    wait_ingress(&client, "default", "web-svc-lb", &["172.17.255.1"]).await;
+    create_yaml(&client, &seed("dns-svc-lb.yaml")).await.expect("dns");
+    wait_ingress(&client, "kube-system", "dns-svc-lb", &["172.17.255.2"]).await;
+    let dns_api = Api::<Service>::namespaced(client.clone(), "kube-system");
+    let pool_annotation = eventually("the pool annotation", Duration::from_secs(30), || async {
+        dns_api.get("dns-svc-lb").await.ok()?.metadata.annotations?.get("metallb.io/ip-allocated-from-pool").cloned()
+    })
+    .await;
+    assert_eq!(pool_annotation, "default");
+    wait_event(&client, "kube-system", "dns-svc-lb", "IPAllocated", "172.17.255.2").await;
+
+    // shared-ip.yaml: two Services share .10 through the legacy annotation.
+    create_yaml(&client, &seed("shared-ip.yaml")).await.expect("shared-ip");
+    wait_ingress(&client, "kube-system", "dns-svc-tcp", &["172.17.255.10"]).await;
+    wait_ingress(&client, "kube-system", "dns-svc-udp", &["172.17.255.10"]).await;
+
+    // A clashing port is refused with a clear Event; the Service stays pending and nobody else moves.
+    let clash = lb_service(
+        "kube-system",
+        "dns-svc-tcp-2",
+        53,
+        "  annotations: {metallb.universe.tf/allow-shared-ip: \"true\"}\n",
+        "  loadBalancerIP: 172.17.255.10\n",
+    );
+    create_yaml(&client, &clash).await.expect("clash");
+    let msg = wait_event(&client, "kube-system", "dns-svc-tcp-2", "AllocationFailed", "port TCP/53").await;
+    assert_eq!(msg, "port TCP/53 already used by kube-system/dns-svc-tcp on 172.17.255.10");
+    assert!(ingress(&client, "kube-system", "dns-svc-tcp-2").await.is_empty());
+    assert_eq!(ingress(&client, "kube-system", "dns-svc-tcp").await, ["172.17.255.10"]);
+    assert_eq!(ingress(&client, "kube-system", "dns-svc-udp").await, ["172.17.255.10"]);
+    assert_eq!(ingress(&client, "default", "web-svc-lb").await, ["172.17.255.1"]);
+
+    // A requested address outside every pool is refused with a clear Event.
+    create_yaml(&client, &lb_service("default", "outside", 80, "", "  loadBalancerIP: 10.99.0.1\n"))
+        .await
+        .expect("svc");
+    wait_event(&client, "default", "outside", "AllocationFailed", "10.99.0.1 is not in any usable IPAddressPool").await;
+
+    // address-pool picks a pool even with autoAssign: false.
+    let reserved = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: reserved, namespace: metallb-system}\nspec: {addresses: [172.18.0.0/30], autoAssign: false}\n";
+    create_yaml(&client, reserved).await.expect("reserved pool");
+    let named = lb_service("default", "named", 80, "  annotations: {metallb.io/address-pool: reserved}\n", "");
+    create_yaml(&client, &named).await.expect("named");
+    wait_ingress(&client, "default", "named", &["172.18.0.0"]).await;
+
+    // serviceAllocation: priority and namespace selection.
+    let team = "apiVersion: v1\nkind: Namespace\nmetadata: {name: team, labels: {tier: gold}}\n";
+    create_yaml(&client, team).await.expect("namespace");
+    let pinned = |name: &str, cidr: &str, priority: u32| {
+        format!(
+            "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {{name: {name}, namespace: metallb-system}}\nspec:\n  addresses: [{cidr}]\n  serviceAllocation: {{priority: {priority}, namespaceSelectors: [{{matchLabels: {{tier: gold}}}}]}}\n"
+        )
+    };
+    create_yaml(&client, &pinned("gold-low", "172.19.1.0/30", 20)).await.expect("pool");
+    create_yaml(&client, &pinned("gold-high", "172.19.0.0/30", 10)).await.expect("pool");
+    create_yaml(&client, &lb_service("team", "app", 80, "", "")).await.expect("svc");
+    wait_ingress(&client, "team", "app", &["172.19.0.0"]).await;
+    create_yaml(&client, &lb_service("default", "other-ns", 80, "", "")).await.expect("svc");
+    wait_ingress(&client, "default", "other-ns", &["172.17.255.3"]).await;
+
+    // Pool deleted: its Service moves to the next pool, with an Event that says so.
+    pools(&client).delete("gold-high", &DeleteParams::default()).await.expect("delete pool");
+    wait_ingress(&client, "team", "app", &["172.19.1.0"]).await;
+    wait_event(&client, "team", "app", "IPAllocated", "(was [172.19.0.0])").await;
+
+    // Deleted Service, and a Service turned ClusterIP: addresses freed, status and annotation cleared, reused.
+    Api::<Service>::namespaced(client.clone(), "default")
+        .delete("web-svc-lb", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let to_cluster_ip = json!({"spec": {"type": "ClusterIP"}});
+    dns_api.patch("dns-svc-lb", &PatchParams::default(), &Patch::Merge(&to_cluster_ip)).await.expect("to ClusterIP");
+    wait_ingress(&client, "kube-system", "dns-svc-lb", &[]).await;
+    eventually("the pool annotation removed", Duration::from_secs(30), || async {
+        let svc = dns_api.get("dns-svc-lb").await.ok()?;
+        (!svc.metadata.annotations.unwrap_or_default().contains_key("metallb.io/ip-allocated-from-pool")).then_some(())
+    })
+    .await;
+    create_yaml(&client, &lb_service("default", "reuse-1", 81, "", "")).await.expect("svc");
+    wait_ingress(&client, "default", "reuse-1", &["172.17.255.1"]).await;
+    create_yaml(&client, &lb_service("default", "reuse-2", 82, "", "")).await.expect("svc");
+    wait_ingress(&client, "default", "reuse-2", &["172.17.255.2"]).await;
+
+    // Pool status counts match the Services: .1 .2 .3 .10 are in use in "default".
+    let status = eventually("pool status counts", Duration::from_secs(30), || async {
+        let pool = pools(&client).get("default").await.ok()?;
+        let s = pool.data.get("status")?.clone();
+        (s["assignedIPv4"] == 4).then_some(s)
+    })
+    .await;
+    assert_eq!(status["availableIPv4"], 251);
+    let valid = status["conditions"].as_array().expect("conditions").iter().find(|c| c["type"] == "Valid").cloned();
+    assert_eq!(valid.map(|c| c["status"].clone()), Some(json!("True")));
+
+    // Printer columns: what `kubectl get ipaddresspools` shows, from the server's own Table rendering.
+    let req = http::Request::get("/apis/metallb.io/v1beta1/namespaces/metallb-system/ipaddresspools/default")
+        .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+        .body(Vec::new())
+        .expect("request");
+    let table: serde_json::Value = serde_json::from_str(&client.request_text(req).await.expect("table")).expect("json");
+    let columns: Vec<String> = table["columnDefinitions"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .map(|c| c["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    let row = &table["rows"][0]["cells"];
+    let cell =
+        |name: &str| row[columns.iter().position(|c| c == name).unwrap_or_else(|| panic!("column {name}"))].clone();
+    assert_eq!((cell("Assigned v4"), cell("Available v4"), cell("Valid")), (json!(4), json!(251), json!("True")));
+
+    // A pool overlapping an existing one is reported, not used, and the first one keeps working.
+    let overlap = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: overlap, namespace: metallb-system}\nspec: {addresses: [172.17.255.200/29]}\n";
+    create_yaml(&client, overlap).await.expect("overlapping pool is accepted by the schema");
+    wait_event(&client, "metallb-system", "overlap", "InvalidConfiguration", "overlap pool \"default\"").await;
+}
+
+/// Polls a controller's /metrics.
+async fn scrape(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.ok()?;
+    Some(body)
+}
+
+fn metric(body: &str, name: &str) -> f64 {
+    body.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+fn controller(state: &State, replica: usize) -> (i32, u16) {
+    let p = state.procs.iter().rev().find(|p| p.role == format!("controller-{replica}")).expect("controller process");
+    (p.pid, p.port.expect("metrics port"))
+}
+
+async fn snapshot(client: &Client) -> BTreeMap<String, Vec<String>> {
+    let list = Api::<Service>::namespaced(client.clone(), "load").list(&ListParams::default()).await.expect("list");
+    list.items
+        .iter()
+        .map(|s| {
+            let ips = s.status.as_ref().and_then(|st| st.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+            (
+                s.metadata.name.clone().unwrap_or_default(),
+                ips.into_iter().flatten().filter_map(|i| i.ip.clone()).collect(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_never_move_an_address_and_one_of_two_replicas_writes() {
+    let lab = TestLab::start(EXE, "flbr", 1, false);
+    let client = lab.admin().await;
+    let pool = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: load, namespace: metallb-system}\nspec: {addresses: [198.19.0.0/24, 198.19.1.0/24]}\n";
+    create_yaml(&client, pool).await.expect("pool");
+    create_yaml(&client, "apiVersion: v1\nkind: Namespace\nmetadata: {name: load}\n").await.expect("ns");
+    // 200 Services, created in shuffled name order so allocation order is not name order.
+    let mut names: Vec<String> = (0..200).map(|i| format!("svc-{:03}", (i * 37) % 200)).collect();
+    names.dedup();
+    for name in &names {
+        create_yaml(&client, &lb_service("load", name, 80, "", "")).await.expect("svc");
+    }
+    let before = eventually("200 Services with an address", Duration::from_secs(120), || async {
+        let snap = snapshot(&client).await;
+        (snap.len() == 200 && snap.values().all(|ips| ips.len() == 1)).then_some(snap)
+    })
+    .await;
+
+    for round in 1..=3 {
+        let mut state = lab.state();
+        let (pid, _) = controller(&state, 0);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("SIGKILL");
+        eventually("the killed controller to be gone", Duration::from_secs(10), || async {
+            (!alive(pid)).then_some(())
+        })
+        .await;
+        // The lease of a SIGKILLed leader is not released; let it expire so the restart leads at once.
+        let leases: Api<Lease> = Api::namespaced(client.clone(), "metallb-system");
+        leases.delete("ferrolb-controller", &DeleteParams::default()).await.expect("delete lease");
+        lifecycle::start_controller(&mut state, 0).await.expect("restart");
+        // A new Service getting an address proves the restarted leader has restored and reconciled everything.
+        let marker = format!("after-restart-{round}");
+        create_yaml(&client, &lb_service("default", &marker, 80, "", "")).await.expect("marker");
+        eventually("the restarted controller to assign again", Duration::from_secs(60), || async {
+            (!ingress(&client, "default", &marker).await.is_empty()).then_some(())
+        })
+        .await;
+        assert_eq!(snapshot(&client).await, before, "an address changed across restart {round}");
+    }
+
+    // Two replicas: exactly one leads and writes; the standby reconciles nothing until the leader dies.
+    let mut state = lab.state();
+    lifecycle::start_controller(&mut state, 1).await.expect("second replica");
+    let state = lab.state();
+    let (leader_pid, leader_port) = controller(&state, 0);
+    let (_, standby_port) = controller(&state, 1);
+    eventually("the standby's metrics", Duration::from_secs(30), || async { scrape(standby_port).await }).await;
+    create_yaml(&client, &lb_service("default", "while-two", 80, "", "")).await.expect("svc");
+    eventually("the leader to assign", Duration::from_secs(30), || async {
+        (!ingress(&client, "default", "while-two").await.is_empty()).then_some(())
+    })
+    .await;
+    let standby = scrape(standby_port).await.expect("standby metrics");
+    assert_eq!(metric(&standby, "ferrolb_leader"), 0.0);
+    assert_eq!(metric(&standby, "ferrolb_service_reconciles_total"), 0.0, "the standby must not reconcile");
+    let leader = scrape(leader_port).await.expect("leader metrics");
+    assert_eq!(metric(&leader, "ferrolb_leader"), 1.0);
+    assert!(metric(&leader, "ferrolb_service_reconciles_total") > 0.0);
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(leader_pid), nix::sys::signal::Signal::SIGKILL).expect("SIGKILL");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "metallb-system");
+    eventually("the standby to take the lease after it expires", Duration::from_secs(60), || async {
+        let lease = leases.get("ferrolb-controller").await.ok()?;
+        (lease.spec?.holder_identity.as_deref() == Some("lab-controller-1")).then_some(())
+    })
+    .await;
+    create_yaml(&client, &lb_service("default", "after-failover", 80, "", "")).await.expect("svc");
+    eventually("the new leader to assign", Duration::from_secs(30), || async {
+        (!ingress(&client, "default", "after-failover").await.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(snapshot(&client).await, before, "failover moved an address");
+    let new_leader = scrape(standby_port).await.expect("metrics");
+    assert_eq!(metric(&new_leader, "ferrolb_leader"), 1.0);
+}
