@@ -13,41 +13,66 @@ run()  { printf '\033[2m$ %s\033[0m\n' "$*"; "$@"; }
 command -v kubectl >/dev/null || { echo "make demo needs kubectl on PATH"; exit 1; }
 
 say "1. Build (release). The control plane is built from the Go module proxy on first use and cached in /var/cache/ferrolb."
-run cargo build --release -q -p ferrolb-tests --bin ferrolb-lab
+run cargo build --release -q --workspace --bins
 LAB=target/release/ferrolb-lab
 
-say "2. Bring up the lab: etcd + kube-apiserver (RBAC) + kube-controller-manager, 3 nodes, a host namespace."
+say "2. Bring up the lab: etcd + kube-apiserver (RBAC) + kube-controller-manager, 3 nodes, a host namespace;"
+note "then 'helm install' of charts/ferrolb into metallb-system, and ferrolb-controller running with the token"
+note "of the chart's ServiceAccount, so the chart's RBAC is exactly what it gets."
 "$LAB" down >/dev/null 2>&1 || true   # a fresh lab each time, so the story is the same
 run "$LAB" up --nodes 3 >/dev/null
 export KUBECONFIG="$("$LAB" kubeconfig)"
 run "$LAB" status
 run kubectl get nodes -o wide
 
-say "3. Install ferrolb's CRDs (generated from the Rust types; no admission webhook anywhere)."
-run kubectl apply -f charts/ferrolb/crds/
+say "3. What Helm installed (CRDs generated from the Rust types; no admission webhook anywhere)."
+run kubectl get crds
+run kubectl get deploy,sa,role,rolebinding,secret -n metallb-system
 
 say "4. Apply the user's MetalLB manifests, unchanged."
-run kubectl create namespace metallb-system
 run kubectl apply -f examples/seed/ipaddresspool.yaml -f examples/seed/l2advertisement.yaml
-run kubectl apply -f examples/seed/web-svc-lb.yaml -f examples/seed/dns-svc-lb.yaml -f examples/seed/shared-ip.yaml
-run kubectl get ipaddresspools,l2advertisements -n metallb-system
+run kubectl apply -f examples/seed/web-svc-lb.yaml
+sleep 1
+run kubectl apply -f examples/seed/dns-svc-lb.yaml
+sleep 1
+run kubectl apply -f examples/seed/shared-ip.yaml
+sleep 2
 run kubectl get svc -A --field-selector spec.type=LoadBalancer
-note "EXTERNAL-IP stays <pending> for now: the controller that assigns 172.17.255.1, .2 and the shared .10 is"
-note "built and tested as a library (controller/src/allocator.rs, 'make test'), but its Kubernetes I/O and the Helm"
-note "chart are the next issue. Nothing here pretends otherwise."
+note "web-svc-lb got 172.17.255.1 and dns-svc-lb (TCP+UDP 53 in one Service) 172.17.255.2, as with MetalLB;"
+note "dns-svc-tcp and dns-svc-udp share 172.17.255.10 through the legacy allow-shared-ip annotation."
+run kubectl get ipaddresspools -n metallb-system
+run kubectl describe svc dns-svc-lb -n kube-system
 
-say "5. Bad configuration is refused by the API server itself (schema + CEL), with a message you can act on."
+say "5. Why has my Service no IP? A third Service asking for .10 with a clashing port is told exactly why."
+kubectl apply -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Service
+metadata:
+  name: dns-svc-tcp-2
+  namespace: kube-system
+  annotations: {metallb.universe.tf/allow-shared-ip: "true"}
+spec:
+  type: LoadBalancer
+  loadBalancerIP: 172.17.255.10
+  selector: {k8s-app: kube-dns}
+  ports: [{name: dns-tcp, protocol: TCP, port: 53, targetPort: 53}]
+YAML
+sleep 2
+run kubectl get events -n kube-system --field-selector involvedObject.name=dns-svc-tcp-2
+
+say "6. Bad configuration is refused by the API server itself (schema + CEL), with a message you can act on."
 set +e
 printf 'apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: typo, namespace: metallb-system}\nspec: {addresses: ["172.17.255.1-172.17.255.x"]}\n' | kubectl apply -f - 2>&1 | sed 's/^/   /'
 set -e
 
-say "6. The Layer-2 network: the host namespace reaches each node over a real bridge (TCP and UDP echo)."
+say "7. The Layer-2 network: the host namespace reaches each node over a real bridge (TCP and UDP echo)."
 kubectl apply -f - >/dev/null <<'YAML'
 apiVersion: v1
 kind: Service
 metadata: {name: echo, namespace: default}
 spec:
   type: LoadBalancer
+  loadBalancerClass: lab.example/none   # ferrolb leaves it alone; the lab sets its address by hand below
   selector: {app: echo}
   ports: [{name: t, port: 7777, protocol: TCP}, {name: u, port: 7777, protocol: UDP}]
 YAML
@@ -56,7 +81,7 @@ run "$LAB" exec host -- "$LAB" probe tcp 198.18.0.12:7777
 run "$LAB" exec host -- "$LAB" probe udp 198.18.0.13:7777
 note "Each node's echo server answers with the node's name, so a client can see which node served it."
 
-say "7. kube-proxy IPVS with strictARP: the VIP sits on every node's kube-ipvs0, yet no kernel answers ARP for it."
+say "8. kube-proxy IPVS with strictARP: the VIP sits on every node's kube-ipvs0, yet no kernel answers ARP for it."
 run kubectl patch svc echo --subresource=status --type=merge -p '{"status":{"loadBalancer":{"ingress":[{"ip":"198.19.0.77"}]}}}'
 sleep 1
 run ip -n flb-node-1 -4 addr show kube-ipvs0
@@ -64,7 +89,7 @@ run ip -n flb-node-1 -4 addr show kube-ipvs0
 run ip -n flb-host neigh show 198.19.0.77
 note "INCOMPLETE/FAILED: nobody answered ARP. Answering it from exactly one node is the speaker's job (coming next)."
 
-say "8. Node failure: 'ferrolb-lab kill node-2' stops its heartbeats and pulls its cable."
+say "9. Node failure: 'ferrolb-lab kill node-2' stops its heartbeats and pulls its cable."
 run "$LAB" kill node-2
 for _ in $(seq 1 30); do
   s=$(kubectl get node node-2 -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')
