@@ -9,8 +9,10 @@ pub mod lease;
 pub mod metrics;
 pub mod pool;
 pub mod run;
-pub mod selector;
 pub mod service;
+
+/// Label selectors, shared with the speaker.
+pub use ferrolb_crds::selector;
 pub mod status;
 
 pub use allocator::{Allocator, Assignment, Outcome, PoolUsage, Refusal};

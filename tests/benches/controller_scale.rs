@@ -18,7 +18,8 @@ const IN_FLIGHT: usize = 16;
 
 fn peak_rss_mib(pid: i32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok());
+    let kib =
+        status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok());
     kib.unwrap_or(f64::NAN) / 1024.0
 }
 
@@ -30,7 +31,13 @@ async fn addressed(client: &Client) -> usize {
     let api: Api<Service> = Api::namespaced(client.clone(), "scale");
     let list = api.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
     list.iter()
-        .filter(|s| s.status.as_ref().and_then(|st| st.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref()).is_some_and(|i| !i.is_empty()))
+        .filter(|s| {
+            s.status
+                .as_ref()
+                .and_then(|st| st.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .is_some_and(|i| !i.is_empty())
+        })
         .count()
 }
 
@@ -73,8 +80,12 @@ async fn main() {
     let controller_rss = peak_rss_mib(pid_of(&state, "controller-0"));
     let apiserver_rss = peak_rss_mib(pid_of(&state, "kube-apiserver"));
     println!("API server accepted all creates (reference): {:>8.2?}", created);
-    println!("all {SERVICES} Services had an address:       {:>8.2?}  ({:.2}x the reference, {:.2?} after the last create)",
-        all_addressed, all_addressed.as_secs_f64() / created.as_secs_f64(), all_addressed.saturating_sub(created));
+    println!(
+        "all {SERVICES} Services had an address:       {:>8.2?}  ({:.2}x the reference, {:.2?} after the last create)",
+        all_addressed,
+        all_addressed.as_secs_f64() / created.as_secs_f64(),
+        all_addressed.saturating_sub(created)
+    );
     println!("peak RSS: ferrolb-controller {controller_rss:.1} MiB, kube-apiserver {apiserver_rss:.1} MiB (reference)");
 
     // Restart: SIGKILL, let the lease go, start again; time until a new Service is served (all restored first).

@@ -26,10 +26,7 @@ fn every_value_is_documented() {
     let values: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(chart.join("values.yaml")).expect("values")).expect("yaml");
     let readme = std::fs::read_to_string(chart.join("README.md")).expect("README");
-    let documented: Vec<&str> = readme
-        .lines()
-        .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
-        .collect();
+    let documented: Vec<&str> = readme.lines().filter_map(|l| l.strip_prefix("| `")?.split('`').next()).collect();
     let mut keys = Vec::new();
     leaves("", &values, &mut keys);
     for key in &keys {
