@@ -1,16 +1,22 @@
 # Multi-stage build of ferrolb's images: static musl binaries on an empty base (no shell, no libc).
 #   docker build --target controller -t ferrolb/controller:0.1.0 .
-# The speaker target arrives with the speaker.
+#   docker build --target speaker -t ferrolb/speaker:0.1.0 .
 FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends musl-tools && rm -rf /var/lib/apt/lists/* \
  && rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --target x86_64-unknown-linux-musl -p ferrolb-controller \
- && cp target/x86_64-unknown-linux-musl/release/ferrolb-controller /ferrolb-controller
+RUN cargo build --release --locked --target x86_64-unknown-linux-musl -p ferrolb-controller -p ferrolb-speaker \
+ && cp target/x86_64-unknown-linux-musl/release/ferrolb-controller target/x86_64-unknown-linux-musl/release/ferrolb-speaker /
 
 FROM scratch AS controller
 COPY --from=build /ferrolb-controller /ferrolb-controller
 USER 65532:65532
 EXPOSE 7472
 ENTRYPOINT ["/ferrolb-controller"]
+
+# The chart runs it with CAP_NET_RAW only and every other capability dropped: an AF_PACKET socket needs it.
+FROM scratch AS speaker
+COPY --from=build /ferrolb-speaker /ferrolb-speaker
+EXPOSE 7473
+ENTRYPOINT ["/ferrolb-speaker"]

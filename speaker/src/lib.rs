@@ -6,3 +6,8 @@
 
 pub mod arp;
 pub mod election;
+pub mod error;
+pub mod iface;
+pub mod raw;
+pub mod run;
+pub mod view;

@@ -63,6 +63,20 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Sends ARP requests and prints every MAC that answers, one per line (run it inside a namespace).
+    Arping {
+        /// Address to ask for.
+        target: std::net::Ipv4Addr,
+        /// Interface to ask on.
+        #[arg(long, default_value = "eth0")]
+        iface: String,
+        /// Requests to send, 100 ms apart.
+        #[arg(long, default_value_t = 3)]
+        count: usize,
+        /// How long to wait for late answers after the last request, in ms.
+        #[arg(long, default_value_t = 300)]
+        wait_ms: u64,
+    },
     /// (internal) fake kubelets and the API relay, run by `up`.
     #[command(hide = true)]
     Agent,
@@ -116,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Kill { node } => lifecycle::kill(&load()?, &node)?,
-        Cmd::Revive { node } => lifecycle::revive(&load()?, &node)?,
+        Cmd::Revive { node } => lifecycle::revive(&mut load()?, &node).await?,
         Cmd::Down => {
             lifecycle::down(&cli.name, &dir)?;
             eprintln!("[ferrolb-lab] lab {:?} removed", cli.name);
@@ -129,6 +143,16 @@ async fn main() -> anyhow::Result<()> {
                 other => anyhow::bail!("protocol must be tcp or udp, not {other:?}"),
             };
             println!("{answer}");
+        }
+        Cmd::Arping { target, iface, count, wait_ms } => {
+            let macs =
+                ferrolb_tests::lab::arping::arping(&iface, target, count, std::time::Duration::from_millis(wait_ms))?;
+            for mac in &macs {
+                println!("{mac}");
+            }
+            if macs.is_empty() {
+                anyhow::bail!("no answer for {target} on {iface}");
+            }
         }
         Cmd::Agent => kubelet::run(load()?).await?,
         Cmd::NodeAgent { node: name } => node::run(load()?, &name).await?,

@@ -98,6 +98,9 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
     if !opts.bare {
         install_chart(&state)?;
         start_controller(&mut state, 0).await?;
+        for node in state.nodes.clone() {
+            start_speaker(&mut state, &node.name).await?;
+        }
     }
     step(format!("lab {:?} up in {:.1?}; kubeconfig: {}", state.name, started.elapsed(), state.kubeconfig().display()));
     Ok(state)
@@ -206,8 +209,20 @@ fn parent_of(pid: i32) -> Option<i32> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Brings a killed node back: link up, heartbeats resume (the agent re-posts Ready and re-readies its pods).
-pub fn revive(state: &State, node: &str) -> Result<()> {
+/// Brings a killed node back: link up, heartbeats resume (the agent re-posts Ready and re-readies its pods),
+/// and its speaker starts again if it had one.
+pub async fn revive(state: &mut State, node: &str) -> Result<()> {
+    revive_network(state, node)?;
+    let name = state.node(node)?.name.clone();
+    let role = format!("speaker {name}");
+    let had_speaker = state.procs.iter().rev().find(|p| p.role == role).map(|p| alive(p.pid));
+    if had_speaker == Some(false) {
+        start_speaker(state, &name).await?;
+    }
+    Ok(())
+}
+
+fn revive_network(state: &State, node: &str) -> Result<()> {
     let info = state.node(node)?;
     let index = state.nodes.iter().position(|n| n.name == info.name).map_or(0, |i| i + 1);
     net::set_node_link(&state.lan_netns(), index, true)?;
@@ -294,6 +309,30 @@ pub async fn start_controller(state: &mut State, replica: usize) -> Result<()> {
         .args(["--namespace", RELEASE_NAMESPACE, "--identity", &format!("lab-controller-{replica}")])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")]);
     spawn(state, &format!("controller-{replica}"), cmd)?;
+    if let Some(p) = state.procs.last_mut() {
+        p.port = Some(metrics_port);
+    }
+    state.save()
+}
+
+/// Starts the speaker of a node inside its namespace, with the chart's speaker ServiceAccount token.
+pub async fn start_speaker(state: &mut State, node: &str) -> Result<()> {
+    let binary = sibling_binary("ferrolb-speaker")?;
+    let info = state.node(node)?.clone();
+    let kubeconfig = service_account_kubeconfig(state, "ferrolb-speaker").await?;
+    let metrics_port = control_plane::free_port()?;
+    step(format!(
+        "starting ferrolb-speaker on {} (chart ServiceAccount token, raw ARP socket in {})",
+        info.name, info.netns
+    ));
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &info.netns])
+        .arg(binary)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("RUST_BACKTRACE")
+        .args(["--node", &info.name, "--namespace", RELEASE_NAMESPACE])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")]);
+    spawn(state, &format!("speaker {}", info.name), cmd)?;
     if let Some(p) = state.procs.last_mut() {
         p.port = Some(metrics_port);
     }

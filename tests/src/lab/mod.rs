@@ -4,6 +4,7 @@
 //! Everything the lab creates is named after the lab (`<name>-…` namespaces, `<dir>` for files), recorded in
 //! `<dir>/state.json`, and removed by [`down`], which also works on a half-built or crashed lab.
 
+pub mod arping;
 pub mod control_plane;
 pub mod kubelet;
 pub mod lifecycle;

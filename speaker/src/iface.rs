@@ -1,0 +1,96 @@
+//! Which interfaces answer for an address, decided purely from a description of the node's interfaces.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+/// Name prefixes never used by default: container veths, bridges and overlay devices, and kube-proxy's
+/// `kube-ipvs0` (answering there would be exactly the IPVS-without-strictARP problem).
+pub const EXCLUDED_PREFIXES: [&str; 12] =
+    ["lo", "veth", "docker", "cni", "cali", "flannel", "cilium", "lxc", "kube-ipvs", "vxlan", "tunl", "weave"];
+
+/// One interface as the OS reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceInfo {
+    /// Name.
+    pub name: String,
+    /// Index.
+    pub index: u32,
+    /// Hardware address, if any.
+    pub mac: Option<[u8; 6]>,
+    /// Administratively up and running.
+    pub up: bool,
+    /// Its IPv4 networks as (address, prefix length).
+    pub ipv4: Vec<(Ipv4Addr, u8)>,
+}
+
+impl InterfaceInfo {
+    /// Whether the address lies in one of the interface's IPv4 subnets.
+    pub fn subnet_contains(&self, ip: Ipv4Addr) -> bool {
+        self.ipv4.iter().any(|(addr, bits)| {
+            let mask = if *bits == 0 { 0 } else { u32::MAX << (32 - u32::from((*bits).min(32))) };
+            u32::from(*addr) & mask == u32::from(ip) & mask
+        })
+    }
+}
+
+/// Interfaces that may answer at all: up, with a MAC and an IPv4 address, not excluded by name; when the
+/// advertisements name interfaces, only those.
+pub fn usable<'a>(all: &'a [InterfaceInfo], allowed: &BTreeSet<String>) -> Vec<&'a InterfaceInfo> {
+    all.iter()
+        .filter(|i| i.up && i.mac.is_some_and(|m| m != [0; 6]) && !i.ipv4.is_empty())
+        .filter(|i| {
+            if allowed.is_empty() {
+                !EXCLUDED_PREFIXES.iter().any(|p| i.name.starts_with(p))
+            } else {
+                allowed.contains(&i.name)
+            }
+        })
+        .collect()
+}
+
+/// Interfaces that answer for `ip`: the usable ones whose subnet holds it, or every usable one when none does
+/// (a pool routed on-link from a different prefix, as in the lab and with static routes).
+pub fn for_address<'a>(usable: &[&'a InterfaceInfo], ip: Ipv4Addr) -> Vec<&'a InterfaceInfo> {
+    let same_subnet: Vec<&InterfaceInfo> = usable.iter().copied().filter(|i| i.subnet_contains(ip)).collect();
+    if same_subnet.is_empty() { usable.to_vec() } else { same_subnet }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface(name: &str, ip: &str, bits: u8) -> InterfaceInfo {
+        InterfaceInfo {
+            name: name.into(),
+            index: 1,
+            mac: Some([2, 0, 0, 0, 0, 1]),
+            up: true,
+            ipv4: vec![(ip.parse().expect("ip"), bits)],
+        }
+    }
+
+    #[test]
+    fn default_exclusions_and_explicit_lists() {
+        let all = [
+            iface("eth0", "10.0.0.5", 24),
+            iface("veth12ab", "10.1.0.1", 32),
+            iface("kube-ipvs0", "10.0.0.100", 32),
+            iface("lo", "127.0.0.1", 8),
+            InterfaceInfo { ipv4: vec![], ..iface("eth1", "0.0.0.0", 0) },
+            InterfaceInfo { up: false, ..iface("eth2", "10.2.0.5", 24) },
+        ];
+        let names = |v: Vec<&InterfaceInfo>| v.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(usable(&all, &BTreeSet::new())), ["eth0"]);
+        assert_eq!(names(usable(&all, &BTreeSet::from(["veth12ab".to_string()]))), ["veth12ab"], "named explicitly");
+    }
+
+    #[test]
+    fn an_address_goes_to_the_interfaces_whose_subnet_holds_it() {
+        let all = [iface("eth0", "10.0.0.5", 24), iface("eth1", "192.168.1.5", 24)];
+        let u = usable(&all, &BTreeSet::new());
+        let names =
+            |ip: &str| for_address(&u, ip.parse().expect("ip")).iter().map(|i| i.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names("192.168.1.77"), ["eth1"]);
+        assert_eq!(names("198.19.0.1"), ["eth0", "eth1"], "no subnet holds it: every usable interface");
+    }
+}

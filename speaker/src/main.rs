@@ -1,0 +1,106 @@
+//! ferrolb-speaker: answers ARP for the addresses this node owns.
+
+use anyhow::Context;
+use clap::Parser;
+use ferrolb_speaker::raw::Stats;
+use ferrolb_speaker::run::{self, Settings};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Answers ARP for the LoadBalancer addresses this node owns")]
+struct Args {
+    /// This node's name.
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// Namespace of IPAddressPools and L2Advertisements.
+    #[arg(long, env = "FERROLB_NAMESPACE", default_value = "metallb-system")]
+    namespace: String,
+    /// Only Services with this loadBalancerClass (default: only Services without a class).
+    #[arg(long, env = "FERROLB_LOAD_BALANCER_CLASS")]
+    load_balancer_class: Option<String>,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, env = "FERROLB_METRICS_ADDR", default_value = "0.0.0.0:7473")]
+    metrics_addr: String,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text")]
+    log_format: String,
+    /// UDP port of the liveness protocol (reserved; liveness is the Node Ready fallback for now).
+    #[arg(long, default_value_t = 7946)]
+    gossip_port: u16,
+}
+
+fn render(stats: &Stats) -> String {
+    let mut out = String::new();
+    let mut line = |name: &str, help: &str, value: u64| {
+        out.push_str(&format!("# HELP ferrolb_speaker_{name} {help}\n# TYPE ferrolb_speaker_{name} counter\nferrolb_speaker_{name}_total {value}\n"));
+    };
+    line("arp_replies", "ARP requests answered", stats.replies.load(Ordering::Relaxed));
+    line("frames", "Frames seen on the raw sockets", stats.frames.load(Ordering::Relaxed));
+    line("gratuitous_arp", "Gratuitous ARP frames sent", stats.gratuitous.load(Ordering::Relaxed));
+    out.push_str("# HELP ferrolb_speaker_arp_drops ARP frames not answered, by reason\n# TYPE ferrolb_speaker_arp_drops counter\n");
+    if let Ok(drops) = stats.drops.lock() {
+        for (reason, n) in drops.iter() {
+            out.push_str(&format!("ferrolb_speaker_arp_drops_total{{reason=\"{reason}\"}} {n}\n"));
+        }
+    }
+    out
+}
+
+async fn serve(addr: String, stats: Arc<Stats>, ready: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let (stats, ready) = (stats.clone(), ready.clone());
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await else { return };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let (code, body) = match request.split_whitespace().nth(1).unwrap_or("/") {
+                "/metrics" => ("200 OK", render(&stats)),
+                "/healthz" => ("200 OK", "ok\n".into()),
+                "/readyz" if ready.load(Ordering::Relaxed) => ("200 OK", "ok\n".into()),
+                "/readyz" => ("503 Service Unavailable", "caches not synced\n".into()),
+                _ => ("404 Not Found", "try /metrics\n".into()),
+            };
+            let resp = format!("HTTP/1.1 {code}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let _ = stream.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
+    if args.log_format == "json" {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
+    let client = kube::Client::try_default().await.context("no Kubernetes client configuration")?;
+    let stats = Arc::new(Stats::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let server = tokio::spawn(serve(args.metrics_addr.clone(), stats.clone(), ready.clone()));
+    let settings = Settings {
+        node: args.node.clone(),
+        namespace: args.namespace.clone(),
+        load_balancer_class: args.load_balancer_class.clone(),
+        garp_schedule: [0, 250, 1100, 2200].into_iter().map(Duration::from_millis).collect(),
+    };
+    tracing::info!(node = %settings.node, gossip_port = args.gossip_port, "starting");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
+    tokio::select! {
+        r = run::run(client, settings, stats, ready) => r.context("speaker stopped")?,
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        s = server => anyhow::bail!("metrics server stopped: {s:?}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! Raw-socket I/O through `pnet_datalink` (an `AF_PACKET` socket per interface; no `unsafe` here): one thread
+//! per interface reads frames, asks [`crate::arp::respond`] and sends what it says.
+
+use crate::arp::{self, Decision, Mac};
+use crate::iface::InterfaceInfo;
+use pnet_datalink::{Channel, DataLinkSender};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// The node's interfaces as the OS reports them.
+pub fn interfaces() -> Vec<InterfaceInfo> {
+    pnet_datalink::interfaces()
+        .into_iter()
+        .map(|i| InterfaceInfo {
+            up: i.is_up() && i.is_running(),
+            mac: i.mac.map(|m| m.octets()),
+            ipv4: i
+                .ips
+                .iter()
+                .filter_map(|n| match n.ip() {
+                    IpAddr::V4(v4) => Some((v4, n.prefix())),
+                    IpAddr::V6(_) => None,
+                })
+                .collect(),
+            index: i.index,
+            name: i.name,
+        })
+        .collect()
+}
+
+/// Counters the responder threads update and `/metrics` reads.
+#[derive(Default)]
+pub struct Stats {
+    /// ARP requests answered.
+    pub replies: AtomicU64,
+    /// Frames seen (of any kind) on the raw sockets.
+    pub frames: AtomicU64,
+    /// Gratuitous frames sent.
+    pub gratuitous: AtomicU64,
+    /// Drops by reason label.
+    pub drops: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// Addresses owned, and the interfaces each is answered on.
+pub type Owned = Arc<RwLock<BTreeMap<Ipv4Addr, BTreeSet<String>>>>;
+
+/// A running responder on one interface.
+pub struct Responder {
+    /// The interface.
+    pub name: String,
+    /// Its MAC.
+    pub mac: Mac,
+    sender: Arc<Mutex<Box<dyn DataLinkSender>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Responder {
+    /// Opens the interface's raw socket and starts answering for what `owned` lists on it.
+    pub fn start(iface: &InterfaceInfo, owned: Owned, stats: Arc<Stats>) -> crate::error::Result<Self> {
+        let err = |e: std::io::Error| crate::error::Error::RawSocket { interface: iface.name.clone(), source: e };
+        let pnet_iface = pnet_datalink::interfaces()
+            .into_iter()
+            .find(|i| i.name == iface.name)
+            .ok_or_else(|| err(std::io::Error::new(std::io::ErrorKind::NotFound, "interface vanished")))?;
+        let config = pnet_datalink::Config { read_timeout: Some(Duration::from_millis(250)), ..Default::default() };
+        let (tx, mut rx) = match pnet_datalink::channel(&pnet_iface, config).map_err(err)? {
+            Channel::Ethernet(tx, rx) => (tx, rx),
+            _ => return Err(err(std::io::Error::other("not an Ethernet channel"))),
+        };
+        let mac = Mac(iface.mac.unwrap_or([0; 6]));
+        let sender = Arc::new(Mutex::new(tx));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (name, thread_sender, thread_stop) = (iface.name.clone(), sender.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name(format!("arp-{name}"))
+            .spawn(move || {
+                while !thread_stop.load(Ordering::Relaxed) {
+                    let Ok(frame) = rx.next() else { continue };
+                    stats.frames.fetch_add(1, Ordering::Relaxed);
+                    let owns =
+                        |ip: Ipv4Addr| owned.read().is_ok_and(|o| o.get(&ip).is_some_and(|on| on.contains(&name)));
+                    match arp::respond(frame, mac, owns) {
+                        Decision::Reply(reply) => {
+                            if let Ok(mut tx) = thread_sender.lock() {
+                                let _ = tx.send_to(&reply, None);
+                            }
+                            stats.replies.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // Most frames on a raw socket are not ARP at all; counting them would drown the rest.
+                        Decision::Drop(arp::Drop::NotArp) => {}
+                        Decision::Drop(reason) => {
+                            if let Ok(mut d) = stats.drops.lock() {
+                                *d.entry(reason.label()).or_default() += 1;
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(err)?;
+        Ok(Self { name: iface.name.clone(), mac, sender, stop })
+    }
+
+    /// Sends both gratuitous forms for `ip`.
+    pub fn announce(&self, ip: Ipv4Addr, stats: &Stats) {
+        if let Ok(mut tx) = self.sender.lock() {
+            for frame in [arp::gratuitous_request(self.mac, ip), arp::gratuitous_reply(self.mac, ip)] {
+                let _ = tx.send_to(&frame, None);
+                stats.gratuitous.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,62 @@
+//! An ARP prober for tests and humans: sends who-has requests on an interface and reports every MAC that
+//! answers, so "exactly one node answers" can be checked (run it inside the `host` namespace).
+
+use super::{LabError, Result};
+use ferrolb_speaker::arp::{ArpFrame, Mac, Operation};
+use pnet_datalink::Channel;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+/// Sends `count` requests for `target` from `iface`, 100 ms apart, and returns the MACs that answered.
+pub fn arping(iface: &str, target: Ipv4Addr, count: usize, wait: Duration) -> Result<BTreeSet<String>> {
+    let err = |e: String| LabError::Usage(format!("arping on {iface}: {e}"));
+    let nic = pnet_datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == iface)
+        .ok_or_else(|| err("no such interface".into()))?;
+    let mac = Mac(nic.mac.ok_or_else(|| err("no MAC".into()))?.octets());
+    let source = nic
+        .ips
+        .iter()
+        .find_map(|n| match n.ip() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .ok_or_else(|| err("no IPv4 address".into()))?;
+    let config = pnet_datalink::Config { read_timeout: Some(Duration::from_millis(20)), ..Default::default() };
+    let (mut tx, mut rx) = match pnet_datalink::channel(&nic, config).map_err(|e| err(e.to_string()))? {
+        Channel::Ethernet(tx, rx) => (tx, rx),
+        _ => return Err(err("not Ethernet".into())),
+    };
+    let request = ArpFrame {
+        eth_dst: Mac::BROADCAST,
+        eth_src: mac,
+        operation: Operation::Request,
+        sha: mac,
+        spa: source,
+        tha: Mac::ZERO,
+        tpa: target,
+    }
+    .to_bytes();
+    let mut answered = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_millis(100 * count as u64) + wait;
+    let mut sent = 0;
+    let mut next_send = Instant::now();
+    while Instant::now() < deadline {
+        if sent < count && Instant::now() >= next_send {
+            let _ = tx.send_to(&request, None);
+            sent += 1;
+            next_send += Duration::from_millis(100);
+        }
+        let Ok(frame) = rx.next() else { continue };
+        if let Ok(reply) = ArpFrame::parse(frame)
+            && reply.operation == Operation::Reply
+            && reply.spa == target
+            && reply.tpa == source
+        {
+            answered.insert(reply.sha.to_string());
+        }
+    }
+    Ok(answered)
+}

@@ -1,0 +1,145 @@
+//! ferrolb-speaker in the lab: real raw sockets in node namespaces, real ARP from the `host` namespace, the
+//! user's DNS Service answering over TCP and UDP through the on-link static route, and failover.
+//! Needs root. Liveness is the Node Ready fallback for now, so a hard failure takes about the lab's node grace
+//! period (6 s) to move an address; the test waits with a bound and asserts behaviour, not time.
+
+use ferrolb_speaker::election;
+use ferrolb_tests::harness::{TestLab, create_yaml, eventually, ingress};
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::process::Command;
+use std::time::Duration;
+
+const EXE: &str = env!("CARGO_BIN_EXE_ferrolb-lab");
+
+fn seed(file: &str) -> String {
+    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seed").join(file))
+        .expect("seed")
+}
+
+/// MAC of each node's eth0.
+fn node_macs(lab: &TestLab) -> BTreeMap<String, String> {
+    lab.state()
+        .nodes
+        .iter()
+        .map(|n| {
+            let out = Command::new("ip").args(["-n", &n.netns, "link", "show", "eth0"]).output().expect("ip link");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let mac =
+                text.split("link/ether ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("").to_string();
+            (mac, n.name.clone())
+        })
+        .collect()
+}
+
+/// The nodes whose MAC answered ARP for `ip` from the host.
+fn answering_nodes(lab: &TestLab, ip: &str) -> Vec<String> {
+    let macs = node_macs(lab);
+    let out = lab.cli(&["exec", "host", "--", EXE, "arping", ip, "--count", "3", "--wait-ms", "300"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|mac| macs.get(mac).cloned().unwrap_or_else(|| format!("unknown {mac}")))
+        .collect()
+}
+
+async fn wait_answered_by(lab: &TestLab, ip: &str, want: &[&str]) {
+    let what = format!("ARP for {ip} answered by exactly {want:?}");
+    eventually(&what, Duration::from_secs(60), || async { (answering_nodes(lab, ip) == want).then_some(()) }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_answers_and_the_users_dns_service_works_through_the_static_route() {
+    let lab = TestLab::start(EXE, "flbs", 3, false);
+    let client = lab.admin().await;
+    let nodes = ["node-1", "node-2", "node-3"];
+    create_yaml(
+        &client,
+        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab, namespace: metallb-system}\nspec: {addresses: [198.19.0.1-198.19.0.254]}\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: lab, namespace: metallb-system}\n",
+    )
+    .await
+    .expect("pool");
+    // kube-dns pods on two nodes, so the Service has ready endpoints.
+    for (pod, node) in [("dns-a", "node-1"), ("dns-b", "node-3")] {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: kube-system, labels: {{k8s-app: kube-dns}}}}\nspec: {{nodeName: {node}, containers: [{{name: dns, image: lab/dns}}]}}\n"
+        );
+        create_yaml(&client, &yaml).await.expect("pod");
+    }
+
+    // The user's DNS Service, manifest unchanged: one address, TCP and UDP 53.
+    create_yaml(&client, &seed("dns-svc-lb.yaml")).await.expect("dns");
+    let vip = eventually("an address for dns-svc-lb", Duration::from_secs(30), || async {
+        ingress(&client, "kube-system", "dns-svc-lb").await.into_iter().next()
+    })
+    .await;
+    assert_eq!(vip, "198.19.0.1");
+    let ip: IpAddr = vip.parse().expect("ip");
+    let owner = election::owner(ip, nodes).expect("an owner").to_string();
+    wait_answered_by(&lab, &vip, &[&owner]).await;
+    let udp = lab.probe("host", "udp", &format!("{vip}:53"), 2000);
+    assert_eq!(udp, Ok(format!("{owner} probe")), "UDP 53 through the static route");
+    let tcp = lab.probe("host", "tcp", &format!("{vip}:53"), 2000);
+    assert_eq!(tcp, Ok(owner.clone()), "TCP 53 through the static route");
+
+    // A shared address has one responder for all its Services.
+    let shared = seed("shared-ip.yaml").replace("172.17.255.10", "198.19.0.10");
+    create_yaml(&client, &shared).await.expect("shared");
+    eventually("both shared Services on .10", Duration::from_secs(30), || async {
+        let a = ingress(&client, "kube-system", "dns-svc-tcp").await;
+        let b = ingress(&client, "kube-system", "dns-svc-udp").await;
+        (a == ["198.19.0.10"] && b == a).then_some(())
+    })
+    .await;
+    let shared_owner = election::owner("198.19.0.10".parse().expect("ip"), nodes).expect("owner").to_string();
+    wait_answered_by(&lab, "198.19.0.10", &[&shared_owner]).await;
+
+    // externalTrafficPolicy: Local is announced only from a node with a ready endpoint.
+    let local = "apiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: kube-system}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  selector: {k8s-app: local-only}\n  ports: [{port: 8080}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: local-1, namespace: kube-system, labels: {k8s-app: local-only}}\nspec: {nodeName: node-2, containers: [{name: c, image: lab/x}]}\n";
+    create_yaml(&client, local).await.expect("local");
+    let local_ip = eventually("an address for local", Duration::from_secs(30), || async {
+        ingress(&client, "kube-system", "local").await.into_iter().next()
+    })
+    .await;
+    wait_answered_by(&lab, &local_ip, &["node-2"]).await;
+
+    // No endpoints: not announced at all.
+    let lonely = "apiVersion: v1\nkind: Service\nmetadata: {name: lonely, namespace: default}\nspec: {type: LoadBalancer, selector: {app: nobody}, ports: [{port: 9090}]}\n";
+    create_yaml(&client, lonely).await.expect("lonely");
+    let lonely_ip = eventually("an address for lonely", Duration::from_secs(30), || async {
+        ingress(&client, "default", "lonely").await.into_iter().next()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(answering_nodes(&lab, &lonely_ip), Vec::<String>::new(), "no endpoints: nobody answers");
+
+    // The exclude label takes a node out; NetworkUnavailable too.
+    let node_api: Api<Node> = Api::all(client.clone());
+    let label = json!({"metadata": {"labels": {election::EXCLUDE_LABEL: ""}}});
+    node_api.patch(&owner, &PatchParams::default(), &Patch::Merge(&label)).await.expect("label");
+    let rest: Vec<&str> = nodes.iter().copied().filter(|n| *n != owner).collect();
+    let next = election::owner(ip, rest.iter().copied()).expect("owner").to_string();
+    wait_answered_by(&lab, &vip, &[&next]).await;
+    let unlabel = json!({"metadata": {"labels": {election::EXCLUDE_LABEL: null}}});
+    node_api.patch(&owner, &PatchParams::default(), &Patch::Merge(&unlabel)).await.expect("unlabel");
+    wait_answered_by(&lab, &vip, &[&owner]).await;
+
+    // Hard failure of the owner: another node answers and the host's traffic resumes.
+    lab.ok(&["kill", &owner]);
+    wait_answered_by(&lab, &vip, &[&next]).await;
+    let resumed = eventually("UDP 53 answered again", Duration::from_secs(30), || async {
+        lab.probe("host", "udp", &format!("{vip}:53"), 500).ok()
+    })
+    .await;
+    assert_eq!(resumed, format!("{next} probe"));
+
+    // Revived: ownership returns to the hash's choice and stays there.
+    lab.ok(&["revive", &owner]);
+    wait_answered_by(&lab, &vip, &[&owner]).await;
+    for _ in 0..3 {
+        assert_eq!(answering_nodes(&lab, &vip), [owner.as_str()], "ownership settled without flapping");
+    }
+}
