@@ -87,21 +87,52 @@ sleep 1
 run ip -n flb-node-1 -4 addr show kube-ipvs0
 "$LAB" exec host -- "$LAB" probe udp 198.19.0.77:7777 --timeout-ms 1500 2>&1 | sed 's/^/   /' || true
 run ip -n flb-host neigh show 198.19.0.77
-note "INCOMPLETE/FAILED: nobody answered ARP. Answering it from exactly one node is the speaker's job (coming next)."
+note "INCOMPLETE/FAILED: no kernel answered ARP (the Service has a class ferrolb ignores, so no speaker does either)."
 
-say "9. Node failure: 'ferrolb-lab kill node-2' stops its heartbeats and pulls its cable."
-run "$LAB" kill node-2
-for _ in $(seq 1 30); do
-  s=$(kubectl get node node-2 -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')
-  [ "$s" != True ] && break; sleep 1
-done
-run kubectl get nodes
-run "$LAB" revive node-2
-for _ in $(seq 1 30); do
-  s=$(kubectl get node node-2 -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')
-  [ "$s" = True ] && break; sleep 1
-done
-run kubectl get nodes
+say "9. Packets: the lab may only carry 198.18.0.0/15, so swap the pool for one on the lab network."
+note "Deleting a pool moves its Services to the next one (Event: 'was ...'); the shared-ip pair asks for"
+note "172.17.255.10 explicitly, so it stays pending and says why."
+kubectl apply -f - >/dev/null <<'YAML'
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: {name: lab, namespace: metallb-system}
+spec: {addresses: [198.19.0.1-198.19.0.254]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: coredns-a, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec: {nodeName: node-1, containers: [{name: coredns, image: lab/coredns}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: coredns-b, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec: {nodeName: node-3, containers: [{name: coredns, image: lab/coredns}]}
+YAML
+run kubectl delete ipaddresspool default -n metallb-system
+sleep 3
+run kubectl get svc -A --field-selector spec.type=LoadBalancer
+VIP=$(kubectl get svc dns-svc-lb -n kube-system -o jsonpath='{.status.loadBalancer.ingress[0].ip}')
+
+say "10. The user's DNS Service answers from the host through the static route (198.19.0.0/24 dev eth0)."
+run "$LAB" exec host -- ip route
+run "$LAB" exec host -- "$LAB" arping "$VIP"
+note "exactly one MAC answers ARP for $VIP: the elected node's (node MACs below)"
+for n in 1 2 3; do printf '   node-%s %s\n' "$n" "$(ip -n flb-node-$n link show eth0 | grep -o 'link/ether [^ ]*')"; done
+run "$LAB" exec host -- "$LAB" probe udp "$VIP:53"
+run "$LAB" exec host -- "$LAB" probe tcp "$VIP:53"
+OWNER=$("$LAB" exec host -- "$LAB" probe tcp "$VIP:53")
+
+say "11. Hard failure of $OWNER: SIGKILL its speaker, stop its heartbeats, pull its cable."
+note "Liveness between speakers is not built yet; the fallback (Node NotReady, 6 s grace in the lab) moves the address."
+run "$LAB" kill "$OWNER"
+start=$(date +%s.%N)
+until answer=$("$LAB" exec host -- "$LAB" probe udp "$VIP:53" --timeout-ms 200 2>/dev/null); do :; done
+printf '   answered again after %.1f s by: %s\n' "$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{print b-a}')" "$answer"
+run "$LAB" exec host -- "$LAB" arping "$VIP"
+run "$LAB" revive "$OWNER"
+sleep 3
+run "$LAB" exec host -- "$LAB" probe udp "$VIP:53"
+note "revived: ownership returns to $OWNER (rendezvous hashing moves only that node's addresses)"
 
 say "Done. The lab keeps running:"
 note "export KUBECONFIG=$KUBECONFIG"
