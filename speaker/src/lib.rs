@@ -8,6 +8,7 @@ pub mod arp;
 pub mod election;
 pub mod error;
 pub mod iface;
+pub mod liveness;
 pub mod raw;
 pub mod run;
 pub mod view;

@@ -27,9 +27,18 @@ struct Args {
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
-    /// UDP port of the liveness protocol (reserved; liveness is the Node Ready fallback for now).
+    /// UDP port of the liveness protocol.
     #[arg(long, default_value_t = 7946)]
     gossip_port: u16,
+    /// Shared key of the liveness protocol (from the chart's Secret).
+    #[arg(long, env = "FERROLB_GOSSIP_KEY", hide_env_values = true)]
+    gossip_key: Option<String>,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_ms: u64,
+    /// A peer silent for this many milliseconds is dead and its addresses move.
+    #[arg(long, default_value_t = 500)]
+    dead_after_ms: u64,
 }
 
 fn render(stats: &Stats) -> String {
@@ -44,6 +53,12 @@ fn render(stats: &Stats) -> String {
     if let Ok(drops) = stats.drops.lock() {
         for (reason, n) in drops.iter() {
             out.push_str(&format!("ferrolb_speaker_arp_drops_total{{reason=\"{reason}\"}} {n}\n"));
+        }
+    }
+    out.push_str("# HELP ferrolb_speaker_gossip_rejects Liveness datagrams rejected, by reason\n# TYPE ferrolb_speaker_gossip_rejects counter\n");
+    if let Ok(rejects) = stats.gossip_rejects.lock() {
+        for (reason, n) in rejects.iter() {
+            out.push_str(&format!("ferrolb_speaker_gossip_rejects_total{{reason=\"{reason}\"}} {n}\n"));
         }
     }
     out
@@ -92,14 +107,22 @@ async fn main() -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         load_balancer_class: args.load_balancer_class.clone(),
         garp_schedule: [0, 250, 1100, 2200].into_iter().map(Duration::from_millis).collect(),
+        gossip_port: args.gossip_port,
+        gossip_key: args.gossip_key.clone().filter(|k| !k.is_empty()).map(String::into_bytes),
+        heartbeat: Duration::from_millis(args.heartbeat_ms),
+        dead_after: Duration::from_millis(args.dead_after_ms),
     };
     tracing::info!(node = %settings.node, gossip_port = args.gossip_port, "starting");
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: leaving"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: leaving"),
+        }
+    };
     tokio::select! {
-        r = run::run(client, settings, stats, ready) => r.context("speaker stopped")?,
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        r = run::run(client, settings, stats, ready, shutdown) => r.context("speaker stopped")?,
         s = server => anyhow::bail!("metrics server stopped: {s:?}"),
     }
     Ok(())

@@ -42,6 +42,8 @@ pub struct Stats {
     pub gratuitous: AtomicU64,
     /// Drops by reason label.
     pub drops: Mutex<BTreeMap<&'static str, u64>>,
+    /// Liveness datagrams rejected, by reason label.
+    pub gossip_rejects: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// Addresses owned, and the interfaces each is answered on.

@@ -4,6 +4,7 @@
 use crate::election::{self, NodeFacts};
 use crate::error::{Error, Result};
 use crate::iface::{self, InterfaceInfo};
+use crate::liveness::{self, Kind, Membership, Message, Verdict};
 use crate::raw::{self, Owned, Responder, Stats};
 use crate::view;
 use ferrolb_controller::pool::PoolConfig;
@@ -33,6 +34,105 @@ pub struct Settings {
     pub load_balancer_class: Option<String>,
     /// Gratuitous ARP on takeover at these offsets.
     pub garp_schedule: Vec<Duration>,
+    /// UDP port of the liveness protocol.
+    pub gossip_port: u16,
+    /// Shared key authenticating liveness messages; without one, liveness falls back to Node `Ready` only.
+    pub gossip_key: Option<Vec<u8>>,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Silence after which a peer is dead.
+    pub dead_after: Duration,
+}
+
+/// Liveness shared between the protocol tasks and the election.
+type SharedMembership = Arc<std::sync::Mutex<Membership>>;
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Starts the liveness protocol: a sender thread (a plain OS thread, so heartbeats keep their rhythm when the
+/// async workers are busy), a receiver task, and a watcher that triggers re-election when a verdict changes.
+fn start_liveness(
+    settings: &Settings,
+    key: Vec<u8>,
+    membership: SharedMembership,
+    peers: Arc<std::sync::RwLock<Vec<std::net::SocketAddr>>>,
+    trigger: mpsc::UnboundedSender<()>,
+    stats: Arc<Stats>,
+) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(("0.0.0.0", settings.gossip_port))?;
+    let sender = socket.try_clone()?;
+    let (me, interval, send_key, send_peers) = (settings.node.clone(), settings.heartbeat, key.clone(), peers.clone());
+    std::thread::Builder::new().name("heartbeat".into()).spawn(move || {
+        loop {
+            let datagram =
+                liveness::encode(&send_key, &Message { kind: Kind::Alive, node: me.clone(), sequence: now_ns() });
+            for peer in send_peers.read().map(|p| p.clone()).unwrap_or_default() {
+                let _ = sender.send_to(&datagram, peer);
+            }
+            std::thread::sleep(interval);
+        }
+    })?;
+    let receiver = tokio::net::UdpSocket::from_std({
+        let r = socket.try_clone()?;
+        r.set_nonblocking(true)?;
+        r
+    })?;
+    let (recv_membership, recv_trigger) = (membership.clone(), trigger.clone());
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        loop {
+            let Ok((n, from)) = receiver.recv_from(&mut buf).await else { continue };
+            let now = std::time::Instant::now();
+            let verdict = liveness::decode(&key, &buf[..n]).and_then(|msg| {
+                let mut m = recv_membership.lock().map_err(|_| liveness::Reject::Malformed)?;
+                let before = m.verdict(&msg.node, now);
+                m.accept(&msg, now)?;
+                Ok(before != m.verdict(&msg.node, now))
+            });
+            match verdict {
+                Ok(true) => {
+                    let _ = recv_trigger.send(());
+                }
+                Ok(false) => {}
+                Err(reason) => {
+                    let count = stats.gossip_rejects.lock().map_or(0, |mut r| {
+                        let c = r.entry(reason.label()).or_default();
+                        *c += 1;
+                        *c
+                    });
+                    // Loud but bounded: the 1st, 2nd, 4th, 8th… rejection of each kind is logged.
+                    if count.is_power_of_two() {
+                        tracing::warn!(%from, reason = reason.label(), count, "rejected a liveness datagram");
+                    }
+                }
+            }
+        }
+    });
+    let tick = (settings.dead_after / 10).max(Duration::from_millis(10));
+    tokio::spawn(async move {
+        let mut last = BTreeMap::new();
+        loop {
+            tokio::time::sleep(tick).await;
+            let now = std::time::Instant::now();
+            let verdicts = membership.lock().map(|m| m.verdicts(now)).unwrap_or_default();
+            if verdicts != last {
+                for (node, v) in &verdicts {
+                    if last.get(node) != Some(v) {
+                        tracing::info!(%node, verdict = ?v, "peer liveness changed");
+                    }
+                }
+                last = verdicts;
+                if trigger.send(()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(socket)
 }
 
 fn watch<K>(api: Api<K>, tx: mpsc::UnboundedSender<()>) -> Store<K>
@@ -67,8 +167,28 @@ struct Stores {
 }
 
 /// For every address this node should answer: the interfaces to answer on (pure over the stores' contents).
-fn desired(settings: &Settings, s: &Stores, interfaces: &[InterfaceInfo]) -> BTreeMap<Ipv4Addr, BTreeSet<String>> {
-    let nodes: Vec<NodeFacts> = s.nodes.state().iter().map(|n| view::node_facts(n)).collect();
+fn desired(
+    settings: &Settings,
+    s: &Stores,
+    interfaces: &[InterfaceInfo],
+    membership: &Membership,
+) -> BTreeMap<Ipv4Addr, BTreeSet<String>> {
+    let now = std::time::Instant::now();
+    let nodes: Vec<NodeFacts> = s
+        .nodes
+        .state()
+        .iter()
+        .map(|n| {
+            let mut facts = view::node_facts(n);
+            // First-hand liveness wins; the Node's Ready condition only speaks for speakers never heard from.
+            match membership.verdict(&facts.name, now) {
+                Verdict::Alive => facts.speaker_alive = true,
+                Verdict::Dead => facts.speaker_alive = false,
+                Verdict::Unknown => {}
+            }
+            facts
+        })
+        .collect();
     let pools: Vec<(Arc<IPAddressPool>, PoolConfig)> = s
         .pools
         .state()
@@ -110,12 +230,28 @@ fn desired(settings: &Settings, s: &Stores, interfaces: &[InterfaceInfo]) -> BTr
     out
 }
 
-/// Runs the speaker until the process stops.
+/// Peers' liveness addresses: every other node's first InternalIPv4.
+fn peer_addresses(nodes: &Store<Node>, me: &str, port: u16) -> Vec<std::net::SocketAddr> {
+    nodes
+        .state()
+        .iter()
+        .filter(|n| n.metadata.name.as_deref() != Some(me))
+        .filter_map(|n| {
+            let addrs = n.status.as_ref()?.addresses.as_ref()?;
+            let ip =
+                addrs.iter().filter(|a| a.type_ == "InternalIP").find_map(|a| a.address.parse::<Ipv4Addr>().ok())?;
+            Some(std::net::SocketAddr::from((ip, port)))
+        })
+        .collect()
+}
+
+/// Runs the speaker until `shutdown` resolves; then tells the peers it is leaving and stops answering.
 pub async fn run(
     client: Client,
     settings: Settings,
     stats: Arc<Stats>,
     ready: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let stores = Stores {
@@ -148,55 +284,105 @@ pub async fn run(
             }
         }
     });
+    let membership: SharedMembership =
+        Arc::new(std::sync::Mutex::new(Membership::new(&settings.node, settings.dead_after)));
+    let peers = Arc::new(std::sync::RwLock::new(Vec::new()));
+    let gossip = match &settings.gossip_key {
+        Some(key) => {
+            let socket =
+                start_liveness(&settings, key.clone(), membership.clone(), peers.clone(), tx.clone(), stats.clone())
+                    .map_err(|source| Error::RawSocket {
+                        interface: format!("udp/{}", settings.gossip_port),
+                        source,
+                    })?;
+            tracing::info!(port = settings.gossip_port, heartbeat = ?settings.heartbeat, dead_after = ?settings.dead_after, "liveness protocol on");
+            Some((socket, key.clone()))
+        }
+        None => {
+            tracing::warn!(
+                "no gossip key (FERROLB_GOSSIP_KEY): liveness falls back to Node Ready, so failover takes the node grace period"
+            );
+            None
+        }
+    };
     let owned: Owned = Arc::default();
     let mut responders: BTreeMap<String, Arc<Responder>> = BTreeMap::new();
     let _ = tx.send(());
-    while rx.recv().await.is_some() {
-        while rx.try_recv().is_ok() {}
-        let interfaces = raw::interfaces();
-        let want = desired(&settings, &stores, &interfaces);
-        let needed: BTreeSet<&String> = want.values().flatten().collect();
-        responders.retain(|name, _| needed.contains(name) || interfaces.iter().any(|i| &i.name == name));
-        for name in needed {
-            if responders.contains_key(name) {
+    let main_loop = async {
+        while rx.recv().await.is_some() {
+            while rx.try_recv().is_ok() {}
+            if let Ok(mut p) = peers.write() {
+                *p = peer_addresses(&stores.nodes, &settings.node, settings.gossip_port);
+            }
+            let interfaces = raw::interfaces();
+            let view = membership
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_else(|_| Membership::new(&settings.node, settings.dead_after));
+            let want = desired(&settings, &stores, &interfaces, &view);
+            let needed: BTreeSet<&String> = want.values().flatten().collect();
+            responders.retain(|name, _| needed.contains(name) || interfaces.iter().any(|i| &i.name == name));
+            for name in needed {
+                if responders.contains_key(name) {
+                    continue;
+                }
+                let Some(info) = interfaces.iter().find(|i| &i.name == name) else { continue };
+                match Responder::start(info, owned.clone(), stats.clone()) {
+                    Ok(r) => {
+                        tracing::info!(interface = %name, mac = %r.mac, "answering ARP");
+                        responders.insert(name.clone(), Arc::new(r));
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot open raw socket"),
+                }
+            }
+            let before = owned.read().map(|o| o.clone()).unwrap_or_default();
+            if before == want {
                 continue;
             }
-            let Some(info) = interfaces.iter().find(|i| &i.name == name) else { continue };
-            match Responder::start(info, owned.clone(), stats.clone()) {
-                Ok(r) => {
-                    tracing::info!(interface = %name, mac = %r.mac, "answering ARP");
-                    responders.insert(name.clone(), Arc::new(r));
-                }
-                Err(e) => tracing::error!(error = %e, "cannot open raw socket"),
+            if let Ok(mut o) = owned.write() {
+                *o = want.clone();
+            }
+            for ip in before.keys().filter(|ip| !want.contains_key(ip)) {
+                tracing::info!(%ip, "no longer the owner; stopped answering");
+            }
+            for (ip, on) in want.iter().filter(|(ip, on)| before.get(ip) != Some(on)) {
+                tracing::info!(%ip, interfaces = ?on, "took ownership; announcing");
+                let targets: Vec<Arc<Responder>> = on.iter().filter_map(|n| responders.get(n).cloned()).collect();
+                let (ip, owned, stats, schedule) = (*ip, owned.clone(), stats.clone(), settings.garp_schedule.clone());
+                tokio::spawn(async move {
+                    let start = tokio::time::Instant::now();
+                    for at in schedule {
+                        tokio::time::sleep_until(start + at).await;
+                        // The burst ends the moment ownership moves on.
+                        if !owned.read().is_ok_and(|o| o.contains_key(&ip)) {
+                            return;
+                        }
+                        for r in &targets {
+                            r.announce(ip, &stats);
+                        }
+                    }
+                });
             }
         }
-        let before = owned.read().map(|o| o.clone()).unwrap_or_default();
-        if before == want {
-            continue;
-        }
-        if let Ok(mut o) = owned.write() {
-            *o = want.clone();
-        }
-        for ip in before.keys().filter(|ip| !want.contains_key(ip)) {
-            tracing::info!(%ip, "no longer the owner; stopped answering");
-        }
-        for (ip, on) in want.iter().filter(|(ip, on)| before.get(ip) != Some(on)) {
-            tracing::info!(%ip, interfaces = ?on, "took ownership; announcing");
-            let targets: Vec<Arc<Responder>> = on.iter().filter_map(|n| responders.get(n).cloned()).collect();
-            let (ip, owned, stats, schedule) = (*ip, owned.clone(), stats.clone(), settings.garp_schedule.clone());
-            tokio::spawn(async move {
-                let start = tokio::time::Instant::now();
-                for at in schedule {
-                    tokio::time::sleep_until(start + at).await;
-                    // The burst ends the moment ownership moves on.
-                    if !owned.read().is_ok_and(|o| o.contains_key(&ip)) {
-                        return;
+    };
+    tokio::select! {
+        () = main_loop => {}
+        () = shutdown => {
+            // Stop answering first, then tell every peer, a few times in case one datagram is lost.
+            if let Ok(mut o) = owned.write() {
+                o.clear();
+            }
+            if let Some((socket, key)) = &gossip {
+                let leaving = liveness::encode(key, &Message { kind: Kind::Leaving, node: settings.node.clone(), sequence: now_ns() });
+                let targets = peers.read().map(|p| p.clone()).unwrap_or_default();
+                for _ in 0..3 {
+                    for peer in &targets {
+                        let _ = socket.send_to(&leaving, peer);
                     }
-                    for r in &targets {
-                        r.announce(ip, &stats);
-                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-            });
+            }
+            tracing::info!("left: peers move this node's addresses now");
         }
     }
     Ok(())

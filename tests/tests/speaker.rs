@@ -127,6 +127,31 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
     node_api.patch(&owner, &PatchParams::default(), &Patch::Merge(&unlabel)).await.expect("unlabel");
     wait_answered_by(&lab, &vip, &[&owner]).await;
 
+    // Liveness datagrams forged without the key ("owner is leaving") move nothing, and are seen and rejected.
+    let state = lab.state();
+    for n in &state.nodes {
+        let to = format!("{}:7946", n.ip);
+        lab.ok(&["exec", "host", "--", EXE, "gossip-forge", "--node", &owner, "--to", &to, "--kind", "leaving"]);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(answering_nodes(&lab, &vip), [owner.as_str()], "a forged 'leaving' moved the address");
+    let witness = state.nodes.iter().find(|n| n.name != owner).expect("another node");
+    let log = std::fs::read_to_string(state.log(&format!("speaker {}", witness.name))).unwrap_or_default();
+    assert!(
+        log.contains("rejected a liveness datagram") && log.contains("bad_tag"),
+        "forgery not seen by {}",
+        witness.name
+    );
+
+    // Graceful stop (SIGTERM): the speaker says it is leaving, so its address moves without waiting.
+    let speaker = state.procs.iter().rev().find(|p| p.role == format!("speaker {owner}")).expect("speaker").pid;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(speaker), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    wait_answered_by(&lab, &vip, &[&next]).await;
+    let log = std::fs::read_to_string(state.log(&format!("speaker {}", witness.name))).unwrap_or_default();
+    assert!(log.contains(&format!("node={owner} verdict=Dead")), "peers learnt of the leave");
+    lab.ok(&["revive", &owner]);
+    wait_answered_by(&lab, &vip, &[&owner]).await;
+
     // Hard failure of the owner: another node answers and the host's traffic resumes.
     lab.ok(&["kill", &owner]);
     wait_answered_by(&lab, &vip, &[&next]).await;

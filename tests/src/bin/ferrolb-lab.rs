@@ -77,6 +77,21 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         wait_ms: u64,
     },
+    /// Sends a liveness datagram signed with a key of your choosing (to show forged ones are rejected).
+    GossipForge {
+        /// Node the datagram claims to come from.
+        #[arg(long)]
+        node: String,
+        /// Where to send it (a node's address and gossip port).
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        /// `alive` or `leaving`.
+        #[arg(long, default_value = "leaving")]
+        kind: String,
+        /// The key to sign with (not the cluster's).
+        #[arg(long, default_value = "not-the-key")]
+        key: String,
+    },
     /// (internal) fake kubelets and the API relay, run by `up`.
     #[command(hide = true)]
     Agent,
@@ -153,6 +168,13 @@ async fn main() -> anyhow::Result<()> {
             if macs.is_empty() {
                 anyhow::bail!("no answer for {target} on {iface}");
             }
+        }
+        Cmd::GossipForge { node, to, kind, key } => {
+            use ferrolb_speaker::liveness::{Kind, Message, encode};
+            let kind = if kind == "alive" { Kind::Alive } else { Kind::Leaving };
+            let sequence = u64::MAX / 2;
+            let datagram = encode(key.as_bytes(), &Message { kind, node, sequence });
+            std::net::UdpSocket::bind("0.0.0.0:0")?.send_to(&datagram, to)?;
         }
         Cmd::Agent => kubelet::run(load()?).await?,
         Cmd::NodeAgent { node: name } => node::run(load()?, &name).await?,

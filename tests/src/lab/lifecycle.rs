@@ -320,6 +320,15 @@ pub async fn start_speaker(state: &mut State, node: &str) -> Result<()> {
     let binary = sibling_binary("ferrolb-speaker")?;
     let info = state.node(node)?.clone();
     let kubeconfig = service_account_kubeconfig(state, "ferrolb-speaker").await?;
+    // The chart's generated gossip key, handed over the way the DaemonSet's secretKeyRef would.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(kubelet::client(&state.kubeconfig()).await?, RELEASE_NAMESPACE);
+    let key = secrets
+        .get_opt("ferrolb-gossip")
+        .await?
+        .and_then(|s| s.data)
+        .and_then(|d| d.get("key").map(|k| String::from_utf8_lossy(&k.0).into_owned()))
+        .unwrap_or_default();
     let metrics_port = control_plane::free_port()?;
     step(format!(
         "starting ferrolb-speaker on {} (chart ServiceAccount token, raw ARP socket in {})",
@@ -329,6 +338,7 @@ pub async fn start_speaker(state: &mut State, node: &str) -> Result<()> {
     cmd.args(["netns", "exec", &info.netns])
         .arg(binary)
         .env("KUBECONFIG", kubeconfig)
+        .env("FERROLB_GOSSIP_KEY", key)
         .env_remove("RUST_BACKTRACE")
         .args(["--node", &info.name, "--namespace", RELEASE_NAMESPACE])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")]);
