@@ -92,6 +92,19 @@ enum Cmd {
         #[arg(long, default_value = "not-the-key")]
         key: String,
     },
+    /// Probes ADDR every --interval-ms for --duration-ms and prints a JSON report of the longest outage.
+    Prober {
+        /// `udp` or `tcp`.
+        protocol: String,
+        /// Address and port.
+        addr: std::net::SocketAddr,
+        /// Probe interval.
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
+        /// How long to probe.
+        #[arg(long, default_value_t = 3000)]
+        duration_ms: u64,
+    },
     /// (internal) fake kubelets and the API relay, run by `up`.
     #[command(hide = true)]
     Agent,
@@ -175,6 +188,17 @@ async fn main() -> anyhow::Result<()> {
             let sequence = u64::MAX / 2;
             let datagram = encode(key.as_bytes(), &Message { kind, node, sequence });
             std::net::UdpSocket::bind("0.0.0.0:0")?.send_to(&datagram, to)?;
+        }
+        Cmd::Prober { protocol, addr, interval_ms, duration_ms } => {
+            use ferrolb_tests::lab::prober;
+            let (interval, duration) =
+                (std::time::Duration::from_millis(interval_ms), std::time::Duration::from_millis(duration_ms));
+            let report = match protocol.as_str() {
+                "udp" => prober::udp(addr, interval, duration)?,
+                "tcp" => prober::tcp(addr, interval, duration)?,
+                other => anyhow::bail!("protocol must be tcp or udp, not {other:?}"),
+            };
+            println!("{}", serde_json::to_string(&report)?);
         }
         Cmd::Agent => kubelet::run(load()?).await?,
         Cmd::NodeAgent { node: name } => node::run(load()?, &name).await?,

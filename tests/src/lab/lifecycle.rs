@@ -62,7 +62,14 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
             ip: addresses::node_ip(i),
         })
         .collect();
-    let mut state = State { name: opts.name.clone(), dir: opts.dir.clone(), bin_dir, nodes, ..State::default() };
+    let mut state = State {
+        name: opts.name.clone(),
+        dir: opts.dir.clone(),
+        bin_dir,
+        nodes,
+        speaker_gossip: true,
+        ..State::default()
+    };
     state.save()?;
 
     step("generating the CA, serving certificate, ServiceAccount key and tokens");
@@ -329,6 +336,7 @@ pub async fn start_speaker(state: &mut State, node: &str) -> Result<()> {
         .and_then(|s| s.data)
         .and_then(|d| d.get("key").map(|k| String::from_utf8_lossy(&k.0).into_owned()))
         .unwrap_or_default();
+    let key = if state.speaker_gossip { key } else { String::new() };
     let metrics_port = control_plane::free_port()?;
     step(format!(
         "starting ferrolb-speaker on {} (chart ServiceAccount token, raw ARP socket in {})",

@@ -12,6 +12,7 @@ pub mod net;
 pub mod node;
 pub mod pki;
 pub mod probe;
+pub mod prober;
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -131,6 +132,13 @@ pub struct State {
     pub nodes: Vec<NodeInfo>,
     /// Processes started, in start order.
     pub procs: Vec<Proc>,
+    /// Speakers get the chart's gossip key (fast liveness); off, they fall back to Node Ready (a reference).
+    #[serde(default = "yes")]
+    pub speaker_gossip: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl State {

@@ -1,0 +1,160 @@
+//! Client-observed failover in the lab: a prober in the `host` namespace sends UDP and opens TCP to the user's
+//! DNS Service every 10 ms while the owner node is hard-killed (SIGKILL + heartbeats stopped + link down) or its
+//! speaker stopped gracefully (SIGTERM). Reference in the same run: hard kills with the speakers' liveness
+//! protocol off, i.e. the Node Ready fallback that lease/Node-based detection gives (the lab's node grace is
+//! 6 s; real clusters default to 40 s). Prints p50 / p99 / max per case; asserts nothing about time.
+//!
+//! Run (root): `cargo build --release --workspace --bins && cargo bench -p ferrolb-tests --bench failover`
+//! Trials: FERROLB_TRIALS (default 20), FERROLB_REFERENCE_TRIALS (default 5).
+
+use ferrolb_tests::harness::{TestLab, create_yaml, ingress};
+use ferrolb_tests::lab::lifecycle;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn summary(name: &str, mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let (p50, p99, max) = (percentile(&v, 50.0), percentile(&v, 99.0), v.last().copied().unwrap_or(f64::NAN));
+    println!("{name:<44} n={:<3} p50 {p50:>8.0} ms   p99 {p99:>8.0} ms   max {max:>8.0} ms", v.len());
+    p50
+}
+
+struct Trial {
+    udp_ms: f64,
+    tcp_ms: f64,
+}
+
+fn gap(output: std::process::Output) -> f64 {
+    let text = String::from_utf8_lossy(&output.stdout);
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_default();
+    v["max_gap_ms"].as_f64().unwrap_or(f64::NAN)
+}
+
+async fn trial(lab: &TestLab, exe: &str, vip: &str, graceful: bool, window_ms: u64) -> Trial {
+    let owner = lab.probe("host", "tcp", &format!("{vip}:53"), 2000).expect("owner answers");
+    let prober = |proto: &str| {
+        Command::new(exe)
+            .args(["--name", &lab.name, "--dir"])
+            .arg(&lab.dir)
+            .args([
+                "exec",
+                "host",
+                "--",
+                exe,
+                "prober",
+                proto,
+                &format!("{vip}:53"),
+                "--duration-ms",
+                &window_ms.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prober")
+    };
+    let (udp, tcp) = (prober("udp"), prober("tcp"));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    if graceful {
+        let state = lab.state();
+        let pid = state.procs.iter().rev().find(|p| p.role == format!("speaker {owner}")).expect("speaker").pid;
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+    } else {
+        lab.ok(&["kill", &owner]);
+    }
+    let result = Trial {
+        udp_ms: gap(udp.wait_with_output().expect("udp prober")),
+        tcp_ms: gap(tcp.wait_with_output().expect("tcp prober")),
+    };
+    lab.ok(&["revive", &owner]);
+    // Let ownership settle back (and the revived node's heartbeats be heard) before the next trial.
+    for _ in 0..100 {
+        if lab.probe("host", "tcp", &format!("{vip}:53"), 500).as_deref() == Ok(owner.as_str()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    result
+}
+
+#[tokio::main]
+async fn main() {
+    let exe = lifecycle::sibling_binary("ferrolb-lab").expect("build the binaries first").display().to_string();
+    let lab = TestLab::start(&exe, "flbf", 3, false);
+    let client = lab.admin().await;
+    let setup = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab, namespace: metallb-system}\nspec: {addresses: [198.19.0.1-198.19.0.254]}\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: lab, namespace: metallb-system}\n";
+    create_yaml(&client, setup).await.expect("pool");
+    for n in 1..=3 {
+        let pod = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: dns-{n}, namespace: kube-system, labels: {{k8s-app: kube-dns}}}}\nspec: {{nodeName: node-{n}, containers: [{{name: dns, image: lab/dns}}]}}\n"
+        );
+        create_yaml(&client, &pod).await.expect("pod");
+    }
+    let dns = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seed/dns-svc-lb.yaml"),
+    )
+    .expect("seed");
+    create_yaml(&client, &dns).await.expect("dns");
+    let mut vip = String::new();
+    for _ in 0..100 {
+        if let Some(ip) = ingress(&client, "kube-system", "dns-svc-lb").await.into_iter().next() {
+            vip = ip;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (trials, reference_trials) = (env_or("FERROLB_TRIALS", 20), env_or("FERROLB_REFERENCE_TRIALS", 5));
+    println!("user's DNS Service at {vip}; probing UDP and TCP 53 every 10 ms from the host namespace");
+
+    let mut hard = Vec::new();
+    for i in 0..trials {
+        let t = trial(&lab, &exe, &vip, false, 3000).await;
+        eprintln!("hard kill {:>2}/{trials}: udp {:>6.0} ms, tcp {:>6.0} ms", i + 1, t.udp_ms, t.tcp_ms);
+        hard.push(t);
+    }
+    let mut graceful = Vec::new();
+    for i in 0..trials {
+        let t = trial(&lab, &exe, &vip, true, 2500).await;
+        eprintln!("graceful  {:>2}/{trials}: udp {:>6.0} ms, tcp {:>6.0} ms", i + 1, t.udp_ms, t.tcp_ms);
+        graceful.push(t);
+    }
+
+    // Reference: the same hard kills with the liveness protocol off (Node Ready fallback only).
+    let mut state = lab.state();
+    state.speaker_gossip = false;
+    state.save().expect("state");
+    for node in ["node-1", "node-2", "node-3"] {
+        let pid = state.procs.iter().rev().find(|p| p.role == format!("speaker {node}")).expect("speaker").pid;
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        lifecycle::start_speaker(&mut state, node).await.expect("restart speaker");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut reference = Vec::new();
+    for i in 0..reference_trials {
+        let t = trial(&lab, &exe, &vip, false, 15000).await;
+        eprintln!("reference {:>2}/{reference_trials}: udp {:>6.0} ms, tcp {:>6.0} ms", i + 1, t.udp_ms, t.tcp_ms);
+        reference.push(t);
+    }
+
+    println!();
+    let h = summary("hard kill, UDP outage", hard.iter().map(|t| t.udp_ms).collect());
+    summary("hard kill, TCP outage", hard.iter().map(|t| t.tcp_ms).collect());
+    summary("graceful stop (SIGTERM), UDP outage", graceful.iter().map(|t| t.udp_ms).collect());
+    summary("graceful stop (SIGTERM), TCP outage", graceful.iter().map(|t| t.tcp_ms).collect());
+    let r = summary("reference: Node Ready fallback, UDP outage", reference.iter().map(|t| t.udp_ms).collect());
+    summary("reference: Node Ready fallback, TCP outage", reference.iter().map(|t| t.tcp_ms).collect());
+    println!("\nhard-kill UDP p50: reference / ferrolb = {:.1}x", r / h);
+}

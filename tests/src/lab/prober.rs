@@ -1,0 +1,100 @@
+//! A client that measures outages: probes an address every `interval` over UDP or TCP and reports the longest
+//! gap between consecutive answers, and which node answered first and last (run it in the `host` namespace).
+
+use super::{LabError, Result};
+use serde::Serialize;
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// What one probing run saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Longest time without an answer, in ms (the client-observed outage plus at most one interval).
+    pub max_gap_ms: f64,
+    /// Probes sent.
+    pub sent: u64,
+    /// Answers received.
+    pub answered: u64,
+    /// Node that answered first.
+    pub first: String,
+    /// Node that answered last.
+    pub last: String,
+}
+
+fn report(times: &[(Instant, String)], start: Instant, end: Instant, sent: u64) -> Report {
+    let mut max_gap = Duration::ZERO;
+    let mut prev = start;
+    for (t, _) in times {
+        max_gap = max_gap.max(t.saturating_duration_since(prev));
+        prev = *t;
+    }
+    max_gap = max_gap.max(end.saturating_duration_since(prev));
+    Report {
+        max_gap_ms: max_gap.as_secs_f64() * 1000.0,
+        sent,
+        answered: times.len() as u64,
+        first: times.first().map(|(_, n)| n.clone()).unwrap_or_default(),
+        last: times.last().map(|(_, n)| n.clone()).unwrap_or_default(),
+    }
+}
+
+/// UDP: a sender thread every `interval`, answers timestamped as they arrive.
+pub fn udp(target: SocketAddr, interval: Duration, duration: Duration) -> Result<Report> {
+    let err = |e: std::io::Error| LabError::Usage(format!("prober udp {target}: {e}"));
+    let socket = UdpSocket::bind("0.0.0.0:0").map_err(err)?;
+    socket.connect(target).map_err(err)?;
+    socket.set_read_timeout(Some(Duration::from_millis(5))).map_err(err)?;
+    let sender = socket.try_clone().map_err(err)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_sender = stop.clone();
+    let sending = std::thread::spawn(move || {
+        let mut sent = 0u64;
+        while !stop_sender.load(Ordering::Relaxed) {
+            let _ = sender.send(format!("{sent}").as_bytes());
+            sent += 1;
+            std::thread::sleep(interval);
+        }
+        sent
+    });
+    let start = Instant::now();
+    let mut times = Vec::new();
+    let mut buf = [0u8; 256];
+    while start.elapsed() < duration {
+        if let Ok(n) = socket.recv(&mut buf) {
+            let node = String::from_utf8_lossy(&buf[..n]).split_whitespace().next().unwrap_or("").to_string();
+            times.push((Instant::now(), node));
+        }
+    }
+    let end = Instant::now();
+    stop.store(true, Ordering::Relaxed);
+    let sent = sending.join().unwrap_or(0);
+    Ok(report(&times, start, end, sent))
+}
+
+/// TCP: a new connection every `interval` (each must connect and greet within the interval's budget).
+pub fn tcp(target: SocketAddr, interval: Duration, duration: Duration) -> Result<Report> {
+    let start = Instant::now();
+    let mut times = Vec::new();
+    let mut sent = 0;
+    let budget = interval.max(Duration::from_millis(50));
+    while start.elapsed() < duration {
+        let began = Instant::now();
+        sent += 1;
+        if let Ok(mut s) = TcpStream::connect_timeout(&target, budget) {
+            let _ = s.set_read_timeout(Some(budget));
+            let mut buf = [0u8; 64];
+            if let Ok(n) = s.read(&mut buf)
+                && n > 0
+            {
+                times.push((Instant::now(), String::from_utf8_lossy(&buf[..n]).trim().to_string()));
+            }
+        }
+        if let Some(rest) = interval.checked_sub(began.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+    Ok(report(&times, start, Instant::now(), sent))
+}
