@@ -12,13 +12,15 @@ fn arpish() -> impl Strategy<Value = Vec<u8>> {
     // Mostly well-formed ARP headers with random fields, plus plain random bytes of any length.
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..80),
-        (proptest::collection::vec(any::<u8>(), 42..64), any::<bool>(), any::<bool>()).prop_map(|(mut b, bcast, req)| {
-            b[12..22].copy_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, if req { 1 } else { 2 }]);
-            if bcast {
-                b[0..6].copy_from_slice(&[0xff; 6]);
+        (proptest::collection::vec(any::<u8>(), 42..64), any::<bool>(), any::<bool>()).prop_map(
+            |(mut b, bcast, req)| {
+                b[12..22].copy_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, if req { 1 } else { 2 }]);
+                if bcast {
+                    b[0..6].copy_from_slice(&[0xff; 6]);
+                }
+                b
             }
-            b
-        }),
+        ),
     ]
 }
 
