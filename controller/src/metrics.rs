@@ -7,7 +7,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Labels of the per-pool gauge.
@@ -82,8 +82,6 @@ impl Metrics {
     }
 }
 
-static REQUESTS: AtomicU64 = AtomicU64::new(0);
-
 /// Serves `/metrics`, `/healthz` and `/readyz` (plain HTTP/1.1, one request per connection).
 pub async fn serve(addr: String, metrics: Arc<Metrics>) -> crate::error::Result<()> {
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -94,7 +92,6 @@ pub async fn serve(addr: String, metrics: Arc<Metrics>) -> crate::error::Result<
         let Ok((mut stream, _)) = listener.accept().await else { continue };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            REQUESTS.fetch_add(1, Ordering::Relaxed);
             let mut buf = [0u8; 1024];
             let n = match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await {
                 Ok(Ok(n)) => n,

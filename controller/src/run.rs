@@ -64,12 +64,13 @@ fn key_of(svc: &Service) -> ServiceKey {
     ServiceKey::new(svc.metadata.namespace.as_deref().unwrap_or_default(), &svc.name_any())
 }
 
-/// Runs a reflector and turns its events into triggers.
-fn watch<K, F>(api: Api<K>, tx: mpsc::UnboundedSender<Trigger>, to_trigger: F) -> Store<K>
+/// Runs a reflector (retrying with backoff) and turns its events into triggers; shared with the speaker.
+pub fn watch<K, T, F>(api: Api<K>, tx: mpsc::UnboundedSender<T>, to_trigger: F) -> Store<K>
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-    F: Fn(&watcher::Event<K>) -> Option<Trigger> + Send + 'static,
+    T: Send + 'static,
+    F: Fn(&watcher::Event<K>) -> Option<T> + Send + 'static,
 {
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());

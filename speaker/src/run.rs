@@ -10,11 +10,9 @@ use crate::view;
 use ferrolb_controller::pool::PoolConfig;
 use ferrolb_controller::service::is_managed;
 use ferrolb_crds::{IPAddressPool, L2Advertisement};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -135,27 +133,13 @@ fn start_liveness(
     Ok(socket)
 }
 
+/// Any change to a watched kind re-runs the election.
 fn watch<K>(api: Api<K>, tx: mpsc::UnboundedSender<()>) -> Store<K>
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(_) => {
-                    if tx.send(()).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "watch error; retrying with backoff"),
-            }
-        }
-    });
-    reader
+    ferrolb_controller::run::watch(api, tx, |_| Some(()))
 }
 
 struct Stores {

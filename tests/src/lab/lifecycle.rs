@@ -75,7 +75,7 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
     step("generating the CA, serving certificate, ServiceAccount key and tokens");
     let tokens = pki::generate(&state.dir)?;
     step(format!("creating the network: bridge, host and {} node namespaces (198.18.0.0/15)", state.nodes.len()));
-    net::create(&state.name, &state.lan_netns(), &state.host_netns(), &state.nodes)?;
+    net::create(&state.lan_netns(), &state.host_netns(), &state.nodes)?;
 
     control_plane::start(&mut state)?;
     let ca = state.dir.join("pki/ca.crt");

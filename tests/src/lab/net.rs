@@ -36,7 +36,7 @@ pub fn lab_namespaces(name: &str) -> Result<Vec<String>> {
 }
 
 /// Builds the LAN, the host and every node namespace.
-pub fn create(name: &str, lan_ns: &str, host_ns: &str, nodes: &[NodeInfo]) -> Result<()> {
+pub fn create(lan_ns: &str, host_ns: &str, nodes: &[NodeInfo]) -> Result<()> {
     ip(&["netns", "add", lan_ns])?;
     in_ns(lan_ns, &["link", "add", "br0", "type", "bridge"])?;
     in_ns(lan_ns, &["link", "set", "br0", "up"])?;
@@ -60,7 +60,6 @@ pub fn create(name: &str, lan_ns: &str, host_ns: &str, nodes: &[NodeInfo]) -> Re
             sysctl(&node.netns, &format!("net.ipv4.conf.{iface}.arp_announce"), "2")?;
         }
     }
-    let _ = name;
     Ok(())
 }
 
