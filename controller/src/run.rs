@@ -11,11 +11,10 @@ use ferrolb_crds::IPAddressPool;
 use ferrolb_crds::annotations::IP_ALLOCATED_FROM_POOL;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Service};
-use k8s_openapi::api::events::v1 as events_v1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -312,33 +311,15 @@ impl Controller {
         Ok(true)
     }
 
-    /// Publishes one Event. Not through kube's Recorder: it folds Events with the same reason into one series
-    /// and keeps the first note, which would hide "(was …)" and every later refusal reason. We only send on
-    /// change, so there is nothing to fold.
     async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, kind: EventKind, reason: &str, note: String) {
-        let regarding = obj.object_ref(&());
-        let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".into());
-        let now = Timestamp::now();
-        // Named like client-go names Events: object name + a unique hex suffix (generateName may not end in '.').
-        let unique = now.as_nanosecond().unsigned_abs();
-        let event = events_v1::Event {
-            metadata: ObjectMeta {
-                name: Some(format!("{}.{unique:x}", regarding.name.clone().unwrap_or_default())),
-                namespace: Some(namespace.clone()),
-                ..ObjectMeta::default()
-            },
-            event_time: Some(MicroTime(now)),
-            type_: Some(kind.as_str().into()),
-            reason: Some(reason.into()),
-            action: Some(reason.into()),
-            note: Some(note.chars().take(1024).collect()),
-            reporting_controller: Some("ferrolb.io/controller".into()),
-            reporting_instance: Some(self.settings.identity.chars().take(128).collect()),
-            regarding: Some(regarding),
-            ..events_v1::Event::default()
+        let event = crate::events::EventSpec {
+            kind: kind.as_str(),
+            reason,
+            note,
+            controller: "ferrolb.io/controller",
+            instance: &self.settings.identity,
         };
-        let api: Api<events_v1::Event> = Api::namespaced(self.client.clone(), &namespace);
-        if let Err(e) = api.create(&PostParams::default(), &event).await {
+        if let Err(e) = crate::events::publish(&self.client, obj.object_ref(&()), event).await {
             tracing::warn!(error = %e, reason, "cannot publish Event");
         }
     }

@@ -10,5 +10,6 @@ pub mod error;
 pub mod iface;
 pub mod liveness;
 pub mod raw;
+pub mod report;
 pub mod run;
 pub mod view;

@@ -6,13 +6,16 @@ use crate::error::{Error, Result};
 use crate::iface::{self, InterfaceInfo};
 use crate::liveness::{self, Kind, Membership, Message, Verdict};
 use crate::raw::{self, Owned, Responder, Stats};
+use crate::report;
 use crate::view;
 use ferrolb_controller::pool::PoolConfig;
 use ferrolb_controller::service::is_managed;
-use ferrolb_crds::{IPAddressPool, L2Advertisement};
+use ferrolb_crds::{IPAddressPool, L2Advertisement, ServiceL2Status};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -151,12 +154,27 @@ struct Stores {
 }
 
 /// For every address this node should answer: the interfaces to answer on (pure over the stores' contents).
-fn desired(
-    settings: &Settings,
-    s: &Stores,
-    interfaces: &[InterfaceInfo],
-    membership: &Membership,
-) -> BTreeMap<Ipv4Addr, BTreeSet<String>> {
+/// A Service this node announces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announced {
+    /// The Service's uid (names its ServiceL2Status).
+    pub uid: String,
+    /// Addresses announced.
+    pub ips: BTreeSet<Ipv4Addr>,
+    /// Interfaces they are announced on.
+    pub interfaces: BTreeSet<String>,
+}
+
+/// What this node should announce: per address the interfaces, per Service `(namespace, name)` a summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Announcements {
+    /// Address → interfaces answering for it.
+    pub per_ip: BTreeMap<Ipv4Addr, BTreeSet<String>>,
+    /// Service → what is announced for it.
+    pub services: BTreeMap<(String, String), Announced>,
+}
+
+fn desired(settings: &Settings, s: &Stores, interfaces: &[InterfaceInfo], membership: &Membership) -> Announcements {
     let now = std::time::Instant::now();
     let nodes: Vec<NodeFacts> = s
         .nodes
@@ -182,7 +200,7 @@ fn desired(
     let ads: Vec<Arc<L2Advertisement>> = s.ads.state();
     let ad_refs: Vec<&L2Advertisement> = ads.iter().map(AsRef::as_ref).collect();
     let slices = s.slices.state();
-    let mut out = BTreeMap::new();
+    let mut out = Announcements::default();
     for svc in s.services.state() {
         if !is_managed(&svc, settings.load_balancer_class.as_deref()) {
             continue;
@@ -208,7 +226,18 @@ fn desired(
             let allowed: BTreeSet<String> = applicable.iter().flat_map(|a| a.interfaces.iter().cloned()).collect();
             let usable = iface::usable(interfaces, &allowed);
             let on: BTreeSet<String> = iface::for_address(&usable, v4).iter().map(|i| i.name.clone()).collect();
-            out.entry(v4).or_insert_with(BTreeSet::new).extend(on);
+            if on.is_empty() {
+                tracing::warn!(service = %format!("{namespace}/{name}"), ip = %v4, "elected, but no usable interface here");
+                continue;
+            }
+            out.per_ip.entry(v4).or_insert_with(BTreeSet::new).extend(on.clone());
+            let entry = out.services.entry((namespace.clone(), name.clone())).or_insert_with(|| Announced {
+                uid: svc.metadata.uid.clone().unwrap_or_default(),
+                ips: BTreeSet::new(),
+                interfaces: BTreeSet::new(),
+            });
+            entry.ips.insert(v4);
+            entry.interfaces.extend(on);
         }
     }
     out
@@ -289,6 +318,18 @@ pub async fn run(
             None
         }
     };
+    let (status_reader, status_writer) = reflector::store::<ServiceL2Status>();
+    let status_api = Api::<ServiceL2Status>::namespaced(client.clone(), &settings.namespace);
+    let status_stream =
+        reflector::reflector(status_writer, watcher(status_api, watcher::Config::default()).default_backoff());
+    tokio::spawn(async move {
+        futures::pin_mut!(status_stream);
+        while status_stream.next().await.is_some() {}
+    });
+    let l2statuses = status_reader;
+    let reporter =
+        report::Reporter { client: client.clone(), namespace: settings.namespace.clone(), node: settings.node.clone() };
+    let mut last_services = BTreeMap::new();
     let owned: Owned = Arc::default();
     let mut responders: BTreeMap<String, Arc<Responder>> = BTreeMap::new();
     let _ = tx.send(());
@@ -303,7 +344,12 @@ pub async fn run(
                 .lock()
                 .map(|m| m.clone())
                 .unwrap_or_else(|_| Membership::new(&settings.node, settings.dead_after));
-            let want = desired(&settings, &stores, &interfaces, &view);
+            let announcements = desired(&settings, &stores, &interfaces, &view);
+            if announcements.services != last_services {
+                reporter.report(&last_services, &announcements.services, &l2statuses.state());
+                last_services = announcements.services.clone();
+            }
+            let want = announcements.per_ip;
             let needed: BTreeSet<&String> = want.values().flatten().collect();
             responders.retain(|name, _| needed.contains(name) || interfaces.iter().any(|i| &i.name == name));
             for name in needed {

@@ -3,11 +3,12 @@
 //! Needs root. Liveness is the Node Ready fallback for now, so a hard failure takes about the lab's node grace
 //! period (6 s) to move an address; the test waits with a bound and asserts behaviour, not time.
 
+use ferrolb_crds::ServiceL2Status;
 use ferrolb_speaker::election;
 use ferrolb_tests::harness::{TestLab, create_yaml, eventually, ingress};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Event, Node};
 use kube::Api;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -51,6 +52,30 @@ async fn wait_answered_by(lab: &TestLab, ip: &str, want: &[&str]) {
     eventually(&what, Duration::from_secs(60), || async { (answering_nodes(lab, ip) == want).then_some(()) }).await;
 }
 
+/// Waits until the ServiceL2Status objects of a kube-system Service name exactly these nodes.
+async fn wait_status_nodes(client: &kube::Client, service: &str, nodes: &[&str]) {
+    let api: Api<ServiceL2Status> = Api::namespaced(client.clone(), "metallb-system");
+    let what = format!("ServiceL2Status of {service} naming {nodes:?}");
+    eventually(&what, Duration::from_secs(30), || async {
+        let list = api.list(&ListParams::default().labels(&format!("metallb.io/service-name={service}"))).await.ok()?;
+        let mut got: Vec<String> = list.items.iter().filter_map(|s| s.status.as_ref()?.node.clone()).collect();
+        got.sort();
+        (got == nodes).then_some(())
+    })
+    .await;
+}
+
+/// Waits for an Event on a kube-system Service whose message contains `needle`.
+async fn wait_event(client: &kube::Client, service: &str, needle: &str) {
+    let api: Api<Event> = Api::namespaced(client.clone(), "kube-system");
+    let what = format!("an Event on {service} saying {needle:?}");
+    eventually(&what, Duration::from_secs(30), || async {
+        let list = api.list(&ListParams::default().fields(&format!("involvedObject.name={service}"))).await.ok()?;
+        list.items.iter().any(|e| e.message.as_deref().is_some_and(|m| m.contains(needle))).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_node_answers_and_the_users_dns_service_works_through_the_static_route() {
     let lab = TestLab::start(EXE, "flbs", 3, false);
@@ -84,6 +109,9 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
     assert_eq!(udp, Ok(format!("{owner} probe")), "UDP 53 through the static route");
     let tcp = lab.probe("host", "tcp", &format!("{vip}:53"), 2000);
     assert_eq!(tcp, Ok(owner.clone()), "TCP 53 through the static route");
+    // "Which node announces this IP?": a ServiceL2Status and an Event say so.
+    wait_status_nodes(&client, "dns-svc-lb", &[&owner]).await;
+    wait_event(&client, "dns-svc-lb", &format!("announcing {vip} from node {owner} on eth0")).await;
 
     // A shared address has one responder for all its Services.
     let shared = seed("shared-ip.yaml").replace("172.17.255.10", "198.19.0.10");
@@ -160,6 +188,9 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
     })
     .await;
     assert_eq!(resumed, format!("{next} probe"));
+    // The new owner says so, and removes the dead owner's stale status object.
+    wait_status_nodes(&client, "dns-svc-lb", &[&next]).await;
+    wait_event(&client, "dns-svc-lb", &format!("announcing {vip} from node {next} on eth0")).await;
 
     // Revived: ownership returns to the hash's choice and stays there.
     lab.ok(&["revive", &owner]);
