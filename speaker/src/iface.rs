@@ -55,6 +55,20 @@ pub fn for_address<'a>(usable: &[&'a InterfaceInfo], ip: Ipv4Addr) -> Vec<&'a In
     if same_subnet.is_empty() { usable.to_vec() } else { same_subnet }
 }
 
+/// kube-proxy in IPVS mode puts every Service address on this interface.
+pub const IPVS_INTERFACE: &str = "kube-ipvs0";
+
+/// Whether kube-proxy runs IPVS without `strictARP`: `kube-ipvs0` holds addresses while some usable interface
+/// answers ARP for any local address (effective `arp_ignore` = max of `all` and the interface's, 0 here). Then
+/// every node's kernel answers for every VIP, and no announcer can keep one owner per address.
+/// `arp_ignore` maps interface name (and "all") to its value.
+pub fn ipvs_without_strict_arp(all: &[InterfaceInfo], arp_ignore: &std::collections::BTreeMap<String, u8>) -> bool {
+    let ipvs_has_addresses = all.iter().any(|i| i.name == IPVS_INTERFACE && !i.ipv4.is_empty());
+    let global = arp_ignore.get("all").copied().unwrap_or(0);
+    ipvs_has_addresses
+        && usable(all, &BTreeSet::new()).iter().any(|i| global.max(arp_ignore.get(&i.name).copied().unwrap_or(0)) == 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +96,19 @@ mod tests {
         let names = |v: Vec<&InterfaceInfo>| v.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(usable(&all, &BTreeSet::new())), ["eth0"]);
         assert_eq!(names(usable(&all, &BTreeSet::from(["veth12ab".to_string()]))), ["veth12ab"], "named explicitly");
+    }
+
+    #[test]
+    fn detects_ipvs_without_strict_arp() {
+        let mut all = vec![iface("eth0", "10.0.0.5", 24), iface("kube-ipvs0", "10.96.0.10", 32)];
+        let sysctl = |all_v: u8, eth0: u8| {
+            std::collections::BTreeMap::from([("all".to_string(), all_v), ("eth0".to_string(), eth0)])
+        };
+        assert!(ipvs_without_strict_arp(&all, &sysctl(0, 0)), "the kernel answers for every VIP");
+        assert!(!ipvs_without_strict_arp(&all, &sysctl(1, 0)), "strictARP sets all.arp_ignore=1");
+        assert!(!ipvs_without_strict_arp(&all, &sysctl(0, 1)));
+        all[1].ipv4.clear();
+        assert!(!ipvs_without_strict_arp(&all, &sysctl(0, 0)), "no VIPs on kube-ipvs0: nothing to warn about");
     }
 
     #[test]

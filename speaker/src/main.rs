@@ -49,6 +49,12 @@ fn render(stats: &Stats) -> String {
     line("arp_replies", "ARP requests answered", stats.replies.load(Ordering::Relaxed));
     line("frames", "Frames seen on the raw sockets", stats.frames.load(Ordering::Relaxed));
     line("gratuitous_arp", "Gratuitous ARP frames sent", stats.gratuitous.load(Ordering::Relaxed));
+    line("takeovers", "Addresses this node took over", stats.takeovers.load(Ordering::Relaxed));
+    line("releases", "Addresses this node gave up", stats.releases.load(Ordering::Relaxed));
+    out.push_str(&format!(
+        "# HELP ferrolb_speaker_strict_arp_missing 1 while kube-proxy IPVS runs without strictARP here\n# TYPE ferrolb_speaker_strict_arp_missing gauge\nferrolb_speaker_strict_arp_missing {}\n",
+        u8::from(stats.strict_arp_missing.load(Ordering::Relaxed))
+    ));
     out.push_str("# HELP ferrolb_speaker_arp_drops ARP frames not answered, by reason\n# TYPE ferrolb_speaker_arp_drops counter\n");
     if let Ok(drops) = stats.drops.lock() {
         for (reason, n) in drops.iter() {

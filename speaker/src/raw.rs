@@ -31,6 +31,18 @@ pub fn interfaces() -> Vec<InterfaceInfo> {
         .collect()
 }
 
+/// `net.ipv4.conf.{all,<iface>}.arp_ignore` of this network namespace (missing files read as 0).
+pub fn arp_ignore(interfaces: &[InterfaceInfo]) -> BTreeMap<String, u8> {
+    std::iter::once("all")
+        .chain(interfaces.iter().map(|i| i.name.as_str()))
+        .map(|name| {
+            let path = format!("/proc/sys/net/ipv4/conf/{name}/arp_ignore");
+            let value = std::fs::read_to_string(path).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+            (name.to_string(), value)
+        })
+        .collect()
+}
+
 /// Counters the responder threads update and `/metrics` reads.
 #[derive(Default)]
 pub struct Stats {
@@ -42,6 +54,12 @@ pub struct Stats {
     pub gratuitous: AtomicU64,
     /// Drops by reason label.
     pub drops: Mutex<BTreeMap<&'static str, u64>>,
+    /// Set while kube-proxy IPVS runs without strictARP on this node.
+    pub strict_arp_missing: AtomicBool,
+    /// Times this node took over an address.
+    pub takeovers: AtomicU64,
+    /// Times this node gave an address up.
+    pub releases: AtomicU64,
     /// Liveness datagrams rejected, by reason label.
     pub gossip_rejects: Mutex<BTreeMap<&'static str, u64>>,
 }

@@ -160,6 +160,32 @@ impl Reporter {
     }
 }
 
+impl Reporter {
+    /// An Event on this node's Node object, in the background.
+    pub fn node_event(&self, kind: &'static str, reason: &'static str, note: String) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let regarding = ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(this.node.clone()),
+                namespace: Some("default".into()),
+                ..ObjectReference::default()
+            };
+            let event = ferrolb_controller::events::EventSpec {
+                kind,
+                reason,
+                note,
+                controller: "ferrolb.io/speaker",
+                instance: &this.node,
+            };
+            if let Err(e) = ferrolb_controller::events::publish(&this.client, regarding, event).await {
+                tracing::warn!(error = %e, "cannot publish Event");
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

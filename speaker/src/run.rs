@@ -330,6 +330,7 @@ pub async fn run(
     let reporter =
         report::Reporter { client: client.clone(), namespace: settings.namespace.clone(), node: settings.node.clone() };
     let mut last_services = BTreeMap::new();
+    let mut ipvs_warned = false;
     let owned: Owned = Arc::default();
     let mut responders: BTreeMap<String, Arc<Responder>> = BTreeMap::new();
     let _ = tx.send(());
@@ -340,6 +341,27 @@ pub async fn run(
                 *p = peer_addresses(&stores.nodes, &settings.node, settings.gossip_port);
             }
             let interfaces = raw::interfaces();
+            let strict_arp_missing = iface::ipvs_without_strict_arp(&interfaces, &raw::arp_ignore(&interfaces));
+            if strict_arp_missing != ipvs_warned {
+                ipvs_warned = strict_arp_missing;
+                stats.strict_arp_missing.store(strict_arp_missing, Ordering::Relaxed);
+                if strict_arp_missing {
+                    tracing::error!(
+                        "kube-proxy runs in IPVS mode without strictARP: kube-ipvs0 holds Service addresses and this \
+                     node's kernel answers ARP for all of them, so several nodes answer for one address. Set \
+                     strictARP: true in the kube-proxy ConfigMap (as for MetalLB)."
+                    );
+                    reporter.node_event(
+                        "Warning",
+                        "StrictARPDisabled",
+                        "kube-proxy IPVS without strictARP: this node's kernel answers ARP for every Service address; \
+                     set strictARP: true in the kube-proxy ConfigMap"
+                            .into(),
+                    );
+                } else {
+                    tracing::info!("strictARP in effect again");
+                }
+            }
             let view = membership
                 .lock()
                 .map(|m| m.clone())
@@ -374,9 +396,11 @@ pub async fn run(
             }
             for ip in before.keys().filter(|ip| !want.contains_key(ip)) {
                 tracing::info!(%ip, "no longer the owner; stopped answering");
+                stats.releases.fetch_add(1, Ordering::Relaxed);
             }
             for (ip, on) in want.iter().filter(|(ip, on)| before.get(ip) != Some(on)) {
                 tracing::info!(%ip, interfaces = ?on, "took ownership; announcing");
+                stats.takeovers.fetch_add(1, Ordering::Relaxed);
                 let targets: Vec<Arc<Responder>> = on.iter().filter_map(|n| responders.get(n).cloned()).collect();
                 let (ip, owned, stats, schedule) = (*ip, owned.clone(), stats.clone(), settings.garp_schedule.clone());
                 tokio::spawn(async move {

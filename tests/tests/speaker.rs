@@ -198,4 +198,24 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
     for _ in 0..3 {
         assert_eq!(answering_nodes(&lab, &vip), [owner.as_str()], "ownership settled without flapping");
     }
+
+    // kube-proxy IPVS without strictARP (the VIPs sit on kube-ipvs0 and arp_ignore is 0): reported loudly.
+    let netns = lab.state().node("node-1").expect("node-1").netns.clone();
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let before = events.list(&ListParams::default().fields("involvedObject.name=node-1")).await.expect("events");
+    assert!(
+        !before.items.iter().any(|e| e.reason.as_deref() == Some("StrictARPDisabled")),
+        "no warning while strictARP is in effect"
+    );
+    for iface in ["all", "eth0"] {
+        ferrolb_tests::lab::net::sysctl(&netns, &format!("net.ipv4.conf.{iface}.arp_ignore"), "0").expect("sysctl");
+    }
+    eventually("a StrictARPDisabled Event on node-1", Duration::from_secs(30), || async {
+        let list = events.list(&ListParams::default().fields("involvedObject.name=node-1")).await.ok()?;
+        list.items.iter().any(|e| e.reason.as_deref() == Some("StrictARPDisabled")).then_some(())
+    })
+    .await;
+    for iface in ["all", "eth0"] {
+        ferrolb_tests::lab::net::sysctl(&netns, &format!("net.ipv4.conf.{iface}.arp_ignore"), "1").expect("sysctl");
+    }
 }
