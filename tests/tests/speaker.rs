@@ -3,12 +3,13 @@
 //! Needs root. Liveness is the Node Ready fallback for now, so a hard failure takes about the lab's node grace
 //! period (6 s) to move an address; the test waits with a bound and asserts behaviour, not time.
 
+use ferrolb_crds::L2AdvertisementSchema;
 use ferrolb_crds::ServiceL2Status;
 use ferrolb_speaker::election;
 use ferrolb_tests::harness::{TestLab, create_yaml, eventually, ingress};
 use k8s_openapi::api::core::v1::{Event, Node};
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -154,6 +155,33 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
     let unlabel = json!({"metadata": {"labels": {election::EXCLUDE_LABEL: null}}});
     node_api.patch(&owner, &PatchParams::default(), &Patch::Merge(&unlabel)).await.expect("unlabel");
     wait_answered_by(&lab, &vip, &[&owner]).await;
+
+    // NetworkUnavailable=True takes a node out, like the exclude label; False brings it back.
+    let unavailable = |status: &str| {
+        json!({"status": {"conditions": [{"type": "NetworkUnavailable", "status": status, "reason": "Test",
+            "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
+    };
+    node_api.patch_status(&owner, &PatchParams::default(), &Patch::Strategic(unavailable("True"))).await.expect("cond");
+    wait_answered_by(&lab, &vip, &[&next]).await;
+    node_api
+        .patch_status(&owner, &PatchParams::default(), &Patch::Strategic(unavailable("False")))
+        .await
+        .expect("cond");
+    wait_answered_by(&lab, &vip, &[&owner]).await;
+
+    // An L2Advertisement's nodeSelectors: a pool announced from node-3 only.
+    let selected = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: pinned, namespace: metallb-system}\nspec: {addresses: [198.19.1.1-198.19.1.10], autoAssign: false}\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: pinned, namespace: metallb-system}\nspec:\n  ipAddressPools: [pinned]\n  nodeSelectors: [{matchLabels: {kubernetes.io/hostname: node-3}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: pinned, namespace: kube-system, annotations: {metallb.io/address-pool: pinned}}\nspec: {type: LoadBalancer, selector: {k8s-app: kube-dns}, ports: [{port: 8053, protocol: UDP}]}\n";
+    // The "lab" L2Advertisement (no pool list) applies to every pool; narrow it so only "pinned" speaks for it.
+    let ads = ApiResource::erase::<L2AdvertisementSchema>(&());
+    let lab_ad: Api<DynamicObject> = Api::namespaced_with(client.clone(), "metallb-system", &ads);
+    let only_lab = json!({"spec": {"ipAddressPools": ["lab"]}});
+    lab_ad.patch("lab", &PatchParams::default(), &Patch::Merge(&only_lab)).await.expect("narrow the lab ad");
+    create_yaml(&client, selected).await.expect("pinned pool");
+    let pinned_ip = eventually("an address for pinned", Duration::from_secs(30), || async {
+        ingress(&client, "kube-system", "pinned").await.into_iter().next()
+    })
+    .await;
+    wait_answered_by(&lab, &pinned_ip, &["node-3"]).await;
 
     // Liveness datagrams forged without the key ("owner is leaving") move nothing, and are seen and rejected.
     let state = lab.state();

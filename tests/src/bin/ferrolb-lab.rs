@@ -76,6 +76,9 @@ enum Cmd {
         /// How long to wait for late answers after the last request, in ms.
         #[arg(long, default_value_t = 300)]
         wait_ms: u64,
+        /// Instead, measure round-trip times of --count requests and print them (µs) as a JSON list.
+        #[arg(long)]
+        rtt: bool,
     },
     /// Sends a liveness datagram signed with a key of your choosing (to show forged ones are rejected).
     GossipForge {
@@ -172,7 +175,12 @@ async fn main() -> anyhow::Result<()> {
             };
             println!("{answer}");
         }
-        Cmd::Arping { target, iface, count, wait_ms } => {
+        Cmd::Arping { target, iface, count, rtt: true, .. } => {
+            let rtts = ferrolb_tests::lab::arping::rtt(&iface, target, count, std::time::Duration::from_millis(200))?;
+            let micros: Vec<u128> = rtts.iter().map(std::time::Duration::as_micros).collect();
+            println!("{}", serde_json::to_string(&micros)?);
+        }
+        Cmd::Arping { target, iface, count, wait_ms, rtt: false } => {
             let macs =
                 ferrolb_tests::lab::arping::arping(&iface, target, count, std::time::Duration::from_millis(wait_ms))?;
             for mac in &macs {

@@ -60,3 +60,55 @@ pub fn arping(iface: &str, target: Ipv4Addr, count: usize, wait: Duration) -> Re
     }
     Ok(answered)
 }
+
+/// Round-trip times of `count` single ARP requests for `target` (one outstanding at a time, 20 ms apart);
+/// requests unanswered within `timeout` are left out.
+pub fn rtt(iface: &str, target: Ipv4Addr, count: usize, timeout: Duration) -> Result<Vec<Duration>> {
+    let err = |e: String| LabError::Usage(format!("arping on {iface}: {e}"));
+    let nic = pnet_datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == iface)
+        .ok_or_else(|| err("no such interface".into()))?;
+    let mac = Mac(nic.mac.ok_or_else(|| err("no MAC".into()))?.octets());
+    let source = nic
+        .ips
+        .iter()
+        .find_map(|n| match n.ip() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .ok_or_else(|| err("no IPv4 address".into()))?;
+    let config = pnet_datalink::Config { read_timeout: Some(Duration::from_millis(5)), ..Default::default() };
+    let (mut tx, mut rx) = match pnet_datalink::channel(&nic, config).map_err(|e| err(e.to_string()))? {
+        Channel::Ethernet(tx, rx) => (tx, rx),
+        _ => return Err(err("not Ethernet".into())),
+    };
+    let request = ArpFrame {
+        eth_dst: Mac::BROADCAST,
+        eth_src: mac,
+        operation: Operation::Request,
+        sha: mac,
+        spa: source,
+        tha: Mac::ZERO,
+        tpa: target,
+    }
+    .to_bytes();
+    let mut rtts = Vec::with_capacity(count);
+    for _ in 0..count {
+        let sent = Instant::now();
+        let _ = tx.send_to(&request, None);
+        while sent.elapsed() < timeout {
+            let Ok(frame) = rx.next() else { continue };
+            if let Ok(reply) = ArpFrame::parse(frame)
+                && reply.operation == Operation::Reply
+                && reply.spa == target
+                && reply.tpa == source
+            {
+                rtts.push(sent.elapsed());
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(rtts)
+}
