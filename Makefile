@@ -3,7 +3,7 @@ CARGO ?= cargo
 
 HELM_KUBE_VERSION := 1.35.4
 
-.PHONY: test fmt-check clippy unit chart crds bench-alloc demo lab-up lab-down
+.PHONY: test fmt-check clippy unit chart crds bench-alloc demo lab-up lab-down fuzz
 
 test: fmt-check clippy chart unit
 
@@ -43,3 +43,11 @@ lab-up:
 
 lab-down:
 	$(CARGO) run -q --release -p ferrolb-tests --bin ferrolb-lab -- down
+
+# Coverage-guided fuzzing of the speaker's parsers (needs `cargo install cargo-fuzz`; runs on stable through
+# RUSTC_BOOTSTRAP with --sanitizer none, as the machine cannot fetch a nightly toolchain).
+FUZZ_RUNS ?= 20000000
+fuzz:
+	cd speaker/fuzz && mkdir -p corpus/arp_frame corpus/liveness_datagram && \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none -O arp_frame corpus/arp_frame seeds/arp_frame -- -runs=$(FUZZ_RUNS) && \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none -O liveness_datagram corpus/liveness_datagram seeds/liveness_datagram -- -runs=$(FUZZ_RUNS)

@@ -176,6 +176,11 @@ impl Membership {
         }
     }
 
+    /// How long a peer has been silent at `now` (for the detection-latency metric).
+    pub fn silence(&self, node: &str, now: Instant) -> Option<Duration> {
+        self.peers.get(node).map(|p| now.saturating_duration_since(p.last_heard))
+    }
+
     /// Every known peer's verdict at `now` (what changes trigger a re-election).
     pub fn verdicts(&self, now: Instant) -> BTreeMap<String, Verdict> {
         self.peers.keys().map(|n| (n.clone(), self.verdict(n, now))).collect()
@@ -232,5 +237,7 @@ mod tests {
         let leaving = Message { kind: Kind::Leaving, node: "peer".into(), sequence: 12 };
         m.accept(&leaving, t0 + Duration::from_secs(2)).expect("leave");
         assert_eq!(m.verdict("peer", t0 + Duration::from_secs(2)), Verdict::Dead, "dead at once");
+        assert_eq!(m.silence("peer", t0 + Duration::from_millis(2300)), Some(Duration::from_millis(300)));
+        assert_eq!(m.silence("stranger", t0), None);
     }
 }

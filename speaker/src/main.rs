@@ -51,6 +51,12 @@ fn render(stats: &Stats) -> String {
     line("gratuitous_arp", "Gratuitous ARP frames sent", stats.gratuitous.load(Ordering::Relaxed));
     line("takeovers", "Addresses this node took over", stats.takeovers.load(Ordering::Relaxed));
     line("releases", "Addresses this node gave up", stats.releases.load(Ordering::Relaxed));
+    let micros = stats.detection_micros.load(Ordering::Relaxed) as f64;
+    out.push_str(&format!(
+        "# HELP ferrolb_speaker_failure_detection_seconds Silence of a peer when declared dead\n# TYPE ferrolb_speaker_failure_detection_seconds summary\nferrolb_speaker_failure_detection_seconds_sum {}\nferrolb_speaker_failure_detection_seconds_count {}\n",
+        micros / 1e6,
+        stats.detections.load(Ordering::Relaxed)
+    ));
     out.push_str(&format!(
         "# HELP ferrolb_speaker_strict_arp_missing 1 while kube-proxy IPVS runs without strictARP here\n# TYPE ferrolb_speaker_strict_arp_missing gauge\nferrolb_speaker_strict_arp_missing {}\n",
         u8::from(stats.strict_arp_missing.load(Ordering::Relaxed))

@@ -56,6 +56,10 @@ pub struct Stats {
     pub drops: Mutex<BTreeMap<&'static str, u64>>,
     /// Set while kube-proxy IPVS runs without strictARP on this node.
     pub strict_arp_missing: AtomicBool,
+    /// Peers this node saw die (alive → dead).
+    pub detections: AtomicU64,
+    /// Sum over those of the peer's silence when declared dead, in µs.
+    pub detection_micros: AtomicU64,
     /// Times this node took over an address.
     pub takeovers: AtomicU64,
     /// Times this node gave an address up.

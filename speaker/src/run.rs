@@ -83,6 +83,7 @@ fn start_liveness(
         r
     })?;
     let (recv_membership, recv_trigger) = (membership.clone(), trigger.clone());
+    let stats_for_detection = stats.clone();
     tokio::spawn(async move {
         let mut buf = [0u8; 512];
         loop {
@@ -114,16 +115,33 @@ fn start_liveness(
         }
     });
     let tick = (settings.dead_after / 10).max(Duration::from_millis(10));
+    let detect_stats = stats_for_detection;
     tokio::spawn(async move {
         let mut last = BTreeMap::new();
         loop {
             tokio::time::sleep(tick).await;
             let now = std::time::Instant::now();
-            let verdicts = membership.lock().map(|m| m.verdicts(now)).unwrap_or_default();
+            let (verdicts, silences) = membership
+                .lock()
+                .map(|m| {
+                    let v = m.verdicts(now);
+                    let s: BTreeMap<String, Duration> =
+                        v.keys().filter_map(|n| Some((n.clone(), m.silence(n, now)?))).collect();
+                    (v, s)
+                })
+                .unwrap_or_default();
             if verdicts != last {
                 for (node, v) in &verdicts {
                     if last.get(node) != Some(v) {
-                        tracing::info!(%node, verdict = ?v, "peer liveness changed");
+                        let silent = silences.get(node).copied().unwrap_or_default();
+                        tracing::info!(%node, verdict = ?v, silent_ms = silent.as_millis() as u64, "peer liveness changed");
+                        if *v == Verdict::Dead && last.get(node) == Some(&Verdict::Alive) {
+                            // Time from the peer's last word to our verdict: the detection latency.
+                            detect_stats.detections.fetch_add(1, Ordering::Relaxed);
+                            detect_stats
+                                .detection_micros
+                                .fetch_add(u64::try_from(silent.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+                        }
                     }
                 }
                 last = verdicts;
