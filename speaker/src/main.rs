@@ -36,6 +36,10 @@ struct Args {
     /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
+    /// Also re-announce every owned address this often, in seconds (0: only on takeover). Checked on the
+    /// speaker's 5 s sync tick, so the effective period is rounded up to it.
+    #[arg(long, default_value_t = 0)]
+    garp_refresh_secs: u64,
     /// A peer silent for this many milliseconds is dead and its addresses move.
     #[arg(long, default_value_t = 500)]
     dead_after_ms: u64,
@@ -46,6 +50,7 @@ fn render(stats: &Stats) -> String {
     let mut line = |name: &str, help: &str, value: u64| {
         out.push_str(&format!("# HELP ferrolb_speaker_{name} {help}\n# TYPE ferrolb_speaker_{name} counter\nferrolb_speaker_{name}_total {value}\n"));
     };
+    line("arp_requests", "ARP requests seen", stats.requests.load(Ordering::Relaxed));
     line("arp_replies", "ARP requests answered", stats.replies.load(Ordering::Relaxed));
     line("frames", "Frames seen on the raw sockets", stats.frames.load(Ordering::Relaxed));
     line("gratuitous_arp", "Gratuitous ARP frames sent", stats.gratuitous.load(Ordering::Relaxed));
@@ -119,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         load_balancer_class: args.load_balancer_class.clone(),
         garp_schedule: [0, 250, 1100, 2200].into_iter().map(Duration::from_millis).collect(),
+        garp_refresh: (args.garp_refresh_secs > 0).then(|| Duration::from_secs(args.garp_refresh_secs)),
         gossip_port: args.gossip_port,
         gossip_key: args.gossip_key.clone().filter(|k| !k.is_empty()).map(String::into_bytes),
         heartbeat: Duration::from_millis(args.heartbeat_ms),

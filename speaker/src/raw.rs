@@ -46,6 +46,8 @@ pub fn arp_ignore(interfaces: &[InterfaceInfo]) -> BTreeMap<String, u8> {
 /// Counters the responder threads update and `/metrics` reads.
 #[derive(Default)]
 pub struct Stats {
+    /// ARP requests seen (answered or not).
+    pub requests: AtomicU64,
     /// ARP requests answered.
     pub replies: AtomicU64,
     /// Frames seen (of any kind) on the raw sockets.
@@ -104,6 +106,10 @@ impl Responder {
                 while !thread_stop.load(Ordering::Relaxed) {
                     let Ok(frame) = rx.next() else { continue };
                     stats.frames.fetch_add(1, Ordering::Relaxed);
+                    if frame.len() >= crate::arp::FRAME_LEN && frame[12..14] == [0x08, 0x06] && frame[20..22] == [0, 1]
+                    {
+                        stats.requests.fetch_add(1, Ordering::Relaxed);
+                    }
                     let owns =
                         |ip: Ipv4Addr| owned.read().is_ok_and(|o| o.get(&ip).is_some_and(|on| on.contains(&name)));
                     match arp::respond(frame, mac, owns) {

@@ -35,6 +35,8 @@ pub struct Settings {
     pub load_balancer_class: Option<String>,
     /// Gratuitous ARP on takeover at these offsets.
     pub garp_schedule: Vec<Duration>,
+    /// Re-announce every owned address this often (both gratuitous forms); `None`: only on takeover.
+    pub garp_refresh: Option<Duration>,
     /// UDP port of the liveness protocol.
     pub gossip_port: u16,
     /// Shared key authenticating liveness messages; without one, liveness falls back to Node `Ready` only.
@@ -349,6 +351,7 @@ pub async fn run(
         report::Reporter { client: client.clone(), namespace: settings.namespace.clone(), node: settings.node.clone() };
     let mut last_services = BTreeMap::new();
     let mut ipvs_warned = false;
+    let mut last_refresh = std::time::Instant::now();
     let owned: Owned = Arc::default();
     let mut responders: BTreeMap<String, Arc<Responder>> = BTreeMap::new();
     let _ = tx.send(());
@@ -406,6 +409,16 @@ pub async fn run(
                 }
             }
             let before = owned.read().map(|o| o.clone()).unwrap_or_default();
+            if let Some(every) = settings.garp_refresh
+                && last_refresh.elapsed() >= every
+            {
+                last_refresh = std::time::Instant::now();
+                for (ip, on) in &before {
+                    for r in on.iter().filter_map(|n| responders.get(n)) {
+                        r.announce(*ip, &stats);
+                    }
+                }
+            }
             if before == want {
                 continue;
             }
