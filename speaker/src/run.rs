@@ -194,7 +194,13 @@ pub struct Announcements {
     pub services: BTreeMap<(String, String), Announced>,
 }
 
-fn desired(settings: &Settings, s: &Stores, interfaces: &[InterfaceInfo], membership: &Membership) -> Announcements {
+fn desired(
+    settings: &Settings,
+    s: &Stores,
+    interfaces: &[InterfaceInfo],
+    membership: &Membership,
+    heard_long_enough: bool,
+) -> Announcements {
     let now = std::time::Instant::now();
     let nodes: Vec<NodeFacts> = s
         .nodes
@@ -202,10 +208,13 @@ fn desired(settings: &Settings, s: &Stores, interfaces: &[InterfaceInfo], member
         .iter()
         .map(|n| {
             let mut facts = view::node_facts(n);
-            // First-hand liveness wins; the Node's Ready condition only speaks for speakers never heard from.
+            // First-hand liveness wins. A speaker never heard from counts by its Node's Ready condition only while
+            // we have not been listening long enough to have heard it; after that it is not running (crashed at
+            // start, or no speaker on that node), and electing it would leave its addresses unanswered.
             match membership.verdict(&facts.name, now) {
                 Verdict::Alive => facts.speaker_alive = true,
                 Verdict::Dead => facts.speaker_alive = false,
+                Verdict::Unknown if heard_long_enough => facts.speaker_alive = false,
                 Verdict::Unknown => {}
             }
             facts
@@ -352,6 +361,7 @@ pub async fn run(
     let mut last_services = BTreeMap::new();
     let mut ipvs_warned = false;
     let mut last_refresh = std::time::Instant::now();
+    let listening_since = std::time::Instant::now();
     let owned: Owned = Arc::default();
     let mut responders: BTreeMap<String, Arc<Responder>> = BTreeMap::new();
     let _ = tx.send(());
@@ -387,7 +397,9 @@ pub async fn run(
                 .lock()
                 .map(|m| m.clone())
                 .unwrap_or_else(|_| Membership::new(&settings.node, settings.dead_after));
-            let announcements = desired(&settings, &stores, &interfaces, &view);
+            // Three heartbeat timeouts after the protocol started, every running peer has been heard.
+            let heard_long_enough = gossip.is_some() && listening_since.elapsed() > settings.dead_after * 3;
+            let announcements = desired(&settings, &stores, &interfaces, &view, heard_long_enough);
             if announcements.services != last_services {
                 reporter.report(&last_services, &announcements.services, &l2statuses.state());
                 last_services = announcements.services.clone();

@@ -208,6 +208,24 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
     lab.ok(&["revive", &owner]);
     wait_answered_by(&lab, &vip, &[&owner]).await;
 
+    // The owner's speaker crashes while its node stays Ready: the address moves. A speaker started after the
+    // crash (it never heard the dead one) must not elect it either, or nobody would answer.
+    let state = lab.state();
+    let pid_of =
+        |node: &str| state.procs.iter().rev().find(|p| p.role == format!("speaker {node}")).expect("speaker").pid;
+    let signal = |pid: i32, sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("signal");
+    signal(pid_of(&owner), nix::sys::signal::Signal::SIGKILL);
+    wait_answered_by(&lab, &vip, &[&next]).await;
+    signal(pid_of(&next), nix::sys::signal::Signal::SIGTERM);
+    eventually("next's speaker to stop", Duration::from_secs(10), || async {
+        (!ferrolb_tests::lab::control_plane::alive(pid_of(&next))).then_some(())
+    })
+    .await;
+    lab.ok(&["revive", &next]);
+    wait_answered_by(&lab, &vip, &[&next]).await;
+    lab.ok(&["revive", &owner]);
+    wait_answered_by(&lab, &vip, &[&owner]).await;
+
     // Hard failure of the owner: another node answers and the host's traffic resumes.
     lab.ok(&["kill", &owner]);
     wait_answered_by(&lab, &vip, &[&next]).await;

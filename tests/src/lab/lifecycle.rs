@@ -298,7 +298,10 @@ pub async fn service_account_kubeconfig(state: &State, account: &str) -> Result<
         .unwrap_or_default();
     let path = state.dir.join(format!("{account}.kubeconfig"));
     let text = pki::kubeconfig(&state.dir.join("pki/ca.crt"), state.api_port, account, &token);
-    std::fs::write(&path, text).map_err(|e| io_err(&path, e))?;
+    // Atomically: a process started a moment ago may be reading the previous token right now.
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, text).map_err(|e| io_err(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
     Ok(path)
 }
 
