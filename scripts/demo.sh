@@ -123,7 +123,7 @@ run "$LAB" exec host -- "$LAB" probe tcp "$VIP:53"
 OWNER=$("$LAB" exec host -- "$LAB" probe tcp "$VIP:53")
 
 say "11. Hard failure of $OWNER: SIGKILL its speaker, stop its heartbeats, pull its cable."
-note "Speakers hear each other every 100 ms (HMAC-signed); after 500 ms of silence the address moves and the new owner sends gratuitous ARP."
+note "Speakers hear each other every 100 ms (HMAC-signed); after 350 ms of silence the address moves and the new owner sends gratuitous ARP."
 run "$LAB" kill "$OWNER"
 start=$(date +%s.%N)
 until answer=$("$LAB" exec host -- "$LAB" probe udp "$VIP:53" --timeout-ms 200 2>/dev/null); do :; done

@@ -41,7 +41,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     garp_refresh_secs: u64,
     /// A peer silent for this many milliseconds is dead and its addresses move.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 350)]
     dead_after_ms: u64,
 }
 
