@@ -8,37 +8,58 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
+/// A raw socket on `iface` and the who-has request for one target, sent from the interface's own address.
+struct Prober {
+    tx: Box<dyn pnet_datalink::DataLinkSender>,
+    rx: Box<dyn pnet_datalink::DataLinkReceiver>,
+    source: Ipv4Addr,
+    request: [u8; ferrolb_speaker::arp::FRAME_LEN],
+}
+
+impl Prober {
+    fn open(iface: &str, target: Ipv4Addr, read_timeout: Duration) -> Result<Self> {
+        let err = |e: String| LabError::Usage(format!("arping on {iface}: {e}"));
+        let nic = pnet_datalink::interfaces()
+            .into_iter()
+            .find(|i| i.name == iface)
+            .ok_or_else(|| err("no such interface".into()))?;
+        let mac = Mac(nic.mac.ok_or_else(|| err("no MAC".into()))?.octets());
+        let source = nic
+            .ips
+            .iter()
+            .find_map(|n| match n.ip() {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            })
+            .ok_or_else(|| err("no IPv4 address".into()))?;
+        let config = pnet_datalink::Config { read_timeout: Some(read_timeout), ..Default::default() };
+        let (tx, rx) = match pnet_datalink::channel(&nic, config).map_err(|e| err(e.to_string()))? {
+            Channel::Ethernet(tx, rx) => (tx, rx),
+            _ => return Err(err("not Ethernet".into())),
+        };
+        let request = ArpFrame {
+            eth_dst: Mac::BROADCAST,
+            eth_src: mac,
+            operation: Operation::Request,
+            sha: mac,
+            spa: source,
+            tha: Mac::ZERO,
+            tpa: target,
+        }
+        .to_bytes();
+        Ok(Self { tx, rx, source, request })
+    }
+}
+
+/// The frame if it answers a who-has for `target` asked from `source`.
+fn answer(frame: &[u8], target: Ipv4Addr, source: Ipv4Addr) -> Option<ArpFrame> {
+    let reply = ArpFrame::parse(frame).ok()?;
+    (reply.operation == Operation::Reply && reply.spa == target && reply.tpa == source).then_some(reply)
+}
+
 /// Sends `count` requests for `target` from `iface`, 100 ms apart, and returns the MACs that answered.
 pub fn arping(iface: &str, target: Ipv4Addr, count: usize, wait: Duration) -> Result<BTreeSet<String>> {
-    let err = |e: String| LabError::Usage(format!("arping on {iface}: {e}"));
-    let nic = pnet_datalink::interfaces()
-        .into_iter()
-        .find(|i| i.name == iface)
-        .ok_or_else(|| err("no such interface".into()))?;
-    let mac = Mac(nic.mac.ok_or_else(|| err("no MAC".into()))?.octets());
-    let source = nic
-        .ips
-        .iter()
-        .find_map(|n| match n.ip() {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        })
-        .ok_or_else(|| err("no IPv4 address".into()))?;
-    let config = pnet_datalink::Config { read_timeout: Some(Duration::from_millis(20)), ..Default::default() };
-    let (mut tx, mut rx) = match pnet_datalink::channel(&nic, config).map_err(|e| err(e.to_string()))? {
-        Channel::Ethernet(tx, rx) => (tx, rx),
-        _ => return Err(err("not Ethernet".into())),
-    };
-    let request = ArpFrame {
-        eth_dst: Mac::BROADCAST,
-        eth_src: mac,
-        operation: Operation::Request,
-        sha: mac,
-        spa: source,
-        tha: Mac::ZERO,
-        tpa: target,
-    }
-    .to_bytes();
+    let Prober { mut tx, mut rx, source, request } = Prober::open(iface, target, Duration::from_millis(20))?;
     let mut answered = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_millis(100 * count as u64) + wait;
     let mut sent = 0;
@@ -50,11 +71,7 @@ pub fn arping(iface: &str, target: Ipv4Addr, count: usize, wait: Duration) -> Re
             next_send += Duration::from_millis(100);
         }
         let Ok(frame) = rx.next() else { continue };
-        if let Ok(reply) = ArpFrame::parse(frame)
-            && reply.operation == Operation::Reply
-            && reply.spa == target
-            && reply.tpa == source
-        {
+        if let Some(reply) = answer(frame, target, source) {
             answered.insert(reply.sha.to_string());
         }
     }
@@ -64,46 +81,14 @@ pub fn arping(iface: &str, target: Ipv4Addr, count: usize, wait: Duration) -> Re
 /// Round-trip times of `count` single ARP requests for `target` (one outstanding at a time, 20 ms apart);
 /// requests unanswered within `timeout` are left out.
 pub fn rtt(iface: &str, target: Ipv4Addr, count: usize, timeout: Duration) -> Result<Vec<Duration>> {
-    let err = |e: String| LabError::Usage(format!("arping on {iface}: {e}"));
-    let nic = pnet_datalink::interfaces()
-        .into_iter()
-        .find(|i| i.name == iface)
-        .ok_or_else(|| err("no such interface".into()))?;
-    let mac = Mac(nic.mac.ok_or_else(|| err("no MAC".into()))?.octets());
-    let source = nic
-        .ips
-        .iter()
-        .find_map(|n| match n.ip() {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        })
-        .ok_or_else(|| err("no IPv4 address".into()))?;
-    let config = pnet_datalink::Config { read_timeout: Some(Duration::from_millis(5)), ..Default::default() };
-    let (mut tx, mut rx) = match pnet_datalink::channel(&nic, config).map_err(|e| err(e.to_string()))? {
-        Channel::Ethernet(tx, rx) => (tx, rx),
-        _ => return Err(err("not Ethernet".into())),
-    };
-    let request = ArpFrame {
-        eth_dst: Mac::BROADCAST,
-        eth_src: mac,
-        operation: Operation::Request,
-        sha: mac,
-        spa: source,
-        tha: Mac::ZERO,
-        tpa: target,
-    }
-    .to_bytes();
+    let Prober { mut tx, mut rx, source, request } = Prober::open(iface, target, Duration::from_millis(5))?;
     let mut rtts = Vec::with_capacity(count);
     for _ in 0..count {
         let sent = Instant::now();
         let _ = tx.send_to(&request, None);
         while sent.elapsed() < timeout {
             let Ok(frame) = rx.next() else { continue };
-            if let Ok(reply) = ArpFrame::parse(frame)
-                && reply.operation == Operation::Reply
-                && reply.spa == target
-                && reply.tpa == source
-            {
+            if answer(frame, target, source).is_some() {
                 rtts.push(sent.elapsed());
                 break;
             }
