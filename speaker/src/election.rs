@@ -1,11 +1,11 @@
 //! Who answers for an address: every speaker computes this from the same inputs and gets the same answer, so
-//! no write to the API server is needed to elect (DESIGN.md §4).
+//! no write to the API server is needed to elect.
 //!
 //! Candidates are the nodes that run a live speaker, are selected by an L2Advertisement that applies to the
-//! Service, are not excluded (label, `NetworkUnavailable`, out-of-service taint), have an interface the
-//! advertisement allows, and — for `externalTrafficPolicy: Local` — host a ready endpoint. The owner is the
-//! candidate with the lowest `hash(node, address)` (rendezvous hashing): addresses spread across nodes, and a
-//! node that leaves or joins moves only its own addresses.
+//! Service, are not excluded (label — unless [`Policy::ignore_exclude_label`] —, `NetworkUnavailable`,
+//! out-of-service taint), have an interface the advertisement allows, and — for `externalTrafficPolicy: Local`
+//! — host a ready endpoint. The owner is the candidate with the lowest `hash(node, address)` (rendezvous
+//! hashing): addresses spread across nodes, and a node that leaves or joins moves only its own addresses.
 
 use ferrolb_crds::selector::Selector;
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,6 +53,15 @@ pub struct ServiceFacts {
     pub any_ready_endpoint: bool,
 }
 
+/// Cluster-wide choices that change who may announce. Every speaker must run with the same policy, or they
+/// disagree on owners (the chart passes one value to the whole DaemonSet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// The exclude label no longer excludes: single-node clusters (kubeadm, kind, minikube) label their only
+    /// node, which would otherwise leave nobody to announce.
+    pub ignore_exclude_label: bool,
+}
+
 /// Why a node is not a candidate (what `kubectl describe` should be able to say).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Ineligible {
@@ -73,11 +82,16 @@ pub enum Ineligible {
 }
 
 /// Whether `node` may announce the Service's address.
-pub fn eligibility(node: &NodeFacts, svc: &ServiceFacts, ads: &[Advertisement]) -> Result<(), Ineligible> {
+pub fn eligibility(
+    node: &NodeFacts,
+    svc: &ServiceFacts,
+    ads: &[Advertisement],
+    policy: Policy,
+) -> Result<(), Ineligible> {
     if !node.speaker_alive {
         return Err(Ineligible::SpeakerDown);
     }
-    if node.labels.contains_key(EXCLUDE_LABEL) {
+    if !policy.ignore_exclude_label && node.labels.contains_key(EXCLUDE_LABEL) {
         return Err(Ineligible::Excluded);
     }
     if node.network_unavailable {
@@ -131,11 +145,17 @@ pub fn owner<'a>(ip: IpAddr, candidates: impl IntoIterator<Item = &'a str>) -> O
 }
 
 /// The node that announces `ip`, or `None` (no advertisement, no ready endpoint, or no eligible node).
-pub fn elect<'a>(ip: IpAddr, svc: &ServiceFacts, nodes: &'a [NodeFacts], ads: &[Advertisement]) -> Option<&'a str> {
+pub fn elect<'a>(
+    ip: IpAddr,
+    svc: &ServiceFacts,
+    nodes: &'a [NodeFacts],
+    ads: &[Advertisement],
+    policy: Policy,
+) -> Option<&'a str> {
     if ads.is_empty() || !svc.any_ready_endpoint {
         return None;
     }
-    owner(ip, nodes.iter().filter(|n| eligibility(n, svc, ads).is_ok()).map(|n| n.name.as_str()))
+    owner(ip, nodes.iter().filter(|n| eligibility(n, svc, ads, policy).is_ok()).map(|n| n.name.as_str()))
 }
 
 #[cfg(test)]
@@ -173,7 +193,7 @@ mod tests {
         let check = |f: &dyn Fn(&mut NodeFacts)| {
             let mut n = node("n");
             f(&mut n);
-            eligibility(&n, &svc, &ads)
+            eligibility(&n, &svc, &ads, Policy::default())
         };
         assert_eq!(check(&|_| {}), Ok(()));
         assert_eq!(check(&|n| n.speaker_alive = false), Err(Ineligible::SpeakerDown));
@@ -196,13 +216,17 @@ mod tests {
         .expect("selector");
         let ads = [Advertisement { node_selectors: vec![zone_a], interfaces: BTreeSet::from(["eth1".to_string()]) }];
         let mut n = node("n");
-        assert_eq!(eligibility(&n, &served(), &ads), Err(Ineligible::NotSelected));
+        assert_eq!(eligibility(&n, &served(), &ads, Policy::default()), Err(Ineligible::NotSelected));
         n.labels.insert("zone".into(), "a".into());
-        assert_eq!(eligibility(&n, &served(), &ads), Ok(()), "interfaces not reported: not a reason to skip");
+        assert_eq!(
+            eligibility(&n, &served(), &ads, Policy::default()),
+            Ok(()),
+            "interfaces not reported: not a reason to skip"
+        );
         n.interfaces = Some(BTreeSet::from(["eth0".to_string()]));
-        assert_eq!(eligibility(&n, &served(), &ads), Err(Ineligible::NoInterface));
+        assert_eq!(eligibility(&n, &served(), &ads, Policy::default()), Err(Ineligible::NoInterface));
         n.interfaces = Some(BTreeSet::from(["eth0".to_string(), "eth1".to_string()]));
-        assert_eq!(eligibility(&n, &served(), &ads), Ok(()));
+        assert_eq!(eligibility(&n, &served(), &ads, Policy::default()), Ok(()));
     }
 
     #[test]
@@ -213,13 +237,29 @@ mod tests {
             ready_endpoint_nodes: BTreeSet::from(["b".to_string()]),
             any_ready_endpoint: true,
         };
+        let p = Policy::default();
         for i in 0..50 {
             let addr = IpAddr::from([198, 19, 0, i]);
-            assert_eq!(elect(addr, &svc, &nodes, &[all_nodes()]), Some("b"));
+            assert_eq!(elect(addr, &svc, &nodes, &[all_nodes()], p), Some("b"));
         }
         let none = ServiceFacts { any_ready_endpoint: false, ..served() };
-        assert_eq!(elect(ip("198.19.0.1"), &none, &nodes, &[all_nodes()]), None);
-        assert_eq!(elect(ip("198.19.0.1"), &served(), &nodes, &[]), None, "no advertisement applies");
+        assert_eq!(elect(ip("198.19.0.1"), &none, &nodes, &[all_nodes()], p), None);
+        assert_eq!(elect(ip("198.19.0.1"), &served(), &nodes, &[], p), None, "no advertisement applies");
+    }
+
+    #[test]
+    fn the_knob_lets_an_excluded_node_announce() {
+        let mut only = node("minikube");
+        only.labels.insert(EXCLUDE_LABEL.into(), String::new());
+        let nodes = [only];
+        let addr = ip("198.19.0.1");
+        assert_eq!(elect(addr, &served(), &nodes, &[all_nodes()], Policy::default()), None);
+        let ignore = Policy { ignore_exclude_label: true };
+        assert_eq!(elect(addr, &served(), &nodes, &[all_nodes()], ignore), Some("minikube"));
+        // The knob is about the label only: the other exclusions still hold.
+        let mut down = nodes[0].clone();
+        down.network_unavailable = true;
+        assert_eq!(eligibility(&down, &served(), &[all_nodes()], ignore), Err(Ineligible::NetworkUnavailable));
     }
 
     #[test]

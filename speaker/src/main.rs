@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
+use ferrolb_speaker::election::Policy;
 use ferrolb_speaker::raw::Stats;
 use ferrolb_speaker::run::{self, Settings};
 use std::sync::Arc;
@@ -43,6 +44,10 @@ struct Args {
     /// A peer silent for this many milliseconds is dead and its addresses move.
     #[arg(long, default_value_t = 350)]
     dead_after_ms: u64,
+    /// Let nodes labelled node.kubernetes.io/exclude-from-external-load-balancers announce too (single-node
+    /// clusters label their only node). Every speaker must agree: set it for the whole DaemonSet.
+    #[arg(long, env = "FERROLB_IGNORE_EXCLUDE_LB")]
+    ignore_exclude_lb: bool,
 }
 
 fn render(stats: &Stats) -> String {
@@ -129,8 +134,10 @@ async fn main() -> anyhow::Result<()> {
         gossip_key: args.gossip_key.clone().filter(|k| !k.is_empty()).map(String::into_bytes),
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         dead_after: Duration::from_millis(args.dead_after_ms),
+        policy: Policy { ignore_exclude_label: args.ignore_exclude_lb },
     };
-    tracing::info!(node = %settings.node, gossip_port = args.gossip_port, "starting");
+    let (gossip_port, ignore_exclude_lb) = (args.gossip_port, args.ignore_exclude_lb);
+    tracing::info!(node = %settings.node, gossip_port, ignore_exclude_lb, "starting");
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
     let shutdown = async move {

@@ -1,7 +1,7 @@
 //! The speaker's I/O shell: watch what decides ownership, elect, keep the raw-socket responders' owned set
 //! current, and announce takeovers with gratuitous ARP.
 
-use crate::election::{self, NodeFacts};
+use crate::election::{self, NodeFacts, Policy};
 use crate::error::{Error, Result};
 use crate::iface::{self, InterfaceInfo};
 use crate::liveness::{self, Kind, Membership, Message, Verdict};
@@ -45,6 +45,8 @@ pub struct Settings {
     pub heartbeat: Duration,
     /// Silence after which a peer is dead.
     pub dead_after: Duration,
+    /// Who may announce (the same on every speaker).
+    pub policy: Policy,
 }
 
 /// Liveness shared between the protocol tasks and the election.
@@ -249,7 +251,7 @@ fn desired(
             let IpAddr::V4(v4) = ip else { continue };
             let Some((pool, _)) = pools.iter().find(|(_, c)| c.contains_usable(ip)) else { continue };
             let applicable = view::advertisements_for(pool, &svc, &ad_refs);
-            if election::elect(ip, &facts, &nodes, &applicable) != Some(settings.node.as_str()) {
+            if election::elect(ip, &facts, &nodes, &applicable, settings.policy) != Some(settings.node.as_str()) {
                 continue;
             }
             let allowed: BTreeSet<String> = applicable.iter().flat_map(|a| a.interfaces.iter().cloned()).collect();
