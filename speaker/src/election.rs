@@ -6,6 +6,9 @@
 //! out-of-service taint), have an interface the advertisement allows, and — for `externalTrafficPolicy: Local`
 //! — host a ready endpoint. The owner is the candidate with the lowest `hash(node, address)` (rendezvous
 //! hashing): addresses spread across nodes, and a node that leaves or joins moves only its own addresses.
+//!
+//! When there is no owner, [`decide`] says why ([`Nobody`]), per node when it comes to that, so the speaker
+//! can tell the user instead of silently answering nothing.
 
 use ferrolb_crds::selector::Selector;
 use std::collections::{BTreeMap, BTreeSet};
@@ -81,6 +84,39 @@ pub enum Ineligible {
     NoLocalEndpoint,
 }
 
+impl Ineligible {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Ineligible::SpeakerDown => "speaker_down",
+            Ineligible::Excluded => "excluded",
+            Ineligible::NetworkUnavailable => "network_unavailable",
+            Ineligible::OutOfService => "out_of_service",
+            Ineligible::NotSelected => "not_selected",
+            Ineligible::NoInterface => "no_interface",
+            Ineligible::NoLocalEndpoint => "no_local_endpoint",
+        }
+    }
+}
+
+/// The advertisements whose node selectors pick `node`.
+fn selecting<'a>(node: &NodeFacts, ads: &'a [Advertisement]) -> Vec<&'a Advertisement> {
+    ads.iter()
+        .filter(|a| a.node_selectors.is_empty() || a.node_selectors.iter().any(|s| s.matches(&node.labels)))
+        .collect()
+}
+
+/// The interface names `node` may answer on (empty: any, as in an advertisement). Only advertisements that
+/// select the node count, and one of them naming no interface allows any: another advertisement's list must
+/// not narrow it.
+pub fn allowed_interfaces(node: &NodeFacts, ads: &[Advertisement]) -> BTreeSet<String> {
+    let selecting = selecting(node, ads);
+    if selecting.iter().any(|a| a.interfaces.is_empty()) {
+        return BTreeSet::new();
+    }
+    selecting.iter().flat_map(|a| a.interfaces.iter().cloned()).collect()
+}
+
 /// Whether `node` may announce the Service's address.
 pub fn eligibility(
     node: &NodeFacts,
@@ -100,10 +136,7 @@ pub fn eligibility(
     if node.out_of_service {
         return Err(Ineligible::OutOfService);
     }
-    let selecting: Vec<&Advertisement> = ads
-        .iter()
-        .filter(|a| a.node_selectors.is_empty() || a.node_selectors.iter().any(|s| s.matches(&node.labels)))
-        .collect();
+    let selecting = selecting(node, ads);
     if selecting.is_empty() {
         return Err(Ineligible::NotSelected);
     }
@@ -144,18 +177,81 @@ pub fn owner<'a>(ip: IpAddr, candidates: impl IntoIterator<Item = &'a str>) -> O
     candidates.into_iter().min_by_key(|name| (score(name, ip), *name))
 }
 
-/// The node that announces `ip`, or `None` (no advertisement, no ready endpoint, or no eligible node).
-pub fn elect<'a>(
+/// Why nobody announces an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Nobody<'a> {
+    /// No L2Advertisement applies to the address's pool and the Service.
+    NoAdvertisement,
+    /// No endpoint of the Service is ready anywhere: there is nothing to send traffic to, whoever announced.
+    NoReadyEndpoints,
+    /// The view holds no nodes at all.
+    NoNodes,
+    /// Every node is ineligible, each for this reason (sorted by node name).
+    Ineligible(Vec<(&'a str, Ineligible)>),
+}
+
+impl Nobody<'_> {
+    /// Metric label: the Service-wide cause, or the nodes' common reason, or `mixed`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Nobody::NoAdvertisement => "no_advertisement",
+            Nobody::NoReadyEndpoints => "no_ready_endpoints",
+            Nobody::NoNodes => "no_nodes",
+            Nobody::Ineligible(reasons) => match reasons.split_first() {
+                Some(((_, first), rest)) if rest.iter().all(|(_, r)| r == first) => first.label(),
+                _ => "mixed",
+            },
+        }
+    }
+}
+
+/// The outcome of the election for one address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision<'a> {
+    /// This node announces it.
+    Owner(&'a str),
+    /// Nobody does, and why.
+    Nobody(Nobody<'a>),
+}
+
+impl<'a> Decision<'a> {
+    /// The owner, if any.
+    pub fn owner(&self) -> Option<&'a str> {
+        match self {
+            Decision::Owner(node) => Some(node),
+            Decision::Nobody(_) => None,
+        }
+    }
+}
+
+/// Who announces `ip`, or why nobody does.
+pub fn decide<'a>(
     ip: IpAddr,
     svc: &ServiceFacts,
     nodes: &'a [NodeFacts],
     ads: &[Advertisement],
     policy: Policy,
-) -> Option<&'a str> {
-    if ads.is_empty() || !svc.any_ready_endpoint {
-        return None;
+) -> Decision<'a> {
+    if ads.is_empty() {
+        return Decision::Nobody(Nobody::NoAdvertisement);
     }
-    owner(ip, nodes.iter().filter(|n| eligibility(n, svc, ads, policy).is_ok()).map(|n| n.name.as_str()))
+    if !svc.any_ready_endpoint {
+        return Decision::Nobody(Nobody::NoReadyEndpoints);
+    }
+    if nodes.is_empty() {
+        return Decision::Nobody(Nobody::NoNodes);
+    }
+    let verdicts: Vec<(&str, Result<(), Ineligible>)> =
+        nodes.iter().map(|n| (n.name.as_str(), eligibility(n, svc, ads, policy))).collect();
+    match owner(ip, verdicts.iter().filter(|(_, v)| v.is_ok()).map(|(name, _)| *name)) {
+        Some(node) => Decision::Owner(node),
+        None => {
+            let mut reasons: Vec<(&str, Ineligible)> =
+                verdicts.into_iter().filter_map(|(name, v)| v.err().map(|r| (name, r))).collect();
+            reasons.sort();
+            Decision::Nobody(Nobody::Ineligible(reasons))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -240,11 +336,19 @@ mod tests {
         let p = Policy::default();
         for i in 0..50 {
             let addr = IpAddr::from([198, 19, 0, i]);
-            assert_eq!(elect(addr, &svc, &nodes, &[all_nodes()], p), Some("b"));
+            assert_eq!(decide(addr, &svc, &nodes, &[all_nodes()], p), Decision::Owner("b"));
         }
         let none = ServiceFacts { any_ready_endpoint: false, ..served() };
-        assert_eq!(elect(ip("198.19.0.1"), &none, &nodes, &[all_nodes()], p), None);
-        assert_eq!(elect(ip("198.19.0.1"), &served(), &nodes, &[], p), None, "no advertisement applies");
+        assert_eq!(
+            decide(ip("198.19.0.1"), &none, &nodes, &[all_nodes()], p),
+            Decision::Nobody(Nobody::NoReadyEndpoints)
+        );
+        assert_eq!(
+            decide(ip("198.19.0.1"), &served(), &nodes, &[], p),
+            Decision::Nobody(Nobody::NoAdvertisement),
+            "no advertisement applies"
+        );
+        assert_eq!(decide(ip("198.19.0.1"), &served(), &[], &[all_nodes()], p), Decision::Nobody(Nobody::NoNodes));
     }
 
     #[test]
@@ -253,13 +357,69 @@ mod tests {
         only.labels.insert(EXCLUDE_LABEL.into(), String::new());
         let nodes = [only];
         let addr = ip("198.19.0.1");
-        assert_eq!(elect(addr, &served(), &nodes, &[all_nodes()], Policy::default()), None);
+        assert_eq!(
+            decide(addr, &served(), &nodes, &[all_nodes()], Policy::default()),
+            Decision::Nobody(Nobody::Ineligible(vec![("minikube", Ineligible::Excluded)]))
+        );
         let ignore = Policy { ignore_exclude_label: true };
-        assert_eq!(elect(addr, &served(), &nodes, &[all_nodes()], ignore), Some("minikube"));
+        assert_eq!(decide(addr, &served(), &nodes, &[all_nodes()], ignore), Decision::Owner("minikube"));
         // The knob is about the label only: the other exclusions still hold.
         let mut down = nodes[0].clone();
         down.network_unavailable = true;
         assert_eq!(eligibility(&down, &served(), &[all_nodes()], ignore), Err(Ineligible::NetworkUnavailable));
+    }
+
+    #[test]
+    fn nobody_names_every_node_with_its_reason_sorted_by_name() {
+        let mut c = node("c");
+        c.network_unavailable = true;
+        let mut a = node("a");
+        a.labels.insert(EXCLUDE_LABEL.into(), String::new());
+        let mut b = node("b");
+        b.speaker_alive = false;
+        let nodes = [c, a, b];
+        let d = decide(ip("198.19.0.1"), &served(), &nodes, &[all_nodes()], Policy::default());
+        let want =
+            vec![("a", Ineligible::Excluded), ("b", Ineligible::SpeakerDown), ("c", Ineligible::NetworkUnavailable)];
+        assert_eq!(d, Decision::Nobody(Nobody::Ineligible(want)));
+        assert_eq!(d.owner(), None);
+        let Decision::Nobody(why) = d else { unreachable!("asserted above") };
+        assert_eq!(why.label(), "mixed");
+        // One eligible node is enough: it is the owner, whatever the others' reasons.
+        let mut nodes = nodes.to_vec();
+        nodes.push(node("d"));
+        assert_eq!(decide(ip("198.19.0.1"), &served(), &nodes, &[all_nodes()], Policy::default()).owner(), Some("d"));
+    }
+
+    #[test]
+    fn metric_labels_name_the_common_reason() {
+        assert_eq!(Nobody::NoReadyEndpoints.label(), "no_ready_endpoints");
+        assert_eq!(Nobody::NoAdvertisement.label(), "no_advertisement");
+        let all_excluded = Nobody::Ineligible(vec![("a", Ineligible::Excluded), ("b", Ineligible::Excluded)]);
+        assert_eq!(all_excluded.label(), "excluded");
+        assert_eq!(Nobody::Ineligible(vec![]).label(), "mixed");
+    }
+
+    #[test]
+    fn only_advertisements_selecting_the_node_narrow_its_interfaces() {
+        let zone = |z: &str| {
+            Selector::parse(&LabelSelector {
+                match_labels: Some(BTreeMap::from([("zone".to_string(), z.to_string())])),
+                ..LabelSelector::default()
+            })
+            .expect("selector")
+        };
+        let on = |z: &str, ifaces: &[&str]| Advertisement {
+            node_selectors: vec![zone(z)],
+            interfaces: ifaces.iter().map(ToString::to_string).collect(),
+        };
+        let mut n = node("n");
+        n.labels.insert("zone".into(), "a".into());
+        let set = |v: &[&str]| v.iter().map(ToString::to_string).collect::<BTreeSet<String>>();
+        assert_eq!(allowed_interfaces(&n, &[on("a", &["eth1"]), on("b", &["eth2"])]), set(&["eth1"]));
+        assert_eq!(allowed_interfaces(&n, &[on("a", &["eth1"]), on("a", &["eth3"])]), set(&["eth1", "eth3"]));
+        assert_eq!(allowed_interfaces(&n, &[on("a", &["eth1"]), on("a", &[])]), set(&[]), "one allows any");
+        assert_eq!(allowed_interfaces(&n, &[on("b", &[]), on("a", &["eth1"])]), set(&["eth1"]));
     }
 
     #[test]

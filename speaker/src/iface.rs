@@ -37,15 +37,70 @@ impl InterfaceInfo {
 /// advertisements name interfaces, only those.
 pub fn usable<'a>(all: &'a [InterfaceInfo], allowed: &BTreeSet<String>) -> Vec<&'a InterfaceInfo> {
     all.iter()
-        .filter(|i| i.up && i.mac.is_some_and(|m| m != [0; 6]) && !i.ipv4.is_empty())
-        .filter(|i| {
-            if allowed.is_empty() {
-                !EXCLUDED_PREFIXES.iter().any(|p| i.name.starts_with(p))
-            } else {
-                allowed.contains(&i.name)
-            }
-        })
+        .filter(|i| can_answer(i))
+        .filter(|i| if allowed.is_empty() { !excluded_by_name(&i.name) } else { allowed.contains(&i.name) })
         .collect()
+}
+
+fn can_answer(i: &InterfaceInfo) -> bool {
+    i.up && i.mac.is_some_and(|m| m != [0; 6]) && !i.ipv4.is_empty()
+}
+
+fn excluded_by_name(name: &str) -> bool {
+    EXCLUDED_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Why no interface may answer here (the node was elected, yet the address would go unanswered).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unusable {
+    /// No interface is up with a MAC and an IPv4 address.
+    NoneUp,
+    /// The advertisements name these interfaces, and none of them is up here with a MAC and an IPv4 address.
+    NotInAdvertisement(BTreeSet<String>),
+    /// Every interface that could answer has a name excluded by default (veths, bridges, overlays…).
+    ExcludedByName(Vec<String>),
+}
+
+impl Unusable {
+    /// Metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Unusable::NoneUp => "none_up",
+            Unusable::NotInAdvertisement(_) => "not_in_advertisement",
+            Unusable::ExcludedByName(_) => "excluded_by_name",
+        }
+    }
+
+    /// For a human: what is wrong and what would fix it.
+    pub fn describe(&self) -> String {
+        match self {
+            Unusable::NoneUp => "no interface is up with a MAC and an IPv4 address".into(),
+            Unusable::NotInAdvertisement(allowed) => format!(
+                "none of the L2Advertisement's interfaces ({}) is up with a MAC and an IPv4 address",
+                allowed.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+            ),
+            Unusable::ExcludedByName(names) => format!(
+                "every interface that is up ({}) is excluded by name; list the right one in the L2Advertisement's \
+                 interfaces",
+                names.join(", ")
+            ),
+        }
+    }
+}
+
+/// Why [`usable`] is empty for these arguments; `None` when it is not.
+pub fn why_unusable(all: &[InterfaceInfo], allowed: &BTreeSet<String>) -> Option<Unusable> {
+    if !usable(all, allowed).is_empty() {
+        return None;
+    }
+    let up: Vec<&InterfaceInfo> = all.iter().filter(|i| can_answer(i)).collect();
+    Some(if !allowed.is_empty() {
+        Unusable::NotInAdvertisement(allowed.clone())
+    } else if up.is_empty() {
+        Unusable::NoneUp
+    } else {
+        Unusable::ExcludedByName(up.iter().map(|i| i.name.clone()).collect())
+    })
 }
 
 /// Interfaces that answer for `ip`: the usable ones whose subnet holds it, or every usable one when none does
@@ -96,6 +151,27 @@ mod tests {
         let names = |v: Vec<&InterfaceInfo>| v.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(usable(&all, &BTreeSet::new())), ["eth0"]);
         assert_eq!(names(usable(&all, &BTreeSet::from(["veth12ab".to_string()]))), ["veth12ab"], "named explicitly");
+    }
+
+    #[test]
+    fn says_why_no_interface_may_answer() {
+        let down = InterfaceInfo { up: false, ..iface("eth0", "10.0.0.5", 24) };
+        let bridge = iface("cni0", "10.244.0.1", 24);
+        let none = BTreeSet::new();
+        assert_eq!(why_unusable(&[iface("eth0", "10.0.0.5", 24)], &none), None);
+        let lo = InterfaceInfo { mac: Some([0; 6]), ..iface("lo", "127.0.0.1", 8) };
+        assert_eq!(why_unusable(&[down.clone(), lo], &none), Some(Unusable::NoneUp));
+        assert_eq!(
+            why_unusable(&[down.clone(), bridge.clone()], &none),
+            Some(Unusable::ExcludedByName(vec!["cni0".into()]))
+        );
+        let eth0 = BTreeSet::from(["eth0".to_string()]);
+        let why = why_unusable(&[down, bridge], &eth0);
+        assert_eq!(why, Some(Unusable::NotInAdvertisement(eth0)));
+        assert_eq!(
+            why.map(|w| w.describe()).as_deref(),
+            Some("none of the L2Advertisement's interfaces (eth0) is up with a MAC and an IPv4 address")
+        );
     }
 
     #[test]

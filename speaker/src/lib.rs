@@ -5,6 +5,7 @@
 //! speakers and the Kubernetes shell come next (see the README's status table).
 
 pub mod arp;
+pub mod diagnose;
 pub mod election;
 pub mod error;
 pub mod iface;

@@ -251,7 +251,9 @@ fn desired(
             let IpAddr::V4(v4) = ip else { continue };
             let Some((pool, _)) = pools.iter().find(|(_, c)| c.contains_usable(ip)) else { continue };
             let applicable = view::advertisements_for(pool, &svc, &ad_refs);
-            if election::elect(ip, &facts, &nodes, &applicable, settings.policy) != Some(settings.node.as_str()) {
+            if election::decide(ip, &facts, &nodes, &applicable, settings.policy).owner()
+                != Some(settings.node.as_str())
+            {
                 continue;
             }
             let allowed: BTreeSet<String> = applicable.iter().flat_map(|a| a.interfaces.iter().cloned()).collect();
