@@ -5,6 +5,7 @@ use clap::Parser;
 use ferrolb_speaker::election::Policy;
 use ferrolb_speaker::raw::Stats;
 use ferrolb_speaker::run::{self, Settings};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -50,6 +51,16 @@ struct Args {
     ignore_exclude_lb: bool,
 }
 
+/// A gauge with a `reason` label.
+fn gauge(out: &mut String, name: &str, help: &str, values: &std::sync::Mutex<BTreeMap<&'static str, u64>>) {
+    out.push_str(&format!("# HELP ferrolb_speaker_{name} {help}\n# TYPE ferrolb_speaker_{name} gauge\n"));
+    if let Ok(values) = values.lock() {
+        for (reason, n) in values.iter() {
+            out.push_str(&format!("ferrolb_speaker_{name}{{reason=\"{reason}\"}} {n}\n"));
+        }
+    }
+}
+
 fn render(stats: &Stats) -> String {
     let mut out = String::new();
     let mut line = |name: &str, help: &str, value: u64| {
@@ -77,6 +88,18 @@ fn render(stats: &Stats) -> String {
             out.push_str(&format!("ferrolb_speaker_arp_drops_total{{reason=\"{reason}\"}} {n}\n"));
         }
     }
+    gauge(
+        &mut out,
+        "unannounced_addresses",
+        "Service addresses nobody may announce, by reason (exported by one speaker, the reporting one)",
+        &stats.unannounced,
+    );
+    gauge(
+        &mut out,
+        "announce_failed_addresses",
+        "Service addresses this node won but cannot answer for (no usable interface), by reason",
+        &stats.announce_failed,
+    );
     out.push_str("# HELP ferrolb_speaker_gossip_rejects Liveness datagrams rejected, by reason\n# TYPE ferrolb_speaker_gossip_rejects counter\n");
     if let Ok(rejects) = stats.gossip_rejects.lock() {
         for (reason, n) in rejects.iter() {

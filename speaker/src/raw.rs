@@ -68,6 +68,10 @@ pub struct Stats {
     pub releases: AtomicU64,
     /// Liveness datagrams rejected, by reason label.
     pub gossip_rejects: Mutex<BTreeMap<&'static str, u64>>,
+    /// Service addresses nobody may announce, by reason label (counted by the reporting speaker only).
+    pub unannounced: Mutex<BTreeMap<&'static str, u64>>,
+    /// Service addresses this node won but cannot answer for, by reason label.
+    pub announce_failed: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// Addresses owned, and the interfaces each is answered on.

@@ -135,14 +135,7 @@ impl Reporter {
             }
         }
         for ((ns, name), announced) in &plan.takeovers {
-            let regarding = ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Service".into()),
-                name: Some(name.clone()),
-                namespace: Some(ns.clone()),
-                uid: Some(announced.uid.clone()),
-                ..ObjectReference::default()
-            };
+            let regarding = service_ref(ns, name, &announced.uid);
             let ips: Vec<String> = announced.ips.iter().map(ToString::to_string).collect();
             let ifaces: Vec<&str> = announced.interfaces.iter().map(String::as_str).collect();
             let note = format!("announcing {} from node {} on {}", ips.join(", "), self.node, ifaces.join(", "));
@@ -160,7 +153,44 @@ impl Reporter {
     }
 }
 
+/// A Service as an Event's subject; the Event goes into the Service's namespace.
+fn service_ref(namespace: &str, name: &str, uid: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Service".into()),
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        uid: Some(uid.into()),
+        ..ObjectReference::default()
+    }
+}
+
 impl Reporter {
+    /// An Event on a Service `(namespace, name)` with this uid, in the background.
+    pub fn service_event(
+        &self,
+        kind: &'static str,
+        reason: &'static str,
+        (namespace, name): &(String, String),
+        uid: &str,
+        note: String,
+    ) {
+        let this = self.clone();
+        let regarding = service_ref(namespace, name, uid);
+        tokio::spawn(async move {
+            let event = ferrolb_controller::events::EventSpec {
+                kind,
+                reason,
+                note,
+                controller: "ferrolb.io/speaker",
+                instance: &this.node,
+            };
+            if let Err(e) = ferrolb_controller::events::publish(&this.client, regarding, event).await {
+                tracing::warn!(error = %e, "cannot publish Event");
+            }
+        });
+    }
+
     /// An Event on this node's Node object, in the background.
     pub fn node_event(&self, kind: &'static str, reason: &'static str, note: String) {
         let this = self.clone();

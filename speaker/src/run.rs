@@ -1,7 +1,8 @@
 //! The speaker's I/O shell: watch what decides ownership, elect, keep the raw-socket responders' owned set
 //! current, and announce takeovers with gratuitous ARP.
 
-use crate::election::{self, NodeFacts, Policy};
+use crate::diagnose::{self, Cause, Problem};
+use crate::election::{self, Decision, NodeFacts, Policy};
 use crate::error::{Error, Result};
 use crate::iface::{self, InterfaceInfo};
 use crate::liveness::{self, Kind, Membership, Message, Verdict};
@@ -175,7 +176,6 @@ struct Stores {
     pools: Store<IPAddressPool>,
 }
 
-/// For every address this node should answer: the interfaces to answer on (pure over the stores' contents).
 /// A Service this node announces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Announced {
@@ -194,6 +194,12 @@ pub struct Announcements {
     pub per_ip: BTreeMap<Ipv4Addr, BTreeSet<String>>,
     /// Service → what is announced for it.
     pub services: BTreeMap<(String, String), Announced>,
+    /// Service → why nobody may announce some of its addresses (every speaker sees the same).
+    pub unannounced: BTreeMap<(String, String), Problem>,
+    /// Service → its addresses this node won but cannot answer for.
+    pub failed: BTreeMap<(String, String), Problem>,
+    /// This node is the one that tells users about `unannounced`.
+    pub reporter: bool,
 }
 
 fn desired(
@@ -231,7 +237,9 @@ fn desired(
     let ads: Vec<Arc<L2Advertisement>> = s.ads.state();
     let ad_refs: Vec<&L2Advertisement> = ads.iter().map(AsRef::as_ref).collect();
     let slices = s.slices.state();
-    let mut out = Announcements::default();
+    let my_facts = nodes.iter().find(|n| n.name == settings.node);
+    let mut out =
+        Announcements { reporter: diagnose::reporter(&nodes) == Some(settings.node.as_str()), ..Default::default() };
     for svc in s.services.state() {
         if !is_managed(&svc, settings.load_balancer_class.as_deref()) {
             continue;
@@ -247,33 +255,91 @@ fn desired(
             .map(AsRef::as_ref)
             .collect();
         let facts = view::service_facts(&svc, &own_slices);
+        let uid = svc.metadata.uid.clone().unwrap_or_default();
+        let (mut nobody, mut failed): (Vec<Cause>, Vec<Cause>) = (Vec::new(), Vec::new());
         for ip in ferrolb_controller::status::current_ingress(&svc) {
             let IpAddr::V4(v4) = ip else { continue };
             let Some((pool, _)) = pools.iter().find(|(_, c)| c.contains_usable(ip)) else { continue };
             let applicable = view::advertisements_for(pool, &svc, &ad_refs);
-            if election::decide(ip, &facts, &nodes, &applicable, settings.policy).owner()
-                != Some(settings.node.as_str())
-            {
+            match election::decide(ip, &facts, &nodes, &applicable, settings.policy) {
+                Decision::Nobody(why) => {
+                    nobody.push((v4, why.label(), diagnose::explain(&why)));
+                    continue;
+                }
+                Decision::Owner(owner) if owner == settings.node => {}
+                Decision::Owner(_) => continue,
+            }
+            let allowed = my_facts.map(|n| election::allowed_interfaces(n, &applicable)).unwrap_or_default();
+            if let Some(why) = iface::why_unusable(interfaces, &allowed) {
+                failed.push((v4, why.label(), why.describe()));
                 continue;
             }
-            let allowed: BTreeSet<String> = applicable.iter().flat_map(|a| a.interfaces.iter().cloned()).collect();
             let usable = iface::usable(interfaces, &allowed);
             let on: BTreeSet<String> = iface::for_address(&usable, v4).iter().map(|i| i.name.clone()).collect();
-            if on.is_empty() {
-                tracing::warn!(service = %format!("{namespace}/{name}"), ip = %v4, "elected, but no usable interface here");
-                continue;
-            }
-            out.per_ip.entry(v4).or_insert_with(BTreeSet::new).extend(on.clone());
+            out.per_ip.entry(v4).or_default().extend(on.clone());
             let entry = out.services.entry((namespace.clone(), name.clone())).or_insert_with(|| Announced {
-                uid: svc.metadata.uid.clone().unwrap_or_default(),
+                uid: uid.clone(),
                 ips: BTreeSet::new(),
                 interfaces: BTreeSet::new(),
             });
             entry.ips.insert(v4);
             entry.interfaces.extend(on);
         }
+        if !nobody.is_empty() {
+            out.unannounced.insert((namespace.clone(), name.clone()), diagnose::nobody(&uid, &nobody));
+        }
+        if !failed.is_empty() {
+            out.failed.insert((namespace, name), diagnose::announce_failed(&uid, &settings.node, &failed));
+        }
     }
     out
+}
+
+/// Replaces a gauge's values; labels seen before stay at 0 so their series do not vanish.
+fn set_gauge(gauge: &std::sync::Mutex<BTreeMap<&'static str, u64>>, now: BTreeMap<&'static str, u64>) {
+    if let Ok(mut g) = gauge.lock() {
+        g.values_mut().for_each(|v| *v = 0);
+        g.extend(now);
+    }
+}
+
+/// Says, on change only, which Services have addresses nobody may announce. Every speaker keeps track so that
+/// a new reporter (the previous one died) does not repeat what was already said; only the reporter speaks.
+fn tell_unannounced(
+    reporter: &report::Reporter,
+    stats: &Stats,
+    before: &BTreeMap<(String, String), Problem>,
+    now: &Announcements,
+) {
+    if !now.reporter {
+        set_gauge(&stats.unannounced, BTreeMap::new());
+        return;
+    }
+    set_gauge(&stats.unannounced, diagnose::count(now.unannounced.values()));
+    for (key, problem) in diagnose::changed(before, &now.unannounced) {
+        let service = format!("{}/{}", key.0, key.1);
+        tracing::warn!(%service, reason = diagnose::NO_ELIGIBLE_NODE, "{}", problem.note);
+        reporter.service_event("Warning", diagnose::NO_ELIGIBLE_NODE, key, &problem.uid, problem.note.clone());
+    }
+    for (namespace, name) in before.keys().filter(|k| !now.unannounced.contains_key(*k)) {
+        let service = format!("{namespace}/{name}");
+        tracing::info!(%service, "every address has an owner again (or the Service is gone)");
+    }
+}
+
+/// Says, on change only, which Services have addresses this node won but cannot answer for.
+fn tell_failed(
+    reporter: &report::Reporter,
+    stats: &Stats,
+    before: &BTreeMap<(String, String), Problem>,
+    now: &BTreeMap<(String, String), Problem>,
+) {
+    set_gauge(&stats.announce_failed, diagnose::count(now.values()));
+    for (key, problem) in diagnose::changed(before, now) {
+        let service = format!("{}/{}", key.0, key.1);
+        tracing::warn!(%service, reason = diagnose::ANNOUNCE_FAILED, "{}", problem.note);
+        reporter.service_event("Warning", diagnose::ANNOUNCE_FAILED, key, &problem.uid, problem.note.clone());
+    }
 }
 
 /// Peers' liveness addresses: every other node's first InternalIPv4.
@@ -363,6 +429,7 @@ pub async fn run(
     let reporter =
         report::Reporter { client: client.clone(), namespace: settings.namespace.clone(), node: settings.node.clone() };
     let mut last_services = BTreeMap::new();
+    let (mut last_unannounced, mut last_failed) = (BTreeMap::new(), BTreeMap::new());
     let mut ipvs_warned = false;
     let mut last_refresh = std::time::Instant::now();
     let listening_since = std::time::Instant::now();
@@ -408,6 +475,14 @@ pub async fn run(
                 reporter.report(&last_services, &announcements.services, &l2statuses.state());
                 last_services = announcements.services.clone();
             }
+            // Before liveness has settled this speaker may count peers alive that are not (or the reverse), and
+            // would tell users about a view that is about to change.
+            if gossip.is_none() || heard_long_enough {
+                tell_unannounced(&reporter, &stats, &last_unannounced, &announcements);
+                last_unannounced = announcements.unannounced.clone();
+            }
+            tell_failed(&reporter, &stats, &last_failed, &announcements.failed);
+            last_failed = announcements.failed.clone();
             let want = announcements.per_ip;
             let needed: BTreeSet<&String> = want.values().flatten().collect();
             responders.retain(|name, _| needed.contains(name) || interfaces.iter().any(|i| &i.name == name));

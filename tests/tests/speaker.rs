@@ -66,9 +66,9 @@ async fn wait_status_nodes(client: &kube::Client, service: &str, nodes: &[&str])
     .await;
 }
 
-/// Waits for an Event on a kube-system Service whose message contains `needle`.
-async fn wait_event(client: &kube::Client, service: &str, needle: &str) {
-    let api: Api<Event> = Api::namespaced(client.clone(), "kube-system");
+/// Waits for an Event on a Service whose message contains `needle`.
+async fn wait_event(client: &kube::Client, namespace: &str, service: &str, needle: &str) {
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
     let what = format!("an Event on {service} saying {needle:?}");
     eventually(&what, Duration::from_secs(30), || async {
         let list = api.list(&ListParams::default().fields(&format!("involvedObject.name={service}"))).await.ok()?;
@@ -112,7 +112,7 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
     assert_eq!(tcp, Ok(owner.clone()), "TCP 53 through the static route");
     // "Which node announces this IP?": a ServiceL2Status and an Event say so.
     wait_status_nodes(&client, "dns-svc-lb", &[&owner]).await;
-    wait_event(&client, "dns-svc-lb", &format!("announcing {vip} from node {owner} on eth0")).await;
+    wait_event(&client, "kube-system", "dns-svc-lb", &format!("announcing {vip} from node {owner} on eth0")).await;
 
     // A shared address has one responder for all its Services.
     let shared = seed("shared-ip.yaml").replace("172.17.255.10", "198.19.0.10");
@@ -144,6 +144,14 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(answering_nodes(&lab, &lonely_ip), Vec::<String>::new(), "no endpoints: nobody answers");
+    // ...and one speaker says why, on the Service, in the Service's namespace.
+    wait_event(
+        &client,
+        "default",
+        "lonely",
+        &format!("nobody announces {lonely_ip}: the Service has no ready endpoints"),
+    )
+    .await;
 
     // The exclude label takes a node out; NetworkUnavailable too.
     let node_api: Api<Node> = Api::all(client.clone());
@@ -154,6 +162,21 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
     wait_answered_by(&lab, &vip, &[&next]).await;
     let unlabel = json!({"metadata": {"labels": {election::EXCLUDE_LABEL: null}}});
     node_api.patch(&owner, &PatchParams::default(), &Patch::Merge(&unlabel)).await.expect("unlabel");
+    wait_answered_by(&lab, &vip, &[&owner]).await;
+    // Every node labelled (a kubeadm single-node cluster, three times over): nobody answers, and the Service
+    // says why and which chart value helps, instead of silence.
+    for n in nodes {
+        node_api.patch(n, &PatchParams::default(), &Patch::Merge(&label)).await.expect("label");
+    }
+    wait_answered_by(&lab, &vip, &[]).await;
+    let why = format!(
+        "nobody announces {vip}: all 3 nodes are not eligible (label {}); set speaker.ignoreExcludeLB=true",
+        election::EXCLUDE_LABEL
+    );
+    wait_event(&client, "kube-system", "dns-svc-lb", &why).await;
+    for n in nodes {
+        node_api.patch(n, &PatchParams::default(), &Patch::Merge(&unlabel)).await.expect("unlabel");
+    }
     wait_answered_by(&lab, &vip, &[&owner]).await;
 
     // NetworkUnavailable=True takes a node out, like the exclude label; False brings it back.
@@ -236,7 +259,7 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
     assert_eq!(resumed, format!("{next} probe"));
     // The new owner says so, and removes the dead owner's stale status object.
     wait_status_nodes(&client, "dns-svc-lb", &[&next]).await;
-    wait_event(&client, "dns-svc-lb", &format!("announcing {vip} from node {next} on eth0")).await;
+    wait_event(&client, "kube-system", "dns-svc-lb", &format!("announcing {vip} from node {next} on eth0")).await;
 
     // Revived: ownership returns to the hash's choice and stays there.
     lab.ok(&["revive", &owner]);
