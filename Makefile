@@ -3,9 +3,18 @@ CARGO ?= cargo
 
 HELM_KUBE_VERSION := 1.35.4
 
-.PHONY: test fmt-check clippy unit chart crds bench-alloc demo lab-up lab-down fuzz
+.PHONY: test fmt-check clippy unit chart crds bench-alloc demo lab-up lab-down fuzz images deps
 
-test: fmt-check clippy chart unit
+test: deps fmt-check clippy chart unit
+
+# What the lab's real nodes and `make images` need from Debian (installed once; a no-op when present).
+DEB_PACKAGES := containerd runc containernetworking-plugins umoci skopeo nftables gcc libc6-dev
+deps:
+	@bash tests/lab/install-deps.sh $(DEB_PACKAGES)
+
+# Container images without Docker or a registry: target/images/*.tar (controller, speaker, the lab's pause).
+images: deps
+	bash images/build.sh
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -13,8 +22,8 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# The lab's end-to-end tests start the binaries, so build them all first.
-unit:
+# The lab's end-to-end tests start the binaries and (real nodes) import the images, so build them all first.
+unit: images
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
@@ -38,8 +47,8 @@ bench-alloc:
 demo:
 	bash scripts/demo.sh
 
-lab-up:
-	$(CARGO) run -q --release -p ferrolb-tests --bin ferrolb-lab -- up
+lab-up: images
+	$(CARGO) run -q --release -p ferrolb-tests --bin ferrolb-lab -- up --kubelets
 
 lab-down:
 	$(CARGO) run -q --release -p ferrolb-tests --bin ferrolb-lab -- down

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# `make images`: builds ferrolb's container images on this machine with no Docker daemon and no registry.
+#
+# Binaries are static (glibc with crt-static: the musl target cannot be installed without rustup's own
+# servers), images are assembled from an empty base by umoci (OCI layout, one layer per binary) and written by
+# skopeo as docker-archive tarballs, the format `ctr images import`, `kind load image-archive`,
+# `minikube image load` and `docker load` all accept. umoci + skopeo come from Debian; buildah would need a
+# containers/storage root, crane a Go build and a registry for `mutate`.
+# The layout matches the Dockerfile's targets: entrypoint /ferrolb-<name>, controller as 65532:65532, speaker
+# as root (an AF_PACKET socket needs CAP_NET_RAW in the effective set, which a non-root user does not keep).
+#
+# Also builds the lab's pause image (the pod sandbox; no registry to pull registry.k8s.io/pause from).
+# Output: target/images/*.tar; prints each image's size.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${IMAGES_DIR:-target/images}"
+TARGET=x86_64-unknown-linux-gnu
+VERSION="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/ferrolb/Chart.yaml)"
+step() { printf '[images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+for tool in umoci skopeo cc; do
+  command -v "$tool" >/dev/null || { echo "images: $tool missing (apt-get install umoci skopeo gcc; make deps does it)" >&2; exit 1; }
+done
+
+step "cargo build --release (static, $TARGET) ferrolb-controller ferrolb-speaker"
+# --target keeps these flags off build scripts and the host build in target/release.
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+  cargo build --release --locked -q --target "$TARGET" -p ferrolb-controller -p ferrolb-speaker
+BIN="target/$TARGET/release"
+
+WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT
+mkdir -p "$OUT" "$WORK/rootfs"
+step "pause (static C)"
+cc -static -Os -s -o "$WORK/pause" images/pause.c
+
+# image NAME TAG FILE ENTRYPOINT USER PORT...: one-layer image holding FILE at /ENTRYPOINT.
+image() {
+  local name="$1" tag="$2" file="$3" entry="$4" user="$5"; shift 5
+  local layout="$WORK/oci-${name//\//-}" archive="$OUT/${name//\//-}-$tag.tar"
+  umoci init --layout "$layout"
+  umoci new --image "$layout:$tag"
+  umoci insert --image "$layout:$tag" --history.created_by "images/build.sh: $entry" "$file" "$entry"
+  local config=(--image "$layout:$tag" --os linux --architecture amd64 --config.entrypoint "$entry"
+                --config.user "$user" --author ferrolb --history.created_by "images/build.sh: config")
+  for port in "$@"; do config+=(--config.exposedports "$port"); done
+  umoci config "${config[@]}"
+  umoci gc --layout "$layout"
+  rm -f "$archive"
+  skopeo copy --quiet "oci:$layout:$tag" "docker-archive:$archive:$name:$tag"
+  printf '%-32s %8s  %s\n' "$name:$tag" "$(du -h "$archive" | cut -f1)" "$archive"
+}
+
+# The release profile keeps line tables for backtraces on this machine; images ship without symbols.
+strip -o "$WORK/ferrolb-controller" "$BIN/ferrolb-controller"
+strip -o "$WORK/ferrolb-speaker" "$BIN/ferrolb-speaker"
+image ferrolb/controller "$VERSION" "$WORK/ferrolb-controller" /ferrolb-controller 65532:65532 7472/tcp
+image ferrolb/speaker "$VERSION" "$WORK/ferrolb-speaker" /ferrolb-speaker 0:0 7473/tcp 7946/udp
+image ferrolb-lab/pause 1 "$WORK/pause" /pause 65535:65535
