@@ -37,6 +37,11 @@ pub fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
     renewed.checked_add(SignedDuration::from_secs(seconds)).is_ok_and(|until| until < now)
 }
 
+/// Whether anyone may take the lease at `now`: released by its holder (no holder) or expired (pure).
+pub fn free(spec: &LeaseSpec, now: Timestamp) -> bool {
+    spec.holder_identity.as_deref().is_none_or(str::is_empty) || expired(spec, now)
+}
+
 /// Tries once to take or keep the lease; `Ok(true)` while we hold it.
 pub async fn try_acquire(api: &Api<Lease>, s: &LeaseSettings) -> Result<bool> {
     let now = Timestamp::now();
@@ -61,7 +66,7 @@ pub async fn try_acquire(api: &Api<Lease>, s: &LeaseSettings) -> Result<bool> {
     };
     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
     let ours = spec.holder_identity.as_deref() == Some(s.identity.as_str());
-    if !ours && !expired(spec, now) {
+    if !ours && !free(spec, now) {
         return Ok(false);
     }
     if !ours {
@@ -81,14 +86,23 @@ pub async fn try_acquire(api: &Api<Lease>, s: &LeaseSettings) -> Result<bool> {
 
 /// Waits until this replica holds the lease.
 pub async fn acquire(client: &Client, s: &LeaseSettings) -> Api<Lease> {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
     let api: Api<Lease> = Api::namespaced(client.clone(), &s.namespace);
+    // A standby wakes as soon as the lease changes, so when a leader stops cleanly and releases it, the
+    // standby takes over at once, not a replacement replica that is only starting (it would win a plain poll).
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", s.name));
+    let mut changes = std::pin::pin!(watcher(api.clone(), config).default_backoff());
     loop {
         match try_acquire(&api, s).await {
             Ok(true) => return api,
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "leader election: cannot read or write the lease"),
         }
-        tokio::time::sleep(s.renew_every).await;
+        tokio::select! {
+            () = tokio::time::sleep(s.renew_every) => {}
+            _ = changes.next() => {}
+        }
     }
 }
 
@@ -121,5 +135,22 @@ mod tests {
         assert!(!expired(&spec, t(115)));
         assert!(expired(&spec, t(116)));
         assert!(expired(&LeaseSpec::default(), t(0)), "never renewed");
+    }
+
+    #[test]
+    fn a_released_lease_is_free_at_once_and_a_held_one_only_once_expired() {
+        let t = |s: i64| Timestamp::from_second(s).expect("time");
+        let held = LeaseSpec {
+            holder_identity: Some("ferrolb-controller-a".into()),
+            renew_time: Some(MicroTime(t(100))),
+            lease_duration_seconds: Some(15),
+            ..LeaseSpec::default()
+        };
+        assert!(!free(&held, t(101)));
+        assert!(free(&held, t(116)));
+        let released = LeaseSpec { holder_identity: None, ..held.clone() };
+        assert!(free(&released, t(101)), "a clean stop hands the lease over without waiting");
+        let emptied = LeaseSpec { holder_identity: Some(String::new()), ..held };
+        assert!(free(&emptied, t(101)));
     }
 }
