@@ -12,22 +12,27 @@ run()  { printf '\033[2m$ %s\033[0m\n' "$*"; "$@"; }
 [ "$(id -u)" = 0 ] || { echo "make demo needs root (network namespaces)"; exit 1; }
 command -v kubectl >/dev/null || { echo "make demo needs kubectl on PATH"; exit 1; }
 
-say "1. Build (release). The control plane is built from the Go module proxy on first use and cached in /var/cache/ferrolb."
+say "1. Build (release) and the container images, without Docker or a registry. The Kubernetes binaries are"
+note "built from the Go module proxy on first use and cached in /var/cache/ferrolb."
 run cargo build --release -q --workspace --bins
+run make -s images
 LAB=target/release/ferrolb-lab
 
-say "2. Bring up the lab: etcd + kube-apiserver (RBAC) + kube-controller-manager, 3 nodes, a host namespace;"
-note "then 'helm install' of charts/ferrolb into metallb-system, and ferrolb-controller running with the token"
-note "of the chart's ServiceAccount, so the chart's RBAC is exactly what it gets."
+say "2. Bring up the lab: etcd + kube-apiserver (RBAC) + kube-controller-manager + kube-scheduler, and 3 nodes"
+note "each running containerd and a real kubelet in its own network namespace, plus a host namespace;"
+note "the images are imported into every node, then 'helm install' of charts/ferrolb into metallb-system."
 "$LAB" down >/dev/null 2>&1 || true   # a fresh lab each time, so the story is the same
-run "$LAB" up --nodes 3 >/dev/null
+run "$LAB" up --nodes 3 --kubelets >/dev/null
 export KUBECONFIG="$("$LAB" kubeconfig)"
 run "$LAB" status
 run kubectl get nodes -o wide
+note "ferrolb runs as the chart's pods, started by the kubelets: 2 controller replicas (leader election) and"
+note "one hostNetwork speaker per node (NET_RAW only, read-only root filesystem)."
+run kubectl get pods -n metallb-system -o wide
 
 say "3. What Helm installed (CRDs generated from the Rust types; no admission webhook anywhere)."
 run kubectl get crds
-run kubectl get deploy,sa,role,rolebinding,secret -n metallb-system
+run kubectl get deploy,ds,sa,role,rolebinding,secret -n metallb-system
 
 say "4. Apply the user's MetalLB manifests, unchanged."
 run kubectl apply -f examples/seed/ipaddresspool.yaml -f examples/seed/l2advertisement.yaml
@@ -101,15 +106,16 @@ spec: {addresses: [198.19.0.1-198.19.0.254]}
 apiVersion: v1
 kind: Pod
 metadata: {name: coredns-a, namespace: kube-system, labels: {k8s-app: kube-dns}}
-spec: {nodeName: node-1, containers: [{name: coredns, image: lab/coredns}]}
+spec: {nodeName: node-1, containers: [{name: coredns, image: ferrolb-lab/pause:1}]}
 ---
 apiVersion: v1
 kind: Pod
 metadata: {name: coredns-b, namespace: kube-system, labels: {k8s-app: kube-dns}}
-spec: {nodeName: node-3, containers: [{name: coredns, image: lab/coredns}]}
+spec: {nodeName: node-3, containers: [{name: coredns, image: ferrolb-lab/pause:1}]}
 YAML
 run kubectl delete ipaddresspool default -n metallb-system
-sleep 3
+run kubectl wait --for=condition=Ready pod/coredns-a pod/coredns-b -n kube-system --timeout=90s
+sleep 2
 run kubectl get svc -A --field-selector spec.type=LoadBalancer
 VIP=$(kubectl get svc dns-svc-lb -n kube-system -o jsonpath='{.status.loadBalancer.ingress[0].ip}')
 
@@ -122,7 +128,7 @@ run "$LAB" exec host -- "$LAB" probe udp "$VIP:53"
 run "$LAB" exec host -- "$LAB" probe tcp "$VIP:53"
 OWNER=$("$LAB" exec host -- "$LAB" probe tcp "$VIP:53")
 
-say "11. Hard failure of $OWNER: SIGKILL its speaker, stop its heartbeats, pull its cable."
+say "11. Hard failure of $OWNER: SIGKILL its kubelet, containerd and pods (the speaker pod too), pull its cable."
 note "Speakers hear each other every 100 ms (HMAC-signed); after 350 ms of silence the address moves and the new owner sends gratuitous ARP."
 run "$LAB" kill "$OWNER"
 start=$(date +%s.%N)
@@ -130,7 +136,12 @@ until answer=$("$LAB" exec host -- "$LAB" probe udp "$VIP:53" --timeout-ms 200 2
 printf '   answered again after %.1f s by: %s\n' "$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{print b-a}')" "$answer"
 run "$LAB" exec host -- "$LAB" arping "$VIP"
 run "$LAB" revive "$OWNER"
-sleep 3
+note "its kubelet starts again and restarts the speaker pod"
+for _ in $(seq 120); do
+  [ "$("$LAB" exec host -- "$LAB" probe udp "$VIP:53" --timeout-ms 300 2>/dev/null)" = "$OWNER probe" ] && break
+  sleep 0.5
+done
+run kubectl get pods -n metallb-system -o wide
 run "$LAB" exec host -- "$LAB" probe udp "$VIP:53"
 note "revived: ownership returns to $OWNER (rendezvous hashing moves only that node's addresses)"
 

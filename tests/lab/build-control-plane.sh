@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the lab's control plane (etcd, kube-apiserver, kube-controller-manager) and helm from the Go
-# module proxy, once, into a cache outside the repo keyed by version. Re-running is a no-op when cached.
+# Builds the lab's control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler), the node
+# binaries (kubelet, kube-proxy) and helm from the Go module proxy, once, into a cache outside the repo keyed by version. Re-running is a no-op when cached.
 # Why a wrapper module: k8s.io/kubernetes points its staging modules at ./staging via `replace`, which Go
 # ignores in dependencies, so we generate matching replace lines from the tag's own go.mod.
 set -euo pipefail
@@ -13,9 +13,10 @@ STAGING="v0.${K8S_VERSION#1.}"
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=mod
 step() { printf '[build-control-plane %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-if [ -x "$OUT/kube-apiserver" ] && [ -x "$OUT/kube-controller-manager" ] && [ -x "$OUT/etcd" ] && [ -x "$OUT/helm" ]; then
-  echo "$OUT"; exit 0
-fi
+K8S_BINS="kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy"
+cached=yes
+for bin in $K8S_BINS etcd helm; do [ -x "$OUT/$bin" ] || cached=no; done
+if [ "$cached" = yes ]; then echo "$OUT"; exit 0; fi
 mkdir -p "$OUT"
 WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
@@ -34,6 +35,9 @@ import (
 	_ "go.etcd.io/etcd/server/v3/etcdmain"
 	_ "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	_ "k8s.io/kubernetes/cmd/kube-proxy/app"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	_ "k8s.io/kubernetes/cmd/kubelet/app"
 )
 GO
 step "downloading k8s.io/kubernetes@v$K8S_VERSION go.mod"
@@ -49,18 +53,23 @@ LDF="-s -w"
 for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   LDF="$LDF -X $p.gitVersion=v$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$MINOR -X $p.gitTreeState=clean"
 done
-for bin in kube-apiserver kube-controller-manager; do
-  step "go build $bin (the longest step)"
+for bin in $K8S_BINS; do
+  [ -x "$OUT/$bin" ] && continue
+  step "go build $bin (the longest steps)"
   go build -trimpath -tags selinux,notest -ldflags "$LDF" -o "$OUT/$bin.tmp" "k8s.io/kubernetes/cmd/$bin"
   mv "$OUT/$bin.tmp" "$OUT/$bin"
 done
+if [ ! -x "$OUT/etcd" ]; then
 step "go build etcd (same module graph, so the version Kubernetes is tested with)"
 go build -trimpath -ldflags "-s -w" -o "$OUT/etcd.tmp" go.etcd.io/etcd/server/v3
 mv "$OUT/etcd.tmp" "$OUT/etcd"
+fi
+if [ ! -x "$OUT/helm" ]; then
 step "go install helm v$HELM_VERSION (own module graph)"
 (cd / && GOBIN="$WORK/bin" go install -trimpath \
   -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION" \
   "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION")
 mv "$WORK/bin/helm" "$OUT/helm"
+fi
 step "done: $("$OUT/kube-apiserver" --version), $("$OUT/helm" version --short)"
 echo "$OUT"

@@ -21,6 +21,11 @@ pub struct TestLab {
 impl TestLab {
     /// Brings up a lab (`bare`: without the chart and controller). Needs root.
     pub fn start(exe: &str, name: &str, nodes: usize, bare: bool) -> Self {
+        Self::start_with(exe, name, nodes, if bare { &["--bare"] } else { &[] })
+    }
+
+    /// Brings up a lab with extra `up` flags (e.g. `--kubelets`, `--kubeadm-labels`, `--set k=v`). Needs root.
+    pub fn start_with(exe: &str, name: &str, nodes: usize, flags: &[&str]) -> Self {
         assert!(nix::unistd::geteuid().is_root(), "the lab needs root (network namespaces, raw sockets)");
         let lab =
             Self { name: name.into(), dir: std::env::temp_dir().join(format!("ferrolb-lab-{name}")), exe: exe.into() };
@@ -37,9 +42,7 @@ impl TestLab {
         }
         let nodes = nodes.to_string();
         let mut args = vec!["up", "--nodes", nodes.as_str()];
-        if bare {
-            args.push("--bare");
-        }
+        args.extend_from_slice(flags);
         let out = lab.cli(&args);
         assert!(out.status.success(), "up failed: {}", String::from_utf8_lossy(&out.stderr));
         lab
@@ -170,4 +173,53 @@ pub async fn wait_ingress(client: &Client, namespace: &str, name: &str, want: &[
         (got == want).then_some(())
     })
     .await;
+}
+
+/// MAC of each node's eth0, mapped to the node's name.
+pub fn node_macs(lab: &TestLab) -> std::collections::BTreeMap<String, String> {
+    lab.state()
+        .nodes
+        .iter()
+        .map(|n| {
+            let out = Command::new("ip").args(["-n", &n.netns, "link", "show", "eth0"]).output().expect("ip link");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let mac =
+                text.split("link/ether ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("").to_string();
+            (mac, n.name.clone())
+        })
+        .collect()
+}
+
+/// The nodes whose MAC answered ARP for `ip` from the `host` namespace (`unknown <mac>` for other MACs).
+pub fn answering_nodes(lab: &TestLab, ip: &str) -> Vec<String> {
+    let macs = node_macs(lab);
+    let exe = lab.exe.clone();
+    let out = lab.cli(&["exec", "host", "--", &exe, "arping", ip, "--count", "3", "--wait-ms", "300"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|mac| macs.get(mac).cloned().unwrap_or_else(|| format!("unknown {mac}")))
+        .collect()
+}
+
+/// Waits until exactly the nodes `want` answer ARP for `ip`.
+pub async fn wait_answered_by(lab: &TestLab, ip: &str, want: &[&str]) {
+    let what = format!("ARP for {ip} answered by exactly {want:?}");
+    eventually(&what, Duration::from_secs(60), || async { (answering_nodes(lab, ip) == want).then_some(()) }).await;
+}
+
+/// Waits for an Event on an object (by name, in `namespace`) whose message contains `needle`; returns it.
+pub async fn wait_event(
+    client: &Client,
+    namespace: &str,
+    object: &str,
+    needle: &str,
+) -> k8s_openapi::api::core::v1::Event {
+    let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), namespace);
+    let what = format!("an Event on {namespace}/{object} saying {needle:?}");
+    let fields = format!("involvedObject.name={object}");
+    eventually(&what, Duration::from_secs(30), || async {
+        let list = api.list(&kube::api::ListParams::default().fields(&fields)).await.ok()?;
+        list.items.into_iter().find(|e| e.message.as_deref().is_some_and(|m| m.contains(needle)))
+    })
+    .await
 }

@@ -28,6 +28,15 @@ enum Cmd {
         /// Only the cluster and the network: no chart, no ferrolb processes.
         #[arg(long)]
         bare: bool,
+        /// Real nodes: containerd and a kubelet per node, ferrolb as the chart's pods from `make images`.
+        #[arg(long)]
+        kubelets: bool,
+        /// Label every node as kubeadm labels a control-plane node (minikube's and kind's single node too).
+        #[arg(long)]
+        kubeadm_labels: bool,
+        /// Extra chart value for `helm install` (repeatable), e.g. --set speaker.ignoreExcludeLB=true.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        helm_set: Vec<String>,
     },
     /// What runs, and where.
     Status,
@@ -126,8 +135,17 @@ async fn main() -> anyhow::Result<()> {
     let dir = cli.dir.unwrap_or_else(|| default_dir(&cli.name));
     let load = || State::load(&dir).with_context(|| format!("no lab at {} (run `ferrolb-lab up`)", dir.display()));
     match cli.command {
-        Cmd::Up { nodes, bare } => {
-            let state = lifecycle::up(&lifecycle::UpOptions { name: cli.name, dir: dir.clone(), nodes, bare }).await?;
+        Cmd::Up { nodes, bare, kubelets, kubeadm_labels, helm_set } => {
+            let options = lifecycle::UpOptions {
+                name: cli.name,
+                dir: dir.clone(),
+                nodes,
+                bare,
+                real_nodes: kubelets,
+                kubeadm_labels,
+                helm_set,
+            };
+            let state = lifecycle::up(&options).await?;
             println!("{}", state.kubeconfig().display());
         }
         Cmd::Status => {

@@ -133,7 +133,7 @@ pub fn start(state: &mut State) -> Result<()> {
         .args(["--client-ca-file", &d("pki/ca.crt"), "--token-auth-file", &d("tokens.csv")])
         .args(["--service-account-issuer", "https://kubernetes.default.svc.cluster.local"])
         .args(["--service-account-key-file", &d("pki/sa.key"), "--service-account-signing-key-file", &d("pki/sa.key")])
-        .args(["--service-cluster-ip-range", "10.96.0.0/16", "--authorization-mode", "RBAC"])
+        .args(["--service-cluster-ip-range", super::realnode::SERVICE_CIDR, "--authorization-mode", "RBAC"])
         .args(["--endpoint-reconciler-type", "none", "--allow-privileged=true", "--profiling=false"])
         .args(["--cert-dir", &d("pki")]);
     spawn(state, "kube-apiserver", api)?;
@@ -142,12 +142,12 @@ pub fn start(state: &mut State) -> Result<()> {
     Ok(())
 }
 
-/// Starts kube-controller-manager with the controllers a kubelet-less cluster needs. No Deployment,
+/// Starts kube-controller-manager with the controllers the lab needs. Without real nodes, no Deployment,
 /// ReplicaSet or DaemonSet controllers: the chart's workloads stay inert objects, and the lab runs
 /// ferrolb's binaries as processes with the chart's ServiceAccount tokens instead.
 pub fn start_controller_manager(state: &mut State) -> Result<()> {
     let d = |p: &str| state.dir.join(p).display().to_string();
-    let controllers = [
+    let mut controllers = vec![
         "serviceaccount-token-controller",
         "serviceaccount-controller",
         "namespace-controller",
@@ -157,8 +157,17 @@ pub fn start_controller_manager(state: &mut State) -> Result<()> {
         "node-lifecycle-controller",
         "pod-garbage-collector-controller",
         "root-ca-certificate-publisher-controller",
-    ]
-    .join(",");
+    ];
+    if state.real_nodes {
+        controllers.extend([
+            "deployment-controller",
+            "replicaset-controller",
+            "daemonset-controller",
+            "disruption-controller",
+            "taint-eviction-controller",
+        ]);
+    }
+    let controllers = controllers.join(",");
     let mut kcm = Command::new(state.bin_dir.join("kube-controller-manager"));
     kcm.args(["--kubeconfig", &d("kcm.kubeconfig"), "--leader-elect=false", "--controllers", &controllers])
         .args(["--service-account-private-key-file", &d("pki/sa.key"), "--root-ca-file", &d("pki/ca.crt")])

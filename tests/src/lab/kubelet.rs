@@ -182,6 +182,10 @@ pub async fn run(state: State) -> Result<()> {
             eprintln!("api bridge stopped: {e}");
         }
     });
+    if state.real_nodes {
+        // Real kubelets keep their Nodes and pods; only the relay is needed.
+        return std::future::pending().await;
+    }
     let client = client(&state.kubeconfig()).await?;
     let nodes: Api<Node> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");

@@ -1,7 +1,7 @@
 //! `up`, `down`, `kill`, `revive`: building the lab, taking it apart, and failing nodes.
 
 use super::control_plane::{self, alive, spawn};
-use super::{LabError, NodeInfo, Result, State, addresses, io_err, kubelet, net, pki, step};
+use super::{LabError, NodeInfo, Result, State, addresses, io_err, kubelet, net, pki, realnode, step};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use nix::sys::signal::{Signal, killpg};
@@ -21,7 +21,18 @@ pub struct UpOptions {
     pub nodes: usize,
     /// Only the cluster and the network: no chart, no ferrolb processes.
     pub bare: bool,
+    /// containerd + a real kubelet per node; ferrolb runs as the chart's pods (see [`super::realnode`]).
+    pub real_nodes: bool,
+    /// Label every node as kubeadm labels a control-plane node (as minikube's and kind's single node are),
+    /// including `node.kubernetes.io/exclude-from-external-load-balancers`.
+    pub kubeadm_labels: bool,
+    /// Extra `--set key=value` for `helm install`.
+    pub helm_set: Vec<String>,
 }
+
+/// Labels kubeadm puts on a control-plane node; minikube and kind nodes carry them too.
+pub const KUBEADM_LABELS: [&str; 2] =
+    ["node-role.kubernetes.io/control-plane", "node.kubernetes.io/exclude-from-external-load-balancers"];
 
 /// Namespace the chart is installed into: the one the user's MetalLB manifests name.
 pub const RELEASE_NAMESPACE: &str = "metallb-system";
@@ -68,12 +79,16 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
         bin_dir,
         nodes,
         speaker_gossip: true,
+        real_nodes: opts.real_nodes,
         ..State::default()
     };
     state.save()?;
+    // Checked before anything starts: without the images, real nodes cannot run the chart.
+    let archives = if opts.real_nodes { realnode::image_archives()? } else { Vec::new() };
 
     step("generating the CA, serving certificate, ServiceAccount key and tokens");
-    let tokens = pki::generate(&state.dir)?;
+    let node_names: Vec<String> = state.nodes.iter().map(|n| n.name.clone()).collect();
+    let tokens = pki::generate(&state.dir, &node_names)?;
     step(format!("creating the network: bridge, host and {} node namespaces (198.18.0.0/15)", state.nodes.len()));
     net::create(&state.lan_netns(), &state.host_netns(), &state.nodes)?;
 
@@ -101,16 +116,43 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
             .arg(&state.dir);
         spawn(&mut state, &format!("node-agent {}", node.name), cmd)?;
     }
-    wait_nodes_ready(&state, Duration::from_secs(60)).await?;
+    if opts.real_nodes {
+        realnode::start_scheduler(&mut state)?;
+        for (i, node) in state.nodes.clone().iter().enumerate() {
+            step(format!("{}: containerd + kubelet in {} (pods {})", node.name, node.netns, realnode::pod_cidr(i + 1)));
+            realnode::prepare(&state, i + 1, &tokens.kubelets[i])?;
+            realnode::start_node(&mut state, node, &archives)?;
+        }
+    }
+    wait_nodes_ready(&state, Duration::from_secs(if opts.real_nodes { 120 } else { 60 })).await?;
+    if opts.kubeadm_labels {
+        label_like_kubeadm(&state).await?;
+    }
     if !opts.bare {
-        install_chart(&state)?;
-        start_controller(&mut state, 0).await?;
-        for node in state.nodes.clone() {
-            start_speaker(&mut state, &node.name).await?;
+        install_chart(&state, &opts.helm_set)?;
+        if opts.real_nodes {
+            realnode::wait_chart_ready(&state, Duration::from_secs(180)).await?;
+        } else {
+            start_controller(&mut state, 0).await?;
+            for node in state.nodes.clone() {
+                start_speaker(&mut state, &node.name).await?;
+            }
         }
     }
     step(format!("lab {:?} up in {:.1?}; kubeconfig: {}", state.name, started.elapsed(), state.kubeconfig().display()));
     Ok(state)
+}
+
+async fn label_like_kubeadm(state: &State) -> Result<()> {
+    let nodes: Api<Node> = Api::all(kubelet::client(&state.kubeconfig()).await?);
+    let labels: serde_json::Map<String, serde_json::Value> =
+        KUBEADM_LABELS.iter().map(|l| (l.to_string(), serde_json::Value::String(String::new()))).collect();
+    for node in &state.nodes {
+        step(format!("labelling {} as kubeadm labels a control-plane node: {}", node.name, KUBEADM_LABELS.join(", ")));
+        let patch = serde_json::json!({"metadata": {"labels": labels}});
+        nodes.patch(&node.name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await?;
+    }
+    Ok(())
 }
 
 async fn wait_ready(state: &State) -> Result<()> {
@@ -178,13 +220,25 @@ pub fn down(name: &str, dir: &Path) -> Result<()> {
             stop_group(p.pid);
         }
     }
-    for ns in net::lab_namespaces(name)? {
-        if let Ok(pids) = super::run("ip", &["netns", "pids", &ns]) {
-            for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    // Real nodes: pods with their own network namespace are found through the nodes' cgroups.
+    let prefix = format!("{name}-");
+    for _ in 0..3 {
+        let mut pids = realnode::cgroup_pids(&prefix);
+        for ns in net::lab_namespaces(name)? {
+            if let Ok(list) = super::run("ip", &["netns", "pids", &ns]) {
+                pids.extend(list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
             }
         }
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
+    realnode::unmount_under(dir);
+    realnode::remove_cgroups(&prefix);
     net::destroy(name)?;
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| io_err(dir, e))?;
@@ -200,14 +254,8 @@ pub fn kill(state: &State, node: &str) -> Result<()> {
     let marker = state.killed_marker(&info.name);
     std::fs::write(&marker, b"").map_err(|e| io_err(&marker, e))?;
     let agent = state.procs.iter().find(|p| p.role == format!("node-agent {}", info.name)).map(|p| p.pid);
-    if let Ok(pids) = super::run("ip", &["netns", "pids", &info.netns]) {
-        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-            let is_agent = agent.is_some_and(|a| a == pid || parent_of(pid) == Some(a));
-            if !is_agent {
-                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-    }
+    let is_agent = |pid: i32| agent.is_some_and(|a| a == pid || parent_of(pid) == Some(a));
+    realnode::kill_node_processes(info, &is_agent);
     net::set_node_link(&state.lan_netns(), index, false)
 }
 
@@ -220,6 +268,12 @@ fn parent_of(pid: i32) -> Option<i32> {
 /// and its speaker starts again if it had one.
 pub async fn revive(state: &mut State, node: &str) -> Result<()> {
     revive_network(state, node)?;
+    if state.real_nodes {
+        // The kubelet restarts the node's pods (the speaker among them) itself, as after a power cut.
+        let info = state.node(node)?.clone();
+        realnode::start_node(state, &info, &realnode::image_archives()?)?;
+        return state.save();
+    }
     let name = state.node(node)?.name.clone();
     let role = format!("speaker {name}");
     let had_speaker = state.procs.iter().rev().find(|p| p.role == role).map(|p| alive(p.pid));
@@ -244,14 +298,29 @@ fn chart_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/ferrolb")
 }
 
-/// `helm upgrade --install` of charts/ferrolb into metallb-system, with helm's caches kept in the lab dir.
-pub fn install_chart(state: &State) -> Result<()> {
+/// `helm upgrade --install` of charts/ferrolb into metallb-system (with `--set` values).
+pub fn install_chart(state: &State, sets: &[String]) -> Result<()> {
     step(format!("installing charts/ferrolb with helm into {RELEASE_NAMESPACE} (CRDs, RBAC, ServiceAccounts)"));
+    let chart = chart_dir().display().to_string();
+    let mut args = vec!["upgrade", "--install", RELEASE, chart.as_str(), "--create-namespace"];
+    for set in sets {
+        args.extend(["--set", set.as_str()]);
+    }
+    helm(state, &args).map(|_| ())
+}
+
+/// `helm uninstall` of the release: the CRDs, pools, advertisements and Services stay (helm never deletes CRDs).
+pub fn uninstall_chart(state: &State) -> Result<()> {
+    step(format!("helm uninstall {RELEASE} -n {RELEASE_NAMESPACE}"));
+    helm(state, &["uninstall", RELEASE, "--wait"]).map(|_| ())
+}
+
+/// Runs the lab's helm against the lab, in the release namespace, with helm's caches kept in the lab dir.
+pub fn helm(state: &State, args: &[&str]) -> Result<String> {
     let helm = state.bin_dir.join("helm");
     let out = Command::new(&helm)
-        .args(["upgrade", "--install", RELEASE])
-        .arg(chart_dir())
-        .args(["--namespace", RELEASE_NAMESPACE, "--create-namespace", "--kubeconfig"])
+        .args(args)
+        .args(["--namespace", RELEASE_NAMESPACE, "--kubeconfig"])
         .arg(state.kubeconfig())
         .env("HELM_CACHE_HOME", state.dir.join("helm/cache"))
         .env("HELM_CONFIG_HOME", state.dir.join("helm/config"))
@@ -260,11 +329,11 @@ pub fn install_chart(state: &State) -> Result<()> {
         .map_err(|e| io_err(&helm, e))?;
     if !out.status.success() {
         return Err(LabError::Command {
-            command: "helm upgrade --install ferrolb charts/ferrolb".into(),
+            command: format!("helm {}", args.join(" ")),
             detail: String::from_utf8_lossy(&out.stderr).into_owned(),
         });
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A ferrolb binary next to this one (cargo puts every workspace binary in the same target directory).

@@ -13,6 +13,7 @@ pub mod node;
 pub mod pki;
 pub mod probe;
 pub mod prober;
+pub mod realnode;
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -135,6 +136,9 @@ pub struct State {
     /// Speakers get the chart's gossip key (fast liveness); off, they fall back to Node Ready (a reference).
     #[serde(default = "yes")]
     pub speaker_gossip: bool,
+    /// Nodes run containerd and a real kubelet, and ferrolb runs as the chart's pods (see [`realnode`]).
+    #[serde(default)]
+    pub real_nodes: bool,
 }
 
 fn yes() -> bool {

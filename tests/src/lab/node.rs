@@ -15,9 +15,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
-/// Relays the namespace's `127.0.0.1:<port>` to the root namespace's API server via the lab's unix socket.
+/// Relays the namespace's `<any address>:<port>` to the root namespace's API server via the lab's unix
+/// socket: loopback for processes on the node, the node's address for pods (through the `kubernetes`
+/// ClusterIP rule, see `realnode`).
 async fn api_relay(state: State) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", state.api_port))
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", state.api_port))
         .await
         .map_err(|e| super::io_err(std::path::Path::new("127.0.0.1"), e))?;
     let sock = state.api_socket();

@@ -3,13 +3,16 @@
 use super::{Result, run};
 use std::path::Path;
 
-/// Tokens of the two static identities (both `system:masters`): the admin and kube-controller-manager.
+/// Tokens of the static identities (all `system:masters`): the admin, kube-controller-manager, and one
+/// kubelet per node (`system:node:<name>`; the lab runs no Node authorizer, so they need the wider group).
 #[derive(Debug, Clone)]
 pub struct Tokens {
     /// Admin bearer token.
     pub admin: String,
     /// kube-controller-manager's bearer token.
     pub kcm: String,
+    /// Each node's kubelet token, in node order.
+    pub kubelets: Vec<String>,
 }
 
 fn random_token() -> Result<String> {
@@ -17,7 +20,7 @@ fn random_token() -> Result<String> {
 }
 
 /// Writes `pki/{ca,apiserver}.{crt,key}`, `pki/sa.key` and `tokens.csv` into `dir`.
-pub fn generate(dir: &Path) -> Result<Tokens> {
+pub fn generate(dir: &Path, nodes: &[String]) -> Result<Tokens> {
     let pki = dir.join("pki");
     std::fs::create_dir_all(&pki).map_err(|e| super::io_err(&pki, e))?;
     let p = |f: &str| pki.join(f).display().to_string();
@@ -31,8 +34,12 @@ pub fn generate(dir: &Path) -> Result<Tokens> {
     let (key, csr, crt) = (p("apiserver.key"), p("apiserver.csr"), p("apiserver.crt"));
     let mut req = vec!["req", "-new"];
     req.extend(ec);
-    let san = "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1";
-    req.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=kube-apiserver", "-addext", san]);
+    // Pods reach the API server at the `kubernetes` Service's ClusterIP, so it must be in the certificate.
+    let san = format!(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:{}",
+        super::realnode::KUBERNETES_SERVICE_IP
+    );
+    req.extend(["-keyout", &key, "-out", &csr, "-subj", "/CN=kube-apiserver", "-addext", &san]);
     run("openssl", &req)?;
     run(
         "openssl",
@@ -56,11 +63,15 @@ pub fn generate(dir: &Path) -> Result<Tokens> {
     )?;
     run("openssl", &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", &p("sa.key")])?;
 
-    let tokens = Tokens { admin: random_token()?, kcm: random_token()? };
-    let csv = format!(
+    let kubelets = nodes.iter().map(|_| random_token()).collect::<Result<Vec<_>>>()?;
+    let tokens = Tokens { admin: random_token()?, kcm: random_token()?, kubelets };
+    let mut csv = format!(
         "{},lab-admin,uid-lab-admin,\"system:masters\"\n{},system:kube-controller-manager,uid-kcm,\"system:masters\"\n",
         tokens.admin, tokens.kcm
     );
+    for (node, token) in nodes.iter().zip(&tokens.kubelets) {
+        csv.push_str(&format!("{token},system:node:{node},uid-kubelet-{node},\"system:masters,system:nodes\"\n"));
+    }
     let path = dir.join("tokens.csv");
     std::fs::write(&path, csv).map_err(|e| super::io_err(&path, e))?;
     Ok(tokens)

@@ -1,0 +1,261 @@
+//! The chart under real kubelets: containerd and a kubelet per node namespace, kube-scheduler, and the
+//! Deployment/ReplicaSet/DaemonSet controllers, so `helm install` runs ferrolb as pods from the images
+//! `make images` built. The user's scenario, served by the speaker pods; node, pod and leader failures;
+//! `helm upgrade` and `helm uninstall`; and a single node labelled the way minikube/kubeadm label it.
+//! Needs root and `make images`. Timings are printed, never asserted.
+
+use ferrolb_crds::IPAddressPool;
+use ferrolb_speaker::election;
+use ferrolb_tests::harness::{
+    TestLab, answering_nodes, create_yaml, eventually, ingress, wait_answered_by, wait_event, wait_ingress,
+};
+use ferrolb_tests::lab::{lifecycle, realnode};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams};
+use std::net::IpAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const EXE: &str = env!("CARGO_BIN_EXE_ferrolb-lab");
+const NS: &str = "metallb-system";
+
+fn seed(file: &str) -> String {
+    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seed").join(file))
+        .expect("seed")
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn pods(client: &kube::Client, namespace: &str, selector: &str) -> Vec<Pod> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    api.list(&ListParams::default().labels(selector)).await.map(|l| l.items).unwrap_or_default()
+}
+
+const SPEAKERS: &str = "app.kubernetes.io/component=speaker";
+const CONTROLLERS: &str = "app.kubernetes.io/component=controller";
+
+/// Backend pods the kubelet really runs (the lab's pause image), so the Service has ready endpoints.
+async fn backends(client: &kube::Client, app: &str, nodes: &[&str]) {
+    for (i, node) in nodes.iter().enumerate() {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {app}-{i}, namespace: kube-system, labels: {{k8s-app: {app}}}}}\nspec: {{nodeName: {node}, containers: [{{name: backend, image: {}}}]}}\n",
+            realnode::BACKEND_IMAGE
+        );
+        create_yaml(client, &yaml).await.expect("backend pod");
+    }
+    let selector = format!("k8s-app={app}");
+    eventually(&format!("{app} backends Ready"), Duration::from_secs(60), || async {
+        let list = pods(client, "kube-system", &selector).await;
+        (list.len() == nodes.len() && list.iter().all(is_ready)).then_some(())
+    })
+    .await;
+}
+
+const LAB_POOL: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab, namespace: metallb-system}\nspec: {addresses: [198.19.0.1-198.19.0.254]}\n";
+
+/// Probes `addr` from the host every 10 ms for `ms` while `during` runs; returns the prober's JSON report.
+fn probe_while(lab: &TestLab, protocol: &str, addr: &str, ms: u64, during: impl FnOnce()) -> serde_json::Value {
+    let dir = lab.dir.display().to_string();
+    let duration = ms.to_string();
+    let prober = Command::new(EXE)
+        .args(["--name", &lab.name, "--dir", &dir, "exec", "host", "--", EXE, "prober", protocol, addr])
+        .args(["--duration-ms", &duration])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("prober");
+    std::thread::sleep(Duration::from_millis(300));
+    during();
+    let out = prober.wait_with_output().expect("prober output");
+    serde_json::from_slice(&out.stdout).expect("prober report")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_runs_under_real_kubelets_and_serves_the_users_scenario() {
+    let started = Instant::now();
+    let lab = TestLab::start_with(EXE, "flbk", 3, &["--kubelets"]);
+    println!("real-node lab (3 nodes, chart installed, pods Ready) up in {:.1?}", started.elapsed());
+    let client = lab.admin().await;
+    let nodes = ["node-1", "node-2", "node-3"];
+    assert!(lab.state().procs.iter().all(|p| !p.role.starts_with("speaker") && !p.role.starts_with("controller")));
+
+    // helm install → 2 controller pods and one hostNetwork speaker pod per node, from the built images.
+    let controllers = pods(&client, NS, CONTROLLERS).await;
+    assert_eq!(controllers.len(), 2, "two controller replicas");
+    assert!(controllers.iter().all(is_ready));
+    let speakers = pods(&client, NS, SPEAKERS).await;
+    let mut speaker_nodes: Vec<String> = speakers.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
+    speaker_nodes.sort();
+    assert_eq!(speaker_nodes, nodes, "one speaker pod per node");
+    for pod in &speakers {
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(spec.host_network, Some(true));
+        assert!(is_ready(pod));
+        let status = pod.status.as_ref().expect("status");
+        let image = &status.container_statuses.as_ref().expect("container statuses")[0].image;
+        assert!(image.contains("ferrolb/speaker:"), "speaker runs the built image, got {image}");
+    }
+
+    // The user's manifests, unchanged: .1, .2 and the shared .10.
+    create_yaml(&client, &seed("ipaddresspool.yaml")).await.expect("pool");
+    create_yaml(&client, &seed("l2advertisement.yaml")).await.expect("l2advertisement");
+    create_yaml(&client, &seed("web-svc-lb.yaml")).await.expect("web");
+    wait_ingress(&client, "default", "web-svc-lb", &["172.17.255.1"]).await;
+    create_yaml(&client, &seed("dns-svc-lb.yaml")).await.expect("dns");
+    wait_ingress(&client, "kube-system", "dns-svc-lb", &["172.17.255.2"]).await;
+    create_yaml(&client, &seed("shared-ip.yaml")).await.expect("shared");
+    wait_ingress(&client, "kube-system", "dns-svc-tcp", &["172.17.255.10"]).await;
+    wait_ingress(&client, "kube-system", "dns-svc-udp", &["172.17.255.10"]).await;
+
+    // Packets may only use the lab's range: swap the pool, as the demo does; the DNS Service moves to it.
+    create_yaml(&client, LAB_POOL).await.expect("lab pool");
+    Api::<IPAddressPool>::namespaced(client.clone(), NS)
+        .delete("default", &DeleteParams::default())
+        .await
+        .expect("delete");
+    backends(&client, "kube-dns", &["node-1", "node-3"]).await;
+    let vip = eventually("dns-svc-lb on the lab pool", Duration::from_secs(30), || async {
+        ingress(&client, "kube-system", "dns-svc-lb").await.into_iter().find(|a| a.starts_with("198.19.0."))
+    })
+    .await;
+    let ip: IpAddr = vip.parse().expect("ip");
+    let owner = election::owner(ip, nodes).expect("an owner").to_string();
+    wait_answered_by(&lab, &vip, &[&owner]).await;
+    let udp = lab.probe("host", "udp", &format!("{vip}:53"), 2000);
+    assert_eq!(udp, Ok(format!("{owner} probe")), "UDP 53 through the static route");
+    let tcp = lab.probe("host", "tcp", &format!("{vip}:53"), 2000);
+    assert_eq!(tcp, Ok(owner.clone()), "TCP 53 through the static route");
+    wait_event(&client, "kube-system", "dns-svc-lb", &format!("announcing {vip} from node {owner}")).await;
+
+    // Hard kill of the owner node: the address moves to one other node, measured by a prober on the host.
+    let report = probe_while(&lab, "udp", &format!("{vip}:53"), 4000, || {
+        lab.ok(&["kill", &owner]);
+    });
+    println!("hard kill of {owner} under real kubelets: longest UDP outage {} ms ({report})", report["max_gap_ms"]);
+    let survivors: Vec<&str> = nodes.iter().copied().filter(|n| *n != owner).collect();
+    let next = election::owner(ip, survivors.iter().copied()).expect("next owner").to_string();
+    wait_answered_by(&lab, &vip, &[&next]).await;
+    assert_eq!(report["last"].as_str(), Some(next.as_str()), "the prober ends on the new owner");
+
+    // Revive: the kubelet comes back and restarts the speaker pod; the address returns and stays.
+    lab.ok(&["revive", &owner]);
+    wait_answered_by(&lab, &vip, &[&owner]).await;
+
+    // Deleting the owner's speaker pod: the DaemonSet makes a new one, the address comes back without flapping.
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let old = pods(&client, NS, SPEAKERS)
+        .await
+        .into_iter()
+        .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(owner.as_str()))
+        .expect("speaker on owner");
+    let old_uid = old.metadata.uid.clone();
+    pod_api.delete(old.metadata.name.as_deref().expect("name"), &DeleteParams::default()).await.expect("delete pod");
+    eventually("a new Ready speaker pod on the owner", Duration::from_secs(60), || async {
+        pods(&client, NS, SPEAKERS)
+            .await
+            .into_iter()
+            .find(|p| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(owner.as_str())
+                    && p.metadata.uid != old_uid
+                    && is_ready(p)
+            })
+            .map(|_| ())
+    })
+    .await;
+    wait_answered_by(&lab, &vip, &[&owner]).await;
+    for _ in 0..5 {
+        assert_eq!(answering_nodes(&lab, &vip), std::slice::from_ref(&owner), "no flapping after the pod came back");
+    }
+
+    // Deleting the leader controller pod: the standby takes the Lease and serves new Services.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity);
+    let leader = eventually("a controller leader", Duration::from_secs(30), || async {
+        leases.get_opt("ferrolb-controller").await.ok().flatten().and_then(holder)
+    })
+    .await;
+    pod_api.delete(&leader, &DeleteParams::default()).await.expect("delete leader pod");
+    let standby = eventually("the standby holding the Lease", Duration::from_secs(60), || async {
+        let now = leases.get_opt("ferrolb-controller").await.ok().flatten().and_then(holder)?;
+        (now != leader && controllers.iter().any(|p| p.metadata.name.as_deref() == Some(now.as_str()))).then_some(now)
+    })
+    .await;
+    println!("controller leader {leader} deleted; {standby} took over");
+    create_yaml(&client, &seed("web-svc-lb.yaml").replace("name: web-svc-lb", "name: web-after-failover"))
+        .await
+        .expect("new service");
+    eventually("the new leader serves a new Service", Duration::from_secs(30), || async {
+        (!ingress(&client, "default", "web-after-failover").await.is_empty()).then_some(())
+    })
+    .await;
+
+    // helm upgrade with a changed value keeps the gossip Secret and every address.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let key_before = secrets.get("ferrolb-gossip").await.expect("gossip secret").data;
+    let services: Api<Service> = Api::all(client.clone());
+    let addresses = |list: Vec<Service>| -> Vec<(String, Vec<String>)> {
+        list.into_iter()
+            .filter(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"))
+            .map(|s| {
+                let ips = s.status.and_then(|s| s.load_balancer).and_then(|lb| lb.ingress).unwrap_or_default();
+                (s.metadata.name.unwrap_or_default(), ips.into_iter().filter_map(|i| i.ip).collect())
+            })
+            .collect()
+    };
+    let before = addresses(services.list(&ListParams::default()).await.expect("services").items);
+    let state = lab.state();
+    lifecycle::install_chart(&state, &["controller.logFormat=json".into(), "speaker.logFormat=json".into()])
+        .expect("helm upgrade");
+    realnode::wait_chart_ready(&state, Duration::from_secs(180)).await.expect("rolled out");
+    assert_eq!(secrets.get("ferrolb-gossip").await.expect("gossip secret").data, key_before, "gossip key kept");
+    let after = addresses(services.list(&ListParams::default()).await.expect("services").items);
+    assert_eq!(after, before, "every address kept across helm upgrade");
+    wait_answered_by(&lab, &vip, &[&owner]).await;
+
+    // helm uninstall leaves the user's pools and Services (and their addresses) in place.
+    lifecycle::uninstall_chart(&state).expect("helm uninstall");
+    eventually("ferrolb's pods gone", Duration::from_secs(60), || async {
+        (pods(&client, NS, "app.kubernetes.io/name=ferrolb").await.is_empty()).then_some(())
+    })
+    .await;
+    let pools = Api::<IPAddressPool>::namespaced(client.clone(), NS).list(&ListParams::default()).await.expect("pools");
+    assert_eq!(pools.items.len(), 1, "the lab pool survives helm uninstall");
+    let remaining = addresses(services.list(&ListParams::default()).await.expect("services").items);
+    assert_eq!(remaining, after, "Services and their addresses survive helm uninstall");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_kubeadm_labelled_node_says_why_and_answers_with_ignore_exclude_lb() {
+    let lab = TestLab::start_with(EXE, "flb1", 1, &["--kubelets", "--kubeadm-labels"]);
+    let client = lab.admin().await;
+    create_yaml(&client, LAB_POOL).await.expect("lab pool");
+    create_yaml(&client, &seed("l2advertisement.yaml")).await.expect("l2advertisement");
+    backends(&client, "kube-dns", &["node-1"]).await;
+    create_yaml(&client, &seed("dns-svc-lb.yaml")).await.expect("dns");
+    wait_ingress(&client, "kube-system", "dns-svc-lb", &["198.19.0.1"]).await;
+
+    // Default values: the address is allocated, nobody answers, and the Service says why and what to set.
+    let event =
+        wait_event(&client, "kube-system", "dns-svc-lb", "node.kubernetes.io/exclude-from-external-load-balancers")
+            .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let message = event.message.unwrap_or_default();
+    assert!(message.contains("ignoreExcludeLB"), "the Event names the knob: {message}");
+    assert!(answering_nodes(&lab, "198.19.0.1").is_empty(), "nobody answers for an excluded node");
+
+    // With the knob, the same node answers, and DNS works through the static route.
+    let state = lab.state();
+    lifecycle::install_chart(&state, &["speaker.ignoreExcludeLB=true".into()]).expect("helm upgrade");
+    realnode::wait_chart_ready(&state, Duration::from_secs(180)).await.expect("rolled out");
+    wait_answered_by(&lab, "198.19.0.1", &["node-1"]).await;
+    assert_eq!(lab.probe("host", "udp", "198.19.0.1:53", 2000), Ok("node-1 probe".to_string()));
+    assert_eq!(lab.probe("host", "tcp", "198.19.0.1:53", 2000), Ok("node-1".to_string()));
+}
