@@ -109,7 +109,23 @@ struct Controller {
     lost: BTreeMap<ServiceKey, Assignment>,
     /// Last problems reported per pool.
     reported_problems: BTreeMap<String, String>,
+    /// Whether addresses were freed since refused Services were last retried.
+    freed: bool,
+    /// Consecutive failed writes per Service, for the retry backoff.
+    failures: BTreeMap<ServiceKey, u32>,
     retry: mpsc::UnboundedSender<Trigger>,
+}
+
+/// Whether a Service going from holding `before` to holding `after` gives any address back (pure).
+pub fn frees(before: Option<&[std::net::IpAddr]>, after: Option<&[std::net::IpAddr]>) -> bool {
+    before.is_some_and(|old| old.iter().any(|ip| after.is_none_or(|new| !new.contains(ip))))
+}
+
+/// How long to wait before retrying a Service whose writes failed `failures` times in a row (pure):
+/// 250 ms doubling up to 60 s, so a flapping API server is not hammered and a transient error heals fast.
+pub fn retry_delay(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(8);
+    Duration::from_millis(250u64 << exponent).min(Duration::from_secs(60))
 }
 
 impl Controller {
@@ -204,12 +220,15 @@ impl Controller {
                 if let Some(a) = self.allocator.release(key) {
                     tracing::info!(service = %key, ips = ?a.ips, "Service deleted; address freed");
                     self.metrics.count("released");
+                    self.freed = true;
                 }
                 self.refusals.remove(key);
+                self.failures.remove(key);
                 Ok(())
             }
             Some(svc) if !is_managed(&svc, self.settings.load_balancer_class.as_deref()) => {
                 let released = self.allocator.release(key);
+                self.freed |= released.is_some();
                 self.refusals.remove(key);
                 // Clear only what we wrote: the pool annotation marks a Service as ours.
                 if released.is_some() || crate::status::current_pool(&svc).is_some() {
@@ -221,15 +240,23 @@ impl Controller {
             }
             Some(svc) => self.assign(&svc).await,
         };
-        if let Err(e) = result {
-            self.metrics.count("error");
-            tracing::warn!(service = %key, error = %e, "write failed; retrying in 2s");
-            let retry = self.retry.clone();
-            let key = key.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                let _ = retry.send(Trigger::Service(key));
-            });
+        match result {
+            Ok(()) => {
+                self.failures.remove(key);
+            }
+            Err(e) => {
+                self.metrics.count("error");
+                let failures = self.failures.entry(key.clone()).or_insert(0);
+                *failures = failures.saturating_add(1);
+                let delay = retry_delay(*failures);
+                tracing::warn!(service = %key, error = %e, failures = *failures, retry_in = ?delay, "write failed");
+                let retry = self.retry.clone();
+                let key = key.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = retry.send(Trigger::Service(key));
+                });
+            }
         }
         self.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
     }
@@ -247,6 +274,9 @@ impl Controller {
             }
             outcome
         });
+        // Addresses this Service no longer holds (refused, or moved) may be what a refused Service waits for.
+        let now_held = outcome.as_ref().ok().map(|o| &o.assignment.ips);
+        self.freed |= frees(before.as_ref().map(|a| a.ips.as_slice()), now_held.map(Vec::as_slice));
         match outcome {
             Ok(outcome) => {
                 self.metrics.count("assigned");
@@ -281,6 +311,22 @@ impl Controller {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// Retries every refused Service once addresses were freed (a deletion, a class change, a Service that
+    /// moved or lost its address): MetalLB re-processes all Services then too; without it a Service refused
+    /// for a full pool stays pending after another one frees an address.
+    async fn retry_refused(&mut self) {
+        if !std::mem::take(&mut self.freed) {
+            return;
+        }
+        let refused: Vec<ServiceKey> = self.refusals.keys().cloned().collect();
+        if !refused.is_empty() {
+            tracing::info!(services = refused.len(), "addresses were freed; retrying refused Services");
+        }
+        for key in refused {
+            self.reconcile(&key).await;
         }
     }
 
@@ -419,12 +465,15 @@ pub async fn run(
         refusals: BTreeMap::new(),
         reported_problems: BTreeMap::new(),
         lost: BTreeMap::new(),
+        freed: false,
+        failures: BTreeMap::new(),
         retry: tx,
     };
     let started = Instant::now();
     c.apply_config();
     c.restore_all();
     c.reconcile_all().await;
+    c.retry_refused().await;
     c.update_pools().await;
     metrics.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(services = c.services.state().len(), took = ?started.elapsed(), "first full sync done");
@@ -453,7 +502,37 @@ pub async fn run(
                 c.reconcile(key).await;
             }
         }
+        c.retry_refused().await;
         c.update_pools().await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_a_minute() {
+        let delays: Vec<u128> = (1..=12).map(|n| retry_delay(n).as_millis()).collect();
+        assert_eq!(delays[..4], [250, 500, 1000, 2000]);
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]), "never shorter after another failure: {delays:?}");
+        assert_eq!(retry_delay(u32::MAX), Duration::from_secs(60));
+        assert_eq!(retry_delay(0), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn an_address_is_freed_when_a_service_drops_or_moves_it() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let (a, b) = ([ip("198.19.0.1")], [ip("198.19.0.2")]);
+        let both = [ip("198.19.0.1"), ip("2001:db8::1")];
+        assert!(frees(Some(&a), None), "refused after holding one");
+        assert!(frees(Some(&a), Some(&b)), "moved");
+        assert!(frees(Some(&both), Some(&a)), "dual-stack became single-stack");
+        assert!(!frees(Some(&a), Some(&a)), "kept");
+        assert!(!frees(Some(&a), Some(&both)), "gained one");
+        assert!(!frees(None, Some(&a)), "new");
+        assert!(!frees(None, None));
+    }
 }

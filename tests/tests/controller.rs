@@ -289,3 +289,46 @@ async fn restarts_never_move_an_address_and_one_of_two_replicas_writes() {
     let new_leader = scrape(standby_port).await.expect("metrics");
     assert_eq!(metric(&new_leader, "ferrolb_leader"), 1.0);
 }
+
+/// A Service refused for a full pool gets the address another Service frees (deleted, or moved out by a
+/// class change), and an address a grown pool adds; bounds are generous, the time taken is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_services_get_addresses_as_soon_as_some_are_freed() {
+    let lab = TestLab::start(EXE, "flbq", 1, false);
+    let client = lab.admin().await;
+    let two = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: small, namespace: metallb-system}\nspec: {addresses: [198.19.0.1-198.19.0.2]}\n";
+    create_yaml(&client, two).await.expect("pool");
+    for name in ["a", "b"] {
+        create_yaml(&client, &lb_service("default", name, 80, "", "")).await.expect("svc");
+        eventually(&format!("{name} addressed"), Duration::from_secs(30), || async {
+            (!ingress(&client, "default", name).await.is_empty()).then_some(())
+        })
+        .await;
+    }
+    create_yaml(&client, &lb_service("default", "c", 80, "", "")).await.expect("svc c");
+    wait_event(&client, "default", "c", "AllocationFailed", "").await;
+    assert!(ingress(&client, "default", "c").await.is_empty(), "the pool is full");
+    let freed = ingress(&client, "default", "a").await;
+
+    // Deleting a Service frees its address, and the refused one gets it without any change of its own.
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let start = std::time::Instant::now();
+    services.delete("a", &DeleteParams::default()).await.expect("delete a");
+    wait_ingress(&client, "default", "c", &freed.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    println!("refused Service addressed {:?} after another was deleted", start.elapsed());
+
+    // A fourth Service is refused; moving "b" to another class frees its address for it.
+    create_yaml(&client, &lb_service("default", "d", 80, "", "")).await.expect("svc d");
+    wait_event(&client, "default", "d", "AllocationFailed", "").await;
+    let freed = ingress(&client, "default", "b").await;
+    let patch = json!({"spec": {"loadBalancerClass": null, "type": "ClusterIP"}});
+    services.patch("b", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("b to ClusterIP");
+    wait_ingress(&client, "default", "d", &freed.iter().map(String::as_str).collect::<Vec<_>>()).await;
+
+    // A fifth is refused until the pool grows.
+    create_yaml(&client, &lb_service("default", "e", 80, "", "")).await.expect("svc e");
+    wait_event(&client, "default", "e", "AllocationFailed", "").await;
+    let grown = json!({"spec": {"addresses": ["198.19.0.1-198.19.0.3"]}});
+    pools(&client).patch("small", &PatchParams::default(), &Patch::Merge(&grown)).await.expect("grow the pool");
+    wait_ingress(&client, "default", "e", &["198.19.0.3"]).await;
+}
