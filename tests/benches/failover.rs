@@ -4,11 +4,14 @@
 //! protocol off, i.e. the Node Ready fallback that lease/Node-based detection gives (the lab's node grace is
 //! 6 s; real clusters default to 40 s). Prints p50 / p99 / max per case; asserts nothing about time.
 //!
+//! With FERROLB_BENCH_KUBELETS=1 the same hard kills are then repeated on a lab of real nodes (containerd +
+//! kubelet, ferrolb as the chart's pods from `make images`), printed beside the process lab's figure.
+//!
 //! Run (root): `cargo build --release --workspace --bins && cargo bench -p ferrolb-tests --bench failover`
 //! Trials: FERROLB_TRIALS (default 20), FERROLB_REFERENCE_TRIALS (default 5).
 
 use ferrolb_tests::harness::{TestLab, create_yaml, ingress};
-use ferrolb_tests::lab::lifecycle;
+use ferrolb_tests::lab::{lifecycle, realnode};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -78,8 +81,9 @@ async fn trial(lab: &TestLab, exe: &str, vip: &str, graceful: bool, window_ms: u
         tcp_ms: gap(tcp.wait_with_output().expect("tcp prober")),
     };
     lab.ok(&["revive", &owner]);
-    // Let ownership settle back (and the revived node's heartbeats be heard) before the next trial.
-    for _ in 0..100 {
+    // Let ownership settle back (and the revived node's heartbeats be heard) before the next trial; a real
+    // node first restarts containerd, its kubelet and the speaker pod.
+    for _ in 0..300 {
         if lab.probe("host", "tcp", &format!("{vip}:53"), 500).as_deref() == Ok(owner.as_str()) {
             break;
         }
@@ -89,16 +93,14 @@ async fn trial(lab: &TestLab, exe: &str, vip: &str, graceful: bool, window_ms: u
     result
 }
 
-#[tokio::main]
-async fn main() {
-    let exe = lifecycle::sibling_binary("ferrolb-lab").expect("build the binaries first").display().to_string();
-    let lab = TestLab::start(&exe, "flbf", 3, false);
+/// The user's DNS Service with a backend on every node; returns its address once it has one.
+async fn dns_service(lab: &TestLab, backend_image: &str) -> String {
     let client = lab.admin().await;
     let setup = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab, namespace: metallb-system}\nspec: {addresses: [198.19.0.1-198.19.0.254]}\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: lab, namespace: metallb-system}\n";
     create_yaml(&client, setup).await.expect("pool");
     for n in 1..=3 {
         let pod = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: dns-{n}, namespace: kube-system, labels: {{k8s-app: kube-dns}}}}\nspec: {{nodeName: node-{n}, containers: [{{name: dns, image: lab/dns}}]}}\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: dns-{n}, namespace: kube-system, labels: {{k8s-app: kube-dns}}}}\nspec: {{nodeName: node-{n}, containers: [{{name: dns, image: {backend_image}}}]}}\n"
         );
         create_yaml(&client, &pod).await.expect("pod");
     }
@@ -108,14 +110,29 @@ async fn main() {
     .expect("seed");
     create_yaml(&client, &dns).await.expect("dns");
     let mut vip = String::new();
-    for _ in 0..100 {
+    for _ in 0..300 {
         if let Some(ip) = ingress(&client, "kube-system", "dns-svc-lb").await.into_iter().next() {
             vip = ip;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Until the backends are Ready nobody announces: wait for an answer before measuring.
+    for _ in 0..300 {
+        if lab.probe("host", "tcp", &format!("{vip}:53"), 500).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    vip
+}
+
+#[tokio::main]
+async fn main() {
+    let exe = lifecycle::sibling_binary("ferrolb-lab").expect("build the binaries first").display().to_string();
+    let lab = TestLab::start(&exe, "flbf", 3, false);
+    let vip = dns_service(&lab, "lab/dns").await;
     let (trials, reference_trials) = (env_or("FERROLB_TRIALS", 20), env_or("FERROLB_REFERENCE_TRIALS", 5));
     println!("user's DNS Service at {vip}; probing UDP and TCP 53 every 10 ms from the host namespace");
 
@@ -157,4 +174,21 @@ async fn main() {
     let r = summary("reference: Node Ready fallback, UDP outage", reference.iter().map(|t| t.udp_ms).collect());
     summary("reference: Node Ready fallback, TCP outage", reference.iter().map(|t| t.tcp_ms).collect());
     println!("\nhard-kill UDP p50: reference / ferrolb = {:.1}x", r / h);
+
+    if std::env::var_os("FERROLB_BENCH_KUBELETS").is_none() {
+        return;
+    }
+    lab.down();
+    let real = TestLab::start_with(&exe, "flbfk", 3, &["--kubelets"]);
+    let vip = dns_service(&real, realnode::BACKEND_IMAGE).await;
+    println!("\nreal nodes (containerd + kubelet, ferrolb as the chart's pods): {vip}");
+    let mut real_hard = Vec::new();
+    for i in 0..trials {
+        let t = trial(&real, &exe, &vip, false, 3000).await;
+        eprintln!("real-node hard kill {:>2}/{trials}: udp {:>6.0} ms, tcp {:>6.0} ms", i + 1, t.udp_ms, t.tcp_ms);
+        real_hard.push(t);
+    }
+    let k = summary("real nodes: hard kill, UDP outage", real_hard.iter().map(|t| t.udp_ms).collect());
+    summary("real nodes: hard kill, TCP outage", real_hard.iter().map(|t| t.tcp_ms).collect());
+    println!("hard-kill UDP p50: real nodes / process lab = {:.2}x", k / h);
 }
