@@ -1,4 +1,4 @@
-//! The allocator: MetalLB's allocation semantics (reference/metallb.md §2.6–2.9) over plain data.
+//! The allocator: MetalLB's allocation semantics (docs/design.md §3) over plain data.
 //!
 //! Allocating or freeing an address never walks a pool: each pool family keeps its free addresses as runs of
 //! a dense index space ([`crate::pool`]), so "lowest free" is the first run, and freeing merges neighbours.

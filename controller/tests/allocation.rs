@@ -1,4 +1,4 @@
-//! One test per allocation rule of DESIGN.md §3, plus the user's seed scenario at API level.
+//! One test per allocation rule of docs/design.md §3, plus the user's seed scenario at API level.
 
 use ferrolb_controller::service::ServiceIntent;
 use ferrolb_controller::{Allocator, Family, PoolConfig, PortKey, Refusal, ServiceKey};

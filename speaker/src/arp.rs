@@ -232,7 +232,7 @@ pub fn respond(buf: &[u8], our_mac: Mac, owns: impl Fn(Ipv4Addr) -> bool) -> Dec
 }
 
 /// Gratuitous ARP, request form: "who has `ip`? tell `ip`" from `mac`, broadcast. Linux updates an existing
-/// neighbour entry from it at once, even within `locktime` (reference/perf.md §4).
+/// neighbour entry from it at once, even within `locktime` (docs/design.md §6.2).
 pub fn gratuitous_request(mac: Mac, ip: Ipv4Addr) -> [u8; FRAME_LEN] {
     ArpFrame {
         eth_dst: Mac::BROADCAST,
