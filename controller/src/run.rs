@@ -63,6 +63,9 @@ fn key_of(svc: &Service) -> ServiceKey {
     ServiceKey::new(svc.metadata.namespace.as_deref().unwrap_or_default(), &svc.name_any())
 }
 
+/// kubectl's copy of the last applied manifest, kept in an annotation.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Runs a reflector (retrying with backoff) and turns its events into triggers; shared with the speaker.
 pub fn watch<K, T, F>(api: Api<K>, tx: mpsc::UnboundedSender<T>, to_trigger: F) -> Store<K>
 where
@@ -72,7 +75,13 @@ where
     F: Fn(&watcher::Event<K>) -> Option<T> + Send + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
+    // The cache keeps what decisions read: managedFields and kubectl's last-applied copy are often most of an
+    // object's size, and nothing here reads them.
+    let trimmed = watcher(api, watcher::Config::default()).default_backoff().modify(|obj| {
+        obj.managed_fields_mut().clear();
+        obj.annotations_mut().remove(LAST_APPLIED);
+    });
+    let stream = reflector::reflector(writer, trimmed);
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {

@@ -159,6 +159,9 @@ fn start_liveness(
     Ok(socket)
 }
 
+/// How often interfaces and ARP sysctls are read again.
+const INTERFACE_RESCAN: Duration = Duration::from_secs(5);
+
 /// Any change to a watched kind re-runs the election.
 fn watch<K>(api: Api<K>, tx: mpsc::UnboundedSender<()>) -> Store<K>
 where
@@ -236,7 +239,9 @@ fn desired(
         .collect();
     let ads: Vec<Arc<L2Advertisement>> = s.ads.state();
     let ad_refs: Vec<&L2Advertisement> = ads.iter().map(AsRef::as_ref).collect();
+    let ads = view::parse_advertisements(&ad_refs);
     let slices = s.slices.state();
+    let slices_of = view::slices_by_service(slices.iter().map(AsRef::as_ref));
     let my_facts = nodes.iter().find(|n| n.name == settings.node);
     let mut out =
         Announcements { reporter: diagnose::reporter(&nodes) == Some(settings.node.as_str()), ..Default::default() };
@@ -246,21 +251,14 @@ fn desired(
         }
         let name = svc.name_any();
         let namespace = svc.namespace().unwrap_or_default();
-        let own_slices: Vec<&EndpointSlice> = slices
-            .iter()
-            .filter(|sl| {
-                sl.metadata.namespace.as_deref() == Some(namespace.as_str())
-                    && sl.labels().get("kubernetes.io/service-name") == Some(&name)
-            })
-            .map(AsRef::as_ref)
-            .collect();
-        let facts = view::service_facts(&svc, &own_slices);
+        let own_slices = slices_of.get(&(namespace.clone(), name.clone())).map(Vec::as_slice).unwrap_or_default();
+        let facts = view::service_facts(&svc, own_slices);
         let uid = svc.metadata.uid.clone().unwrap_or_default();
         let (mut nobody, mut failed): (Vec<Cause>, Vec<Cause>) = (Vec::new(), Vec::new());
         for ip in ferrolb_controller::status::current_ingress(&svc) {
             let IpAddr::V4(v4) = ip else { continue };
             let Some((pool, _)) = pools.iter().find(|(_, c)| c.contains_usable(ip)) else { continue };
-            let applicable = view::advertisements_for(pool, &svc, &ad_refs);
+            let applicable = view::advertisements_for(pool, &svc, &ads);
             match election::decide(ip, &facts, &nodes, &applicable, settings.policy) {
                 Decision::Nobody(why) => {
                     nobody.push((v4, why.label(), diagnose::explain(&why)));
@@ -388,9 +386,12 @@ pub async fn run(
     tracing::info!(node = %settings.node, "caches synced");
     // Interfaces come and go: look again every few seconds even when nothing in the API changed.
     let tick = tx.clone();
+    let rescan_due = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let due = rescan_due.clone();
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            tokio::time::sleep(INTERFACE_RESCAN).await;
+            due.store(true, Ordering::Relaxed);
             if tick.send(()).is_err() {
                 return;
             }
@@ -431,6 +432,7 @@ pub async fn run(
     let mut last_services = BTreeMap::new();
     let (mut last_unannounced, mut last_failed) = (BTreeMap::new(), BTreeMap::new());
     let mut ipvs_warned = false;
+    let mut interfaces = Vec::new();
     let mut last_refresh = std::time::Instant::now();
     let listening_since = std::time::Instant::now();
     let owned: Owned = Arc::default();
@@ -442,26 +444,30 @@ pub async fn run(
             if let Ok(mut p) = peers.write() {
                 *p = peer_addresses(&stores.nodes, &settings.node, settings.gossip_port);
             }
-            let interfaces = raw::interfaces();
-            let strict_arp_missing = iface::ipvs_without_strict_arp(&interfaces, &raw::arp_ignore(&interfaces));
-            if strict_arp_missing != ipvs_warned {
-                ipvs_warned = strict_arp_missing;
-                stats.strict_arp_missing.store(strict_arp_missing, Ordering::Relaxed);
-                if strict_arp_missing {
-                    tracing::error!(
-                        "kube-proxy runs in IPVS mode without strictARP: kube-ipvs0 holds Service addresses and this \
+            // Interfaces and sysctls are read on their own clock (the tick), not on every API event: with
+            // thousands of Services, watch events come far more often than NICs change.
+            if rescan_due.swap(false, Ordering::Relaxed) {
+                interfaces = raw::interfaces();
+                let strict_arp_missing = iface::ipvs_without_strict_arp(&interfaces, &raw::arp_ignore(&interfaces));
+                if strict_arp_missing != ipvs_warned {
+                    ipvs_warned = strict_arp_missing;
+                    stats.strict_arp_missing.store(strict_arp_missing, Ordering::Relaxed);
+                    if strict_arp_missing {
+                        tracing::error!(
+                            "kube-proxy runs in IPVS mode without strictARP: kube-ipvs0 holds Service addresses and this \
                      node's kernel answers ARP for all of them, so several nodes answer for one address. Set \
                      strictARP: true in the kube-proxy ConfigMap (as for MetalLB)."
-                    );
-                    reporter.node_event(
+                        );
+                        reporter.node_event(
                         "Warning",
                         "StrictARPDisabled",
                         "kube-proxy IPVS without strictARP: this node's kernel answers ARP for every Service address; \
                      set strictARP: true in the kube-proxy ConfigMap"
                             .into(),
                     );
-                } else {
-                    tracing::info!("strictARP in effect again");
+                    } else {
+                        tracing::info!("strictARP in effect again");
+                    }
                 }
             }
             let view = membership

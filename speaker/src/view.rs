@@ -5,7 +5,7 @@ use ferrolb_crds::selector::Selector;
 use ferrolb_crds::{IPAddressPool, L2Advertisement};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 /// Facts about a Node, with liveness from the fallback signal (`Ready=True`) unless the caller knows better.
 pub fn node_facts(node: &Node) -> NodeFacts {
@@ -40,31 +40,142 @@ pub fn service_facts(svc: &Service, slices: &[&EndpointSlice]) -> ServiceFacts {
     facts
 }
 
-/// The L2Advertisements that apply to a Service whose address comes from `pool`: those naming the pool or
-/// selecting it by label (or naming none: every pool), and whose service selectors match (or are empty).
-/// Malformed selectors match nothing.
-pub fn advertisements_for(pool: &IPAddressPool, svc: &Service, ads: &[&L2Advertisement]) -> Vec<Advertisement> {
-    let pool_name = pool.metadata.name.clone().unwrap_or_default();
-    let pool_labels = pool.metadata.labels.clone().unwrap_or_default();
-    let svc_labels = svc.metadata.labels.clone().unwrap_or_default();
+/// An L2Advertisement with its selectors parsed once per wake, not once per Service.
+#[derive(Debug, Clone)]
+pub struct ParsedAdvertisement {
+    pools: Vec<String>,
+    pool_selectors: Vec<Selector>,
+    service_selectors: Vec<Selector>,
+    advertisement: Advertisement,
+}
+
+/// Parses every advertisement's selectors; one with a malformed selector matches nothing, so it is left out.
+pub fn parse_advertisements(ads: &[&L2Advertisement]) -> Vec<ParsedAdvertisement> {
     let parse_all = |list: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector]| {
         list.iter().map(Selector::parse).collect::<Result<Vec<_>, _>>()
     };
     ads.iter()
         .filter_map(|ad| {
             let spec = &ad.spec;
-            let pool_selectors = parse_all(&spec.ip_address_pool_selectors).ok()?;
-            let names_none = spec.ip_address_pools.is_empty() && spec.ip_address_pool_selectors.is_empty();
-            let pool_ok = names_none
-                || spec.ip_address_pools.contains(&pool_name)
-                || pool_selectors.iter().any(|s| s.matches(&pool_labels));
-            let service_selectors = parse_all(&spec.service_selectors).ok()?;
-            let service_ok = service_selectors.is_empty() || service_selectors.iter().any(|s| s.matches(&svc_labels));
-            let node_selectors = parse_all(&spec.node_selectors).ok()?;
-            (pool_ok && service_ok).then(|| Advertisement {
-                node_selectors,
-                interfaces: spec.interfaces.iter().cloned().collect::<BTreeSet<_>>(),
+            Some(ParsedAdvertisement {
+                pools: spec.ip_address_pools.clone(),
+                pool_selectors: parse_all(&spec.ip_address_pool_selectors).ok()?,
+                service_selectors: parse_all(&spec.service_selectors).ok()?,
+                advertisement: Advertisement {
+                    node_selectors: parse_all(&spec.node_selectors).ok()?,
+                    interfaces: spec.interfaces.iter().cloned().collect::<BTreeSet<_>>(),
+                },
             })
         })
         .collect()
+}
+
+/// The L2Advertisements that apply to a Service whose address comes from `pool`: those naming the pool or
+/// selecting it by label (or naming none: every pool), and whose service selectors match (or are empty).
+pub fn advertisements_for(pool: &IPAddressPool, svc: &Service, ads: &[ParsedAdvertisement]) -> Vec<Advertisement> {
+    let pool_name = pool.metadata.name.clone().unwrap_or_default();
+    let pool_labels = pool.metadata.labels.clone().unwrap_or_default();
+    let svc_labels = svc.metadata.labels.clone().unwrap_or_default();
+    ads.iter()
+        .filter(|ad| {
+            let names_none = ad.pools.is_empty() && ad.pool_selectors.is_empty();
+            let pool_ok = names_none
+                || ad.pools.contains(&pool_name)
+                || ad.pool_selectors.iter().any(|s| s.matches(&pool_labels));
+            let service_ok =
+                ad.service_selectors.is_empty() || ad.service_selectors.iter().any(|s| s.matches(&svc_labels));
+            pool_ok && service_ok
+        })
+        .map(|ad| ad.advertisement.clone())
+        .collect()
+}
+
+/// EndpointSlices grouped by the Service they belong to (`namespace`, `kubernetes.io/service-name`), built
+/// once per wake so that finding a Service's slices costs a lookup instead of a scan of every slice.
+pub fn slices_by_service<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> HashMap<(String, String), Vec<&'a EndpointSlice>> {
+    let mut index: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
+    for slice in slices {
+        let (Some(namespace), Some(service)) =
+            (slice.metadata.namespace.as_ref(), slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)))
+        else {
+            continue;
+        };
+        index.entry((namespace.clone(), service.clone())).or_default().push(slice);
+    }
+    index
+}
+
+/// Label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ad(spec: serde_json::Value) -> L2Advertisement {
+        serde_json::from_value(json!({"metadata": {"name": "ad", "namespace": "metallb-system"}, "spec": spec}))
+            .expect("advertisement")
+    }
+
+    fn pool(name: &str, labels: serde_json::Value) -> IPAddressPool {
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "spec": {"addresses": []}}))
+            .expect("pool")
+    }
+
+    fn service(labels: serde_json::Value) -> Service {
+        serde_json::from_value(json!({"metadata": {"name": "s", "namespace": "default", "labels": labels}}))
+            .expect("service")
+    }
+
+    #[test]
+    fn advertisements_apply_by_pool_name_pool_label_or_to_every_pool_and_by_service_label() {
+        let ads = [
+            ad(json!({})),
+            ad(json!({"ipAddressPools": ["blue"], "interfaces": ["eth1"]})),
+            ad(json!({"ipAddressPoolSelectors": [{"matchLabels": {"tier": "gold"}}], "interfaces": ["eth2"]})),
+            ad(json!({"serviceSelectors": [{"matchLabels": {"app": "dns"}}], "interfaces": ["eth3"]})),
+            ad(json!({"ipAddressPoolSelectors": [{"matchExpressions": [{"key": "x", "operator": "Bogus"}]}]})),
+        ];
+        let refs: Vec<&L2Advertisement> = ads.iter().collect();
+        let parsed = parse_advertisements(&refs);
+        assert_eq!(parsed.len(), 4, "the malformed selector matches nothing");
+        let interfaces = |p: &IPAddressPool, s: &Service| -> Vec<Vec<String>> {
+            advertisements_for(p, s, &parsed).into_iter().map(|a| a.interfaces.into_iter().collect()).collect()
+        };
+        let plain = service(json!({}));
+        assert_eq!(interfaces(&pool("red", json!({})), &plain), vec![Vec::<String>::new()]);
+        assert_eq!(interfaces(&pool("blue", json!({})), &plain), vec![vec![], vec!["eth1".to_string()]]);
+        assert_eq!(interfaces(&pool("red", json!({"tier": "gold"})), &plain), vec![vec![], vec!["eth2".to_string()]]);
+        let dns = service(json!({"app": "dns"}));
+        assert_eq!(interfaces(&pool("red", json!({})), &dns), vec![vec![], vec!["eth3".to_string()]]);
+    }
+
+    #[test]
+    fn slices_are_grouped_by_namespace_and_service_and_unlabelled_ones_ignored() {
+        let slice = |ns: &str, svc: Option<&str>, name: &str| -> EndpointSlice {
+            let labels = svc.map_or(json!({}), |s| json!({SERVICE_NAME_LABEL: s}));
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns, "labels": labels},
+                "addressType": "IPv4", "endpoints": []}))
+            .expect("slice")
+        };
+        let slices = [
+            slice("a", Some("dns"), "1"),
+            slice("a", Some("dns"), "2"),
+            slice("b", Some("dns"), "3"),
+            slice("a", None, "4"),
+        ];
+        let index = slices_by_service(slices.iter());
+        let names = |ns: &str, svc: &str| -> Vec<String> {
+            index
+                .get(&(ns.to_string(), svc.to_string()))
+                .map(|v| v.iter().filter_map(|s| s.metadata.name.clone()).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(names("a", "dns"), ["1", "2"]);
+        assert_eq!(names("b", "dns"), ["3"]);
+        assert_eq!(index.len(), 2);
+    }
 }
