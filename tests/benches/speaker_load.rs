@@ -2,16 +2,30 @@
 //! - ARP reply latency of the speaker (userspace, raw socket) beside the kernel's own responder (a node's
 //!   InternalIP), measured from the host namespace in the same run: p50 / p99;
 //! - speaker RSS with 1,000 announced addresses (1,000 LoadBalancer Services);
-//! - ownership changes while both cores are busy for FERROLB_STRESS_SECS (default 300) — must be 0.
+//! - ownership changes while both cores are busy for FERROLB_STRESS_SECS (default 300) — must be 0;
+//! - with FERROLB_SERVICES=N (default 1,000): the speakers' idle CPU (nothing changes but node heartbeats)
+//!   and the hard-kill failover of one probed Service with N present (FERROLB_FAILOVER_TRIALS, default 5).
 //!
 //! Run (root): `cargo build --release --workspace --bins && cargo bench -p ferrolb-tests --bench speaker_load`
+//! To compare with an older speaker, run the same command on that commit: the figures are absolute.
 
 use ferrolb_tests::harness::{TestLab, create_yaml, ingress};
 use ferrolb_tests::lab::lifecycle;
 use futures::StreamExt;
 use std::time::{Duration, Instant};
 
-const SERVICES: usize = 1000;
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+/// CPU seconds a process has used (user + system).
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    // Fields 14 and 15 of /proc/<pid>/stat (utime, stime), counted after the command name: 12 and 13.
+    let ticks: f64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<f64>().ok()).sum();
+    ticks / 100.0
+}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * (sorted.len().saturating_sub(1)) as f64).round() as usize;
@@ -49,7 +63,8 @@ async fn main() {
     let exe = lifecycle::sibling_binary("ferrolb-lab").expect("build the binaries first").display().to_string();
     let lab = TestLab::start(&exe, "flbl", 3, false);
     let client = lab.admin().await;
-    let setup = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab, namespace: metallb-system}\nspec: {addresses: [198.19.0.0/22], avoidBuggyIPs: true}\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: lab, namespace: metallb-system}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: load}\n";
+    let services = usize::try_from(env_or("FERROLB_SERVICES", 1000)).unwrap_or(1000);
+    let setup = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab, namespace: metallb-system}\nspec: {addresses: [198.19.0.0/18], avoidBuggyIPs: true}\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: lab, namespace: metallb-system}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: load}\n";
     create_yaml(&client, setup).await.expect("setup");
     for n in 1..=3 {
         let pod = format!(
@@ -57,8 +72,8 @@ async fn main() {
         );
         create_yaml(&client, &pod).await.expect("pod");
     }
-    println!("creating {SERVICES} LoadBalancer Services with ready endpoints on all three nodes");
-    futures::stream::iter(0..SERVICES)
+    println!("creating {services} LoadBalancer Services with ready endpoints on all three nodes");
+    futures::stream::iter(0..services)
         .for_each_concurrent(16, |i| {
             let client = client.clone();
             async move {
@@ -68,12 +83,16 @@ async fn main() {
         })
         .await;
     let started = Instant::now();
-    let vip = loop {
-        if let Some(ip) = ingress(&client, "load", "web-0999").await.into_iter().next() {
-            break ip;
+    let last = format!("web-{:04}", services - 1);
+    loop {
+        if !ingress(&client, "load", &last).await.is_empty() {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    }
+    println!("all {services} addressed after {:.1?}", started.elapsed());
+    // The first Service has the pool's first address, inside the host's static route (198.19.0.0/24).
+    let vip = ingress(&client, "load", "web-0000").await.into_iter().next().expect("web-0000 addressed");
     // Wait until every speaker has settled (no ownership change for 10 s).
     let mut last = (takeovers(&lab), Instant::now());
     while last.1.elapsed() < Duration::from_secs(10) && started.elapsed() < Duration::from_secs(300) {
@@ -113,7 +132,53 @@ async fn main() {
     line("ARP reply, kernel (198.18.0.12)", &kernel);
     println!("speaker / kernel p50: {:.2}x", percentile(&speaker, 50.0) / percentile(&kernel, 50.0));
 
-    let secs: u64 = std::env::var("FERROLB_STRESS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let speakers: Vec<(String, i32)> =
+        state.procs.iter().filter(|p| p.role.starts_with("speaker ")).map(|p| (p.role.clone(), p.pid)).collect();
+    let window = Duration::from_secs(20);
+    let cpu_before: Vec<f64> = speakers.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+    tokio::time::sleep(window).await;
+    for ((role, pid), before) in speakers.iter().zip(cpu_before) {
+        let share = (cpu_seconds(*pid) - before) / window.as_secs_f64() * 100.0;
+        println!("{role:<16} idle CPU {share:>5.1} % of a core over {window:?} (nothing changes but heartbeats)");
+    }
+
+    let trials = env_or("FERROLB_FAILOVER_TRIALS", 5);
+    let mut gaps = Vec::new();
+    for trial in 1..=trials {
+        let target = format!("{vip}:80");
+        let owner = lab.probe("host", "tcp", &target, 2000).expect("owner answers");
+        let prober = std::process::Command::new(&exe)
+            .args(["--name", &lab.name, "--dir"])
+            .arg(&lab.dir)
+            .args(["exec", "host", "--", &exe, "prober", "tcp", &target, "--duration-ms", "4000"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("prober");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        lab.ok(&["kill", &owner]);
+        let out = prober.wait_with_output().expect("prober");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let gap = report["max_gap_ms"].as_f64().unwrap_or(f64::NAN);
+        println!("hard kill {trial}/{trials} of {owner} with {services} Services: TCP outage {gap:.0} ms");
+        gaps.push(gap);
+        lab.ok(&["revive", &owner]);
+        for _ in 0..300 {
+            if lab.probe("host", "tcp", &target, 500).as_deref() == Ok(owner.as_str()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    gaps.sort_by(f64::total_cmp);
+    println!(
+        "hard-kill TCP outage with {services} Services: n={} p50 {:.0} ms  max {:.0} ms",
+        gaps.len(),
+        percentile(&gaps, 50.0),
+        gaps.last().copied().unwrap_or(f64::NAN)
+    );
+
+    let secs = env_or("FERROLB_STRESS_SECS", 300);
     println!("both cores busy for {secs} s (two spinning threads at normal priority) ...");
     let before = takeovers(&lab);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
