@@ -5,7 +5,6 @@
 
 pub mod allocator;
 pub mod error;
-pub mod events;
 pub mod lease;
 pub mod metrics;
 pub mod pool;

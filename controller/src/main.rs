@@ -1,17 +1,12 @@
 //! ferrolb-controller: allocates addresses from IPAddressPools to LoadBalancer Services.
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use ferrolb_controller::lease::{self, LeaseSettings};
-use ferrolb_controller::metrics::{self, Metrics};
+use ferrolb_controller::metrics::Metrics;
 use ferrolb_controller::run::{self, Settings};
+use ferrolb_runtime::logging::LogFormat;
 use std::time::Duration;
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Allocates addresses from IPAddressPools (metallb.io/v1beta1) to LoadBalancer Services")]
@@ -42,17 +37,6 @@ struct Args {
     identity: Option<String>,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 async fn shutdown_signal() -> &'static str {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
@@ -67,7 +51,7 @@ async fn shutdown_signal() -> &'static str {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging(args.log_format);
+    ferrolb_runtime::logging::init(args.log_format);
     let identity = args.identity.clone().unwrap_or_else(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map_or_else(|_| "ferrolb-controller".into(), |h| h.trim().to_string())
@@ -75,7 +59,11 @@ async fn main() -> anyhow::Result<()> {
     let client =
         kube::Client::try_default().await.context("no Kubernetes client configuration (in-cluster or KUBECONFIG)")?;
     let metrics = Metrics::new();
-    let server = tokio::spawn(metrics::serve(args.metrics_addr.clone(), metrics.clone()));
+    let rendered = metrics.clone();
+    let server =
+        tokio::spawn(ferrolb_runtime::http::serve(args.metrics_addr.clone(), metrics.ready.clone(), move || {
+            rendered.render()
+        }));
 
     let lease = LeaseSettings {
         name: args.lease_name.clone(),

@@ -1,4 +1,4 @@
-//! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
+//! The controller's Prometheus metrics (served by `ferrolb_runtime::http`).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -7,8 +7,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::sync::atomic::AtomicBool;
 
 /// Labels of the per-pool gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,7 +39,7 @@ pub struct Metrics {
     /// 1 while this replica is the leader.
     pub leader: Gauge,
     /// Set after the first full sync; `/readyz` answers 200 from then on.
-    pub ready: AtomicBool,
+    pub ready: Arc<AtomicBool>,
 }
 
 /// Gauge storage; prometheus-client's `Gauge<i64>` uses `AtomicI64`.
@@ -64,7 +63,7 @@ impl Metrics {
             reconciles,
             reconcile_seconds,
             leader,
-            ready: AtomicBool::new(false),
+            ready: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -73,44 +72,12 @@ impl Metrics {
         self.reconciles.get_or_create(&ResultLabels { result: result.to_string() }).inc();
     }
 
-    fn render(&self) -> String {
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
-    }
-}
-
-/// Serves `/metrics`, `/healthz` and `/readyz` (plain HTTP/1.1, one request per connection).
-pub async fn serve(addr: String, metrics: Arc<Metrics>) -> crate::error::Result<()> {
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|source| crate::error::Error::Serve { addr: addr.clone(), source })?;
-    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (code, body) = match path {
-                "/metrics" => ("200 OK", metrics.render()),
-                "/healthz" => ("200 OK", "ok\n".to_string()),
-                "/readyz" if metrics.ready.load(Ordering::Relaxed) => ("200 OK", "ok\n".to_string()),
-                "/readyz" => ("503 Service Unavailable", "caches not synced yet\n".to_string()),
-                _ => ("404 Not Found", "try /metrics, /healthz or /readyz\n".to_string()),
-            };
-            let response = format!(
-                "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-        });
     }
 }

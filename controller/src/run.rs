@@ -9,14 +9,15 @@ use crate::service::{ServiceIntent, ServiceKey, is_managed};
 use crate::status::{current_ingress, pool_status, service_writes};
 use ferrolb_crds::IPAddressPool;
 use ferrolb_crds::annotations::IP_ALLOCATED_FROM_POOL;
-use futures::StreamExt;
+use ferrolb_runtime::events::EventKind;
+use ferrolb_runtime::watch::watch;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,22 +36,6 @@ pub struct Settings {
     pub identity: String,
 }
 
-/// Severity of an Event.
-#[derive(Debug, Clone, Copy)]
-enum EventKind {
-    Normal,
-    Warning,
-}
-
-impl EventKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Normal => "Normal",
-            EventKind::Warning => "Warning",
-        }
-    }
-}
-
 /// Why the loop wakes up.
 #[derive(Debug)]
 enum Trigger {
@@ -61,43 +46,6 @@ enum Trigger {
 
 fn key_of(svc: &Service) -> ServiceKey {
     ServiceKey::new(svc.metadata.namespace.as_deref().unwrap_or_default(), &svc.name_any())
-}
-
-/// kubectl's copy of the last applied manifest, kept in an annotation.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
-/// Runs a reflector (retrying with backoff) and turns its events into triggers; shared with the speaker.
-pub fn watch<K, T, F>(api: Api<K>, tx: mpsc::UnboundedSender<T>, to_trigger: F) -> Store<K>
-where
-    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-    T: Send + 'static,
-    F: Fn(&watcher::Event<K>) -> Option<T> + Send + 'static,
-{
-    let (reader, writer) = reflector::store();
-    // The cache keeps what decisions read: managedFields and kubectl's last-applied copy are often most of an
-    // object's size, and nothing here reads them.
-    let trimmed = watcher(api, watcher::Config::default()).default_backoff().modify(|obj| {
-        obj.managed_fields_mut().clear();
-        obj.annotations_mut().remove(LAST_APPLIED);
-    });
-    let stream = reflector::reflector(writer, trimmed);
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(ev) => {
-                    if let Some(t) = to_trigger(&ev)
-                        && tx.send(t).is_err()
-                    {
-                        return;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "watch error; retrying with backoff"),
-            }
-        }
-    });
-    reader
 }
 
 /// The controller's state between wake-ups.
@@ -367,14 +315,14 @@ impl Controller {
     }
 
     async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, kind: EventKind, reason: &str, note: String) {
-        let event = crate::events::EventSpec {
-            kind: kind.as_str(),
+        let event = ferrolb_runtime::events::EventSpec {
+            kind,
             reason,
             note,
             controller: "ferrolb.io/controller",
             instance: &self.settings.identity,
         };
-        if let Err(e) = crate::events::publish(&self.client, obj.object_ref(&()), event).await {
+        if let Err(e) = ferrolb_runtime::events::publish(&self.client, obj.object_ref(&()), event).await {
             tracing::warn!(error = %e, reason, "cannot publish Event");
         }
     }

@@ -182,11 +182,7 @@ fn service_families(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<Famil
     families
 }
 
-/// Whether this controller manages the Service: `type: LoadBalancer` and the configured class (none by default).
-pub fn is_managed(svc: &Service, load_balancer_class: Option<&str>) -> bool {
-    let Some(spec) = &svc.spec else { return false };
-    spec.type_.as_deref() == Some("LoadBalancer") && spec.load_balancer_class.as_deref() == load_balancer_class
-}
+pub use ferrolb_crds::service::is_managed;
 
 #[cfg(test)]
 mod tests {

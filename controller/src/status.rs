@@ -4,21 +4,11 @@
 use crate::allocator::{Assignment, PoolUsage};
 use crate::pool::PoolProblem;
 use ferrolb_crds::IPAddressPoolStatus;
-use ferrolb_crds::annotations::IP_ALLOCATED_FROM_POOL;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use std::net::IpAddr;
 
-/// The ingress addresses a Service carries now.
-pub fn current_ingress(svc: &Service) -> Vec<IpAddr> {
-    let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
-    ingress.into_iter().flatten().filter_map(|i| i.ip.as_deref()?.parse().ok()).collect()
-}
-
-/// The pool annotation a Service carries now.
-pub fn current_pool(svc: &Service) -> Option<&str> {
-    svc.metadata.annotations.as_ref()?.get(IP_ALLOCATED_FROM_POOL.key).map(String::as_str)
-}
+pub use ferrolb_crds::service::{current_ingress, current_pool};
 
 /// Writes needed to make a Service show `assignment` (or nothing).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

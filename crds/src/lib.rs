@@ -8,6 +8,7 @@ pub mod annotations;
 mod l2advertisement;
 mod pool;
 pub mod selector;
+pub mod service;
 mod servicel2status;
 
 pub use l2advertisement::{L2Advertisement, L2AdvertisementSchema, L2AdvertisementSpec, L2AdvertisementStatus};

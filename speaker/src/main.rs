@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
+use ferrolb_runtime::logging::LogFormat;
 use ferrolb_speaker::election::Policy;
 use ferrolb_speaker::raw::Stats;
 use ferrolb_speaker::run::{self, Settings};
@@ -9,7 +10,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Answers ARP for the LoadBalancer addresses this node owns")]
@@ -27,8 +27,8 @@ struct Args {
     #[arg(long, env = "FERROLB_METRICS_ADDR", default_value = "0.0.0.0:7473")]
     metrics_addr: String,
     /// Log format: text or json.
-    #[arg(long, default_value = "text")]
-    log_format: String,
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// UDP port of the liveness protocol.
     #[arg(long, default_value_t = 7946)]
     gossip_port: u16,
@@ -109,44 +109,16 @@ fn render(stats: &Stats) -> String {
     out
 }
 
-async fn serve(addr: String, stats: Arc<Stats>, ready: Arc<AtomicBool>) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
-        let (stats, ready) = (stats.clone(), ready.clone());
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await else { return };
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let (code, body) = match request.split_whitespace().nth(1).unwrap_or("/") {
-                "/metrics" => ("200 OK", render(&stats)),
-                "/healthz" => ("200 OK", "ok\n".into()),
-                "/readyz" if ready.load(Ordering::Relaxed) => ("200 OK", "ok\n".into()),
-                "/readyz" => ("503 Service Unavailable", "caches not synced\n".into()),
-                _ => ("404 Not Found", "try /metrics\n".into()),
-            };
-            let resp = format!("HTTP/1.1 {code}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-            let _ = stream.write_all(resp.as_bytes()).await;
-        });
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
-    if args.log_format == "json" {
-        builder.json().init()
-    } else {
-        builder.init()
-    }
+    ferrolb_runtime::logging::init(args.log_format);
     let client = kube::Client::try_default().await.context("no Kubernetes client configuration")?;
     let stats = Arc::new(Stats::default());
     let ready = Arc::new(AtomicBool::new(false));
-    let server = tokio::spawn(serve(args.metrics_addr.clone(), stats.clone(), ready.clone()));
+    let rendered = stats.clone();
+    let server =
+        tokio::spawn(ferrolb_runtime::http::serve(args.metrics_addr.clone(), ready.clone(), move || render(&rendered)));
     let settings = Settings {
         node: args.node.clone(),
         namespace: args.namespace.clone(),

@@ -8,6 +8,7 @@
 
 use crate::run::Announced;
 use ferrolb_crds::ServiceL2Status;
+use ferrolb_runtime::events::{EventKind, EventSpec};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -139,16 +140,7 @@ impl Reporter {
             let ips: Vec<String> = announced.ips.iter().map(ToString::to_string).collect();
             let ifaces: Vec<&str> = announced.interfaces.iter().map(String::as_str).collect();
             let note = format!("announcing {} from node {} on {}", ips.join(", "), self.node, ifaces.join(", "));
-            let event = ferrolb_controller::events::EventSpec {
-                kind: "Normal",
-                reason: "AnnouncingFromNode",
-                note,
-                controller: "ferrolb.io/speaker",
-                instance: &self.node,
-            };
-            if let Err(e) = ferrolb_controller::events::publish(&self.client, regarding, event).await {
-                tracing::warn!(error = %e, "cannot publish Event");
-            }
+            publish(&self.client, &self.node, regarding, EventKind::Normal, "AnnouncingFromNode", note).await;
         }
     }
 }
@@ -169,7 +161,7 @@ impl Reporter {
     /// An Event on a Service `(namespace, name)` with this uid, in the background.
     pub fn service_event(
         &self,
-        kind: &'static str,
+        kind: EventKind,
         reason: &'static str,
         (namespace, name): &(String, String),
         uid: &str,
@@ -177,22 +169,11 @@ impl Reporter {
     ) {
         let this = self.clone();
         let regarding = service_ref(namespace, name, uid);
-        tokio::spawn(async move {
-            let event = ferrolb_controller::events::EventSpec {
-                kind,
-                reason,
-                note,
-                controller: "ferrolb.io/speaker",
-                instance: &this.node,
-            };
-            if let Err(e) = ferrolb_controller::events::publish(&this.client, regarding, event).await {
-                tracing::warn!(error = %e, "cannot publish Event");
-            }
-        });
+        tokio::spawn(async move { publish(&this.client, &this.node, regarding, kind, reason, note).await });
     }
 
     /// An Event on this node's Node object, in the background.
-    pub fn node_event(&self, kind: &'static str, reason: &'static str, note: String) {
+    pub fn node_event(&self, kind: EventKind, reason: &'static str, note: String) {
         let this = self.clone();
         tokio::spawn(async move {
             let regarding = ObjectReference {
@@ -202,17 +183,16 @@ impl Reporter {
                 namespace: Some("default".into()),
                 ..ObjectReference::default()
             };
-            let event = ferrolb_controller::events::EventSpec {
-                kind,
-                reason,
-                note,
-                controller: "ferrolb.io/speaker",
-                instance: &this.node,
-            };
-            if let Err(e) = ferrolb_controller::events::publish(&this.client, regarding, event).await {
-                tracing::warn!(error = %e, "cannot publish Event");
-            }
+            publish(&this.client, &this.node, regarding, kind, reason, note).await;
         });
+    }
+}
+
+/// Publishes one Event as this node's speaker; a failure is logged, never fatal.
+async fn publish(client: &Client, node: &str, regarding: ObjectReference, kind: EventKind, reason: &str, note: String) {
+    let event = EventSpec { kind, reason, note, controller: "ferrolb.io/speaker", instance: node };
+    if let Err(e) = ferrolb_runtime::events::publish(client, regarding, event).await {
+        tracing::warn!(error = %e, reason, "cannot publish Event");
     }
 }
 

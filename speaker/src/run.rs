@@ -9,16 +9,16 @@ use crate::liveness::{self, Kind, Membership, Message, Verdict};
 use crate::raw::{self, Owned, Responder, Stats};
 use crate::report;
 use crate::view;
-use ferrolb_controller::pool::PoolConfig;
-use ferrolb_controller::service::is_managed;
+use ferrolb_crds::service::{current_ingress, current_pool, is_managed};
 use ferrolb_crds::{IPAddressPool, L2Advertisement, ServiceL2Status};
+use ferrolb_runtime::events::EventKind;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -168,7 +168,7 @@ where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    ferrolb_controller::run::watch(api, tx, |_| Some(()))
+    ferrolb_runtime::watch::watch(api, tx, |_| Some(()))
 }
 
 struct Stores {
@@ -231,12 +231,9 @@ fn desired(
             facts
         })
         .collect();
-    let pools: Vec<(Arc<IPAddressPool>, PoolConfig)> = s
-        .pools
-        .state()
-        .into_iter()
-        .filter_map(|p| PoolConfig::from_spec(&p.name_any(), &p.spec).ok().map(|c| (p, c)))
-        .collect();
+    // The pool of an address is the one the controller recorded on the Service, so speaker and controller
+    // agree even where pools overlap (the controller sets the newer one aside), and nothing is parsed here.
+    let pools: HashMap<String, Arc<IPAddressPool>> = s.pools.state().into_iter().map(|p| (p.name_any(), p)).collect();
     let ads: Vec<Arc<L2Advertisement>> = s.ads.state();
     let ad_refs: Vec<&L2Advertisement> = ads.iter().map(AsRef::as_ref).collect();
     let ads = view::parse_advertisements(&ad_refs);
@@ -255,9 +252,9 @@ fn desired(
         let facts = view::service_facts(&svc, own_slices);
         let uid = svc.metadata.uid.clone().unwrap_or_default();
         let (mut nobody, mut failed): (Vec<Cause>, Vec<Cause>) = (Vec::new(), Vec::new());
-        for ip in ferrolb_controller::status::current_ingress(&svc) {
+        let Some(pool) = current_pool(&svc).and_then(|name| pools.get(name)) else { continue };
+        for ip in current_ingress(&svc) {
             let IpAddr::V4(v4) = ip else { continue };
-            let Some((pool, _)) = pools.iter().find(|(_, c)| c.contains_usable(ip)) else { continue };
             let applicable = view::advertisements_for(pool, &svc, &ads);
             match election::decide(ip, &facts, &nodes, &applicable, settings.policy) {
                 Decision::Nobody(why) => {
@@ -317,7 +314,7 @@ fn tell_unannounced(
     for (key, problem) in diagnose::changed(before, &now.unannounced) {
         let service = format!("{}/{}", key.0, key.1);
         tracing::warn!(%service, reason = diagnose::NO_ELIGIBLE_NODE, "{}", problem.note);
-        reporter.service_event("Warning", diagnose::NO_ELIGIBLE_NODE, key, &problem.uid, problem.note.clone());
+        reporter.service_event(EventKind::Warning, diagnose::NO_ELIGIBLE_NODE, key, &problem.uid, problem.note.clone());
     }
     for (namespace, name) in before.keys().filter(|k| !now.unannounced.contains_key(*k)) {
         let service = format!("{namespace}/{name}");
@@ -336,7 +333,7 @@ fn tell_failed(
     for (key, problem) in diagnose::changed(before, now) {
         let service = format!("{}/{}", key.0, key.1);
         tracing::warn!(%service, reason = diagnose::ANNOUNCE_FAILED, "{}", problem.note);
-        reporter.service_event("Warning", diagnose::ANNOUNCE_FAILED, key, &problem.uid, problem.note.clone());
+        reporter.service_event(EventKind::Warning, diagnose::ANNOUNCE_FAILED, key, &problem.uid, problem.note.clone());
     }
 }
 
@@ -459,7 +456,7 @@ pub async fn run(
                      strictARP: true in the kube-proxy ConfigMap (as for MetalLB)."
                         );
                         reporter.node_event(
-                        "Warning",
+                        EventKind::Warning,
                         "StrictARPDisabled",
                         "kube-proxy IPVS without strictARP: this node's kernel answers ARP for every Service address; \
                      set strictARP: true in the kube-proxy ConfigMap"

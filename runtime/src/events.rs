@@ -1,4 +1,4 @@
-//! Publishing Events, shared by the controller and the speaker.
+//! Publishing Events, for the controller and the speaker.
 //!
 //! Not through kube's `Recorder`: it folds Events with the same reason into one series and keeps the first
 //! note, which hides "(was …)" and every later refusal reason. ferrolb only emits on change, so there is
@@ -11,11 +11,30 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::{Api, Client};
 
+/// Severity of an Event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// Something worth knowing happened (an address assigned, a node announcing).
+    Normal,
+    /// Something needs the user's attention (no address, nobody can announce).
+    Warning,
+}
+
+impl EventKind {
+    /// The API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Normal => "Normal",
+            EventKind::Warning => "Warning",
+        }
+    }
+}
+
 /// What an Event says and who says it.
 #[derive(Debug, Clone)]
 pub struct EventSpec<'a> {
-    /// `Normal` or `Warning`.
-    pub kind: &'a str,
+    /// Severity.
+    pub kind: EventKind,
     /// Short CamelCase reason.
     pub reason: &'a str,
     /// The human message (cut to 1024 characters).
@@ -39,7 +58,7 @@ pub async fn publish(client: &Client, regarding: ObjectReference, e: EventSpec<'
             ..ObjectMeta::default()
         },
         event_time: Some(MicroTime(now)),
-        type_: Some(e.kind.into()),
+        type_: Some(e.kind.as_str().into()),
         reason: Some(e.reason.into()),
         action: Some(e.reason.into()),
         note: Some(e.note.chars().take(1024).collect()),

@@ -1,0 +1,23 @@
+//! What a Service says to a load balancer, read the same way by the controller and the speaker: whether it
+//! is ours, which addresses it carries, and which pool they came from.
+
+use crate::annotations::IP_ALLOCATED_FROM_POOL;
+use k8s_openapi::api::core::v1::Service;
+use std::net::IpAddr;
+
+/// Whether ferrolb handles the Service: `type: LoadBalancer` and the configured class (none by default).
+pub fn is_managed(svc: &Service, load_balancer_class: Option<&str>) -> bool {
+    let Some(spec) = &svc.spec else { return false };
+    spec.type_.as_deref() == Some("LoadBalancer") && spec.load_balancer_class.as_deref() == load_balancer_class
+}
+
+/// The ingress addresses a Service carries now.
+pub fn current_ingress(svc: &Service) -> Vec<IpAddr> {
+    let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
+    ingress.into_iter().flatten().filter_map(|i| i.ip.as_deref()?.parse().ok()).collect()
+}
+
+/// The pool its addresses came from, as the controller recorded it (`metallb.io/ip-allocated-from-pool`).
+pub fn current_pool(svc: &Service) -> Option<&str> {
+    svc.metadata.annotations.as_ref()?.get(IP_ALLOCATED_FROM_POOL.key).map(String::as_str)
+}
