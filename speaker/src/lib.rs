@@ -1,16 +1,22 @@
 //! ferrolb-speaker: decides which node answers for each address and answers ARP for it.
 //!
-//! Built so far: the pure parts. [`arp`] is the wire format and the accept/reply decision; [`election`] picks
-//! one owner per address from what every speaker sees. The raw-socket I/O, the liveness protocol between
-//! speakers and the Kubernetes shell come next (see the README's status table).
+//! Pure: [`arp`] (wire format, accept/reply decision), [`election`] (one owner per address), [`liveness`]
+//! (heartbeat rules), [`view`] (Kubernetes objects to election facts), [`plan`] (what this node announces),
+//! [`diagnose`] (why nobody announces), [`iface`] (which interface answers). I/O: [`announcer`] (raw sockets
+//! and gratuitous ARP), [`gossip`] (the liveness protocol's sockets), [`report`] (ServiceL2Status and
+//! Events), [`raw`] (AF_PACKET), wired together by [`run`]. docs/design.md §1.3 and §4–7 tell the rules.
 
+pub mod announcer;
 pub mod arp;
 pub mod diagnose;
 pub mod election;
 pub mod error;
+pub mod gossip;
 pub mod iface;
 pub mod liveness;
+pub mod plan;
 pub mod raw;
 pub mod report;
 pub mod run;
+pub mod settings;
 pub mod view;

@@ -6,7 +6,7 @@
 //! is usually in another namespace, and Kubernetes forbids cross-namespace owners; each speaker deletes its own
 //! objects once it stops announcing, Service deleted or not.
 
-use crate::run::Announced;
+use crate::plan::Announced;
 use ferrolb_crds::ServiceL2Status;
 use ferrolb_runtime::events::{EventKind, EventSpec};
 use k8s_openapi::api::core::v1::ObjectReference;

@@ -1,0 +1,149 @@
+//! The liveness protocol's I/O: a heartbeat sender thread, a receiver feeding [`Membership`], a watcher
+//! that wakes the speaker when a verdict changes, and the "leaving" message on shutdown. The rules (what a
+//! datagram must carry, when a peer is dead) are in the pure [`crate::liveness`].
+
+use crate::liveness::{self, Kind, Membership, Message, Verdict};
+use crate::raw::Stats;
+use crate::settings::Settings;
+use k8s_openapi::api::core::v1::Node;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Liveness shared between the protocol tasks and the election.
+pub type SharedMembership = Arc<std::sync::Mutex<Membership>>;
+
+/// Wall-clock nanoseconds: the heartbeat sequence number.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Starts the liveness protocol: a sender thread (a plain OS thread, so heartbeats keep their rhythm when the
+/// async workers are busy), a receiver task, and a watcher that triggers re-election when a verdict changes.
+pub fn start(
+    settings: &Settings,
+    key: Vec<u8>,
+    membership: SharedMembership,
+    peers: Arc<std::sync::RwLock<Vec<std::net::SocketAddr>>>,
+    trigger: mpsc::UnboundedSender<()>,
+    stats: Arc<Stats>,
+) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(("0.0.0.0", settings.gossip_port))?;
+    let sender = socket.try_clone()?;
+    let (me, interval, send_key, send_peers) = (settings.node.clone(), settings.heartbeat, key.clone(), peers.clone());
+    std::thread::Builder::new().name("heartbeat".into()).spawn(move || {
+        loop {
+            let datagram =
+                liveness::encode(&send_key, &Message { kind: Kind::Alive, node: me.clone(), sequence: now_ns() });
+            for peer in send_peers.read().map(|p| p.clone()).unwrap_or_default() {
+                let _ = sender.send_to(&datagram, peer);
+            }
+            std::thread::sleep(interval);
+        }
+    })?;
+    let receiver = tokio::net::UdpSocket::from_std({
+        let r = socket.try_clone()?;
+        r.set_nonblocking(true)?;
+        r
+    })?;
+    let (recv_membership, recv_trigger) = (membership.clone(), trigger.clone());
+    let stats_for_detection = stats.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        loop {
+            let Ok((n, from)) = receiver.recv_from(&mut buf).await else { continue };
+            let now = std::time::Instant::now();
+            let verdict = liveness::decode(&key, &buf[..n]).and_then(|msg| {
+                let mut m = recv_membership.lock().map_err(|_| liveness::Reject::Malformed)?;
+                let before = m.verdict(&msg.node, now);
+                m.accept(&msg, now)?;
+                Ok(before != m.verdict(&msg.node, now))
+            });
+            match verdict {
+                Ok(true) => {
+                    let _ = recv_trigger.send(());
+                }
+                Ok(false) => {}
+                Err(reason) => {
+                    let count = stats.gossip_rejects.lock().map_or(0, |mut r| {
+                        let c = r.entry(reason.label()).or_default();
+                        *c += 1;
+                        *c
+                    });
+                    // Loud but bounded: the 1st, 2nd, 4th, 8th… rejection of each kind is logged.
+                    if count.is_power_of_two() {
+                        tracing::warn!(%from, reason = reason.label(), count, "rejected a liveness datagram");
+                    }
+                }
+            }
+        }
+    });
+    let tick = (settings.dead_after / 10).max(Duration::from_millis(10));
+    let detect_stats = stats_for_detection;
+    tokio::spawn(async move {
+        let mut last = BTreeMap::new();
+        loop {
+            tokio::time::sleep(tick).await;
+            let now = std::time::Instant::now();
+            let (verdicts, silences) = membership
+                .lock()
+                .map(|m| {
+                    let v = m.verdicts(now);
+                    let s: BTreeMap<String, Duration> =
+                        v.keys().filter_map(|n| Some((n.clone(), m.silence(n, now)?))).collect();
+                    (v, s)
+                })
+                .unwrap_or_default();
+            if verdicts != last {
+                for (node, v) in &verdicts {
+                    if last.get(node) != Some(v) {
+                        let silent = silences.get(node).copied().unwrap_or_default();
+                        tracing::info!(%node, verdict = ?v, silent_ms = silent.as_millis() as u64, "peer liveness changed");
+                        if *v == Verdict::Dead && last.get(node) == Some(&Verdict::Alive) {
+                            // Time from the peer's last word to our verdict: the detection latency.
+                            detect_stats.detections.fetch_add(1, Ordering::Relaxed);
+                            detect_stats
+                                .detection_micros
+                                .fetch_add(u64::try_from(silent.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+                        }
+                    }
+                }
+                last = verdicts;
+                if trigger.send(()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(socket)
+}
+
+/// Peers' liveness addresses: every other node's first InternalIPv4.
+pub fn peer_addresses(nodes: &[Arc<Node>], me: &str, port: u16) -> Vec<std::net::SocketAddr> {
+    nodes
+        .iter()
+        .filter(|n| n.metadata.name.as_deref() != Some(me))
+        .filter_map(|n| {
+            let addrs = n.status.as_ref()?.addresses.as_ref()?;
+            let ip =
+                addrs.iter().filter(|a| a.type_ == "InternalIP").find_map(|a| a.address.parse::<Ipv4Addr>().ok())?;
+            Some(std::net::SocketAddr::from((ip, port)))
+        })
+        .collect()
+}
+
+/// Tells every peer this node is leaving, a few times in case one datagram is lost.
+pub async fn say_leaving(socket: &std::net::UdpSocket, key: &[u8], node: &str, peers: &[std::net::SocketAddr]) {
+    let leaving = liveness::encode(key, &Message { kind: Kind::Leaving, node: node.to_string(), sequence: now_ns() });
+    for _ in 0..3 {
+        for peer in peers {
+            let _ = socket.send_to(&leaving, peer);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

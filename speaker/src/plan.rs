@@ -1,0 +1,270 @@
+//! The plan: what this node announces, computed purely from a snapshot of the API state, this node's
+//! interfaces and its view of the peers' liveness — the speaker's desired state. The announcer makes it so,
+//! the reporter tells the cluster; neither decides anything.
+
+use crate::diagnose::{self, Cause, Problem};
+use crate::election::{self, Decision, NodeFacts, Policy};
+use crate::iface::{self, InterfaceInfo};
+use crate::liveness::{Membership, Verdict};
+use crate::view;
+use ferrolb_crds::service::{current_ingress, current_pool, is_managed};
+use ferrolb_crds::{IPAddressPool, L2Advertisement};
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Who is planning: this node and the settings every speaker shares.
+#[derive(Debug, Clone, Copy)]
+pub struct Me<'a> {
+    /// This node's name.
+    pub node: &'a str,
+    /// Only Services of this class (none: only Services without a class).
+    pub load_balancer_class: Option<&'a str>,
+    /// Who may announce.
+    pub policy: Policy,
+}
+
+/// The API state a plan is made from: the watch caches' contents at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Every Service.
+    pub services: Vec<Arc<Service>>,
+    /// Every EndpointSlice.
+    pub slices: Vec<Arc<EndpointSlice>>,
+    /// Every Node.
+    pub nodes: Vec<Arc<Node>>,
+    /// L2Advertisements of the configuration namespace.
+    pub ads: Vec<Arc<L2Advertisement>>,
+    /// IPAddressPools of the configuration namespace.
+    pub pools: Vec<Arc<IPAddressPool>>,
+}
+
+/// A Service this node announces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announced {
+    /// The Service's uid (names its ServiceL2Status).
+    pub uid: String,
+    /// Addresses announced.
+    pub ips: BTreeSet<Ipv4Addr>,
+    /// Interfaces they are announced on.
+    pub interfaces: BTreeSet<String>,
+}
+
+/// What this node should announce: per address the interfaces, per Service `(namespace, name)` a summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Announcements {
+    /// Address → interfaces answering for it.
+    pub per_ip: BTreeMap<Ipv4Addr, BTreeSet<String>>,
+    /// Service → what is announced for it.
+    pub services: BTreeMap<(String, String), Announced>,
+    /// Service → why nobody may announce some of its addresses (every speaker sees the same).
+    pub unannounced: BTreeMap<(String, String), Problem>,
+    /// Service → its addresses this node won but cannot answer for.
+    pub failed: BTreeMap<(String, String), Problem>,
+    /// This node is the one that tells users about `unannounced`.
+    pub reporter: bool,
+}
+
+/// What this node announces, from one snapshot of the API state, this node's interfaces and its view of
+/// the peers' liveness at `now` (pure: every speaker computing it from the same inputs agrees).
+pub fn plan(
+    me: &Me<'_>,
+    s: &Snapshot,
+    interfaces: &[InterfaceInfo],
+    membership: &Membership,
+    heard_long_enough: bool,
+    now: Instant,
+) -> Announcements {
+    let nodes: Vec<NodeFacts> = s
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut facts = view::node_facts(n);
+            // First-hand liveness wins. A speaker never heard from counts by its Node's Ready condition only while
+            // we have not been listening long enough to have heard it; after that it is not running (crashed at
+            // start, or no speaker on that node), and electing it would leave its addresses unanswered.
+            match membership.verdict(&facts.name, now) {
+                Verdict::Alive => facts.speaker_alive = true,
+                Verdict::Dead => facts.speaker_alive = false,
+                Verdict::Unknown if heard_long_enough => facts.speaker_alive = false,
+                Verdict::Unknown => {}
+            }
+            facts
+        })
+        .collect();
+    // The pool of an address is the one the controller recorded on the Service, so speaker and controller
+    // agree even where pools overlap (the controller sets the newer one aside), and nothing is parsed here.
+    let pools: HashMap<String, &IPAddressPool> = s.pools.iter().map(|p| (p.name_any(), p.as_ref())).collect();
+    let ad_refs: Vec<&L2Advertisement> = s.ads.iter().map(AsRef::as_ref).collect();
+    let ads = view::parse_advertisements(&ad_refs);
+    let slices_of = view::slices_by_service(s.slices.iter().map(AsRef::as_ref));
+    let my_facts = nodes.iter().find(|n| n.name == me.node);
+    let mut out = Announcements { reporter: diagnose::reporter(&nodes) == Some(me.node), ..Default::default() };
+    for svc in &s.services {
+        if !is_managed(svc, me.load_balancer_class) {
+            continue;
+        }
+        let name = svc.name_any();
+        let namespace = svc.namespace().unwrap_or_default();
+        let own_slices = slices_of.get(&(namespace.clone(), name.clone())).map(Vec::as_slice).unwrap_or_default();
+        let facts = view::service_facts(svc, own_slices);
+        let uid = svc.metadata.uid.clone().unwrap_or_default();
+        let (mut nobody, mut failed): (Vec<Cause>, Vec<Cause>) = (Vec::new(), Vec::new());
+        let Some(pool) = current_pool(svc).and_then(|name| pools.get(name)) else { continue };
+        for ip in current_ingress(svc) {
+            let IpAddr::V4(v4) = ip else { continue };
+            let applicable = view::advertisements_for(pool, svc, &ads);
+            match election::decide(ip, &facts, &nodes, &applicable, me.policy) {
+                Decision::Nobody(why) => {
+                    nobody.push((v4, why.label(), diagnose::explain(&why)));
+                    continue;
+                }
+                Decision::Owner(owner) if owner == me.node => {}
+                Decision::Owner(_) => continue,
+            }
+            let allowed = my_facts.map(|n| election::allowed_interfaces(n, &applicable)).unwrap_or_default();
+            if let Some(why) = iface::why_unusable(interfaces, &allowed) {
+                failed.push((v4, why.label(), why.describe()));
+                continue;
+            }
+            let usable = iface::usable(interfaces, &allowed);
+            let on: BTreeSet<String> = iface::for_address(&usable, v4).iter().map(|i| i.name.clone()).collect();
+            out.per_ip.entry(v4).or_default().extend(on.clone());
+            let entry = out.services.entry((namespace.clone(), name.clone())).or_insert_with(|| Announced {
+                uid: uid.clone(),
+                ips: BTreeSet::new(),
+                interfaces: BTreeSet::new(),
+            });
+            entry.ips.insert(v4);
+            entry.interfaces.extend(on);
+        }
+        if !nobody.is_empty() {
+            out.unannounced.insert((namespace.clone(), name.clone()), diagnose::nobody(&uid, &nobody));
+        }
+        if !failed.is_empty() {
+            out.failed.insert((namespace, name), diagnose::announce_failed(&uid, me.node, &failed));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+    use std::time::Duration;
+
+    fn obj<T: serde::de::DeserializeOwned>(v: Value) -> Arc<T> {
+        Arc::new(serde_json::from_value(v).expect("object"))
+    }
+
+    fn node(name: &str, labels: Value) -> Arc<Node> {
+        obj(json!({"metadata": {"name": name, "labels": labels},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}}))
+    }
+
+    fn service(name: &str, ip: &str, pool: Option<&str>) -> Arc<Service> {
+        let annotations = pool.map_or(json!({}), |p| json!({"metallb.io/ip-allocated-from-pool": p}));
+        obj(json!({"metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                "annotations": annotations},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 53, "protocol": "UDP"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": ip}]}}}))
+    }
+
+    fn slice(service: &str, ready_on: &[&str]) -> Arc<EndpointSlice> {
+        let endpoints: Vec<Value> = ready_on
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                json!({"addresses": [format!("198.18.17.{}", i + 2)], "nodeName": n,
+                "conditions": {"ready": true}})
+            })
+            .collect();
+        obj(json!({"metadata": {"name": format!("{service}-x"), "namespace": "default",
+                "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4", "endpoints": endpoints}))
+    }
+
+    fn snapshot(services: Vec<Arc<Service>>, slices: Vec<Arc<EndpointSlice>>, exclude: &[&str]) -> Snapshot {
+        let label = |n: &str| {
+            if exclude.contains(&n) {
+                json!({"node.kubernetes.io/exclude-from-external-load-balancers": ""})
+            } else {
+                json!({})
+            }
+        };
+        Snapshot {
+            services,
+            slices,
+            nodes: ["node-1", "node-2", "node-3"].iter().map(|n| node(n, label(n))).collect(),
+            ads: vec![obj(json!({"metadata": {"name": "l2", "namespace": "metallb-system"}}))],
+            pools: vec![obj(json!({"metadata": {"name": "lab", "namespace": "metallb-system"},
+                "spec": {"addresses": ["198.19.0.0/24"]}}))],
+        }
+    }
+
+    fn eth0() -> Vec<InterfaceInfo> {
+        vec![InterfaceInfo {
+            name: "eth0".into(),
+            index: 2,
+            mac: Some([2, 0, 0, 0, 0, 1]),
+            up: true,
+            ipv4: vec![("198.18.0.11".parse().expect("ip"), 24)],
+        }]
+    }
+
+    fn plan_on(node: &str, s: &Snapshot, policy: Policy) -> Announcements {
+        let me = Me { node, load_balancer_class: None, policy };
+        plan(&me, s, &eth0(), &Membership::new(node, Duration::from_millis(350)), false, Instant::now())
+    }
+
+    const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
+
+    #[test]
+    fn exactly_the_elected_node_plans_the_address_on_its_interface() {
+        let s = snapshot(vec![service("dns", "198.19.0.1", Some("lab"))], vec![slice("dns", &["node-1"])], &[]);
+        let ip: Ipv4Addr = "198.19.0.1".parse().expect("ip");
+        let owner = election::owner(IpAddr::V4(ip), NODES).expect("owner");
+        for n in NODES {
+            let a = plan_on(n, &s, Policy::default());
+            if n == owner {
+                assert_eq!(a.per_ip.get(&ip), Some(&BTreeSet::from(["eth0".to_string()])));
+                let announced = &a.services[&("default".to_string(), "dns".to_string())];
+                assert_eq!(announced.uid, "uid-dns");
+            } else {
+                assert!(a.per_ip.is_empty(), "{n} must not announce");
+            }
+            assert!(a.unannounced.is_empty() && a.failed.is_empty());
+        }
+    }
+
+    #[test]
+    fn an_address_without_the_controllers_pool_annotation_is_not_announced_yet() {
+        let s = snapshot(vec![service("dns", "198.19.0.1", None)], vec![slice("dns", &["node-1"])], &[]);
+        assert!(NODES.iter().all(|n| plan_on(n, &s, Policy::default()).per_ip.is_empty()));
+    }
+
+    #[test]
+    fn nobody_announces_without_endpoints_or_eligible_nodes_and_the_reporter_says_why() {
+        let s = snapshot(vec![service("dns", "198.19.0.1", Some("lab"))], vec![], &[]);
+        let a = plan_on("node-1", &s, Policy::default());
+        assert!(a.per_ip.is_empty());
+        assert!(a.reporter, "the lowest-named live speaker reports");
+        let note = &a.unannounced[&("default".to_string(), "dns".to_string())].note;
+        assert!(note.contains("no ready endpoints"), "{note}");
+
+        let excluded =
+            snapshot(vec![service("dns", "198.19.0.1", Some("lab"))], vec![slice("dns", &["node-1"])], &NODES);
+        let a = plan_on("node-2", &excluded, Policy::default());
+        assert!(a.per_ip.is_empty() && !a.reporter);
+        let note = &a.unannounced[&("default".to_string(), "dns".to_string())].note;
+        assert!(note.contains("ignoreExcludeLB"), "{note}");
+        let knob = Policy { ignore_exclude_label: true };
+        let planned: usize = NODES.iter().map(|n| plan_on(n, &excluded, knob).per_ip.len()).sum();
+        assert_eq!(planned, 1, "with the knob one node announces");
+    }
+}

@@ -1,0 +1,29 @@
+//! What the speaker is told at start (flags and environment, see `main.rs`).
+
+use crate::election::Policy;
+use std::time::Duration;
+
+/// What the speaker is told at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This node's name.
+    pub node: String,
+    /// Namespace of the pools and advertisements.
+    pub namespace: String,
+    /// Only Services of this class (none: only Services without a class).
+    pub load_balancer_class: Option<String>,
+    /// Gratuitous ARP on takeover at these offsets.
+    pub garp_schedule: Vec<Duration>,
+    /// Re-announce every owned address this often (both gratuitous forms); `None`: only on takeover.
+    pub garp_refresh: Option<Duration>,
+    /// UDP port of the liveness protocol.
+    pub gossip_port: u16,
+    /// Shared key authenticating liveness messages; without one, liveness falls back to Node `Ready` only.
+    pub gossip_key: Option<Vec<u8>>,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Silence after which a peer is dead.
+    pub dead_after: Duration,
+    /// Who may announce (the same on every speaker).
+    pub policy: Policy,
+}
