@@ -5,9 +5,11 @@
 
 pub mod allocator;
 pub mod error;
+pub mod keys;
 pub mod lease;
 pub mod metrics;
 pub mod pool;
+pub mod refusal;
 pub mod run;
 pub mod service;
 

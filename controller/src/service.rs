@@ -1,49 +1,12 @@
 //! What a Service asks of the allocator, read purely from the Service object and its Namespace's labels.
 
-use crate::allocator::Refusal;
-use crate::pool::Family;
+use crate::keys::Family;
+pub use crate::keys::{PortKey, ServiceKey};
+use crate::refusal::Refusal;
 use ferrolb_crds::annotations;
 use k8s_openapi::api::core::v1::Service;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::IpAddr;
-
-/// `namespace/name` of a Service.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ServiceKey {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-}
-
-impl ServiceKey {
-    /// A key from its parts.
-    pub fn new(namespace: &str, name: &str) -> Self {
-        Self { namespace: namespace.to_string(), name: name.to_string() }
-    }
-}
-
-impl fmt::Display for ServiceKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-/// A `(protocol, port)` pair; TCP/53 and UDP/53 are different keys and may share an address.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PortKey {
-    /// `TCP`, `UDP` or `SCTP`.
-    pub protocol: String,
-    /// Service port.
-    pub port: i32,
-}
-
-impl fmt::Display for PortKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.protocol, self.port)
-    }
-}
 
 /// Everything the allocator needs to know about one Service.
 #[derive(Debug, Clone, PartialEq, Eq)]

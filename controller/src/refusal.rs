@@ -1,0 +1,150 @@
+//! Why a Service gets no address: one variant per rule, each message says what the user can change.
+
+use crate::keys::{Family, PortKey, ServiceKey};
+use std::net::IpAddr;
+
+/// Why a Service gets no address; every message says what the user can change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Both ways of requesting an address are used.
+    #[error("both spec.loadBalancerIP and the metallb.io/loadBalancerIPs annotation are set; keep only one")]
+    BothRequestStyles,
+    /// A requested address does not parse.
+    #[error("requested address {value:?} is not an IP address")]
+    BadRequestedIp {
+        /// As written.
+        value: String,
+    },
+    /// More than one requested address per family.
+    #[error("at most one requested address per family may be given, got {requested:?}")]
+    TooManyRequested {
+        /// What was asked.
+        requested: Vec<IpAddr>,
+    },
+    /// A requested address of a family the Service does not have.
+    #[error("requested address {ip} does not match the Service's IP families {families:?}")]
+    RequestedFamilyMismatch {
+        /// The address.
+        ip: IpAddr,
+        /// The Service's families.
+        families: Vec<Family>,
+    },
+    /// RequireDualStack on a single-family Service.
+    #[error("ipFamilyPolicy is RequireDualStack but the Service has only one IP family (not enough cluster IPs)")]
+    NotEnoughFamilies,
+    /// RequireDualStack with only one requested address.
+    #[error("ipFamilyPolicy is RequireDualStack, so request one IPv4 and one IPv6 address, or none")]
+    RequireDualStackNeedsTwo,
+    /// A requested address is in no usable pool.
+    #[error("requested address {ip} is not in any usable IPAddressPool")]
+    RequestedIpNotInPool {
+        /// The address.
+        ip: IpAddr,
+    },
+    /// The requested addresses come from different pools.
+    #[error("requested addresses must come from one pool, but {a} is in {pool_a:?} and {b} in {pool_b:?}")]
+    RequestedIpsInDifferentPools {
+        /// First address.
+        a: IpAddr,
+        /// Its pool.
+        pool_a: String,
+        /// Second address.
+        b: IpAddr,
+        /// Its pool.
+        pool_b: String,
+    },
+    /// A requested address outside the pool named by `address-pool`.
+    #[error("requested address {ip} is not in IPAddressPool {pool:?} named by the address-pool annotation")]
+    RequestedIpNotInNamedPool {
+        /// The address.
+        ip: IpAddr,
+        /// The named pool.
+        pool: String,
+    },
+    /// `address-pool` names no pool.
+    #[error("IPAddressPool {pool:?} named by the address-pool annotation does not exist")]
+    UnknownPool {
+        /// The name.
+        pool: String,
+    },
+    /// `address-pool` names a pool whose configuration is invalid.
+    #[error("IPAddressPool {pool:?} named by the address-pool annotation is not usable: {why}")]
+    UnusablePool {
+        /// The name.
+        pool: String,
+        /// Its problems.
+        why: String,
+    },
+    /// The pool's `serviceAllocation` excludes this Service.
+    #[error("IPAddressPool {pool:?} is reserved by its serviceAllocation for other namespaces or Services")]
+    PoolNotAllowed {
+        /// The pool.
+        pool: String,
+    },
+    /// The address is held by a Service that has no sharing key, or this Service has none.
+    #[error(
+        "{ip} is already used by {holder}; to share it, both Services need the same metallb.io/allow-shared-ip annotation"
+    )]
+    NotShared {
+        /// The address.
+        ip: IpAddr,
+        /// A current holder.
+        holder: ServiceKey,
+    },
+    /// Both have sharing keys, but different ones.
+    #[error("{ip} is used by {holder} with allow-shared-ip {theirs:?}, which differs from this Service's {ours:?}")]
+    SharingKeyMismatch {
+        /// The address.
+        ip: IpAddr,
+        /// A current holder.
+        holder: ServiceKey,
+        /// Holder's key.
+        theirs: String,
+        /// Our key.
+        ours: String,
+    },
+    /// externalTrafficPolicy/selector mismatch.
+    #[error(
+        "{ip} is used by {holder}; a Service with externalTrafficPolicy: Local shares an address only with Local Services that have the same selector"
+    )]
+    BackendMismatch {
+        /// The address.
+        ip: IpAddr,
+        /// A current holder.
+        holder: ServiceKey,
+    },
+    /// A `(protocol, port)` clash on a shared address.
+    #[error("port {port} already used by {holder} on {ip}")]
+    PortInUse {
+        /// The clashing port.
+        port: PortKey,
+        /// Who has it.
+        holder: ServiceKey,
+        /// On which address.
+        ip: IpAddr,
+    },
+    /// The named pool has no free address of a wanted family.
+    #[error("no free {family} address left in IPAddressPool {pool:?}")]
+    PoolExhausted {
+        /// The pool.
+        pool: String,
+        /// The family missing.
+        family: Family,
+    },
+    /// No pool may serve this Service automatically.
+    #[error(
+        "no IPAddressPool with autoAssign serves namespace {namespace:?} (pools with a serviceAllocation may be reserved for others)"
+    )]
+    NoEligiblePool {
+        /// The Service's namespace.
+        namespace: String,
+    },
+    /// Every eligible pool is full for the wanted families.
+    #[error("no free {families:?} address in any eligible IPAddressPool ({pools:?})")]
+    NoFreeAddress {
+        /// Pools tried, in order.
+        pools: Vec<String>,
+        /// Families wanted.
+        families: Vec<Family>,
+    },
+}
