@@ -11,6 +11,7 @@ use ferrolb_crds::IPAddressPool;
 use ferrolb_crds::annotations::IP_ALLOCATED_FROM_POOL;
 use ferrolb_runtime::events::EventKind;
 use ferrolb_runtime::watch::watch;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -164,67 +165,103 @@ impl Controller {
     async fn reconcile_all(&mut self) {
         let mut keys: BTreeSet<ServiceKey> = self.services.state().iter().map(|s| key_of(s)).collect();
         keys.extend(self.allocator.assignments().map(|(k, _)| k.clone()));
-        for key in keys {
-            self.reconcile(&key).await;
-        }
+        self.reconcile(keys).await;
     }
 
-    async fn reconcile(&mut self, key: &ServiceKey) {
+    /// Reconciles Services: decisions one after the other (the allocator is one state), then every Service's
+    /// writes concurrently, then the Events, so thousands of Services go at the rate the API server accepts
+    /// writes rather than one round trip after another.
+    async fn reconcile(&mut self, keys: impl IntoIterator<Item = ServiceKey>) {
+        let work: Vec<Work> = keys.into_iter().filter_map(|key| self.decide(key)).collect();
+        let client = self.client.clone();
+        let written: Vec<(Work, Result<bool>)> = futures::stream::iter(work)
+            .map(|w| {
+                let client = client.clone();
+                async move {
+                    let result = write(&client, &w.svc, w.assignment.as_ref()).await;
+                    (w, result)
+                }
+            })
+            .buffer_unordered(WRITES_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut events = Vec::new();
+        for (w, result) in written {
+            match result {
+                Ok(wrote) => {
+                    self.failures.remove(&w.key);
+                    match w.say {
+                        Say::Nothing => {}
+                        Say::Assigned { note, changed } => {
+                            self.refusals.remove(&w.key);
+                            if changed || wrote {
+                                events.push((w.svc.clone(), EventKind::Normal, "IPAllocated", note));
+                            }
+                        }
+                        Say::Refused { message, note } => {
+                            if self.refusals.get(&w.key) != Some(&message) {
+                                tracing::info!(service = %w.key, reason = %message, "no address");
+                                events.push((w.svc.clone(), EventKind::Warning, "AllocationFailed", note));
+                                self.refusals.insert(w.key.clone(), message);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.metrics.count("error");
+                    let failures = self.failures.entry(w.key.clone()).or_insert(0);
+                    *failures = failures.saturating_add(1);
+                    let delay = retry_delay(*failures);
+                    tracing::warn!(service = %w.key, error = %e, failures = *failures, retry_in = ?delay, "write failed");
+                    let retry = self.retry.clone();
+                    let key = w.key.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = retry.send(Trigger::Service(key));
+                    });
+                }
+            }
+            self.metrics.reconcile_seconds.observe(w.started.elapsed().as_secs_f64());
+        }
+        let identity = self.settings.identity.clone();
+        futures::stream::iter(events)
+            .for_each_concurrent(WRITES_IN_FLIGHT, |(svc, kind, reason, note)| {
+                let (client, identity) = (client.clone(), identity.clone());
+                async move { publish(&client, &identity, svc.object_ref(&()), kind, reason, note).await }
+            })
+            .await;
+    }
+
+    /// Decides one Service (allocator and bookkeeping, no I/O); `None` when nothing is to be written.
+    fn decide(&mut self, key: ServiceKey) -> Option<Work> {
         let started = Instant::now();
         let svc = self.services.get(&ObjectRef::new(&key.name).within(&key.namespace));
-        let result = match svc {
-            None => {
-                if let Some(a) = self.allocator.release(key) {
-                    tracing::info!(service = %key, ips = ?a.ips, "Service deleted; address freed");
-                    self.metrics.count("released");
-                    self.freed = true;
-                }
-                self.refusals.remove(key);
-                self.failures.remove(key);
-                Ok(())
+        let Some(svc) = svc else {
+            if let Some(a) = self.allocator.release(&key) {
+                tracing::info!(service = %key, ips = ?a.ips, "Service deleted; address freed");
+                self.metrics.count("released");
+                self.freed = true;
             }
-            Some(svc) if !is_managed(&svc, self.settings.load_balancer_class.as_deref()) => {
-                let released = self.allocator.release(key);
-                self.freed |= released.is_some();
-                self.refusals.remove(key);
-                // Clear only what we wrote: the pool annotation marks a Service as ours.
-                if released.is_some() || crate::status::current_pool(&svc).is_some() {
-                    self.metrics.count("released");
-                    self.write(&svc, None).await.map(|_| ())
-                } else {
-                    Ok(())
-                }
-            }
-            Some(svc) => self.assign(&svc).await,
+            self.refusals.remove(&key);
+            self.failures.remove(&key);
+            return None;
         };
-        match result {
-            Ok(()) => {
-                self.failures.remove(key);
+        if !is_managed(&svc, self.settings.load_balancer_class.as_deref()) {
+            let released = self.allocator.release(&key);
+            self.freed |= released.is_some();
+            self.refusals.remove(&key);
+            // Clear only what we wrote: the pool annotation marks a Service as ours.
+            if released.is_none() && crate::status::current_pool(&svc).is_none() {
+                return None;
             }
-            Err(e) => {
-                self.metrics.count("error");
-                let failures = self.failures.entry(key.clone()).or_insert(0);
-                *failures = failures.saturating_add(1);
-                let delay = retry_delay(*failures);
-                tracing::warn!(service = %key, error = %e, failures = *failures, retry_in = ?delay, "write failed");
-                let retry = self.retry.clone();
-                let key = key.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    let _ = retry.send(Trigger::Service(key));
-                });
-            }
+            self.metrics.count("released");
+            return Some(Work { key, svc, assignment: None, say: Say::Nothing, started });
         }
-        self.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
-    }
-
-    async fn assign(&mut self, svc: &Service) -> Result<()> {
-        let key = key_of(svc);
         let labels = self.namespace_labels(&key.namespace);
         // What it held, even if a pool change already took it away, so the Event can say what moved.
         let lost = self.lost.remove(&key);
         let before = self.allocator.assignment(&key).cloned().or(lost);
-        let outcome = ServiceIntent::from_service(svc, &labels).and_then(|intent| {
+        let outcome = ServiceIntent::from_service(&svc, &labels).and_then(|intent| {
             let outcome = self.allocator.allocate(&intent);
             if outcome.is_err() {
                 self.allocator.release(&key);
@@ -237,36 +274,28 @@ impl Controller {
         match outcome {
             Ok(outcome) => {
                 self.metrics.count("assigned");
-                let wrote = self.write(svc, Some(&outcome.assignment)).await?;
-                self.refusals.remove(&key);
-                if outcome.changed || wrote {
-                    let a = &outcome.assignment;
-                    let ips: Vec<String> = a.ips.iter().map(ToString::to_string).collect();
-                    let note = match &before {
-                        Some(old) if old.ips != a.ips => {
-                            format!("Assigned IP {ips:?} from pool {:?} (was {:?})", a.pool, old.ips)
-                        }
-                        _ => format!("Assigned IP {ips:?} from pool {:?}", a.pool),
-                    };
+                let a = &outcome.assignment;
+                let ips: Vec<String> = a.ips.iter().map(ToString::to_string).collect();
+                let note = match &before {
+                    Some(old) if old.ips != a.ips => {
+                        format!("Assigned IP {ips:?} from pool {:?} (was {:?})", a.pool, old.ips)
+                    }
+                    _ => format!("Assigned IP {ips:?} from pool {:?}", a.pool),
+                };
+                if outcome.changed {
                     tracing::info!(service = %key, ips = ?ips, pool = %a.pool, "assigned");
-                    self.event(svc, EventKind::Normal, "IPAllocated", note).await;
                 }
-                Ok(())
+                let say = Say::Assigned { note, changed: outcome.changed };
+                Some(Work { key, svc, assignment: Some(outcome.assignment), say, started })
             }
             Err(refusal) => {
                 self.metrics.count("refused");
                 let message = refusal.to_string();
-                self.write(svc, None).await?;
-                if self.refusals.get(&key) != Some(&message) {
-                    tracing::info!(service = %key, reason = %message, "no address");
-                    let note = match &before {
-                        Some(old) => format!("{message} (released {:?})", old.ips),
-                        None => message.clone(),
-                    };
-                    self.event(svc, EventKind::Warning, "AllocationFailed", note).await;
-                    self.refusals.insert(key, message);
-                }
-                Ok(())
+                let note = match &before {
+                    Some(old) => format!("{message} (released {:?})", old.ips),
+                    None => message.clone(),
+                };
+                Some(Work { key, svc, assignment: None, say: Say::Refused { message, note }, started })
             }
         }
     }
@@ -282,49 +311,7 @@ impl Controller {
         if !refused.is_empty() {
             tracing::info!(services = refused.len(), "addresses were freed; retrying refused Services");
         }
-        for key in refused {
-            self.reconcile(&key).await;
-        }
-    }
-
-    /// Makes the Service show `assignment`; returns whether anything was written.
-    async fn write(&self, svc: &Service, assignment: Option<&Assignment>) -> Result<bool> {
-        let writes = service_writes(svc, assignment);
-        if writes.is_empty() {
-            return Ok(false);
-        }
-        let api: Api<Service> =
-            Api::namespaced(self.client.clone(), svc.metadata.namespace.as_deref().unwrap_or("default"));
-        let name = svc.name_any();
-        let params = PatchParams::default();
-        // Status first: a reader that sees the annotation can trust the address is published.
-        if let Some(ips) = &writes.ingress {
-            let ingress: Vec<_> = ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
-            let patch = if ingress.is_empty() {
-                json!({"status": {"loadBalancer": {"ingress": null}}})
-            } else {
-                json!({"status": {"loadBalancer": {"ingress": ingress}}})
-            };
-            api.patch_status(&name, &params, &Patch::Merge(&patch)).await?;
-        }
-        if let Some(pool) = &writes.pool_annotation {
-            let patch = json!({"metadata": {"annotations": {IP_ALLOCATED_FROM_POOL.key: pool}}});
-            api.patch(&name, &params, &Patch::Merge(&patch)).await?;
-        }
-        Ok(true)
-    }
-
-    async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, kind: EventKind, reason: &str, note: String) {
-        let event = ferrolb_runtime::events::EventSpec {
-            kind,
-            reason,
-            note,
-            controller: "ferrolb.io/controller",
-            instance: &self.settings.identity,
-        };
-        if let Err(e) = ferrolb_runtime::events::publish(&self.client, obj.object_ref(&()), event).await {
-            tracing::warn!(error = %e, reason, "cannot publish Event");
-        }
+        self.reconcile(refused).await;
     }
 
     /// Writes each pool's counts and conditions when they changed, and an Event when its problems change.
@@ -360,15 +347,106 @@ impl Controller {
             let summary = problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
             if self.reported_problems.get(&name).map_or(!summary.is_empty(), |s| *s != summary) {
                 if summary.is_empty() {
-                    self.event(&*pool, EventKind::Normal, "ConfigurationValid", "the pool is valid and in use".into())
-                        .await;
+                    let note = "the pool is valid and in use".to_string();
+                    publish(
+                        &self.client,
+                        &self.settings.identity,
+                        pool.object_ref(&()),
+                        EventKind::Normal,
+                        "ConfigurationValid",
+                        note,
+                    )
+                    .await;
                 } else {
                     tracing::warn!(pool = %name, problems = %summary, "invalid pool");
-                    self.event(&*pool, EventKind::Warning, "InvalidConfiguration", summary.clone()).await;
+                    let regarding = pool.object_ref(&());
+                    publish(
+                        &self.client,
+                        &self.settings.identity,
+                        regarding,
+                        EventKind::Warning,
+                        "InvalidConfiguration",
+                        summary.clone(),
+                    )
+                    .await;
                 }
                 self.reported_problems.insert(name, summary);
             }
         }
+    }
+}
+
+/// How many Services' writes (and Events) are in flight at once.
+const WRITES_IN_FLIGHT: usize = 16;
+
+/// One Service's writes, decided without I/O, and what to say once they are done.
+struct Work {
+    key: ServiceKey,
+    svc: Arc<Service>,
+    assignment: Option<Assignment>,
+    say: Say,
+    started: Instant,
+}
+
+/// The Event a Service gets once its writes succeeded.
+enum Say {
+    Nothing,
+    /// `IPAllocated`, when the assignment changed or the Service did not show it yet.
+    Assigned {
+        note: String,
+        changed: bool,
+    },
+    /// `AllocationFailed`, when the reason differs from the last one told.
+    Refused {
+        message: String,
+        note: String,
+    },
+}
+
+/// Makes the Service show `assignment`; returns whether anything was written.
+async fn write(client: &Client, svc: &Service, assignment: Option<&Assignment>) -> Result<bool> {
+    let writes = service_writes(svc, assignment);
+    if writes.is_empty() {
+        return Ok(false);
+    }
+    let api: Api<Service> = Api::namespaced(client.clone(), svc.metadata.namespace.as_deref().unwrap_or("default"));
+    let name = svc.name_any();
+    let params = PatchParams::default();
+    // Status first: a reader that sees the annotation can trust the address is published.
+    if let Some(ips) = &writes.ingress {
+        let ingress: Vec<_> = ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
+        let patch = if ingress.is_empty() {
+            json!({"status": {"loadBalancer": {"ingress": null}}})
+        } else {
+            json!({"status": {"loadBalancer": {"ingress": ingress}}})
+        };
+        api.patch_status(&name, &params, &Patch::Merge(&patch)).await?;
+    }
+    if let Some(pool) = &writes.pool_annotation {
+        let patch = json!({"metadata": {"annotations": {IP_ALLOCATED_FROM_POOL.key: pool}}});
+        api.patch(&name, &params, &Patch::Merge(&patch)).await?;
+    }
+    Ok(true)
+}
+
+/// Publishes one Event as this controller replica; a failure is logged, never fatal.
+async fn publish(
+    client: &Client,
+    identity: &str,
+    regarding: k8s_openapi::api::core::v1::ObjectReference,
+    kind: EventKind,
+    reason: &str,
+    note: String,
+) {
+    let event = ferrolb_runtime::events::EventSpec {
+        kind,
+        reason,
+        note,
+        controller: "ferrolb.io/controller",
+        instance: identity,
+    };
+    if let Err(e) = ferrolb_runtime::events::publish(client, regarding, event).await {
+        tracing::warn!(error = %e, reason, "cannot publish Event");
     }
 }
 
@@ -455,9 +533,7 @@ pub async fn run(
         if all {
             c.reconcile_all().await;
         } else {
-            for key in &keys {
-                c.reconcile(key).await;
-            }
+            c.reconcile(keys).await;
         }
         c.retry_refused().await;
         c.update_pools().await;
