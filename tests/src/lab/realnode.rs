@@ -20,10 +20,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// The Service range: inside the lab's 198.18.0.0/15, above every node LAN and pod range.
-pub const SERVICE_CIDR: &str = "198.18.240.0/20";
+/// The Service range: inside the lab's 198.18.0.0/15, clear of the LAN, the pod ranges and the pools the tests
+/// and benchmarks use (198.19.0.0/18 at most), and large enough for the 5,000- and 10,000-Service benchmarks.
+pub const SERVICE_CIDR: &str = "198.19.128.0/17";
 /// ClusterIP of the `kubernetes` Service (first address of [`SERVICE_CIDR`]); in the API server's certificate.
-pub const KUBERNETES_SERVICE_IP: &str = "198.18.240.1";
+pub const KUBERNETES_SERVICE_IP: &str = "198.19.128.1";
 /// The pause image containerd starts every pod sandbox from (built by `make images`, never pulled).
 pub const PAUSE_IMAGE: &str = "docker.io/ferrolb-lab/pause:1";
 /// Image a test backend pod can run: the pause process, which only keeps the pod alive and Ready.
