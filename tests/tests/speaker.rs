@@ -6,14 +6,14 @@
 use ferrolb_crds::L2AdvertisementSchema;
 use ferrolb_crds::ServiceL2Status;
 use ferrolb_speaker::election;
-use ferrolb_tests::harness::{TestLab, create_yaml, eventually, ingress};
+use ferrolb_tests::harness::{
+    TestLab, answering_nodes, create_yaml, eventually, ingress, wait_answered_by, wait_event,
+};
 use k8s_openapi::api::core::v1::{Event, Node};
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::process::Command;
 use std::time::Duration;
 
 const EXE: &str = env!("CARGO_BIN_EXE_ferrolb-lab");
@@ -21,36 +21,6 @@ const EXE: &str = env!("CARGO_BIN_EXE_ferrolb-lab");
 fn seed(file: &str) -> String {
     std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seed").join(file))
         .expect("seed")
-}
-
-/// MAC of each node's eth0.
-fn node_macs(lab: &TestLab) -> BTreeMap<String, String> {
-    lab.state()
-        .nodes
-        .iter()
-        .map(|n| {
-            let out = Command::new("ip").args(["-n", &n.netns, "link", "show", "eth0"]).output().expect("ip link");
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            let mac =
-                text.split("link/ether ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("").to_string();
-            (mac, n.name.clone())
-        })
-        .collect()
-}
-
-/// The nodes whose MAC answered ARP for `ip` from the host.
-fn answering_nodes(lab: &TestLab, ip: &str) -> Vec<String> {
-    let macs = node_macs(lab);
-    let out = lab.cli(&["exec", "host", "--", EXE, "arping", ip, "--count", "3", "--wait-ms", "300"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|mac| macs.get(mac).cloned().unwrap_or_else(|| format!("unknown {mac}")))
-        .collect()
-}
-
-async fn wait_answered_by(lab: &TestLab, ip: &str, want: &[&str]) {
-    let what = format!("ARP for {ip} answered by exactly {want:?}");
-    eventually(&what, Duration::from_secs(60), || async { (answering_nodes(lab, ip) == want).then_some(()) }).await;
 }
 
 /// Waits until the ServiceL2Status objects of a kube-system Service name exactly these nodes.
@@ -62,17 +32,6 @@ async fn wait_status_nodes(client: &kube::Client, service: &str, nodes: &[&str])
         let mut got: Vec<String> = list.items.iter().filter_map(|s| s.status.as_ref()?.node.clone()).collect();
         got.sort();
         (got == nodes).then_some(())
-    })
-    .await;
-}
-
-/// Waits for an Event on a Service whose message contains `needle`.
-async fn wait_event(client: &kube::Client, namespace: &str, service: &str, needle: &str) {
-    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
-    let what = format!("an Event on {service} saying {needle:?}");
-    eventually(&what, Duration::from_secs(30), || async {
-        let list = api.list(&ListParams::default().fields(&format!("involvedObject.name={service}"))).await.ok()?;
-        list.items.iter().any(|e| e.message.as_deref().is_some_and(|m| m.contains(needle))).then_some(())
     })
     .await;
 }
