@@ -1,4 +1,5 @@
-# Multi-stage build of ferrolb's images: static musl binaries on an empty base (no shell, no libc).
+# Multi-stage build of ferrolb's images: static musl binaries on an empty base (no shell, no libc). Without
+# Docker, `make images` (images/build.sh) yields the same layout: entrypoint, user, exposed ports.
 #   docker build --target controller -t ferrolb/controller:0.1.0 .
 #   docker build --target speaker -t ferrolb/speaker:0.1.0 .
 FROM rust:1.95-bookworm AS build
@@ -18,5 +19,6 @@ ENTRYPOINT ["/ferrolb-controller"]
 # The chart runs it with CAP_NET_RAW only and every other capability dropped: an AF_PACKET socket needs it.
 FROM scratch AS speaker
 COPY --from=build /ferrolb-speaker /ferrolb-speaker
-EXPOSE 7473
+USER 0:0
+EXPOSE 7473 7946/udp
 ENTRYPOINT ["/ferrolb-speaker"]
