@@ -79,6 +79,11 @@ fn render(stats: &Stats) -> String {
         stats.detections.load(Ordering::Relaxed)
     ));
     out.push_str(&format!(
+        "# HELP ferrolb_speaker_plan_seconds Time to plan what this node announces, per wake\n# TYPE ferrolb_speaker_plan_seconds summary\nferrolb_speaker_plan_seconds_sum {}\nferrolb_speaker_plan_seconds_count {}\n",
+        stats.plan_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        stats.plans.load(Ordering::Relaxed)
+    ));
+    out.push_str(&format!(
         "# HELP ferrolb_speaker_strict_arp_missing 1 while kube-proxy IPVS runs without strictARP here\n# TYPE ferrolb_speaker_strict_arp_missing gauge\nferrolb_speaker_strict_arp_missing {}\n",
         u8::from(stats.strict_arp_missing.load(Ordering::Relaxed))
     ));

@@ -72,6 +72,10 @@ pub struct Stats {
     pub unannounced: Mutex<BTreeMap<&'static str, u64>>,
     /// Service addresses this node won but cannot answer for, by reason label.
     pub announce_failed: Mutex<BTreeMap<&'static str, u64>>,
+    /// Plans made (one per wake).
+    pub plans: AtomicU64,
+    /// Time spent planning, summed, in microseconds.
+    pub plan_micros: AtomicU64,
 }
 
 /// Addresses owned, and the interfaces each is answered on.

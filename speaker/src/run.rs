@@ -233,6 +233,9 @@ pub async fn run(
             let heard_long_enough = gossip.is_some() && listening_since.elapsed() > settings.dead_after * 3;
             let now = std::time::Instant::now();
             let announcements = plan::plan(&me, &snapshot, &interfaces, &view, heard_long_enough, now);
+            stats.plans.fetch_add(1, Ordering::Relaxed);
+            let took = u64::try_from(now.elapsed().as_micros()).unwrap_or(u64::MAX);
+            stats.plan_micros.fetch_add(took, Ordering::Relaxed);
             if announcements.services != last_services {
                 reporter.report(&last_services, &announcements.services, &l2statuses.state());
                 last_services = announcements.services.clone();

@@ -3,8 +3,8 @@
 //!   InternalIP), measured from the host namespace in the same run: p50 / p99;
 //! - speaker RSS with 1,000 announced addresses (1,000 LoadBalancer Services);
 //! - ownership changes while both cores are busy for FERROLB_STRESS_SECS (default 300) — must be 0;
-//! - with FERROLB_SERVICES=N (default 1,000): the speakers' idle CPU (nothing changes but node heartbeats)
-//!   and the hard-kill failover of one probed Service with N present (FERROLB_FAILOVER_TRIALS, default 5).
+//! - with FERROLB_SERVICES=N (default 1,000): the speakers' idle CPU (nothing changes but node heartbeats),
+//!   their planning time per wake (`ferrolb_speaker_plan_seconds`), and the hard-kill failover of one probed Service with N present (FERROLB_FAILOVER_TRIALS, default 5).
 //!
 //! Run (root): `cargo build --release --workspace --bins && cargo bench -p ferrolb-tests --bench speaker_load`
 //! To compare with an older speaker, run the same command on that commit: the figures are absolute.
@@ -13,6 +13,21 @@ use ferrolb_tests::harness::{TestLab, create_yaml, ingress};
 use ferrolb_tests::lab::lifecycle;
 use futures::StreamExt;
 use std::time::{Duration, Instant};
+
+/// A speaker's `ferrolb_speaker_plan_seconds` (sum, count), scraped inside its node's namespace.
+fn plan_stats(lab: &TestLab, state: &ferrolb_tests::lab::State, node: &str) -> (f64, f64) {
+    let port = state.procs.iter().rev().find(|p| p.role == format!("speaker {node}")).and_then(|p| p.port);
+    let Some(port) = port else { return (f64::NAN, f64::NAN) };
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let out = lab.cli(&["exec", node, "--", "curl", "-s", "--max-time", "5", &url]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value =
+        |name: &str| text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    (
+        value("ferrolb_speaker_plan_seconds_sum").unwrap_or(f64::NAN),
+        value("ferrolb_speaker_plan_seconds_count").unwrap_or(f64::NAN),
+    )
+}
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
@@ -135,11 +150,33 @@ async fn main() {
     let speakers: Vec<(String, i32)> =
         state.procs.iter().filter(|p| p.role.starts_with("speaker ")).map(|p| (p.role.clone(), p.pid)).collect();
     let window = Duration::from_secs(20);
-    let cpu_before: Vec<f64> = speakers.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+    let cpu_before: Vec<f64> = state
+        .nodes
+        .iter()
+        .map(|n| {
+            speakers
+                .iter()
+                .find(|(r, _)| *r == format!("speaker {}", n.name))
+                .map_or(f64::NAN, |(_, pid)| cpu_seconds(*pid))
+        })
+        .collect();
+    let plans_before: Vec<(f64, f64)> = state.nodes.iter().map(|n| plan_stats(&lab, &state, &n.name)).collect();
     tokio::time::sleep(window).await;
-    for ((role, pid), before) in speakers.iter().zip(cpu_before) {
-        let share = (cpu_seconds(*pid) - before) / window.as_secs_f64() * 100.0;
+    for (node, cpu_before) in state.nodes.iter().zip(cpu_before) {
+        let role = format!("speaker {}", node.name);
+        let Some((_, pid)) = speakers.iter().find(|(r, _)| *r == role) else { continue };
+        let share = (cpu_seconds(*pid) - cpu_before) / window.as_secs_f64() * 100.0;
         println!("{role:<16} idle CPU {share:>5.1} % of a core over {window:?} (nothing changes but heartbeats)");
+    }
+    for (node, (sum0, count0)) in state.nodes.iter().zip(plans_before) {
+        let (sum, count) = plan_stats(&lab, &state, &node.name);
+        let wakes = count - count0;
+        let mean_ms = if wakes > 0.0 { (sum - sum0) / wakes * 1000.0 } else { f64::NAN };
+        let lifetime_ms = sum / count * 1000.0;
+        println!(
+            "speaker {:<8} plan per wake: {mean_ms:.2} ms over {wakes:.0} wakes in the window; {lifetime_ms:.2} ms over all {count:.0} (while Services were created too)",
+            node.name
+        );
     }
 
     let trials = env_or("FERROLB_FAILOVER_TRIALS", 5);
