@@ -223,3 +223,29 @@ pub async fn wait_event(
     })
     .await
 }
+
+/// One of the user's manifests from `examples/seed/`, unchanged.
+pub fn seed(file: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seed").join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Applies the user's pool, advertisement, web and DNS Services in the user's order, and waits for the
+/// addresses MetalLB gives them: web-svc-lb 172.17.255.1, dns-svc-lb (TCP+UDP 53) 172.17.255.2.
+pub async fn apply_users_services(client: &Client) {
+    create_yaml(client, &seed("ipaddresspool.yaml")).await.expect("pool");
+    create_yaml(client, &seed("l2advertisement.yaml")).await.expect("l2advertisement");
+    create_yaml(client, &seed("web-svc-lb.yaml")).await.expect("web");
+    wait_ingress(client, "default", "web-svc-lb", &["172.17.255.1"]).await;
+    create_yaml(client, &seed("dns-svc-lb.yaml")).await.expect("dns");
+    wait_ingress(client, "kube-system", "dns-svc-lb", &["172.17.255.2"]).await;
+}
+
+/// Asserts that the DNS Service at `vip` answers from the `host` namespace over UDP and TCP 53, through the
+/// static route, served by `owner` (the node's echo server names itself).
+pub fn assert_dns_served_by(lab: &TestLab, vip: &str, owner: &str) {
+    let udp = lab.probe("host", "udp", &format!("{vip}:53"), 2000);
+    assert_eq!(udp, Ok(format!("{owner} probe")), "UDP 53 through the static route");
+    let tcp = lab.probe("host", "tcp", &format!("{vip}:53"), 2000);
+    assert_eq!(tcp, Ok(owner.to_string()), "TCP 53 through the static route");
+}

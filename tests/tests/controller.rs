@@ -1,7 +1,7 @@
 //! ferrolb-controller against the real API server, installed with Helm and running with its chart
 //! ServiceAccount token (so the chart's RBAC is what is tested). Needs root (it brings up a lab).
 
-use ferrolb_tests::harness::{TestLab, create_yaml, eventually, ingress, wait_ingress};
+use ferrolb_tests::harness::{TestLab, apply_users_services, create_yaml, eventually, ingress, seed, wait_ingress};
 use ferrolb_tests::lab::{State, control_plane::alive, lifecycle};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Service};
@@ -9,14 +9,9 @@ use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, Pat
 use kube::{Api, Client};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 const EXE: &str = env!("CARGO_BIN_EXE_ferrolb-lab");
-
-fn seed(file: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seed").join(file)).expect("seed")
-}
 
 /// Event notes on an object, oldest first.
 async fn events(client: &Client, namespace: &str, name: &str) -> Vec<(String, String)> {
@@ -60,12 +55,7 @@ async fn the_users_scenario_and_every_allocation_rule() {
     let client = lab.admin().await;
 
     // The user's manifests, unchanged: web first, then DNS (TCP+UDP 53 in one Service).
-    create_yaml(&client, &seed("ipaddresspool.yaml")).await.expect("pool");
-    create_yaml(&client, &seed("l2advertisement.yaml")).await.expect("l2advertisement");
-    create_yaml(&client, &seed("web-svc-lb.yaml")).await.expect("web");
-    wait_ingress(&client, "default", "web-svc-lb", &["172.17.255.1"]).await;
-    create_yaml(&client, &seed("dns-svc-lb.yaml")).await.expect("dns");
-    wait_ingress(&client, "kube-system", "dns-svc-lb", &["172.17.255.2"]).await;
+    apply_users_services(&client).await;
     let dns_api = Api::<Service>::namespaced(client.clone(), "kube-system");
     let pool_annotation = eventually("the pool annotation", Duration::from_secs(30), || async {
         dns_api.get("dns-svc-lb").await.ok()?.metadata.annotations?.get("metallb.io/ip-allocated-from-pool").cloned()

@@ -7,7 +7,8 @@
 use ferrolb_crds::IPAddressPool;
 use ferrolb_speaker::election;
 use ferrolb_tests::harness::{
-    TestLab, answering_nodes, create_yaml, eventually, ingress, wait_answered_by, wait_event, wait_ingress,
+    TestLab, answering_nodes, apply_users_services, assert_dns_served_by, create_yaml, eventually, ingress, seed,
+    wait_answered_by, wait_event, wait_ingress,
 };
 use ferrolb_tests::lab::{lifecycle, realnode};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -20,11 +21,6 @@ use std::time::{Duration, Instant};
 
 const EXE: &str = env!("CARGO_BIN_EXE_ferrolb-lab");
 const NS: &str = "metallb-system";
-
-fn seed(file: &str) -> String {
-    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seed").join(file))
-        .expect("seed")
-}
 
 fn is_ready(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
@@ -105,12 +101,7 @@ async fn the_chart_runs_under_real_kubelets_and_serves_the_users_scenario() {
     }
 
     // The user's manifests, unchanged: .1, .2 and the shared .10.
-    create_yaml(&client, &seed("ipaddresspool.yaml")).await.expect("pool");
-    create_yaml(&client, &seed("l2advertisement.yaml")).await.expect("l2advertisement");
-    create_yaml(&client, &seed("web-svc-lb.yaml")).await.expect("web");
-    wait_ingress(&client, "default", "web-svc-lb", &["172.17.255.1"]).await;
-    create_yaml(&client, &seed("dns-svc-lb.yaml")).await.expect("dns");
-    wait_ingress(&client, "kube-system", "dns-svc-lb", &["172.17.255.2"]).await;
+    apply_users_services(&client).await;
     create_yaml(&client, &seed("shared-ip.yaml")).await.expect("shared");
     wait_ingress(&client, "kube-system", "dns-svc-tcp", &["172.17.255.10"]).await;
     wait_ingress(&client, "kube-system", "dns-svc-udp", &["172.17.255.10"]).await;
@@ -129,10 +120,7 @@ async fn the_chart_runs_under_real_kubelets_and_serves_the_users_scenario() {
     let ip: IpAddr = vip.parse().expect("ip");
     let owner = election::owner(ip, nodes).expect("an owner").to_string();
     wait_answered_by(&lab, &vip, &[&owner]).await;
-    let udp = lab.probe("host", "udp", &format!("{vip}:53"), 2000);
-    assert_eq!(udp, Ok(format!("{owner} probe")), "UDP 53 through the static route");
-    let tcp = lab.probe("host", "tcp", &format!("{vip}:53"), 2000);
-    assert_eq!(tcp, Ok(owner.clone()), "TCP 53 through the static route");
+    assert_dns_served_by(&lab, &vip, &owner);
     wait_event(&client, "kube-system", "dns-svc-lb", &format!("announcing {vip} from node {owner}")).await;
 
     // Hard kill of the owner node: the address moves to one other node, measured by a prober on the host.

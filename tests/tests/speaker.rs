@@ -7,7 +7,8 @@ use ferrolb_crds::L2AdvertisementSchema;
 use ferrolb_crds::ServiceL2Status;
 use ferrolb_speaker::election;
 use ferrolb_tests::harness::{
-    TestLab, answering_nodes, create_yaml, eventually, ingress, wait_answered_by, wait_event,
+    TestLab, answering_nodes, assert_dns_served_by, create_yaml, eventually, ingress, seed, wait_answered_by,
+    wait_event,
 };
 use k8s_openapi::api::core::v1::{Event, Node};
 use kube::Api;
@@ -17,11 +18,6 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 const EXE: &str = env!("CARGO_BIN_EXE_ferrolb-lab");
-
-fn seed(file: &str) -> String {
-    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seed").join(file))
-        .expect("seed")
-}
 
 /// Waits until the ServiceL2Status objects of a kube-system Service name exactly these nodes.
 async fn wait_status_nodes(client: &kube::Client, service: &str, nodes: &[&str]) {
@@ -65,10 +61,7 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
     let ip: IpAddr = vip.parse().expect("ip");
     let owner = election::owner(ip, nodes).expect("an owner").to_string();
     wait_answered_by(&lab, &vip, &[&owner]).await;
-    let udp = lab.probe("host", "udp", &format!("{vip}:53"), 2000);
-    assert_eq!(udp, Ok(format!("{owner} probe")), "UDP 53 through the static route");
-    let tcp = lab.probe("host", "tcp", &format!("{vip}:53"), 2000);
-    assert_eq!(tcp, Ok(owner.clone()), "TCP 53 through the static route");
+    assert_dns_served_by(&lab, &vip, &owner);
     // "Which node announces this IP?": a ServiceL2Status and an Event say so.
     wait_status_nodes(&client, "dns-svc-lb", &[&owner]).await;
     wait_event(&client, "kube-system", "dns-svc-lb", &format!("announcing {vip} from node {owner} on eth0")).await;
