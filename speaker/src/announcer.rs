@@ -1,45 +1,154 @@
 //! The announcer owns everything that puts frames on the wire for owned addresses: one raw-socket responder
-//! per interface in use, the set of owned addresses the responders answer for, gratuitous ARP bursts on
-//! takeover and the optional periodic refresh. Its API is one call: [`Announcer::apply`] the desired state.
+//! per interface in use, the set of addresses the responders answer for, the probes asked before answering,
+//! gratuitous ARP bursts on takeover and the optional periodic refresh. It runs as its own task so that probe
+//! windows and retries keep their timing whatever the planner is doing; its API is one call,
+//! [`Announcer::apply`] the desired state. Which wanted addresses are actually answered is decided by the
+//! pure [`crate::claim`] rules from what the responders hear (docs/design.md §6.5).
 
+use crate::arp::Mac;
+use crate::claim::{Claims, Conflict, Timing};
+use crate::gossip::SharedMembership;
 use crate::iface::InterfaceInfo;
-use crate::raw::{Owned, Responder, Stats};
+use crate::raw::{ClaimSink, Owned, Responder, Stats};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
 
 /// Address → interfaces answering for it.
 pub type Desired = BTreeMap<Ipv4Addr, BTreeSet<String>>;
 
-/// Responders, owned addresses and gratuitous ARP.
+/// How the announcer sends gratuitous ARP and probes.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// Gratuitous ARP on takeover at these offsets.
+    pub garp: Vec<Duration>,
+    /// Re-announce every answered address this often; `None`: only on takeover.
+    pub refresh: Option<Duration>,
+    /// Probe and retry timing.
+    pub timing: Timing,
+}
+
+/// The handle the planner holds: desired state in; what is answered, held back and contested out.
 pub struct Announcer {
+    desired: watch::Sender<(Desired, Vec<InterfaceInfo>)>,
     owned: Owned,
-    stats: Arc<Stats>,
-    responders: BTreeMap<String, Arc<Responder>>,
-    garp_schedule: Vec<Duration>,
-    garp_refresh: Option<Duration>,
-    last_refresh: Instant,
+    held_back: Arc<Mutex<BTreeMap<Ipv4Addr, Mac>>>,
+    conflicts: Arc<Mutex<Vec<Conflict>>>,
+    stopped: Arc<AtomicBool>,
 }
 
 impl Announcer {
-    /// An announcer that owns nothing yet.
-    pub fn new(stats: Arc<Stats>, garp_schedule: Vec<Duration>, garp_refresh: Option<Duration>) -> Self {
-        Self {
+    /// Starts the announcer task. `changed` is poked whenever what is answered changes or a conflict is seen;
+    /// `membership` tells which MACs belong to which node.
+    pub fn spawn(
+        stats: Arc<Stats>,
+        schedule: Schedule,
+        membership: SharedMembership,
+        changed: mpsc::UnboundedSender<()>,
+    ) -> Self {
+        let (desired, desired_rx) = watch::channel((Desired::new(), Vec::new()));
+        let me = Self {
+            desired,
             owned: Owned::default(),
+            held_back: Arc::default(),
+            conflicts: Arc::default(),
+            stopped: Arc::default(),
+        };
+        let task = Task {
+            owned: me.owned.clone(),
+            held_back: me.held_back.clone(),
+            conflicts: me.conflicts.clone(),
+            stopped: me.stopped.clone(),
+            sink: Arc::default(),
             stats,
             responders: BTreeMap::new(),
-            garp_schedule,
-            garp_refresh,
+            claims: Claims::new(schedule.timing),
+            schedule,
             last_refresh: Instant::now(),
+            membership,
+            changed,
+        };
+        tokio::spawn(task.run(desired_rx));
+        me
+    }
+
+    /// Makes the wire match `want` (probing first what is new), on these interfaces.
+    pub fn apply(&self, want: Desired, interfaces: &[InterfaceInfo]) {
+        self.desired.send_if_modified(|current| {
+            if current.0 == want && current.1 == interfaces {
+                return false;
+            }
+            *current = (want, interfaces.to_vec());
+            true
+        });
+    }
+
+    /// The addresses answered right now.
+    pub fn answering(&self) -> BTreeSet<Ipv4Addr> {
+        self.owned.read().map(|o| o.keys().copied().collect()).unwrap_or_default()
+    }
+
+    /// Wanted addresses another node's MAC answers for.
+    pub fn held_back(&self) -> BTreeMap<Ipv4Addr, Mac> {
+        self.held_back.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Conflicts seen since the last call.
+    pub fn take_conflicts(&self) -> Vec<Conflict> {
+        self.conflicts.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default()
+    }
+
+    /// Stops answering for everything at once (shutdown: peers are told next, so nobody answers twice).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        if let Ok(mut o) = self.owned.write() {
+            o.clear();
+        }
+    }
+}
+
+struct Task {
+    owned: Owned,
+    held_back: Arc<Mutex<BTreeMap<Ipv4Addr, Mac>>>,
+    conflicts: Arc<Mutex<Vec<Conflict>>>,
+    stopped: Arc<AtomicBool>,
+    sink: Arc<ClaimSink>,
+    stats: Arc<Stats>,
+    responders: BTreeMap<String, Arc<Responder>>,
+    claims: Claims,
+    schedule: Schedule,
+    last_refresh: Instant,
+    membership: SharedMembership,
+    changed: mpsc::UnboundedSender<()>,
+}
+
+impl Task {
+    async fn run(mut self, mut desired: watch::Receiver<(Desired, Vec<InterfaceInfo>)>) {
+        let mut wake_at: Option<Instant> = None;
+        loop {
+            let deadline = [wake_at, self.schedule.refresh.map(|every| self.last_refresh + every)]
+                .into_iter()
+                .flatten()
+                .min()
+                .map_or_else(
+                    || tokio::time::Instant::now() + Duration::from_secs(3600),
+                    tokio::time::Instant::from_std,
+                );
+            tokio::select! {
+                changed = desired.changed() => if changed.is_err() { return },
+                () = self.sink.notify.notified() => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+            let (want, interfaces) = desired.borrow_and_update().clone();
+            wake_at = self.step(&want, &interfaces);
         }
     }
 
-    /// Makes the wire match `want`: opens responders on newly needed interfaces (and closes those of
-    /// interfaces gone), answers for exactly `want`, and announces every address newly owned (or owned on new
-    /// interfaces) with a gratuitous ARP burst that stops the moment ownership moves on.
-    pub fn apply(&mut self, want: Desired, interfaces: &[InterfaceInfo]) {
+    /// Opens responders on interfaces newly needed, closes those of interfaces gone.
+    fn open_responders(&mut self, want: &Desired, interfaces: &[InterfaceInfo]) {
         let needed: BTreeSet<&String> = want.values().flatten().collect();
         self.responders.retain(|name, _| needed.contains(name) || interfaces.iter().any(|i| &i.name == name));
         for name in needed {
@@ -47,7 +156,7 @@ impl Announcer {
                 continue;
             }
             let Some(info) = interfaces.iter().find(|i| &i.name == name) else { continue };
-            match Responder::start(info, self.owned.clone(), self.stats.clone()) {
+            match Responder::start(info, self.owned.clone(), self.sink.clone(), self.stats.clone()) {
                 Ok(r) => {
                     tracing::info!(interface = %name, mac = %r.mac, "answering ARP");
                     self.responders.insert(name.clone(), Arc::new(r));
@@ -55,52 +164,100 @@ impl Announcer {
                 Err(e) => tracing::error!(error = %e, "cannot open raw socket"),
             }
         }
+    }
+
+    fn on(&self, want: &Desired, ip: Ipv4Addr) -> Vec<Arc<Responder>> {
+        want.get(&ip).into_iter().flatten().filter_map(|n| self.responders.get(n).cloned()).collect()
+    }
+
+    fn step(&mut self, want: &Desired, interfaces: &[InterfaceInfo]) -> Option<Instant> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.open_responders(want, interfaces);
+        self.sink.watch(want.keys().copied().collect());
+        let heard = self.sink.drain();
+        let mine: BTreeSet<Mac> = self.responders.values().map(|r| r.mac).collect();
+        let nodes: BTreeMap<Mac, String> = self
+            .membership
+            .lock()
+            .map(|m| m.node_macs().into_iter().map(|(mac, node)| (Mac(mac), node)).collect())
+            .unwrap_or_default();
+        let now = Instant::now();
+        let wanted: BTreeSet<Ipv4Addr> = want.keys().copied().collect();
+        let acts = self.claims.step(&wanted, &heard, &mine, &nodes, now);
+        for ip in &acts.probe {
+            for r in self.on(want, *ip) {
+                r.probe(*ip, &self.stats);
+            }
+        }
         let before = self.owned.read().map(|o| o.clone()).unwrap_or_default();
-        if let Some(every) = self.garp_refresh
+        let after: Desired =
+            want.iter().filter(|(ip, _)| acts.answer.contains(ip)).map(|(ip, on)| (*ip, on.clone())).collect();
+        if let Some(every) = self.schedule.refresh
             && self.last_refresh.elapsed() >= every
         {
             self.last_refresh = Instant::now();
-            for (ip, on) in &before {
-                for r in on.iter().filter_map(|n| self.responders.get(n)) {
+            for ip in before.keys() {
+                for r in self.on(want, *ip) {
                     r.announce(*ip, &self.stats);
                 }
             }
         }
-        if before == want {
-            return;
+        let held = self.claims.held_back();
+        self.stats.held_back.store(held.len() as u64, Ordering::Relaxed);
+        let held_changed =
+            self.held_back.lock().map(|mut h| std::mem::replace(&mut *h, held.clone()) != held).unwrap_or(false);
+        for c in &acts.conflicts {
+            let counter = if c.node.is_some() { &self.stats.conflicts_node } else { &self.stats.conflicts_stranger };
+            counter.fetch_add(1, Ordering::Relaxed);
         }
-        if let Ok(mut o) = self.owned.write() {
-            *o = want.clone();
+        let conflicted = !acts.conflicts.is_empty();
+        if let Ok(mut c) = self.conflicts.lock() {
+            c.extend(acts.conflicts);
         }
-        for ip in before.keys().filter(|ip| !want.contains_key(ip)) {
-            tracing::info!(%ip, "no longer the owner; stopped answering");
-            self.stats.releases.fetch_add(1, Ordering::Relaxed);
+        for ip in &acts.assert {
+            for r in self.on(want, *ip) {
+                r.announce(*ip, &self.stats);
+            }
         }
-        for (ip, on) in want.iter().filter(|(ip, on)| before.get(ip) != Some(on)) {
-            tracing::info!(%ip, interfaces = ?on, "took ownership; announcing");
-            self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
-            let targets: Vec<Arc<Responder>> = on.iter().filter_map(|n| self.responders.get(n).cloned()).collect();
-            let (ip, owned, stats, schedule) =
-                (*ip, self.owned.clone(), self.stats.clone(), self.garp_schedule.clone());
-            tokio::spawn(async move {
-                let start = tokio::time::Instant::now();
-                for at in schedule {
-                    tokio::time::sleep_until(start + at).await;
-                    if !owned.read().is_ok_and(|o| o.contains_key(&ip)) {
-                        return;
-                    }
-                    for r in &targets {
-                        r.announce(ip, &stats);
-                    }
+        if before != after && !self.stopped.load(Ordering::SeqCst) {
+            if let Ok(mut o) = self.owned.write() {
+                *o = after.clone();
+            }
+            for ip in before.keys().filter(|ip| !after.contains_key(ip)) {
+                match held.get(ip) {
+                    Some(mac) => tracing::warn!(%ip, %mac, "another node answers for this address; stopped answering"),
+                    None => tracing::info!(%ip, "no longer the owner; stopped answering"),
                 }
-            });
+                self.stats.releases.fetch_add(1, Ordering::Relaxed);
+            }
+            for (ip, on) in after.iter().filter(|(ip, on)| before.get(ip) != Some(on)) {
+                tracing::info!(%ip, interfaces = ?on, "took ownership; announcing");
+                self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+                self.burst(*ip, self.on(want, *ip));
+            }
         }
+        if before != after || held_changed || conflicted {
+            let _ = self.changed.send(());
+        }
+        acts.wake_at
     }
 
-    /// Stops answering for everything at once (shutdown: peers are told next, so nobody answers twice).
-    pub fn stop(&self) {
-        if let Ok(mut o) = self.owned.write() {
-            o.clear();
-        }
+    /// The gratuitous ARP burst on takeover; it stops the moment this node stops answering.
+    fn burst(&self, ip: Ipv4Addr, targets: Vec<Arc<Responder>>) {
+        let (owned, stats, schedule) = (self.owned.clone(), self.stats.clone(), self.schedule.garp.clone());
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            for at in schedule {
+                tokio::time::sleep_until(start + at).await;
+                if !owned.read().is_ok_and(|o| o.contains_key(&ip)) {
+                    return;
+                }
+                for r in &targets {
+                    r.announce(ip, &stats);
+                }
+            }
+        });
     }
 }

@@ -261,6 +261,35 @@ pub fn gratuitous_reply(mac: Mac, ip: Ipv4Addr) -> [u8; FRAME_LEN] {
     .to_bytes()
 }
 
+/// The address and MAC a frame shows answering, when it is a claim by another host: any ARP (request, reply,
+/// gratuitous) whose sender address is set and whose sender is not `our_mac`. RFC 5227 counts every such
+/// frame for an address in use as a conflict; the probes of [`probe`] (sender 0.0.0.0) are not claims.
+pub fn claim(buf: &[u8], our_mac: Mac) -> Option<(Ipv4Addr, Mac)> {
+    let frame = ArpFrame::parse(buf).ok()?;
+    if frame.spa.is_unspecified() || frame.sha == our_mac || frame.eth_src == our_mac {
+        return None;
+    }
+    if frame.sha.is_group() || frame.sha == Mac::ZERO {
+        return None;
+    }
+    Some((frame.spa, frame.sha))
+}
+
+/// An RFC 5227 probe: "who has `ip`?" from `mac` with sender address 0.0.0.0, broadcast. Whoever answers for
+/// `ip` replies to `mac`; no neighbour cache learns anything from it.
+pub fn probe(mac: Mac, ip: Ipv4Addr) -> [u8; FRAME_LEN] {
+    ArpFrame {
+        eth_dst: Mac::BROADCAST,
+        eth_src: mac,
+        operation: Operation::Request,
+        sha: mac,
+        spa: Ipv4Addr::UNSPECIFIED,
+        tha: Mac::ZERO,
+        tpa: ip,
+    }
+    .to_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,5 +421,27 @@ mod tests {
         ];
         let labels: std::collections::BTreeSet<_> = all.iter().map(Drop::label).collect();
         assert_eq!(labels.len(), all.len());
+    }
+
+    #[test]
+    fn claims_are_frames_sent_from_an_address_by_another_mac() {
+        let ours = Mac([2, 0, 0, 0, 0, 1]);
+        let theirs = Mac([2, 0, 0, 0, 0, 2]);
+        let vip = Ipv4Addr::new(198, 19, 0, 1);
+        assert_eq!(claim(&gratuitous_request(theirs, vip), ours), Some((vip, theirs)));
+        assert_eq!(claim(&gratuitous_reply(theirs, vip), ours), Some((vip, theirs)));
+        assert_eq!(claim(&gratuitous_reply(ours, vip), ours), None, "our own, looped back");
+        assert_eq!(claim(&probe(theirs, vip), ours), None, "a probe claims nothing");
+        // Our answer to their probe is a claim seen from their side.
+        let Decision::Reply(answer) = respond(&probe(theirs, vip), ours, |ip| ip == vip) else {
+            panic!("a probe for an owned address is answered")
+        };
+        assert_eq!(claim(&answer, theirs), Some((vip, ours)));
+        assert_eq!(claim(&answer[..20], theirs), None, "truncated");
+        let golden: [u8; FRAME_LEN] = [
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 2, 0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0,
+            2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 198, 19, 0, 1,
+        ];
+        assert_eq!(probe(theirs, vip), golden);
     }
 }

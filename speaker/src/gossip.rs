@@ -16,17 +16,49 @@ use tokio::sync::mpsc;
 /// Liveness shared between the protocol tasks and the election.
 pub type SharedMembership = Arc<std::sync::Mutex<Membership>>;
 
-/// Wall-clock nanoseconds: the heartbeat sequence number.
-pub fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+/// What this speaker says about itself: its incarnation, a message counter and its MACs.
+pub struct Identity {
+    /// This node's name.
+    pub node: String,
+    /// Chosen at start; only needs to differ from this node's earlier incarnations.
+    pub incarnation: u64,
+    counter: std::sync::atomic::AtomicU64,
+    /// This node's interface MACs (refreshed with the interface scan).
+    pub macs: std::sync::RwLock<Vec<[u8; 6]>>,
+}
+
+impl Identity {
+    /// A fresh incarnation: start time and process id, so a restart, even after a clock step, differs.
+    pub fn new(node: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let incarnation = nanos ^ (u64::from(std::process::id()) << 40);
+        Self {
+            node: node.to_string(),
+            incarnation,
+            counter: std::sync::atomic::AtomicU64::new(0),
+            macs: std::sync::RwLock::new(Vec::new()),
+        }
+    }
+
+    /// The next message of this incarnation.
+    pub fn message(&self, kind: Kind) -> Message {
+        Message {
+            kind,
+            node: self.node.clone(),
+            incarnation: self.incarnation,
+            counter: self.counter.fetch_add(1, Ordering::Relaxed) + 1,
+            macs: self.macs.read().map(|m| m.clone()).unwrap_or_default(),
+        }
+    }
 }
 
 /// Starts the liveness protocol: a sender thread (a plain OS thread, so heartbeats keep their rhythm when the
 /// async workers are busy), a receiver task, and a watcher that triggers re-election when a verdict changes.
 pub fn start(
     settings: &Settings,
+    identity: Arc<Identity>,
     key: Vec<u8>,
     membership: SharedMembership,
     peers: Arc<std::sync::RwLock<Vec<std::net::SocketAddr>>>,
@@ -35,11 +67,10 @@ pub fn start(
 ) -> std::io::Result<std::net::UdpSocket> {
     let socket = std::net::UdpSocket::bind(("0.0.0.0", settings.gossip_port))?;
     let sender = socket.try_clone()?;
-    let (me, interval, send_key, send_peers) = (settings.node.clone(), settings.heartbeat, key.clone(), peers.clone());
+    let (interval, send_key, send_peers) = (settings.heartbeat, key.clone(), peers.clone());
     std::thread::Builder::new().name("heartbeat".into()).spawn(move || {
         loop {
-            let datagram =
-                liveness::encode(&send_key, &Message { kind: Kind::Alive, node: me.clone(), sequence: now_ns() });
+            let datagram = liveness::encode(&send_key, &identity.message(Kind::Alive));
             for peer in send_peers.read().map(|p| p.clone()).unwrap_or_default() {
                 let _ = sender.send_to(&datagram, peer);
             }
@@ -138,9 +169,14 @@ pub fn peer_addresses(nodes: &[Arc<Node>], me: &str, port: u16) -> Vec<std::net:
 }
 
 /// Tells every peer this node is leaving, a few times in case one datagram is lost.
-pub async fn say_leaving(socket: &std::net::UdpSocket, key: &[u8], node: &str, peers: &[std::net::SocketAddr]) {
-    let leaving = liveness::encode(key, &Message { kind: Kind::Leaving, node: node.to_string(), sequence: now_ns() });
+pub async fn say_leaving(
+    socket: &std::net::UdpSocket,
+    key: &[u8],
+    identity: &Identity,
+    peers: &[std::net::SocketAddr],
+) {
     for _ in 0..3 {
+        let leaving = liveness::encode(key, &identity.message(Kind::Leaving));
         for peer in peers {
             let _ = socket.send_to(&leaving, peer);
         }

@@ -8,6 +8,7 @@
 
 pub mod announcer;
 pub mod arp;
+pub mod claim;
 pub mod diagnose;
 pub mod election;
 pub mod error;
@@ -19,4 +20,5 @@ pub mod raw;
 pub mod report;
 pub mod run;
 pub mod settings;
+pub mod signs;
 pub mod view;

@@ -8,17 +8,22 @@
 //! bound (`dead_after`), which is what one-owner-per-address needs, at n² small packets: 10/s per pair, fine for
 //! the tens of nodes L2 segments hold. Past ~100 nodes, SWIM is the way to go.
 //!
-//! Wire format (all integers big-endian): `FLB1` | kind (1 alive, 2 leaving) | name length | name | sequence
-//! (u64, the sender's clock in ns, so a restarted speaker continues upward) | HMAC-SHA256 over all of that.
-//! Forged or replayed messages (wrong tag, sequence not above the last accepted) are rejected.
+//! Wire format (all integers big-endian): `FLB2` | kind (1 alive, 2 leaving) | name length | name | incarnation
+//! (u64, chosen once when the speaker starts) | counter (u64, +1 per message) | MAC count (≤ 8) | MACs (6 bytes
+//! each: the sender's interfaces, so peers can tell a node's ARP from a stranger's, docs/design.md §6.4) |
+//! HMAC-SHA256 over all of that. Forged messages (wrong tag) and replays (an incarnation already retired, or a
+//! counter not above the last accepted) are rejected. No clock is on the wire: a sender whose wall clock steps
+//! back (NTP at boot, a migrated VM) stays alive to its peers (§5.2).
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-const MAGIC: &[u8; 4] = b"FLB1";
+const MAGIC: &[u8; 4] = b"FLB2";
 const TAG: usize = 32;
+/// At most this many MACs travel in one message.
+pub const MAX_MACS: usize = 8;
 
 /// What a message says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,8 +41,12 @@ pub struct Message {
     pub kind: Kind,
     /// Sender's node name.
     pub node: String,
-    /// Strictly increasing per sender.
-    pub sequence: u64,
+    /// Chosen once per speaker start; a new one means the peer restarted.
+    pub incarnation: u64,
+    /// Strictly increasing within an incarnation.
+    pub counter: u64,
+    /// The sender's interface MACs (at most [`MAX_MACS`]).
+    pub macs: Vec<[u8; 6]>,
 }
 
 /// Why a datagram was not accepted (a metric label each).
@@ -47,7 +56,8 @@ pub enum Reject {
     Malformed,
     /// The tag does not verify: wrong key or tampered.
     BadTag,
-    /// Sequence not above the last one accepted from that node: a replay or a reordering.
+    /// Counter not above the last one accepted in the peer's incarnation, or an incarnation it has left behind:
+    /// a replay or a reordering.
     Replay,
     /// Claims to come from this node.
     FromSelf,
@@ -76,7 +86,8 @@ fn mac_of(key: &[u8], body: &[u8]) -> [u8; TAG] {
 pub fn encode(key: &[u8], msg: &Message) -> Vec<u8> {
     let name = msg.node.as_bytes();
     let name = &name[..name.len().min(253)];
-    let mut out = Vec::with_capacity(4 + 2 + name.len() + 8 + TAG);
+    let macs = &msg.macs[..msg.macs.len().min(MAX_MACS)];
+    let mut out = Vec::with_capacity(4 + 2 + name.len() + 16 + 1 + 6 * macs.len() + TAG);
     out.extend_from_slice(MAGIC);
     out.push(match msg.kind {
         Kind::Alive => 1,
@@ -84,20 +95,31 @@ pub fn encode(key: &[u8], msg: &Message) -> Vec<u8> {
     });
     out.push(name.len() as u8);
     out.extend_from_slice(name);
-    out.extend_from_slice(&msg.sequence.to_be_bytes());
+    out.extend_from_slice(&msg.incarnation.to_be_bytes());
+    out.extend_from_slice(&msg.counter.to_be_bytes());
+    out.push(macs.len() as u8);
+    macs.iter().for_each(|m| out.extend_from_slice(m));
     let tag = mac_of(key, &out);
     out.extend_from_slice(&tag);
     out
 }
 
+fn u64_at(buf: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&buf[at..at + 8]);
+    u64::from_be_bytes(b)
+}
+
 /// Parses and verifies a datagram (constant-time tag comparison).
 pub fn decode(key: &[u8], buf: &[u8]) -> Result<Message, Reject> {
-    if buf.len() < 4 + 2 + 8 + TAG || &buf[..4] != MAGIC {
+    if buf.len() < 4 + 2 + 16 + 1 + TAG || &buf[..4] != MAGIC {
         return Err(Reject::Malformed);
     }
     let name_len = usize::from(buf[5]);
-    let body_len = 6 + name_len + 8;
-    if buf.len() != body_len + TAG {
+    let macs_at = 6 + name_len + 16;
+    let mac_count = usize::from(*buf.get(macs_at).ok_or(Reject::Malformed)?);
+    let body_len = macs_at + 1 + 6 * mac_count;
+    if mac_count > MAX_MACS || buf.len() != body_len + TAG {
         return Err(Reject::Malformed);
     }
     let (body, tag) = buf.split_at(body_len);
@@ -110,9 +132,15 @@ pub fn decode(key: &[u8], buf: &[u8]) -> Result<Message, Reject> {
         _ => return Err(Reject::Malformed),
     };
     let node = std::str::from_utf8(&body[6..6 + name_len]).map_err(|_| Reject::Malformed)?.to_string();
-    let mut seq = [0u8; 8];
-    seq.copy_from_slice(&body[6 + name_len..]);
-    Ok(Message { kind, node, sequence: u64::from_be_bytes(seq) })
+    let macs = body[macs_at + 1..]
+        .chunks_exact(6)
+        .map(|c| {
+            let mut m = [0u8; 6];
+            m.copy_from_slice(c);
+            m
+        })
+        .collect();
+    Ok(Message { kind, node, incarnation: u64_at(body, 6 + name_len), counter: u64_at(body, 6 + name_len + 8), macs })
 }
 
 /// A peer's state as this speaker sees it.
@@ -126,11 +154,17 @@ pub enum Verdict {
     Unknown,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// Incarnations of one peer remembered as retired, so their messages stay rejected (restarts are rare).
+const RETIRED_KEPT: usize = 16;
+
+#[derive(Debug, Clone)]
 struct Peer {
     last_heard: Instant,
-    sequence: u64,
+    incarnation: u64,
+    counter: u64,
+    retired: Vec<u64>,
     left: bool,
+    macs: Vec<[u8; 6]>,
 }
 
 /// Who is alive, from accepted messages and the clock (passed in: no clock inside).
@@ -147,21 +181,45 @@ impl Membership {
         Self { me: me.into(), dead_after, peers: BTreeMap::new() }
     }
 
-    /// Takes in a verified message received at `now`.
+    /// Takes in a verified message received at `now`. Within an incarnation the counter must grow; a new
+    /// incarnation (the peer restarted) is taken unless it was seen and retired before.
     pub fn accept(&mut self, msg: &Message, now: Instant) -> Result<(), Reject> {
         if msg.node == self.me {
             return Err(Reject::FromSelf);
         }
-        if let Some(p) = self.peers.get(&msg.node)
-            && msg.sequence <= p.sequence
-        {
-            return Err(Reject::Replay);
+        let mut retired = Vec::new();
+        if let Some(p) = self.peers.get(&msg.node) {
+            if msg.incarnation == p.incarnation && msg.counter <= p.counter {
+                return Err(Reject::Replay);
+            }
+            if p.retired.contains(&msg.incarnation) {
+                return Err(Reject::Replay);
+            }
+            retired = p.retired.clone();
+            if msg.incarnation != p.incarnation {
+                retired.push(p.incarnation);
+                if retired.len() > RETIRED_KEPT {
+                    retired.remove(0);
+                }
+            }
         }
         self.peers.insert(
             msg.node.clone(),
-            Peer { last_heard: now, sequence: msg.sequence, left: msg.kind == Kind::Leaving },
+            Peer {
+                last_heard: now,
+                incarnation: msg.incarnation,
+                counter: msg.counter,
+                retired,
+                left: msg.kind == Kind::Leaving,
+                macs: msg.macs.clone(),
+            },
         );
         Ok(())
+    }
+
+    /// Every MAC a peer has told us it owns, and whose it is (to tell a node's ARP from a stranger's).
+    pub fn node_macs(&self) -> BTreeMap<[u8; 6], String> {
+        self.peers.iter().flat_map(|(name, p)| p.macs.iter().map(move |m| (*m, name.clone()))).collect()
     }
 
     /// A peer's verdict at `now`. This speaker is always alive to itself.
@@ -181,6 +239,22 @@ impl Membership {
         self.peers.get(node).map(|p| now.saturating_duration_since(p.last_heard))
     }
 
+    /// Peers counted dead by silence although something else showed them alive after we last heard them:
+    /// `signs_of_life` maps a node to the latest such sign (its ARP answering for an address, its kubelet
+    /// renewing its Lease). That is a broken liveness channel, not a dead node (docs/design.md §5.6). Peers
+    /// never heard, or that said they were leaving, are not counted: nothing says their speaker runs.
+    pub fn unheard_but_alive(&self, signs_of_life: &BTreeMap<String, Instant>, now: Instant) -> BTreeSet<String> {
+        self.peers
+            .iter()
+            .filter(|(name, p)| {
+                !p.left
+                    && self.verdict(name, now) == Verdict::Dead
+                    && signs_of_life.get(*name).is_some_and(|seen| *seen > p.last_heard)
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Every known peer's verdict at `now` (what changes trigger a re-election).
     pub fn verdicts(&self, now: Instant) -> BTreeMap<String, Verdict> {
         self.peers.keys().map(|n| (n.clone(), self.verdict(n, now))).collect()
@@ -193,15 +267,15 @@ mod tests {
 
     const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 
-    fn alive(node: &str, sequence: u64) -> Message {
-        Message { kind: Kind::Alive, node: node.into(), sequence }
+    fn alive(node: &str, counter: u64) -> Message {
+        Message { kind: Kind::Alive, node: node.into(), incarnation: 1, counter, macs: vec![[2, 0, 0, 0, 0, 7]] }
     }
 
     #[test]
     fn round_trip_and_exact_bytes() {
         let bytes = encode(KEY, &alive("node-1", 7));
-        assert_eq!(&bytes[..4], b"FLB1");
-        assert_eq!(bytes.len(), 4 + 2 + 6 + 8 + 32);
+        assert_eq!(&bytes[..4], b"FLB2");
+        assert_eq!(bytes.len(), 4 + 2 + 6 + 16 + 1 + 6 + 32);
         assert_eq!(decode(KEY, &bytes), Ok(alive("node-1", 7)));
     }
 
@@ -234,10 +308,71 @@ mod tests {
         assert_eq!(m.verdict("peer", t0 + Duration::from_secs(1)), Verdict::Dead);
         m.accept(&alive("peer", 11), t0 + Duration::from_secs(2)).expect("newer");
         assert_eq!(m.verdict("peer", t0 + Duration::from_secs(2)), Verdict::Alive);
-        let leaving = Message { kind: Kind::Leaving, node: "peer".into(), sequence: 12 };
+        let leaving = Message { kind: Kind::Leaving, ..alive("peer", 12) };
         m.accept(&leaving, t0 + Duration::from_secs(2)).expect("leave");
         assert_eq!(m.verdict("peer", t0 + Duration::from_secs(2)), Verdict::Dead, "dead at once");
         assert_eq!(m.silence("peer", t0 + Duration::from_millis(2300)), Some(Duration::from_millis(300)));
         assert_eq!(m.silence("stranger", t0), None);
+    }
+
+    #[test]
+    fn a_restart_is_a_new_incarnation_and_old_incarnations_stay_rejected() {
+        let t0 = Instant::now();
+        let mut m = Membership::new("me", Duration::from_millis(350));
+        m.accept(&alive("peer", 500), t0).expect("first");
+        // Restarted: the counter starts again from 1 in a new incarnation.
+        let reborn = Message { incarnation: 2, ..alive("peer", 1) };
+        m.accept(&reborn, t0 + Duration::from_millis(10)).expect("new incarnation");
+        assert_eq!(m.accept(&alive("peer", 501), t0 + Duration::from_millis(20)), Err(Reject::Replay), "old one");
+        assert_eq!(m.accept(&reborn, t0 + Duration::from_millis(30)), Err(Reject::Replay));
+        m.accept(&Message { counter: 2, ..reborn.clone() }, t0 + Duration::from_millis(40)).expect("next");
+        assert_eq!(m.node_macs().get(&[2, 0, 0, 0, 0, 7]).map(String::as_str), Some("peer"));
+    }
+
+    #[test]
+    fn the_senders_wall_clock_is_not_on_the_wire() {
+        // What a speaker sends is its incarnation and a counter; two messages built a minute apart by wall clock,
+        // or with the clock stepped back between them, are the same bytes for the same counter.
+        let a = encode(KEY, &alive("node-1", 41));
+        let b = encode(KEY, &alive("node-1", 41));
+        assert_eq!(a, b);
+        let mut m = Membership::new("me", Duration::from_millis(350));
+        let t0 = Instant::now();
+        for counter in 1..=50 {
+            m.accept(&alive("node-1", counter), t0 + Duration::from_millis(counter * 100)).expect("in order");
+        }
+        assert_eq!(m.verdict("node-1", t0 + Duration::from_millis(5100)), Verdict::Alive);
+    }
+
+    #[test]
+    fn too_many_macs_or_a_short_mac_list_is_malformed() {
+        let many = Message { macs: vec![[2, 0, 0, 0, 0, 1]; MAX_MACS + 3], ..alive("node-1", 1) };
+        let decoded = decode(KEY, &encode(KEY, &many)).expect("capped on encode");
+        assert_eq!(decoded.macs.len(), MAX_MACS);
+        let mut bytes = encode(KEY, &alive("node-1", 1));
+        let count_at = 6 + 6 + 16;
+        bytes[count_at] = 2;
+        assert_eq!(decode(KEY, &bytes), Err(Reject::Malformed));
+        bytes[count_at] = 200;
+        assert_eq!(decode(KEY, &bytes), Err(Reject::Malformed));
+    }
+
+    #[test]
+    fn unheard_but_alive_needs_silence_and_a_later_sign_of_life() {
+        let t0 = Instant::now();
+        let mut m = Membership::new("me", Duration::from_millis(350));
+        m.accept(&alive("quiet", 1), t0).expect("heard once");
+        m.accept(&alive("chatty", 1), t0).expect("heard once");
+        m.accept(&Message { kind: Kind::Leaving, ..alive("gone", 1) }, t0).expect("left");
+        let later = t0 + Duration::from_secs(2);
+        m.accept(&alive("chatty", 2), later).expect("still talking");
+        let signs: BTreeMap<String, Instant> = ["quiet", "chatty", "gone", "never-heard"]
+            .into_iter()
+            .map(|n| (n.to_string(), t0 + Duration::from_secs(1)))
+            .collect();
+        assert_eq!(m.unheard_but_alive(&signs, later), BTreeSet::from(["quiet".to_string()]));
+        // A sign from before the silence says nothing: a node that died after it looks the same.
+        let stale = BTreeMap::from([("quiet".to_string(), t0)]);
+        assert!(m.unheard_but_alive(&stale, later).is_empty());
     }
 }

@@ -38,8 +38,7 @@ struct Args {
     /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
-    /// Also re-announce every owned address this often, in seconds (0: only on takeover). Checked on the
-    /// speaker's 5 s sync tick, so the effective period is rounded up to it.
+    /// Also re-announce every owned address this often, in seconds (0: only on takeover).
     #[arg(long, default_value_t = 0)]
     garp_refresh_secs: u64,
     /// A peer silent for this many milliseconds is dead and its addresses move.
@@ -72,6 +71,17 @@ fn render(stats: &Stats) -> String {
     line("gratuitous_arp", "Gratuitous ARP frames sent", stats.gratuitous.load(Ordering::Relaxed));
     line("takeovers", "Addresses this node took over", stats.takeovers.load(Ordering::Relaxed));
     line("releases", "Addresses this node gave up", stats.releases.load(Ordering::Relaxed));
+    line("arp_probes", "Probes sent before answering for an address", stats.probes.load(Ordering::Relaxed));
+    line(
+        "node_conflicts",
+        "Times another node claimed an address this node answered for",
+        stats.conflicts_node.load(Ordering::Relaxed),
+    );
+    line(
+        "stranger_conflicts",
+        "Times a MAC that is no node's claimed an address this node answered for",
+        stats.conflicts_stranger.load(Ordering::Relaxed),
+    );
     let micros = stats.detection_micros.load(Ordering::Relaxed) as f64;
     out.push_str(&format!(
         "# HELP ferrolb_speaker_failure_detection_seconds Silence of a peer when declared dead\n# TYPE ferrolb_speaker_failure_detection_seconds summary\nferrolb_speaker_failure_detection_seconds_sum {}\nferrolb_speaker_failure_detection_seconds_count {}\n",
@@ -105,6 +115,21 @@ fn render(stats: &Stats) -> String {
         "Service addresses this node won but cannot answer for (no usable interface), by reason",
         &stats.announce_failed,
     );
+    out.push_str(&format!(
+        "# HELP ferrolb_speaker_held_back_addresses Addresses the election gives this node that another node answers for\n# TYPE ferrolb_speaker_held_back_addresses gauge\nferrolb_speaker_held_back_addresses {}\n",
+        stats.held_back.load(Ordering::Relaxed)
+    ));
+    out.push_str(&format!(
+        "# HELP ferrolb_speaker_unheard_live_peers Peers unheard over the liveness port although their node is alive\n# TYPE ferrolb_speaker_unheard_live_peers gauge\nferrolb_speaker_unheard_live_peers {}\n",
+        stats.unheard_live_peers.load(Ordering::Relaxed)
+    ));
+    out.push_str("# HELP ferrolb_speaker_address_claimed_by_stranger 1 while a MAC that is no node's claims an address this node answers for (seen in the last 10 minutes)\n# TYPE ferrolb_speaker_address_claimed_by_stranger gauge\n");
+    if let Ok(mut strangers) = stats.strangers.lock() {
+        strangers.retain(|_, at| at.elapsed() < std::time::Duration::from_secs(600));
+        for (ip, mac) in strangers.keys() {
+            out.push_str(&format!("ferrolb_speaker_address_claimed_by_stranger{{ip=\"{ip}\",mac=\"{mac}\"}} 1\n"));
+        }
+    }
     out.push_str("# HELP ferrolb_speaker_gossip_rejects Liveness datagrams rejected, by reason\n# TYPE ferrolb_speaker_gossip_rejects counter\n");
     if let Ok(rejects) = stats.gossip_rejects.lock() {
         for (reason, n) in rejects.iter() {

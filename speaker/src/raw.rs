@@ -2,6 +2,7 @@
 //! per interface reads frames, asks [`crate::arp::respond`] and sends what it says.
 
 use crate::arp::{self, Decision, Mac};
+use crate::claim::Heard;
 use crate::iface::InterfaceInfo;
 use pnet_datalink::{Channel, DataLinkSender};
 use std::collections::{BTreeMap, BTreeSet};
@@ -72,6 +73,18 @@ pub struct Stats {
     pub unannounced: Mutex<BTreeMap<&'static str, u64>>,
     /// Service addresses this node won but cannot answer for, by reason label.
     pub announce_failed: Mutex<BTreeMap<&'static str, u64>>,
+    /// RFC 5227 probes sent before answering for an address.
+    pub probes: AtomicU64,
+    /// Addresses the election gives this node that another node's MAC answers for (held back).
+    pub held_back: AtomicU64,
+    /// Claims by another node of an address this node answered for.
+    pub conflicts_node: AtomicU64,
+    /// Claims by a MAC that is no node's, of an address this node answers for.
+    pub conflicts_stranger: AtomicU64,
+    /// Peers this node cannot hear although their Node Lease is being renewed.
+    pub unheard_live_peers: AtomicU64,
+    /// Strangers (no node's MAC) seen claiming an address this node answers for: (address, MAC) → when.
+    pub strangers: Mutex<BTreeMap<(Ipv4Addr, Mac), std::time::Instant>>,
     /// Plans made (one per wake).
     pub plans: AtomicU64,
     /// Time spent planning, summed, in microseconds.
@@ -80,6 +93,44 @@ pub struct Stats {
 
 /// Addresses owned, and the interfaces each is answered on.
 pub type Owned = Arc<RwLock<BTreeMap<Ipv4Addr, BTreeSet<String>>>>;
+
+/// Where responders leave the claims they hear for addresses the announcer watches, and how they wake it.
+#[derive(Default)]
+pub struct ClaimSink {
+    watched: RwLock<BTreeSet<Ipv4Addr>>,
+    heard: Mutex<Vec<Heard>>,
+    /// Signalled when a claim arrives.
+    pub notify: tokio::sync::Notify,
+}
+
+impl ClaimSink {
+    /// Listen for claims of exactly these addresses.
+    pub fn watch(&self, ips: BTreeSet<Ipv4Addr>) {
+        if let Ok(mut w) = self.watched.write() {
+            *w = ips;
+        }
+    }
+
+    /// The claims heard since the last call.
+    pub fn drain(&self) -> Vec<Heard> {
+        self.heard.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default()
+    }
+
+    fn offer(&self, frame: &[u8], on: Mac) {
+        let Some((ip, mac)) = arp::claim(frame, on) else { return };
+        if !self.watched.read().is_ok_and(|w| w.contains(&ip)) {
+            return;
+        }
+        if let Ok(mut h) = self.heard.lock() {
+            // Bounded: a flood of claims must not grow memory; the newest are what matter.
+            if h.len() >= 4096 {
+                h.remove(0);
+            }
+            h.push(Heard { ip, mac, on, at: std::time::Instant::now() });
+        }
+        self.notify.notify_one();
+    }
+}
 
 /// A running responder on one interface.
 pub struct Responder {
@@ -93,7 +144,12 @@ pub struct Responder {
 
 impl Responder {
     /// Opens the interface's raw socket and starts answering for what `owned` lists on it.
-    pub fn start(iface: &InterfaceInfo, owned: Owned, stats: Arc<Stats>) -> crate::error::Result<Self> {
+    pub fn start(
+        iface: &InterfaceInfo,
+        owned: Owned,
+        claims: Arc<ClaimSink>,
+        stats: Arc<Stats>,
+    ) -> crate::error::Result<Self> {
         let err = |e: std::io::Error| crate::error::Error::RawSocket { interface: iface.name.clone(), source: e };
         let pnet_iface = pnet_datalink::interfaces()
             .into_iter()
@@ -118,6 +174,7 @@ impl Responder {
                     {
                         stats.requests.fetch_add(1, Ordering::Relaxed);
                     }
+                    claims.offer(frame, mac);
                     let owns =
                         |ip: Ipv4Addr| owned.read().is_ok_and(|o| o.get(&ip).is_some_and(|on| on.contains(&name)));
                     match arp::respond(frame, mac, owns) {
@@ -139,6 +196,14 @@ impl Responder {
             })
             .map_err(err)?;
         Ok(Self { name: iface.name.clone(), mac, sender, stop })
+    }
+
+    /// Asks who answers for `ip` (an RFC 5227 probe).
+    pub fn probe(&self, ip: Ipv4Addr, stats: &Stats) {
+        if let Ok(mut tx) = self.sender.lock() {
+            let _ = tx.send_to(&arp::probe(self.mac, ip), None);
+            stats.probes.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Sends both gratuitous forms for `ip`.

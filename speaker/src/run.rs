@@ -2,25 +2,29 @@
 //! [`Announcer`] and the [`report`](crate::report)er out, the [`gossip`](crate::gossip) protocol beside. Nothing
 //! here decides who announces what.
 
-use crate::announcer::Announcer;
+use crate::announcer::{Announcer, Schedule};
+use crate::arp::Mac;
+use crate::claim::{Conflict, Timing};
 use crate::diagnose::{self, Problem};
 use crate::error::{Error, Result};
-use crate::gossip::{self, SharedMembership};
+use crate::gossip::{self, Identity, SharedMembership};
 use crate::iface;
 use crate::liveness::Membership;
 use crate::plan::{self, Announcements, Me, Snapshot};
 use crate::raw::{self, Stats};
 use crate::report;
 pub use crate::settings::Settings;
+use crate::signs::{self, LeaseRenewals};
 use ferrolb_crds::{IPAddressPool, L2Advertisement, ServiceL2Status};
 use ferrolb_runtime::events::EventKind;
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -106,6 +110,87 @@ fn tell_failed(
     }
 }
 
+/// What this node reports as announced: the plan's Services, narrowed to the addresses it actually answers for
+/// (an address another node's MAC still answers for is held back, docs/design.md §6.5).
+fn answered_only(
+    planned: &BTreeMap<(String, String), plan::Announced>,
+    answering: &BTreeSet<std::net::Ipv4Addr>,
+) -> BTreeMap<(String, String), plan::Announced> {
+    planned
+        .iter()
+        .filter_map(|(key, a)| {
+            let ips: BTreeSet<_> = a.ips.intersection(answering).copied().collect();
+            (!ips.is_empty()).then(|| (key.clone(), plan::Announced { ips, ..a.clone() }))
+        })
+        .collect()
+}
+
+/// Says when this node starts or stops hearing nothing from peers that show other signs of life.
+fn tell_channel(reporter: &report::Reporter, settings: &Settings, before: &BTreeSet<String>, now: &BTreeSet<String>) {
+    if before == now {
+        return;
+    }
+    if now.is_empty() {
+        tracing::info!("liveness channel healed: every live peer is heard again");
+        reporter.node_event(
+            EventKind::Normal,
+            "LivenessChannelHealed",
+            "every peer speaker whose node is alive is heard again over the liveness port".into(),
+        );
+        return;
+    }
+    let peers: Vec<&str> = now.iter().map(String::as_str).collect();
+    let note = format!(
+        "liveness channel broken: no heartbeat from {} over UDP {} although their nodes are alive (Lease renewed or          answering ARP); check firewalls and security groups for that port. Addresses stay with the nodes that          answer them (ARP evidence), but a real failure of those nodes is detected more slowly until this heals",
+        peers.join(", "),
+        settings.gossip_port
+    );
+    tracing::warn!(peers = ?peers, "{note}");
+    reporter.node_event(EventKind::Warning, "LivenessChannelBroken", note);
+}
+
+/// Says which addresses this node answers for are claimed by someone else: a stranger (Warning on the Service,
+/// naming the MAC) or another node (a log line; the two settle it, docs/design.md §6.5). At most once per
+/// address and MAC every `QUIET`.
+fn tell_conflicts(
+    reporter: &report::Reporter,
+    stats: &Stats,
+    told: &mut BTreeMap<(std::net::Ipv4Addr, Mac), std::time::Instant>,
+    conflicts: Vec<Conflict>,
+    services: &BTreeMap<(String, String), plan::Announced>,
+    me: &str,
+) {
+    const QUIET: Duration = Duration::from_secs(60);
+    let now = std::time::Instant::now();
+    told.retain(|_, at| now.saturating_duration_since(*at) < QUIET * 10);
+    for c in conflicts {
+        if c.node.is_none()
+            && let Ok(mut s) = stats.strangers.lock()
+        {
+            s.insert((c.ip, c.mac), now);
+        }
+        if told.get(&(c.ip, c.mac)).is_some_and(|at| now.saturating_duration_since(*at) < QUIET) {
+            continue;
+        }
+        told.insert((c.ip, c.mac), now);
+        let (ip, mac) = (c.ip, c.mac);
+        match &c.node {
+            Some(node) => {
+                tracing::warn!(%ip, %mac, %node, kept = c.kept, "another node answers for an address this node answers for; the lower rank keeps it")
+            }
+            None => {
+                let note = format!(
+                    "address {ip} is also claimed by MAC {mac}, which belongs to no node: another host uses this                      address (a static IP clash?). Node {me} keeps answering; remove the address from that host or                      from the pool"
+                );
+                tracing::warn!(%ip, %mac, "{note}");
+                if let Some((key, a)) = services.iter().find(|(_, a)| a.ips.contains(&ip)) {
+                    reporter.service_event(EventKind::Warning, "AddressConflict", key, &a.uid, note);
+                }
+            }
+        }
+    }
+}
+
 /// Runs the speaker until `shutdown` resolves; then tells the peers it is leaving and stops answering.
 pub async fn run(
     client: Client,
@@ -133,6 +218,8 @@ pub async fn run(
             return Err(Error::CacheSync(what.into()));
         }
     }
+    // Not waited for: without the RBAC for kube-node-lease (an older chart) the speaker works, minus one sign.
+    let leases = watch(Api::<Lease>::namespaced(client.clone(), "kube-node-lease"), tx.clone());
     ready.store(true, Ordering::Relaxed);
     tracing::info!(node = %settings.node, "caches synced");
     // Interfaces come and go: look again every few seconds even when nothing in the API changed.
@@ -151,14 +238,19 @@ pub async fn run(
     let membership: SharedMembership =
         Arc::new(std::sync::Mutex::new(Membership::new(&settings.node, settings.dead_after)));
     let peers = Arc::new(std::sync::RwLock::new(Vec::new()));
+    let identity = Arc::new(Identity::new(&settings.node));
     let gossip = match &settings.gossip_key {
         Some(key) => {
-            let socket =
-                gossip::start(&settings, key.clone(), membership.clone(), peers.clone(), tx.clone(), stats.clone())
-                    .map_err(|source| Error::RawSocket {
-                        interface: format!("udp/{}", settings.gossip_port),
-                        source,
-                    })?;
+            let socket = gossip::start(
+                &settings,
+                identity.clone(),
+                key.clone(),
+                membership.clone(),
+                peers.clone(),
+                tx.clone(),
+                stats.clone(),
+            )
+            .map_err(|source| Error::RawSocket { interface: format!("udp/{}", settings.gossip_port), source })?;
             tracing::info!(port = settings.gossip_port, heartbeat = ?settings.heartbeat, dead_after = ?settings.dead_after, "liveness protocol on");
             Some((socket, key.clone()))
         }
@@ -185,7 +277,11 @@ pub async fn run(
     let mut ipvs_warned = false;
     let mut interfaces = Vec::new();
     let listening_since = std::time::Instant::now();
-    let mut announcer = Announcer::new(stats.clone(), settings.garp_schedule.clone(), settings.garp_refresh);
+    let schedule =
+        Schedule { garp: settings.garp_schedule.clone(), refresh: settings.garp_refresh, timing: Timing::default() };
+    let announcer = Announcer::spawn(stats.clone(), schedule, membership.clone(), tx.clone());
+    let (mut renewals, mut last_unheard, mut told_conflicts) =
+        (LeaseRenewals::default(), BTreeSet::new(), BTreeMap::new());
     let me = Me {
         node: &settings.node,
         load_balancer_class: settings.load_balancer_class.as_deref(),
@@ -203,6 +299,9 @@ pub async fn run(
             // thousands of Services, watch events come far more often than NICs change.
             if rescan_due.swap(false, Ordering::Relaxed) {
                 interfaces = raw::interfaces();
+                if let Ok(mut macs) = identity.macs.write() {
+                    *macs = interfaces.iter().filter(|i| i.up).filter_map(|i| i.mac).filter(|m| *m != [0; 6]).collect();
+                }
                 let strict_arp_missing = iface::ipvs_without_strict_arp(&interfaces, &raw::arp_ignore(&interfaces));
                 if strict_arp_missing != ipvs_warned {
                     ipvs_warned = strict_arp_missing;
@@ -236,9 +335,28 @@ pub async fn run(
             stats.plans.fetch_add(1, Ordering::Relaxed);
             let took = u64::try_from(now.elapsed().as_micros()).unwrap_or(u64::MAX);
             stats.plan_micros.fetch_add(took, Ordering::Relaxed);
-            if announcements.services != last_services {
-                reporter.report(&last_services, &announcements.services, &l2statuses.state());
-                last_services = announcements.services.clone();
+            let answered = answered_only(&announcements.services, &announcer.answering());
+            if answered != last_services {
+                reporter.report(&last_services, &answered, &l2statuses.state());
+                last_services = answered;
+            }
+            tell_conflicts(
+                &reporter,
+                &stats,
+                &mut told_conflicts,
+                announcer.take_conflicts(),
+                &announcements.services,
+                &settings.node,
+            );
+            if gossip.is_some() {
+                renewals.observe(&leases.state(), now);
+                let node_macs: BTreeMap<Mac, String> =
+                    view.node_macs().into_iter().map(|(mac, node)| (Mac(mac), node)).collect();
+                let seen = signs::latest(renewals.signs(), signs::from_arp(&announcer.held_back(), &node_macs, now));
+                let unheard = view.unheard_but_alive(&seen, now);
+                stats.unheard_live_peers.store(unheard.len() as u64, Ordering::Relaxed);
+                tell_channel(&reporter, &settings, &last_unheard, &unheard);
+                last_unheard = unheard;
             }
             // Before liveness has settled this speaker may count peers alive that are not (or the reverse), and
             // would tell users about a view that is about to change.
@@ -258,7 +376,7 @@ pub async fn run(
             announcer.stop();
             if let Some((socket, key)) = &gossip {
                 let targets = peers.read().map(|p| p.clone()).unwrap_or_default();
-                gossip::say_leaving(socket, key, &settings.node, &targets).await;
+                gossip::say_leaving(socket, key, &identity, &targets).await;
             }
             tracing::info!("left: peers move this node's addresses now");
         }

@@ -117,6 +117,56 @@ enum Cmd {
         #[arg(long, default_value_t = 3000)]
         duration_ms: u64,
     },
+    /// Drops incoming UDP to a port on nodes (all of it, or --loss-percent of it at random), or clears that.
+    Fault {
+        /// Node names, or `all`.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+        /// The UDP port (the speakers' liveness port by default).
+        #[arg(long, default_value_t = 7946)]
+        port: u16,
+        /// Percent of datagrams dropped (100: the port is blocked).
+        #[arg(long, default_value_t = 100)]
+        loss_percent: u8,
+        /// Remove the fault instead.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Claims an address with gratuitous ARP from this namespace's interface, as a host with a clashing static
+    /// address would; prints the MAC used (run it inside a namespace with `exec`).
+    Claim {
+        /// The address.
+        ip: std::net::Ipv4Addr,
+        /// Interface.
+        #[arg(long, default_value = "eth0")]
+        iface: String,
+        /// Announcements to send, 200 ms apart.
+        #[arg(long, default_value_t = 3)]
+        count: usize,
+    },
+    /// Asks for an address every --interval-ms for --duration-ms and prints, as JSON, how often nobody or several
+    /// MACs answered and how often the answering MAC changed (run it inside a namespace).
+    Arpwatch {
+        /// The address.
+        ip: std::net::Ipv4Addr,
+        /// Interface.
+        #[arg(long, default_value = "eth0")]
+        iface: String,
+        /// Time between requests.
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+        /// How long to watch.
+        #[arg(long, default_value_t = 10_000)]
+        duration_ms: u64,
+    },
+    /// Restarts a node's speaker (process-mode lab) with extra environment (KEY=VALUE, repeatable).
+    RestartSpeaker {
+        /// Node name.
+        node: String,
+        /// Environment for the new process.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+    },
     /// (internal) fake kubelets and the API relay, run by `up`.
     #[command(hide = true)]
     Agent,
@@ -211,8 +261,10 @@ async fn main() -> anyhow::Result<()> {
         Cmd::GossipForge { node, to, kind, key } => {
             use ferrolb_speaker::liveness::{Kind, Message, encode};
             let kind = if kind == "alive" { Kind::Alive } else { Kind::Leaving };
-            let sequence = u64::MAX / 2;
-            let datagram = encode(key.as_bytes(), &Message { kind, node, sequence });
+            let datagram = encode(
+                key.as_bytes(),
+                &Message { kind, node, incarnation: u64::MAX / 2, counter: 1, macs: Vec::new() },
+            );
             std::net::UdpSocket::bind("0.0.0.0:0")?.send_to(&datagram, to)?;
         }
         Cmd::Prober { protocol, addr, interval_ms, duration_ms } => {
@@ -225,6 +277,38 @@ async fn main() -> anyhow::Result<()> {
                 other => anyhow::bail!("protocol must be tcp or udp, not {other:?}"),
             };
             println!("{}", serde_json::to_string(&report)?);
+        }
+        Cmd::Fault { nodes, port, loss_percent, clear } => {
+            let state = load()?;
+            let targets: Vec<_> = if nodes.iter().any(|n| n == "all") {
+                state.nodes.clone()
+            } else {
+                nodes.iter().map(|n| state.node(n).cloned()).collect::<Result<_, _>>()?
+            };
+            for node in targets {
+                if clear {
+                    ferrolb_tests::lab::net::clear_fault(&node.netns)?;
+                    println!("{}: fault cleared", node.name);
+                } else {
+                    ferrolb_tests::lab::net::inject_udp_loss(&node.netns, port, loss_percent)?;
+                    println!("{}: dropping {loss_percent}% of incoming UDP {port}", node.name);
+                }
+            }
+        }
+        Cmd::Claim { ip, iface, count } => println!("{}", ferrolb_tests::lab::arping::claim(&iface, ip, count)?),
+        Cmd::Arpwatch { ip, iface, interval_ms, duration_ms } => {
+            let (interval, duration) =
+                (std::time::Duration::from_millis(interval_ms), std::time::Duration::from_millis(duration_ms));
+            let report = ferrolb_tests::lab::arping::watch(&iface, ip, interval, duration)?;
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        Cmd::RestartSpeaker { node, env } => {
+            let env: Vec<(String, String)> = env
+                .iter()
+                .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .collect::<Option<_>>()
+                .context("--env takes KEY=VALUE")?;
+            lifecycle::restart_speaker(&mut load()?, &node, &env).await?;
         }
         Cmd::Agent => kubelet::run(load()?).await?,
         Cmd::NodeAgent { node: name } => node::run(load()?, &name).await?,
