@@ -8,7 +8,7 @@ HELM_KUBE_VERSION := 1.35.4
 test: deps fmt-check clippy chart unit
 
 # What the lab's real nodes and `make images` need from Debian (installed once; a no-op when present).
-DEB_PACKAGES := containerd runc containernetworking-plugins umoci skopeo nftables gcc libc6-dev
+DEB_PACKAGES := containerd runc containernetworking-plugins umoci skopeo nftables gcc libc6-dev libfaketime
 deps:
 	@bash tests/lab/install-deps.sh $(DEB_PACKAGES)
 

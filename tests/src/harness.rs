@@ -249,3 +249,41 @@ pub fn assert_dns_served_by(lab: &TestLab, vip: &str, owner: &str) {
     let tcp = lab.probe("host", "tcp", &format!("{vip}:53"), 2000);
     assert_eq!(tcp, Ok(owner.to_string()), "TCP 53 through the static route");
 }
+
+/// A node's speaker's `/metrics` text (process-mode labs: the speaker serves it on the node's 127.0.0.1).
+pub fn speaker_metrics(lab: &TestLab, node: &str) -> String {
+    let state = lab.state();
+    let port = state.procs.iter().rev().find(|p| p.role == format!("speaker {node}")).and_then(|p| p.port);
+    let Some(port) = port else { return String::new() };
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let out = lab.cli(&["exec", node, "--", "curl", "-s", "--max-time", "5", &url]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The sum of every sample of metric `name` (all label sets) in an exposition text; 0 when absent.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Takeovers summed over every node's speaker: how often any address changed hands, as the speakers count it.
+pub fn total_takeovers(lab: &TestLab) -> f64 {
+    lab.state()
+        .nodes
+        .iter()
+        .map(|n| metric_sum(&speaker_metrics(lab, &n.name), "ferrolb_speaker_takeovers_total"))
+        .sum()
+}
+
+/// Watches who answers ARP for `ip` from the `host` namespace (see `ferrolb-lab arpwatch`).
+pub fn arpwatch(lab: &TestLab, ip: &str, interval_ms: u64, duration_ms: u64) -> crate::lab::arping::WatchReport {
+    let exe = lab.exe.clone();
+    let (interval, duration) = (interval_ms.to_string(), duration_ms.to_string());
+    let out =
+        lab.cli(&["exec", "host", "--", &exe, "arpwatch", ip, "--interval-ms", &interval, "--duration-ms", &duration]);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("arpwatch {ip}: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+}

@@ -97,3 +97,73 @@ pub fn rtt(iface: &str, target: Ipv4Addr, count: usize, timeout: Duration) -> Re
     }
     Ok(rtts)
 }
+
+/// What watching one address's ARP answers over time saw.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct WatchReport {
+    /// Samples taken (one request each, answers collected until the next).
+    pub samples: u64,
+    /// Samples nobody answered.
+    pub unanswered: u64,
+    /// Samples more than one MAC answered.
+    pub several: u64,
+    /// Times the single answering MAC differed from the previous single answering MAC.
+    pub changes: u64,
+    /// Every MAC that answered, with how many samples it answered in.
+    pub macs: std::collections::BTreeMap<String, u64>,
+}
+
+/// Asks for `target` every `interval` for `duration` and counts who answered each time: ownership changes and
+/// samples with no or several answerers.
+pub fn watch(iface: &str, target: Ipv4Addr, interval: Duration, duration: Duration) -> Result<WatchReport> {
+    let Prober { mut tx, mut rx, source, request } = Prober::open(iface, target, Duration::from_millis(5))?;
+    let mut report = WatchReport::default();
+    let mut last_single: Option<String> = None;
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        let sample_end = Instant::now() + interval;
+        let _ = tx.send_to(&request, None);
+        let mut answered = BTreeSet::new();
+        while Instant::now() < sample_end {
+            let Ok(frame) = rx.next() else { continue };
+            if let Some(reply) = answer(frame, target, source) {
+                answered.insert(reply.sha.to_string());
+            }
+        }
+        report.samples += 1;
+        for mac in &answered {
+            *report.macs.entry(mac.clone()).or_default() += 1;
+        }
+        match answered.len() {
+            0 => report.unanswered += 1,
+            1 => {
+                let only = answered.into_iter().next();
+                if last_single.is_some() && last_single != only {
+                    report.changes += 1;
+                }
+                last_single = only;
+            }
+            _ => report.several += 1,
+        }
+    }
+    Ok(report)
+}
+
+/// Claims `ip` for this interface's MAC the way a host with a clashing static address does: gratuitous ARP
+/// (request and reply form), `count` times 200 ms apart.
+pub fn claim(iface: &str, ip: Ipv4Addr, count: usize) -> Result<String> {
+    let Prober { mut tx, .. } = Prober::open(iface, ip, Duration::from_millis(5))?;
+    let nic = pnet_datalink::interfaces().into_iter().find(|i| i.name == iface);
+    let mac = Mac(nic.and_then(|n| n.mac).map(|m| m.octets()).unwrap_or([0; 6]));
+    for i in 0..count {
+        for frame in
+            [ferrolb_speaker::arp::gratuitous_request(mac, ip), ferrolb_speaker::arp::gratuitous_reply(mac, ip)]
+        {
+            let _ = tx.send_to(&frame, None);
+        }
+        if i + 1 < count {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(mac.to_string())
+}

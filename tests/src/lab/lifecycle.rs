@@ -396,6 +396,29 @@ pub async fn start_controller(state: &mut State, replica: usize) -> Result<()> {
 
 /// Starts the speaker of a node inside its namespace, with the chart's speaker ServiceAccount token.
 pub async fn start_speaker(state: &mut State, node: &str) -> Result<()> {
+    start_speaker_with(state, node, &[]).await
+}
+
+/// Stops a node's speaker process (SIGTERM: it says it is leaving) and starts it again with extra environment,
+/// e.g. libfaketime's to step its wall clock. Process-mode labs only.
+pub async fn restart_speaker(state: &mut State, node: &str, env: &[(String, String)]) -> Result<()> {
+    if state.real_nodes {
+        return Err(LabError::Usage("restart-speaker needs a process-mode lab (speakers as pods here)".into()));
+    }
+    let name = state.node(node)?.name.clone();
+    let role = format!("speaker {name}");
+    if let Some(pid) = state.procs.iter().rev().find(|p| p.role == role).map(|p| p.pid) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    start_speaker_with(state, &name, env).await
+}
+
+async fn start_speaker_with(state: &mut State, node: &str, env: &[(String, String)]) -> Result<()> {
     let binary = sibling_binary("ferrolb-speaker")?;
     let info = state.node(node)?.clone();
     let kubeconfig = service_account_kubeconfig(state, "ferrolb-speaker").await?;
@@ -420,6 +443,7 @@ pub async fn start_speaker(state: &mut State, node: &str) -> Result<()> {
         .env("KUBECONFIG", kubeconfig)
         .env("FERROLB_GOSSIP_KEY", key)
         .env_remove("RUST_BACKTRACE")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .args(["--node", &info.name, "--namespace", RELEASE_NAMESPACE])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")]);
     spawn(state, &format!("speaker {}", info.name), cmd)?;

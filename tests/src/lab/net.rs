@@ -86,3 +86,31 @@ pub fn destroy(name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Name of the nftables table the lab's fault injection lives in (inside a node namespace only).
+const FAULT_TABLE: &str = "ferrolb_lab_fault";
+
+/// Drops incoming UDP to `port` inside a node namespace: all of it (`loss_percent` 100), or each datagram with
+/// that probability (nftables `numgen random`; the kernel here has no netem). Replaces an earlier fault.
+pub fn inject_udp_loss(ns: &str, port: u16, loss_percent: u8) -> Result<()> {
+    clear_fault(ns)?;
+    let verdict =
+        if loss_percent >= 100 { "drop".to_string() } else { format!("numgen random mod 100 < {loss_percent} drop") };
+    let rules = format!(
+        "table inet {FAULT_TABLE} {{\n  chain input {{\n    type filter hook input priority -10; policy accept;\n    udp dport {port} {verdict}\n  }}\n}}\n"
+    );
+    let file = std::env::temp_dir().join(format!("{ns}-fault.nft"));
+    std::fs::write(&file, rules).map_err(|e| super::io_err(&file, e))?;
+    let applied = run("ip", &["netns", "exec", ns, "nft", "-f", &file.display().to_string()]);
+    let _ = std::fs::remove_file(&file);
+    applied.map(|_| ())
+}
+
+/// Removes the lab's fault rules from a node namespace (no error when there are none).
+pub fn clear_fault(ns: &str) -> Result<()> {
+    let tables = run("ip", &["netns", "exec", ns, "nft", "list", "tables"]).unwrap_or_default();
+    if tables.contains(FAULT_TABLE) {
+        run("ip", &["netns", "exec", ns, "nft", "delete", "table", "inet", FAULT_TABLE])?;
+    }
+    Ok(())
+}
