@@ -93,8 +93,9 @@ pub struct Actions {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Asking whether anybody answers; taken at `started + probe_window` if nobody did.
-    Probing { started: Instant, last_probe: Instant, backoff: Duration },
+    /// Asking whether anybody answers; taken at `started + probe_window` if nobody did. `held_to`: who answered
+    /// the previous probe (a retry), so the address counts as held back while it is asked again.
+    Probing { started: Instant, last_probe: Instant, backoff: Duration, held_to: Option<Mac> },
     /// Someone else (`to`) answers; ask again at `retry_at`.
     HeldBack { to: Mac, retry_at: Instant, backoff: Duration },
     /// This node answers.
@@ -148,7 +149,7 @@ impl Claims {
         self.states
             .iter()
             .filter_map(|(ip, s)| match s {
-                State::HeldBack { to, .. } => Some((*ip, *to)),
+                State::HeldBack { to, .. } | State::Probing { held_to: Some(to), .. } => Some((*ip, *to)),
                 _ => None,
             })
             .collect()
@@ -170,7 +171,12 @@ impl Claims {
         for h in heard.iter().filter(|h| !mine.contains(&h.mac)) {
             let Some(state) = self.states.get_mut(&h.ip) else { continue };
             match *state {
-                State::Probing { started, backoff, .. } if h.at >= started => {
+                State::Probing { started, backoff, held_to, .. } if h.at >= started => {
+                    // Someone answers already: hold back. If it is no node's MAC, say so (once per hold, not on
+                    // every retry): a static IP clash, or a speaker from before an upgrade that sends no MACs.
+                    if held_to != Some(h.mac) && !nodes.contains_key(&h.mac) {
+                        out.conflicts.push(Conflict { ip: h.ip, mac: h.mac, node: None, kept: false });
+                    }
                     *state =
                         State::HeldBack { to: h.mac, retry_at: now + backoff, backoff: (backoff * 2).min(t.retry_max) };
                 }
@@ -194,21 +200,21 @@ impl Claims {
         for ip in want {
             let state = self.states.entry(*ip).or_insert_with(|| {
                 out.probe.push(*ip);
-                State::Probing { started: now, last_probe: now, backoff: t.retry_min }
+                State::Probing { started: now, last_probe: now, backoff: t.retry_min, held_to: None }
             });
             match *state {
-                State::Probing { started, last_probe, backoff } => {
+                State::Probing { started, last_probe, backoff, held_to } => {
                     if now >= started + t.probe_window {
                         *state = State::Answering { last_assert: None };
                         out.announce.push(*ip);
                     } else if now >= last_probe + t.probe_every {
                         out.probe.push(*ip);
-                        *state = State::Probing { started, last_probe: now, backoff };
+                        *state = State::Probing { started, last_probe: now, backoff, held_to };
                     }
                 }
-                State::HeldBack { retry_at, backoff, .. } if now >= retry_at => {
+                State::HeldBack { to, retry_at, backoff } if now >= retry_at => {
                     out.probe.push(*ip);
-                    *state = State::Probing { started: now, last_probe: now, backoff };
+                    *state = State::Probing { started: now, last_probe: now, backoff, held_to: Some(to) };
                 }
                 State::HeldBack { .. } | State::Answering { .. } => {}
             }
@@ -344,6 +350,30 @@ mod tests {
         assert_eq!(out.conflicts, [Conflict { ip: ip(), mac: STRANGER, node: None, kept: true }]);
         assert_eq!(out.answer, want);
         assert!(out.assert.is_empty(), "no ARP war with a stranger");
+    }
+
+    #[test]
+    fn a_stranger_answering_the_probe_is_held_back_from_and_reported_once() {
+        let t0 = Instant::now();
+        let mut c = Claims::new(Timing::default());
+        let want = BTreeSet::from([ip()]);
+        let mine = BTreeSet::from([A]);
+        c.step(&want, &[], &mine, &nodes(), t0);
+        let reply = Heard { ip: ip(), mac: STRANGER, on: A, at: t0 + ms(1) };
+        let held = c.step(&want, &[reply], &mine, &nodes(), t0 + ms(2));
+        assert_eq!(held.conflicts, [Conflict { ip: ip(), mac: STRANGER, node: None, kept: false }]);
+        assert!(held.answer.is_empty());
+        // Asked again and answered again by the same stranger: still held back, not reported again, and the
+        // address counts as held back throughout the retry.
+        c.step(&want, &[], &mine, &nodes(), t0 + ms(52));
+        assert_eq!(c.held_back(), BTreeMap::from([(ip(), STRANGER)]), "held back while asking again");
+        let again = c.step(&want, &[Heard { at: t0 + ms(53), ..reply }], &mine, &nodes(), t0 + ms(54));
+        assert!(again.conflicts.is_empty());
+        // A node answering the probe is not a stranger.
+        let mut c = Claims::new(Timing::default());
+        c.step(&want, &[], &mine, &nodes(), t0);
+        let by_node = c.step(&want, &[Heard { mac: B, ..reply }], &mine, &nodes(), t0 + ms(2));
+        assert!(by_node.conflicts.is_empty());
     }
 
     /// Two speakers that both want one address (views disagree, the liveness channel is down), stepped every

@@ -79,7 +79,7 @@ fn render(stats: &Stats) -> String {
     );
     line(
         "stranger_conflicts",
-        "Times a MAC that is no node's claimed an address this node answered for",
+        "Times a MAC that is no node's claimed, or already answered, an address this node answers for or wants",
         stats.conflicts_stranger.load(Ordering::Relaxed),
     );
     let micros = stats.detection_micros.load(Ordering::Relaxed) as f64;

@@ -179,9 +179,19 @@ fn tell_conflicts(
                 tracing::warn!(%ip, %mac, %node, kept = c.kept, "another node answers for an address this node answers for; the lower rank keeps it")
             }
             None => {
-                let note = format!(
-                    "address {ip} is also claimed by MAC {mac}, which belongs to no node: another host uses this                      address (a static IP clash?). Node {me} keeps answering; remove the address from that host or                      from the pool"
-                );
+                let note = if c.kept {
+                    format!(
+                        "address {ip} is also claimed by MAC {mac}, which belongs to no node: another host uses this \
+                         address (a static IP clash?). Node {me} keeps answering; remove the address from that host \
+                         or from the pool"
+                    )
+                } else {
+                    format!(
+                        "address {ip} is already answered by MAC {mac}, which belongs to no node: another host uses \
+                         this address (a static IP clash?), or a speaker from before an upgrade. Node {me} holds \
+                         back; if that host is not yours, remove the address from it or from the pool"
+                    )
+                };
                 tracing::warn!(%ip, %mac, "{note}");
                 if let Some((key, a)) = services.iter().find(|(_, a)| a.ips.contains(&ip)) {
                     reporter.service_event(EventKind::Warning, "AddressConflict", key, &a.uid, note);
