@@ -111,6 +111,9 @@ pub struct WatchReport {
     pub changes: u64,
     /// Every MAC that answered, with how many samples it answered in.
     pub macs: std::collections::BTreeMap<String, u64>,
+    /// Time from the start to the end of the last sample with several answerers (0: none), in ms.
+    #[serde(default)]
+    pub last_several_ms: u64,
 }
 
 /// Asks for `target` every `interval` for `duration` and counts who answered each time: ownership changes and
@@ -119,7 +122,8 @@ pub fn watch(iface: &str, target: Ipv4Addr, interval: Duration, duration: Durati
     let Prober { mut tx, mut rx, source, request } = Prober::open(iface, target, Duration::from_millis(5))?;
     let mut report = WatchReport::default();
     let mut last_single: Option<String> = None;
-    let end = Instant::now() + duration;
+    let start = Instant::now();
+    let end = start + duration;
     while Instant::now() < end {
         let sample_end = Instant::now() + interval;
         let _ = tx.send_to(&request, None);
@@ -143,7 +147,10 @@ pub fn watch(iface: &str, target: Ipv4Addr, interval: Duration, duration: Durati
                 }
                 last_single = only;
             }
-            _ => report.several += 1,
+            _ => {
+                report.several += 1;
+                report.last_several_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+            }
         }
     }
     Ok(report)
