@@ -18,11 +18,25 @@ where
     T: Send + 'static,
     F: Fn(&watcher::Event<K>) -> Option<T> + Send + 'static,
 {
+    watch_trimmed(api, tx, to_trigger, |_| {})
+}
+
+/// [`watch`], also passing every object through `trim` before it is stored, so that a cache holds only the
+/// fields its owner reads.
+pub fn watch_trimmed<K, T, F, M>(api: Api<K>, tx: mpsc::UnboundedSender<T>, to_trigger: F, trim: M) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    T: Send + 'static,
+    F: Fn(&watcher::Event<K>) -> Option<T> + Send + 'static,
+    M: Fn(&mut K) + Send + 'static,
+{
     let (reader, writer) = reflector::store();
     // managedFields and kubectl's last-applied copy are often most of an object's size, and nothing reads them.
-    let trimmed = watcher(api, watcher::Config::default()).default_backoff().modify(|obj| {
+    let trimmed = watcher(api, watcher::Config::default()).default_backoff().modify(move |obj| {
         obj.managed_fields_mut().clear();
         obj.annotations_mut().remove(LAST_APPLIED);
+        trim(obj);
     });
     let stream = reflector::reflector(writer, trimmed);
     tokio::spawn(async move {

@@ -21,4 +21,5 @@ pub mod report;
 pub mod run;
 pub mod settings;
 pub mod signs;
+pub mod trim;
 pub mod view;

@@ -267,4 +267,51 @@ mod tests {
         let planned: usize = NODES.iter().map(|n| plan_on(n, &excluded, knob).per_ip.len()).sum();
         assert_eq!(planned, 1, "with the knob one node announces");
     }
+
+    #[test]
+    fn trimming_the_caches_changes_no_plan() {
+        let services = vec![
+            service("dns", "198.19.0.1", Some("lab")),
+            service("web", "198.19.0.2", Some("lab")),
+            service("lonely", "198.19.0.3", Some("lab")),
+        ];
+        let slices = vec![slice("dns", &["node-1", "node-3"]), slice("web", &["node-2"])];
+        let full = snapshot(services, slices, &["node-2"]);
+        let trimmed_copy = |mut s: Snapshot| {
+            s.services = s
+                .services
+                .iter()
+                .map(|x| {
+                    let mut x = (**x).clone();
+                    crate::trim::service(&mut x);
+                    Arc::new(x)
+                })
+                .collect();
+            s.slices = s
+                .slices
+                .iter()
+                .map(|x| {
+                    let mut x = (**x).clone();
+                    crate::trim::endpoint_slice(&mut x);
+                    Arc::new(x)
+                })
+                .collect();
+            s.nodes = s
+                .nodes
+                .iter()
+                .map(|x| {
+                    let mut x = (**x).clone();
+                    crate::trim::node(&mut x);
+                    Arc::new(x)
+                })
+                .collect();
+            s
+        };
+        let trimmed = trimmed_copy(full.clone());
+        for n in NODES {
+            for policy in [Policy::default(), Policy { ignore_exclude_label: true }] {
+                assert_eq!(plan_on(n, &trimmed, policy), plan_on(n, &full, policy), "{n} {policy:?}");
+            }
+        }
+    }
 }

@@ -15,6 +15,7 @@ use crate::raw::{self, Stats};
 use crate::report;
 pub use crate::settings::Settings;
 use crate::signs::{self, LeaseRenewals};
+use crate::trim;
 use ferrolb_crds::{IPAddressPool, L2Advertisement, ServiceL2Status};
 use ferrolb_runtime::events::EventKind;
 use futures::StreamExt;
@@ -40,6 +41,15 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     ferrolb_runtime::watch::watch(api, tx, |_| Some(()))
+}
+
+/// [`watch`], keeping of each object only what `trim` leaves (the big kinds: Services, EndpointSlices, Nodes).
+fn watch_trimmed<K>(api: Api<K>, tx: mpsc::UnboundedSender<()>, trim: fn(&mut K)) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    ferrolb_runtime::watch::watch_trimmed(api, tx, |_| Some(()), trim)
 }
 
 /// The watch caches the plan reads.
@@ -211,9 +221,9 @@ pub async fn run(
 ) -> Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let stores = Stores {
-        services: watch(Api::<Service>::all(client.clone()), tx.clone()),
-        slices: watch(Api::<EndpointSlice>::all(client.clone()), tx.clone()),
-        nodes: watch(Api::<Node>::all(client.clone()), tx.clone()),
+        services: watch_trimmed(Api::<Service>::all(client.clone()), tx.clone(), trim::service),
+        slices: watch_trimmed(Api::<EndpointSlice>::all(client.clone()), tx.clone(), trim::endpoint_slice),
+        nodes: watch_trimmed(Api::<Node>::all(client.clone()), tx.clone(), trim::node),
         ads: watch(Api::<L2Advertisement>::namespaced(client.clone(), &settings.namespace), tx.clone()),
         pools: watch(Api::<IPAddressPool>::namespaced(client.clone(), &settings.namespace), tx.clone()),
     };
