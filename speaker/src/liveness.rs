@@ -5,7 +5,7 @@
 //! Why not SWIM (the `foca` crate, evaluated): SWIM probes one random member per period and spreads verdicts
 //! by gossip, which scales to thousands of nodes but makes detection time a distribution and leaves speakers
 //! briefly disagreeing. Direct all-to-all heartbeats give every speaker the same first-hand verdict within one
-//! bound (`dead_after`), which is what one-owner-per-address needs, at n² small packets: 10/s per pair, fine for
+//! bound (`dead_after`), which is what one-owner-per-address needs, at n² small packets: 20/s per pair, fine for
 //! the tens of nodes L2 segments hold. Past ~100 nodes, SWIM is the way to go.
 //!
 //! Wire format (all integers big-endian): `FLB2` | kind (1 alive, 2 leaving) | name length | name | incarnation

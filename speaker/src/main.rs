@@ -36,13 +36,14 @@ struct Args {
     #[arg(long, env = "FERROLB_GOSSIP_KEY", hide_env_values = true)]
     gossip_key: Option<String>,
     /// Heartbeat interval in milliseconds.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
     /// Also re-announce every owned address this often, in seconds (0: only on takeover).
     #[arg(long, default_value_t = 0)]
     garp_refresh_secs: u64,
-    /// A peer silent for this many milliseconds is dead and its addresses move.
-    #[arg(long, default_value_t = 350)]
+    /// A peer silent for this many milliseconds is counted dead: its addresses are probed and taken if nobody
+    /// answers them (docs/design.md §6.5).
+    #[arg(long, default_value_t = 200)]
     dead_after_ms: u64,
     /// Let nodes labelled node.kubernetes.io/exclude-from-external-load-balancers announce too (single-node
     /// clusters label their only node). Every speaker must agree: set it for the whole DaemonSet.
