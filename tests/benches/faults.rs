@@ -1,7 +1,7 @@
 //! Who answers ARP while the speakers' liveness channel misbehaves, ferrolb beside real MetalLB v0.15.3 in the same
-//! run. Faults, on UDP 7946 of every node (nftables inside the node namespaces; the kernel has no netem): blocked
-//! for FERROLB_BLOCK_SECS (60) then healed (watched FERROLB_HEAL_SECS, 30), 15 % and 30 % random loss for
-//! FERROLB_LOSS_SECS (120) each, and (ferrolb only: libfaketime cannot step a Go binary, which reads the clock
+//! run. Faults, on port 7946 of every node (nftables inside the node namespaces; the kernel has no netem): UDP and
+//! TCP blocked for FERROLB_BLOCK_SECS (60) then healed (watched FERROLB_HEAL_SECS, 60), 15 % and 30 % random loss
+//! of UDP for FERROLB_LOSS_SECS (120) each, and (ferrolb only: libfaketime cannot step a Go binary, which reads the clock
 //! through the vDSO) one speaker's wall clock stepped back 60 s. Three Services; each address is asked for from the
 //! `host` namespace every 100 ms. Printed per fault and system: ownership changes (the single answering MAC
 //! differs from the previous one), time with several MACs answering, time with none. Asserts nothing.
@@ -92,11 +92,12 @@ fn row(fault: &str, system: &str, o: Outcome) {
 async fn faults(system: &str, lab: &TestLab, vips: &[String], clock_step: Option<&str>) -> Vec<(String, Outcome)> {
     let mut out = Vec::new();
     let (block, heal, loss) =
-        (secs("FERROLB_BLOCK_SECS", 60), secs("FERROLB_HEAL_SECS", 30), secs("FERROLB_LOSS_SECS", 120));
-    lab.ok(&["fault", "all", "--loss-percent", "100"]);
+        (secs("FERROLB_BLOCK_SECS", 60), secs("FERROLB_HEAL_SECS", 60), secs("FERROLB_LOSS_SECS", 120));
+    // Blocked for both protocols: memberlist falls back to TCP when UDP fails (ferrolb uses UDP only).
+    lab.ok(&["fault", "all", "--loss-percent", "100", "--tcp"]);
     let blocked = watch_all(lab, vips, block);
     lab.ok(&["fault", "all", "--clear"]);
-    row("UDP 7946 blocked", system, blocked);
+    row("7946 blocked (UDP+TCP)", system, blocked);
     out.push(("blocked".to_string(), blocked));
     let healed = watch_all(lab, vips, heal);
     row("after healing", system, healed);

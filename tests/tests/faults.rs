@@ -200,7 +200,37 @@ async fn one_answerer_per_address_under_liveness_faults() {
     );
     assert_eq!(answering_nodes(&lab, &ip), std::slice::from_ref(&owner), "the owner keeps answering");
 
-    // 5. The API server frozen (SIGSTOP) and an owner killed: liveness alone moves its addresses.
+    // 5. A 10 s flood of forged liveness datagrams ("leaving", signed with the wrong key) at every node, claiming
+    //    to come from each owner: rejected, nothing moves.
+    let before = total_takeovers(&lab);
+    let targets: Vec<(String, String)> = lab
+        .state()
+        .nodes
+        .iter()
+        .flat_map(|target| owning.iter().map(move |owner| (target.ip.clone(), owner.to_string())))
+        .collect();
+    let floods: Vec<std::process::Child> = targets
+        .iter()
+        .map(|(ip, owner)| {
+            std::process::Command::new(EXE)
+                .args(["--name", &lab.name, "--dir"])
+                .arg(&lab.dir)
+                .args(["exec", "host", "--", EXE, "gossip-forge", "--node", owner, "--to", &format!("{ip}:7946")])
+                .args(["--kind", "leaving", "--flood-ms", "10000"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("flood")
+        })
+        .collect();
+    assert_one_steady_answerer(&lab, &owners, 10_000, "forged flood");
+    for mut f in floods {
+        let _ = f.wait();
+    }
+    assert_eq!(total_takeovers(&lab), before, "a forged flood moved an address");
+    let rejected = metric_sum(&speaker_metrics(&lab, "node-1"), "ferrolb_speaker_gossip_rejects_total");
+    assert!(rejected > 1000.0, "node-1 saw and rejected the flood: {rejected}");
+
+    // 6. The API server frozen (SIGSTOP) and an owner killed: liveness alone moves its addresses.
     let api = lab.state().procs.iter().find(|p| p.role == "kube-apiserver").map(|p| p.pid).expect("apiserver");
     let signal = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(api), sig).expect("signal apiserver");
     signal(nix::sys::signal::Signal::SIGSTOP);

@@ -103,6 +103,9 @@ enum Cmd {
         /// The key to sign with (not the cluster's).
         #[arg(long, default_value = "not-the-key")]
         key: String,
+        /// Keep sending (a flood, one datagram every 100 µs, each with a higher counter) for this many ms.
+        #[arg(long, default_value_t = 0)]
+        flood_ms: u64,
     },
     /// Probes ADDR every --interval-ms for --duration-ms and prints a JSON report of the longest outage.
     Prober {
@@ -117,7 +120,8 @@ enum Cmd {
         #[arg(long, default_value_t = 3000)]
         duration_ms: u64,
     },
-    /// Drops incoming UDP to a port on nodes (all of it, or --loss-percent of it at random), or clears that.
+    /// Drops incoming UDP (--tcp: and TCP) to a port on nodes (all of it, or --loss-percent of it at random), or
+    /// clears that.
     Fault {
         /// Node names, or `all`.
         #[arg(required = true)]
@@ -128,6 +132,9 @@ enum Cmd {
         /// Percent of datagrams dropped (100: the port is blocked).
         #[arg(long, default_value_t = 100)]
         loss_percent: u8,
+        /// Drop TCP to the port too (memberlist, MetalLB's liveness, also uses TCP).
+        #[arg(long)]
+        tcp: bool,
         /// Remove the fault instead.
         #[arg(long)]
         clear: bool,
@@ -258,14 +265,25 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::bail!("no answer for {target} on {iface}");
             }
         }
-        Cmd::GossipForge { node, to, kind, key } => {
+        Cmd::GossipForge { node, to, kind, key, flood_ms } => {
             use ferrolb_speaker::liveness::{Kind, Message, encode};
             let kind = if kind == "alive" { Kind::Alive } else { Kind::Leaving };
-            let datagram = encode(
-                key.as_bytes(),
-                &Message { kind, node, incarnation: u64::MAX / 2, counter: 1, macs: Vec::new() },
-            );
-            std::net::UdpSocket::bind("0.0.0.0:0")?.send_to(&datagram, to)?;
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            let end = std::time::Instant::now() + std::time::Duration::from_millis(flood_ms);
+            let mut counter = 1;
+            loop {
+                let message =
+                    Message { kind, node: node.clone(), incarnation: u64::MAX / 2, counter, macs: Vec::new() };
+                socket.send_to(&encode(key.as_bytes(), &message), to)?;
+                counter += 1;
+                if std::time::Instant::now() >= end {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+            if flood_ms > 0 {
+                println!("sent {} datagrams to {to}", counter - 1);
+            }
         }
         Cmd::Prober { protocol, addr, interval_ms, duration_ms } => {
             use ferrolb_tests::lab::prober;
@@ -278,7 +296,7 @@ async fn main() -> anyhow::Result<()> {
             };
             println!("{}", serde_json::to_string(&report)?);
         }
-        Cmd::Fault { nodes, port, loss_percent, clear } => {
+        Cmd::Fault { nodes, port, loss_percent, tcp, clear } => {
             let state = load()?;
             let targets: Vec<_> = if nodes.iter().any(|n| n == "all") {
                 state.nodes.clone()
@@ -290,8 +308,9 @@ async fn main() -> anyhow::Result<()> {
                     ferrolb_tests::lab::net::clear_fault(&node.netns)?;
                     println!("{}: fault cleared", node.name);
                 } else {
-                    ferrolb_tests::lab::net::inject_udp_loss(&node.netns, port, loss_percent)?;
-                    println!("{}: dropping {loss_percent}% of incoming UDP {port}", node.name);
+                    ferrolb_tests::lab::net::inject_loss(&node.netns, port, loss_percent, tcp)?;
+                    let what = if tcp { "UDP and TCP" } else { "UDP" };
+                    println!("{}: dropping {loss_percent}% of incoming {what} {port}", node.name);
                 }
             }
         }

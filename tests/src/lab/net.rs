@@ -90,14 +90,16 @@ pub fn destroy(name: &str) -> Result<()> {
 /// Name of the nftables table the lab's fault injection lives in (inside a node namespace only).
 const FAULT_TABLE: &str = "ferrolb_lab_fault";
 
-/// Drops incoming UDP to `port` inside a node namespace: all of it (`loss_percent` 100), or each datagram with
-/// that probability (nftables `numgen random`; the kernel here has no netem). Replaces an earlier fault.
-pub fn inject_udp_loss(ns: &str, port: u16, loss_percent: u8) -> Result<()> {
+/// Drops incoming UDP (and with `tcp_too`, TCP) to `port` inside a node namespace: all of it (`loss_percent`
+/// 100), or each packet with that probability (nftables `numgen random`; the kernel here has no netem).
+/// Replaces an earlier fault.
+pub fn inject_loss(ns: &str, port: u16, loss_percent: u8, tcp_too: bool) -> Result<()> {
     clear_fault(ns)?;
     let verdict =
         if loss_percent >= 100 { "drop".to_string() } else { format!("numgen random mod 100 < {loss_percent} drop") };
+    let protocols = if tcp_too { "{ tcp, udp }" } else { "udp" };
     let rules = format!(
-        "table inet {FAULT_TABLE} {{\n  chain input {{\n    type filter hook input priority -10; policy accept;\n    udp dport {port} {verdict}\n  }}\n}}\n"
+        "table inet {FAULT_TABLE} {{\n  chain input {{\n    type filter hook input priority -10; policy accept;\n    meta l4proto {protocols} th dport {port} {verdict}\n  }}\n}}\n"
     );
     let file = std::env::temp_dir().join(format!("{ns}-fault.nft"));
     std::fs::write(&file, rules).map_err(|e| super::io_err(&file, e))?;
