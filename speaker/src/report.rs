@@ -11,6 +11,7 @@ use ferrolb_crds::ServiceL2Status;
 use ferrolb_runtime::events::{EventKind, EventSpec};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -88,9 +89,9 @@ impl Reporter {
         &self,
         before: &BTreeMap<(String, String), Announced>,
         now: &BTreeMap<(String, String), Announced>,
-        existing: &[Arc<ServiceL2Status>],
+        existing: &[Arc<PartialObjectMeta<ServiceL2Status>>],
     ) {
-        let is_mine = |s: &ServiceL2Status| s.labels().get(NODE_LABEL) == Some(&self.node);
+        let is_mine = |s: &PartialObjectMeta<ServiceL2Status>| s.labels().get(NODE_LABEL) == Some(&self.node);
         let names: BTreeSet<String> = existing.iter().filter(|s| is_mine(s)).map(|s| s.name_any()).collect();
         let others: BTreeMap<String, (String, String)> = existing
             .iter()

@@ -18,12 +18,11 @@ use crate::signs::{self, LeaseRenewals};
 use crate::trim;
 use ferrolb_crds::{IPAddressPool, L2Advertisement, ServiceL2Status};
 use ferrolb_runtime::events::EventKind;
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -286,15 +285,14 @@ pub async fn run(
             None
         }
     };
-    let (status_reader, status_writer) = reflector::store::<ServiceL2Status>();
-    let status_api = Api::<ServiceL2Status>::namespaced(client.clone(), &settings.namespace);
-    let status_stream =
-        reflector::reflector(status_writer, watcher(status_api, watcher::Config::default()).default_backoff());
-    tokio::spawn(async move {
-        futures::pin_mut!(status_stream);
-        while status_stream.next().await.is_some() {}
-    });
-    let l2statuses = status_reader;
+    // The reporter reads only names and labels of the status objects (every node's, to delete stale ones), so the
+    // API server sends only their metadata: with thousands of Services this was the speaker's largest cache.
+    // Status objects are this speaker's own output: they never wake the planner.
+    let l2statuses = ferrolb_runtime::watch::watch(
+        Api::<PartialObjectMeta<ServiceL2Status>>::namespaced(client.clone(), &settings.namespace),
+        tx.clone(),
+        |_| None::<()>,
+    );
     let reporter =
         report::Reporter { client: client.clone(), namespace: settings.namespace.clone(), node: settings.node.clone() };
     let mut last_services = BTreeMap::new();

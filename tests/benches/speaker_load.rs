@@ -64,13 +64,25 @@ fn takeovers(lab: &TestLab) -> usize {
         .sum()
 }
 
-fn rss_mib(pid: i32) -> f64 {
+/// One `/proc/<pid>/status` memory line (`VmRSS`, `RssAnon`, `RssFile`) in MiB.
+fn status_mib(pid: i32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// RSS split into the process's own memory (anonymous: heap, stacks) and file-backed pages (the mapped binary and
+/// libraries, shared with every other process mapping the same file).
+fn rss_line(pid: i32) -> String {
+    format!(
+        "RSS {:>6.1} MiB = own (anonymous) {:>5.1} MiB + mapped files {:>5.1} MiB",
+        status_mib(pid, "VmRSS"),
+        status_mib(pid, "RssAnon"),
+        status_mib(pid, "RssFile")
+    )
 }
 
 #[tokio::main]
@@ -128,10 +140,10 @@ async fn main() {
         .collect();
     println!("announced addresses per node: {owned:?}");
     for p in state.procs.iter().filter(|p| p.role.starts_with("speaker ")) {
-        println!("{:<16} RSS {:>6.1} MiB", p.role, rss_mib(p.pid));
+        println!("{:<16} {}", p.role, rss_line(p.pid));
     }
     let controller = state.procs.iter().find(|p| p.role == "controller-0").map_or(0, |p| p.pid);
-    println!("{:<16} RSS {:>6.1} MiB (for comparison)", "controller-0", rss_mib(controller));
+    println!("{:<16} {} (for comparison)", "controller-0", rss_line(controller));
 
     let speaker = rtts(&lab, &exe, &vip);
     let kernel = rtts(&lab, &exe, "198.18.0.12");
