@@ -1,0 +1,236 @@
+//! The speaker's Prometheus metrics: a prometheus-client collector that reads [`Stats`] at scrape time.
+//!
+//! The hot paths (the ARP responder, the liveness receiver) only bump atomics in [`Stats`]; the names, types,
+//! help texts and label escaping live here, encoded by prometheus-client like the controller's metrics.
+
+use crate::raw::Stats;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long a stranger's claim stays visible in `address_claimed_by_stranger`.
+const STRANGER_MEMORY: Duration = Duration::from_secs(600);
+
+/// Label set of the per-reason families.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+/// Label set of `address_claimed_by_stranger`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClaimLabels {
+    ip: String,
+    mac: String,
+}
+
+/// Reads a speaker's [`Stats`] on every scrape.
+struct StatsCollector(Arc<Stats>);
+
+impl std::fmt::Debug for StatsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StatsCollector")
+    }
+}
+
+fn load(value: &AtomicU64) -> u64 {
+    value.load(Ordering::Relaxed)
+}
+
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// A family with one `reason` label, as counters or gauges.
+fn by_reason(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    values: &Mutex<BTreeMap<&'static str, u64>>,
+) -> Result<(), std::fmt::Error> {
+    let values: Vec<(&'static str, u64)> =
+        values.lock().map(|v| v.iter().map(|(k, n)| (*k, *n)).collect()).unwrap_or_default();
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (reason, n) in values {
+        let labels = ReasonLabels { reason: reason.to_string() };
+        let metric = family.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(n).encode(metric)?,
+            _ => ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(metric)?,
+        }
+    }
+    Ok(())
+}
+
+/// A duration summed in microseconds over `count` observations, as a histogram with only the `+Inf` bucket.
+fn seconds(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    micros: u64,
+    count: u64,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    metric.encode_histogram::<NoLabelSet>(micros as f64 / 1e6, count, &[(f64::INFINITY, count)], None)
+}
+
+impl Collector for StatsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let e = &mut encoder;
+        counter(e, "arp_requests", "ARP requests seen", load(&s.requests))?;
+        counter(e, "arp_replies", "ARP requests answered", load(&s.replies))?;
+        counter(e, "frames", "Frames seen on the raw sockets", load(&s.frames))?;
+        counter(e, "gratuitous_arp", "Gratuitous ARP frames sent", load(&s.gratuitous))?;
+        counter(e, "takeovers", "Addresses this node took over", load(&s.takeovers))?;
+        counter(e, "releases", "Addresses this node gave up", load(&s.releases))?;
+        counter(e, "arp_probes", "Probes sent before answering for an address", load(&s.probes))?;
+        counter(
+            e,
+            "node_conflicts",
+            "Times another node claimed an address this node answered for",
+            load(&s.conflicts_node),
+        )?;
+        counter(
+            e,
+            "stranger_conflicts",
+            "Times a MAC that is no node's claimed, or already answered, an address this node answers for or wants",
+            load(&s.conflicts_stranger),
+        )?;
+        seconds(
+            e,
+            "failure_detection_seconds",
+            "Silence of a peer when declared dead",
+            load(&s.detection_micros),
+            load(&s.detections),
+        )?;
+        seconds(
+            e,
+            "plan_seconds",
+            "Time to plan what this node announces, per wake",
+            load(&s.plan_micros),
+            load(&s.plans),
+        )?;
+        gauge(
+            e,
+            "strict_arp_missing",
+            "1 while kube-proxy IPVS runs without strictARP here",
+            u64::from(s.strict_arp_missing.load(Ordering::Relaxed)),
+        )?;
+        by_reason(e, "arp_drops", "ARP frames not answered, by reason", MetricType::Counter, &s.drops)?;
+        by_reason(
+            e,
+            "unannounced_addresses",
+            "Service addresses nobody may announce, by reason (exported by one speaker, the reporting one)",
+            MetricType::Gauge,
+            &s.unannounced,
+        )?;
+        by_reason(
+            e,
+            "announce_failed_addresses",
+            "Service addresses this node won but cannot answer for (no usable interface), by reason",
+            MetricType::Gauge,
+            &s.announce_failed,
+        )?;
+        gauge(
+            e,
+            "held_back_addresses",
+            "Addresses the election gives this node that another node answers for",
+            load(&s.held_back),
+        )?;
+        gauge(
+            e,
+            "unheard_live_peers",
+            "Peers unheard over the liveness port although their node is alive",
+            load(&s.unheard_live_peers),
+        )?;
+        let claims: Vec<ClaimLabels> = s
+            .strangers
+            .lock()
+            .map(|mut strangers| {
+                strangers.retain(|_, at| at.elapsed() < STRANGER_MEMORY);
+                strangers.keys().map(|(ip, mac)| ClaimLabels { ip: ip.to_string(), mac: mac.to_string() }).collect()
+            })
+            .unwrap_or_default();
+        let mut family = e.encode_descriptor(
+            "address_claimed_by_stranger",
+            "1 while a MAC that is no node's claims an address this node answers for (seen in the last 10 minutes)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for labels in &claims {
+            ConstGauge::new(1).encode(family.encode_family(labels)?)?;
+        }
+        by_reason(e, "gossip_rejects", "Liveness datagrams rejected, by reason", MetricType::Counter, &s.gossip_rejects)
+    }
+}
+
+/// The speaker's registry: every metric under `ferrolb_speaker_`.
+pub fn registry(stats: Arc<Stats>) -> Registry {
+    let mut registry = Registry::with_prefix("ferrolb_speaker");
+    registry.register_collector(Box::new(StatsCollector(stats)));
+    registry
+}
+
+/// The text exposition of `registry` (OpenMetrics text, which Prometheus reads).
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        tracing::warn!("cannot encode metrics");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arp::Mac;
+    use std::net::Ipv4Addr;
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn counters_gauges_and_labelled_families_are_rendered_from_the_stats() {
+        let stats = Arc::new(Stats::default());
+        stats.replies.store(7, Ordering::Relaxed);
+        stats.held_back.store(2, Ordering::Relaxed);
+        stats.plan_micros.store(1_500_000, Ordering::Relaxed);
+        stats.plans.store(3, Ordering::Relaxed);
+        stats.drops.lock().map(|mut d| d.insert("not-owned", 4)).ok();
+        let mac = Mac([2, 0, 0, 0, 0, 9]);
+        stats
+            .strangers
+            .lock()
+            .map(|mut m| m.insert((Ipv4Addr::new(198, 19, 0, 1), mac), std::time::Instant::now()))
+            .ok();
+        let registry = registry(stats.clone());
+        let text = render(&registry);
+        assert_eq!(sample(&text, "ferrolb_speaker_arp_replies_total"), Some(7.0), "{text}");
+        assert_eq!(sample(&text, "ferrolb_speaker_held_back_addresses"), Some(2.0));
+        assert_eq!(sample(&text, "ferrolb_speaker_plan_seconds_sum"), Some(1.5));
+        assert_eq!(sample(&text, "ferrolb_speaker_plan_seconds_count"), Some(3.0));
+        assert_eq!(sample(&text, "ferrolb_speaker_arp_drops_total{reason=\"not-owned\"}"), Some(4.0));
+        let claimed = format!("ferrolb_speaker_address_claimed_by_stranger{{ip=\"198.19.0.1\",mac=\"{mac}\"}}");
+        assert_eq!(sample(&text, &claimed), Some(1.0), "{text}");
+        assert!(text.contains("# TYPE ferrolb_speaker_arp_replies counter"));
+        // Read at scrape time: a later change shows in the next scrape.
+        stats.replies.store(8, Ordering::Relaxed);
+        assert_eq!(sample(&render(&registry), "ferrolb_speaker_arp_replies_total"), Some(8.0));
+    }
+}
