@@ -57,6 +57,7 @@ lab-down:
 # RUSTC_BOOTSTRAP with --sanitizer none, as the machine cannot fetch a nightly toolchain).
 FUZZ_RUNS ?= 20000000
 fuzz:
-	cd speaker/fuzz && mkdir -p corpus/arp_frame corpus/liveness_datagram && \
+	cd speaker/fuzz && mkdir -p corpus/arp_frame corpus/ndp_frame corpus/liveness_datagram && \
 	  RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none -O arp_frame corpus/arp_frame seeds/arp_frame -- -runs=$(FUZZ_RUNS) && \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none -O ndp_frame corpus/ndp_frame seeds/ndp_frame -- -runs=$(FUZZ_RUNS) && \
 	  RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none -O liveness_datagram corpus/liveness_datagram seeds/liveness_datagram -- -runs=$(FUZZ_RUNS)

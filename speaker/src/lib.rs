@@ -15,6 +15,8 @@ pub mod error;
 pub mod gossip;
 pub mod iface;
 pub mod liveness;
+pub mod metrics;
+pub mod ndp;
 pub mod plan;
 pub mod raw;
 pub mod report;
