@@ -3,7 +3,7 @@
 //! the reporter tells the cluster; neither decides anything.
 
 use crate::diagnose::{self, Cause, Problem};
-use crate::election::{self, Decision, NodeFacts, Policy};
+use crate::election::{self, Advertisement, Decision, NodeFacts, Policy, ServiceFacts};
 use crate::iface::{self, InterfaceInfo};
 use crate::liveness::{Membership, Verdict};
 use crate::view;
@@ -69,21 +69,83 @@ pub struct Announcements {
     pub reporter: bool,
 }
 
-/// What this node announces, from one snapshot of the API state, this node's interfaces and its view of
-/// the peers' liveness at `now` (pure: every speaker computing it from the same inputs agrees).
-pub fn plan(
+/// A Service as the election sees it, derived from the API state alone.
+#[derive(Debug, Clone)]
+struct PreparedService {
+    key: (String, String),
+    uid: String,
+    facts: ServiceFacts,
+    ips: Vec<Ipv4Addr>,
+    applicable: Vec<Advertisement>,
+}
+
+/// The half of a plan that depends only on the API state: node facts (liveness from `Ready`), and per managed
+/// Service its endpoint facts, addresses and applicable advertisements. It is the expensive half (every
+/// Service, every EndpointSlice, every selector), so the speaker keeps it until the API state changes and a
+/// liveness change — a failover — only runs [`decide`].
+#[derive(Debug, Clone, Default)]
+pub struct Prepared {
+    nodes: Vec<NodeFacts>,
+    services: Vec<PreparedService>,
+}
+
+impl Prepared {
+    /// Managed Services with an address and a known pool.
+    pub fn services(&self) -> usize {
+        self.services.len()
+    }
+}
+
+/// Derives the API half of a plan from one snapshot (pure).
+pub fn prepare(me: &Me<'_>, s: &Snapshot) -> Prepared {
+    // The pool of an address is the one the controller recorded on the Service, so speaker and controller
+    // agree even where pools overlap (the controller sets the newer one aside), and nothing is parsed here.
+    let pools: HashMap<String, &IPAddressPool> = s.pools.iter().map(|p| (p.name_any(), p.as_ref())).collect();
+    let ad_refs: Vec<&L2Advertisement> = s.ads.iter().map(AsRef::as_ref).collect();
+    let ads = view::parse_advertisements(&ad_refs);
+    let slices_of = view::slices_by_service(s.slices.iter().map(AsRef::as_ref));
+    let services = s
+        .services
+        .iter()
+        .filter(|svc| is_managed(svc, me.load_balancer_class))
+        .filter_map(|svc| {
+            let pool = current_pool(svc).and_then(|name| pools.get(name))?;
+            let key = (svc.namespace().unwrap_or_default(), svc.name_any());
+            let own_slices = slices_of.get(&key).map(Vec::as_slice).unwrap_or_default();
+            let ips = current_ingress(svc)
+                .into_iter()
+                .filter_map(|ip| match ip {
+                    IpAddr::V4(v4) => Some(v4),
+                    IpAddr::V6(_) => None,
+                })
+                .collect();
+            Some(PreparedService {
+                facts: view::service_facts(svc, own_slices),
+                uid: svc.metadata.uid.clone().unwrap_or_default(),
+                applicable: view::advertisements_for(pool, svc, &ads),
+                ips,
+                key,
+            })
+        })
+        .collect();
+    Prepared { nodes: s.nodes.iter().map(|n| view::node_facts(n)).collect(), services }
+}
+
+/// What this node announces, from the API half of a plan, this node's interfaces and its view of the peers'
+/// liveness at `now` (pure: every speaker deciding from the same inputs agrees).
+pub fn decide(
     me: &Me<'_>,
-    s: &Snapshot,
+    prepared: &Prepared,
     interfaces: &[InterfaceInfo],
     membership: &Membership,
     heard_long_enough: bool,
     now: Instant,
 ) -> Announcements {
-    let nodes: Vec<NodeFacts> = s
+    let nodes: Vec<NodeFacts> = prepared
         .nodes
         .iter()
-        .map(|n| {
-            let mut facts = view::node_facts(n);
+        .map(|facts| {
+            let mut facts = facts.clone();
             // First-hand liveness wins. A speaker never heard from counts by its Node's Ready condition only while
             // we have not been listening long enough to have heard it; after that it is not running (crashed at
             // start, or no speaker on that node), and electing it would leave its addresses unanswered.
@@ -96,29 +158,12 @@ pub fn plan(
             facts
         })
         .collect();
-    // The pool of an address is the one the controller recorded on the Service, so speaker and controller
-    // agree even where pools overlap (the controller sets the newer one aside), and nothing is parsed here.
-    let pools: HashMap<String, &IPAddressPool> = s.pools.iter().map(|p| (p.name_any(), p.as_ref())).collect();
-    let ad_refs: Vec<&L2Advertisement> = s.ads.iter().map(AsRef::as_ref).collect();
-    let ads = view::parse_advertisements(&ad_refs);
-    let slices_of = view::slices_by_service(s.slices.iter().map(AsRef::as_ref));
     let my_facts = nodes.iter().find(|n| n.name == me.node);
     let mut out = Announcements { reporter: diagnose::reporter(&nodes) == Some(me.node), ..Default::default() };
-    for svc in &s.services {
-        if !is_managed(svc, me.load_balancer_class) {
-            continue;
-        }
-        let name = svc.name_any();
-        let namespace = svc.namespace().unwrap_or_default();
-        let own_slices = slices_of.get(&(namespace.clone(), name.clone())).map(Vec::as_slice).unwrap_or_default();
-        let facts = view::service_facts(svc, own_slices);
-        let uid = svc.metadata.uid.clone().unwrap_or_default();
+    for svc in &prepared.services {
         let (mut nobody, mut failed): (Vec<Cause>, Vec<Cause>) = (Vec::new(), Vec::new());
-        let Some(pool) = current_pool(svc).and_then(|name| pools.get(name)) else { continue };
-        for ip in current_ingress(svc) {
-            let IpAddr::V4(v4) = ip else { continue };
-            let applicable = view::advertisements_for(pool, svc, &ads);
-            match election::decide(ip, &facts, &nodes, &applicable, me.policy) {
+        for &v4 in &svc.ips {
+            match election::decide(IpAddr::V4(v4), &svc.facts, &nodes, &svc.applicable, me.policy) {
                 Decision::Nobody(why) => {
                     nobody.push((v4, why.label(), diagnose::explain(&why)));
                     continue;
@@ -126,7 +171,7 @@ pub fn plan(
                 Decision::Owner(owner) if owner == me.node => {}
                 Decision::Owner(_) => continue,
             }
-            let allowed = my_facts.map(|n| election::allowed_interfaces(n, &applicable)).unwrap_or_default();
+            let allowed = my_facts.map(|n| election::allowed_interfaces(n, &svc.applicable)).unwrap_or_default();
             if let Some(why) = iface::why_unusable(interfaces, &allowed) {
                 failed.push((v4, why.label(), why.describe()));
                 continue;
@@ -134,8 +179,8 @@ pub fn plan(
             let usable = iface::usable(interfaces, &allowed);
             let on: BTreeSet<String> = iface::for_address(&usable, v4).iter().map(|i| i.name.clone()).collect();
             out.per_ip.entry(v4).or_default().extend(on.clone());
-            let entry = out.services.entry((namespace.clone(), name.clone())).or_insert_with(|| Announced {
-                uid: uid.clone(),
+            let entry = out.services.entry(svc.key.clone()).or_insert_with(|| Announced {
+                uid: svc.uid.clone(),
                 ips: BTreeSet::new(),
                 interfaces: BTreeSet::new(),
             });
@@ -143,13 +188,26 @@ pub fn plan(
             entry.interfaces.extend(on);
         }
         if !nobody.is_empty() {
-            out.unannounced.insert((namespace.clone(), name.clone()), diagnose::nobody(&uid, &nobody));
+            out.unannounced.insert(svc.key.clone(), diagnose::nobody(&svc.uid, &nobody));
         }
         if !failed.is_empty() {
-            out.failed.insert((namespace, name), diagnose::announce_failed(&uid, me.node, &failed));
+            out.failed.insert(svc.key.clone(), diagnose::announce_failed(&svc.uid, me.node, &failed));
         }
     }
     out
+}
+
+/// What this node announces, from one snapshot of the API state, this node's interfaces and its view of
+/// the peers' liveness at `now`: [`decide`] over [`prepare`].
+pub fn plan(
+    me: &Me<'_>,
+    s: &Snapshot,
+    interfaces: &[InterfaceInfo],
+    membership: &Membership,
+    heard_long_enough: bool,
+    now: Instant,
+) -> Announcements {
+    decide(me, &prepare(me, s), interfaces, membership, heard_long_enough, now)
 }
 
 #[cfg(test)]
@@ -239,6 +297,31 @@ mod tests {
                 assert!(a.per_ip.is_empty(), "{n} must not announce");
             }
             assert!(a.unannounced.is_empty() && a.failed.is_empty());
+        }
+    }
+
+    /// The speaker keeps one preparation while only liveness changes: deciding on it must give what a full plan
+    /// gives, also when the liveness view moves the address.
+    #[test]
+    fn a_kept_preparation_decides_like_a_full_plan_when_liveness_changes() {
+        let services: Vec<_> =
+            (1..=20).map(|i| service(&format!("s{i}"), &format!("198.19.0.{i}"), Some("lab"))).collect();
+        let slices: Vec<_> = (1..=20).map(|i| slice(&format!("s{i}"), &NODES)).collect();
+        let s = snapshot(services, slices, &[]);
+        for n in NODES {
+            let me = Me { node: n, load_balancer_class: None, policy: Policy::default() };
+            let prepared = prepare(&me, &s);
+            assert_eq!(prepared.services(), 20);
+            let membership = Membership::new(n, Duration::from_millis(350));
+            let now = Instant::now();
+            // Not listening long enough: peers count by Ready (alive). Long enough, never heard: dead, so this
+            // node owns every address.
+            let by_ready = decide(&me, &prepared, &eth0(), &membership, false, now);
+            let alone = decide(&me, &prepared, &eth0(), &membership, true, now);
+            assert_eq!(by_ready, plan(&me, &s, &eth0(), &membership, false, now));
+            assert_eq!(alone, plan(&me, &s, &eth0(), &membership, true, now));
+            assert_eq!(alone.per_ip.len(), 20, "{n} alone owns every address");
+            assert!(by_ready.per_ip.len() < 20, "with live peers {n} owns only its share");
         }
     }
 

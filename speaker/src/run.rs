@@ -33,22 +33,45 @@ use tokio::sync::mpsc;
 /// How often interfaces and ARP sysctls are read again.
 const INTERFACE_RESCAN: Duration = Duration::from_secs(5);
 
-/// Any change to a watched kind re-runs the election.
-fn watch<K>(api: Api<K>, tx: mpsc::UnboundedSender<()>) -> Store<K>
+/// After a pass of the main loop that took `t`, wakes are gathered for `PACE × t` (at most [`MAX_GATHER`]):
+/// a pass, mostly planning, then uses at most a quarter of a core however fast the API state changes.
+const PACE: u32 = 3;
+/// The longest wakes are gathered after a pass.
+const MAX_GATHER: Duration = Duration::from_millis(250);
+
+/// Counts changes of the API state the plan reads, so a wake knows whether the prepared half of the plan
+/// ([`plan::prepare`]) is still current.
+type ApiChanges = Arc<std::sync::atomic::AtomicU64>;
+
+/// Any change to a watched kind re-runs the election (and marks the API state changed).
+fn watch<K>(api: Api<K>, tx: mpsc::UnboundedSender<()>, changes: &ApiChanges) -> Store<K>
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    ferrolb_runtime::watch::watch(api, tx, |_| Some(()))
+    let changes = changes.clone();
+    ferrolb_runtime::watch::watch(api, tx, move |_| {
+        changes.fetch_add(1, Ordering::Relaxed);
+        Some(())
+    })
 }
 
 /// [`watch`], keeping of each object only what `trim` leaves (the big kinds: Services, EndpointSlices, Nodes).
-fn watch_trimmed<K>(api: Api<K>, tx: mpsc::UnboundedSender<()>, trim: fn(&mut K)) -> Store<K>
+fn watch_trimmed<K>(api: Api<K>, tx: mpsc::UnboundedSender<()>, changes: &ApiChanges, trim: fn(&mut K)) -> Store<K>
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    ferrolb_runtime::watch::watch_trimmed(api, tx, |_| Some(()), trim)
+    let changes = changes.clone();
+    ferrolb_runtime::watch::watch_trimmed(
+        api,
+        tx,
+        move |_| {
+            changes.fetch_add(1, Ordering::Relaxed);
+            Some(())
+        },
+        trim,
+    )
 }
 
 /// The watch caches the plan reads.
@@ -219,12 +242,18 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let api_changes: ApiChanges = Arc::default();
     let stores = Stores {
-        services: watch_trimmed(Api::<Service>::all(client.clone()), tx.clone(), trim::service),
-        slices: watch_trimmed(Api::<EndpointSlice>::all(client.clone()), tx.clone(), trim::endpoint_slice),
-        nodes: watch_trimmed(Api::<Node>::all(client.clone()), tx.clone(), trim::node),
-        ads: watch(Api::<L2Advertisement>::namespaced(client.clone(), &settings.namespace), tx.clone()),
-        pools: watch(Api::<IPAddressPool>::namespaced(client.clone(), &settings.namespace), tx.clone()),
+        services: watch_trimmed(Api::<Service>::all(client.clone()), tx.clone(), &api_changes, trim::service),
+        slices: watch_trimmed(
+            Api::<EndpointSlice>::all(client.clone()),
+            tx.clone(),
+            &api_changes,
+            trim::endpoint_slice,
+        ),
+        nodes: watch_trimmed(Api::<Node>::all(client.clone()), tx.clone(), &api_changes, trim::node),
+        ads: watch(Api::<L2Advertisement>::namespaced(client.clone(), &settings.namespace), tx.clone(), &api_changes),
+        pools: watch(Api::<IPAddressPool>::namespaced(client.clone(), &settings.namespace), tx.clone(), &api_changes),
     };
     for (what, ok) in [
         ("Services", stores.services.wait_until_ready().await.is_ok()),
@@ -310,13 +339,28 @@ pub async fn run(
         load_balancer_class: settings.load_balancer_class.as_deref(),
         policy: settings.policy,
     };
+    let (mut prepared, mut prepared_at) = (plan::Prepared::default(), None);
+    let mut quiet_until = std::time::Instant::now();
     let _ = tx.send(());
     let main_loop = async {
         while rx.recv().await.is_some() {
+            // During a burst of API changes (thousands of Services created at once) every event would start a
+            // full pass over every Service right after the last one, keeping a core busy and starving the API
+            // server on small nodes. So wakes are gathered for a while after a pass, in proportion to what it
+            // cost (docs/design.md §5.7); after a quiet spell, as at a failover, nothing waits.
+            tokio::time::sleep_until(quiet_until.into()).await;
             while rx.try_recv().is_ok() {}
-            let snapshot = stores.snapshot();
-            if let Ok(mut p) = peers.write() {
-                *p = gossip::peer_addresses(&snapshot.nodes, &settings.node, settings.gossip_port);
+            let pass_started = std::time::Instant::now();
+            // Read the counter before the caches: a change landing in between marks the next wake stale too.
+            let changes_now = api_changes.load(Ordering::Relaxed);
+            let now = std::time::Instant::now();
+            if prepared_at != Some(changes_now) {
+                let snapshot = stores.snapshot();
+                if let Ok(mut p) = peers.write() {
+                    *p = gossip::peer_addresses(&snapshot.nodes, &settings.node, settings.gossip_port);
+                }
+                prepared = plan::prepare(&me, &snapshot);
+                prepared_at = Some(changes_now);
             }
             // Interfaces and sysctls are read on their own clock (the tick), not on every API event: with
             // thousands of Services, watch events come far more often than NICs change.
@@ -353,8 +397,7 @@ pub async fn run(
                 .unwrap_or_else(|_| Membership::new(&settings.node, settings.dead_after));
             // Three heartbeat timeouts after the protocol started, every running peer has been heard.
             let heard_long_enough = gossip.is_some() && listening_since.elapsed() > settings.dead_after * 3;
-            let now = std::time::Instant::now();
-            let announcements = plan::plan(&me, &snapshot, &interfaces, &view, heard_long_enough, now);
+            let announcements = plan::decide(&me, &prepared, &interfaces, &view, heard_long_enough, now);
             stats.plans.fetch_add(1, Ordering::Relaxed);
             let took = u64::try_from(now.elapsed().as_micros()).unwrap_or(u64::MAX);
             stats.plan_micros.fetch_add(took, Ordering::Relaxed);
@@ -390,6 +433,7 @@ pub async fn run(
             tell_failed(&reporter, &stats, &last_failed, &announcements.failed);
             last_failed = announcements.failed.clone();
             announcer.apply(announcements.per_ip, &interfaces);
+            quiet_until = std::time::Instant::now() + (pass_started.elapsed() * PACE).min(MAX_GATHER);
         }
     };
     tokio::select! {
