@@ -347,7 +347,7 @@ pub async fn run(
             // During a burst of API changes (thousands of Services created at once) every event would start a
             // full pass over every Service right after the last one, keeping a core busy and starving the API
             // server on small nodes. So wakes are gathered for a while after a pass, in proportion to what it
-            // cost (docs/design.md §5.7); after a quiet spell, as at a failover, nothing waits.
+            // cost (docs/design.md §4.6); after a quiet spell, as at a failover, nothing waits.
             tokio::time::sleep_until(quiet_until.into()).await;
             while rx.try_recv().is_ok() {}
             let pass_started = std::time::Instant::now();
