@@ -9,7 +9,7 @@
 //! Run (root): `cargo build --release --workspace --bins && cargo bench -p ferrolb-tests --bench faults`
 //! (~14 min; MetalLB is built once with `go install`, about 3 min, into /var/cache/ferrolb).
 
-use ferrolb_tests::harness::{TestLab, arpwatch, create_yaml, ingress};
+use ferrolb_tests::harness::{TestLab, arpwatch, create_yaml, eventually, ingress};
 use ferrolb_tests::lab::lifecycle;
 use ferrolb_tests::metallb;
 use std::time::Duration;
@@ -60,15 +60,13 @@ async fn workload(lab: &TestLab) -> Vec<String> {
             "apiVersion: v1\nkind: Service\nmetadata: {{name: web-{n}, namespace: default}}\nspec: {{type: LoadBalancer, selector: {{app: web}}, ports: [{{port: 80}}]}}\n"
         );
         create_yaml(&client, &svc).await.expect("service");
-        for _ in 0..600 {
-            if let Some(ip) = ingress(&client, "default", &format!("web-{n}")).await.into_iter().next() {
-                vips.push(ip);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let name = format!("web-{n}");
+        let ip = eventually(&format!("an address for {name}"), Duration::from_secs(60), || async {
+            ingress(&client, "default", &name).await.into_iter().next()
+        })
+        .await;
+        vips.push(ip);
     }
-    assert_eq!(vips.len(), 3, "every Service got an address");
     // Settled: every address answered by exactly one MAC for 5 s in a row.
     for _ in 0..60 {
         let o = watch_all(lab, &vips, 5);
@@ -117,20 +115,7 @@ async fn faults(system: &str, lab: &TestLab, vips: &[String], clock_step: Option
         watch_all(lab, vips, 5);
     }
     if let Some(node) = clock_step {
-        let clock = lab.dir.join("faketime");
-        std::fs::write(&clock, "+0\n").expect("faketime file");
-        lab.ok(&[
-            "restart-speaker",
-            node,
-            "--env",
-            "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-            "--env",
-            &format!("FAKETIME_TIMESTAMP_FILE={}", clock.display()),
-            "--env",
-            "FAKETIME_CACHE_DURATION=1",
-            "--env",
-            "FAKETIME_DONT_FAKE_MONOTONIC=1",
-        ]);
+        let clock = lab.restart_speaker_with_fake_clock(node);
         // The restart itself moves its addresses away and back; measure after that.
         tokio::time::sleep(Duration::from_secs(10)).await;
         std::fs::write(&clock, "-60s\n").expect("step the clock");

@@ -66,6 +66,27 @@ impl TestLab {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Restarts `node`'s speaker under libfaketime with its wall clock unchanged for now, and returns the clock
+    /// file: writing e.g. `-60s` to it steps that speaker's wall clock within a second. Its monotonic clock is
+    /// left alone, as an NTP step leaves the kernel's.
+    pub fn restart_speaker_with_fake_clock(&self, node: &str) -> std::path::PathBuf {
+        let clock = self.dir.join("faketime");
+        std::fs::write(&clock, "+0\n").expect("faketime file");
+        self.ok(&[
+            "restart-speaker",
+            node,
+            "--env",
+            "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+            "--env",
+            &format!("FAKETIME_TIMESTAMP_FILE={}", clock.display()),
+            "--env",
+            "FAKETIME_CACHE_DURATION=1",
+            "--env",
+            "FAKETIME_DONT_FAKE_MONOTONIC=1",
+        ]);
+        clock
+    }
+
     /// One probe from inside a namespace (`host` or `node-N`).
     pub fn probe(&self, from: &str, protocol: &str, addr: &str, timeout_ms: u64) -> Result<String, String> {
         let timeout = timeout_ms.to_string();

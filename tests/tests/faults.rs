@@ -138,20 +138,7 @@ async fn one_answerer_per_address_under_liveness_faults() {
     // 3. One speaker's wall clock stepped back 60 s (libfaketime; its monotonic clock is left alone, as an NTP
     //    step leaves the kernel's): its peers keep hearing it.
     let stepped = owning.iter().next().map(|s| s.to_string()).expect("an owner");
-    let clock = lab.dir.join("faketime");
-    std::fs::write(&clock, "+0\n").expect("faketime file");
-    lab.ok(&[
-        "restart-speaker",
-        &stepped,
-        "--env",
-        "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-        "--env",
-        &format!("FAKETIME_TIMESTAMP_FILE={}", clock.display()),
-        "--env",
-        "FAKETIME_CACHE_DURATION=1",
-        "--env",
-        "FAKETIME_DONT_FAKE_MONOTONIC=1",
-    ]);
+    let clock = lab.restart_speaker_with_fake_clock(&stepped);
     for (ip, owner) in &owners {
         wait_answered_by(&lab, ip, &[owner]).await;
     }
