@@ -8,6 +8,7 @@ pub mod error;
 pub mod keys;
 pub mod lease;
 pub mod metrics;
+pub mod misplaced;
 pub mod pool;
 pub mod refusal;
 pub mod run;

@@ -1,5 +1,6 @@
 //! The controller's Prometheus metrics (served by `ferrolb_runtime::http`).
 
+use crate::allocator::PoolUsage;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -38,6 +39,8 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     /// 1 while this replica is the leader.
     pub leader: Gauge,
+    /// MetalLB's allocator gauges, per pool.
+    metallb_pool: MetallbPoolGauges,
     /// Set after the first full sync; `/readyz` answers 200 from then on.
     pub ready: Arc<AtomicBool>,
 }
@@ -48,7 +51,10 @@ pub type AtomicI64Shim = std::sync::atomic::AtomicI64;
 impl Metrics {
     /// A registry with every metric.
     pub fn new() -> Arc<Self> {
-        let mut registry = Registry::with_prefix("ferrolb");
+        let mut root = Registry::default();
+        let metallb_pool = MetallbPoolGauges::default();
+        metallb_pool.register(&mut root);
+        let registry = root.sub_registry_with_prefix("ferrolb");
         let pool_addresses = Family::<PoolLabels, Gauge<i64, AtomicI64Shim>>::default();
         registry.register("pool_addresses", "Addresses per pool, family and state", pool_addresses.clone());
         let reconciles = Family::<ResultLabels, Counter>::default();
@@ -58,13 +64,29 @@ impl Metrics {
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica is the leader", leader.clone());
         Arc::new(Self {
-            registry,
+            registry: root,
             pool_addresses,
+            metallb_pool,
             reconciles,
             reconcile_seconds,
             leader,
             ready: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Publishes one pool's usage, as ours (`ferrolb_pool_addresses`) and under MetalLB's names.
+    pub fn set_pool_usage(&self, pool: &str, usage: &PoolUsage) {
+        let count = |n: u128| i64::try_from(n).unwrap_or(i64::MAX);
+        for (family, state, n) in [
+            ("ipv4", "assigned", usage.assigned_v4),
+            ("ipv4", "available", usage.available_v4),
+            ("ipv6", "assigned", usage.assigned_v6),
+            ("ipv6", "available", usage.available_v6),
+        ] {
+            let labels = PoolLabels { pool: pool.to_string(), family: family.into(), state: state.into() };
+            self.pool_addresses.get_or_create(&labels).set(count(n));
+        }
+        self.metallb_pool.set(pool, usage);
     }
 
     /// Counts one reconcile.
@@ -79,5 +101,92 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// Label set of MetalLB's allocator gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MetallbPoolLabels {
+    pool: String,
+}
+
+/// A gauge family holding address counts (floats: an IPv6 pool can hold more than `i64::MAX`, and MetalLB's
+/// gauges are floats too).
+type CountFamily = Family<MetallbPoolLabels, Gauge<f64, std::sync::atomic::AtomicU64>>;
+
+/// MetalLB's allocator gauges (`metallb_allocator_*`, label `pool`), so dashboards and alerts written for MetalLB keep
+/// working (docs/design.md §9).
+#[derive(Default)]
+struct MetallbPoolGauges {
+    total: CountFamily,
+    total_v4: CountFamily,
+    total_v6: CountFamily,
+    in_use: CountFamily,
+    in_use_v4: CountFamily,
+    in_use_v6: CountFamily,
+}
+
+impl MetallbPoolGauges {
+    fn register(&self, registry: &mut Registry) {
+        for (name, help, family) in [
+            ("metallb_allocator_addresses_total", "Number of usable IP addresses, per pool", &self.total),
+            ("metallb_allocator_ipv4_addresses_total", "Number of usable IPv4 addresses, per pool", &self.total_v4),
+            ("metallb_allocator_ipv6_addresses_total", "Number of usable IPv6 addresses, per pool", &self.total_v6),
+            ("metallb_allocator_addresses_in_use_total", "Number of IP addresses in use, per pool", &self.in_use),
+            (
+                "metallb_allocator_ipv4_addresses_in_use_total",
+                "Number of IPv4 addresses in use, per pool",
+                &self.in_use_v4,
+            ),
+            (
+                "metallb_allocator_ipv6_addresses_in_use_total",
+                "Number of IPv6 addresses in use, per pool",
+                &self.in_use_v6,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+    }
+
+    fn set(&self, pool: &str, u: &PoolUsage) {
+        let labels = MetallbPoolLabels { pool: pool.to_string() };
+        let (total_v4, total_v6) = (u.assigned_v4 + u.available_v4, u.assigned_v6 + u.available_v6);
+        for (family, n) in [
+            (&self.total, total_v4 + total_v6),
+            (&self.total_v4, total_v4),
+            (&self.total_v6, total_v6),
+            (&self.in_use, u.assigned_v4 + u.assigned_v6),
+            (&self.in_use_v4, u.assigned_v4),
+            (&self.in_use_v6, u.assigned_v6),
+        ] {
+            family.get_or_create(&labels).set(n as f64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn pool_usage_is_published_as_ours_and_under_metallb_names() {
+        let metrics = Metrics::new();
+        let usage = PoolUsage { assigned_v4: 3, available_v4: 250, assigned_v6: 1, available_v6: 1u128 << 64 };
+        metrics.set_pool_usage("lab", &usage);
+        let text = metrics.render();
+        assert_eq!(
+            sample(&text, "ferrolb_pool_addresses{pool=\"lab\",family=\"ipv4\",state=\"assigned\"}"),
+            Some(3.0),
+            "{text}"
+        );
+        assert_eq!(sample(&text, "metallb_allocator_addresses_in_use_total{pool=\"lab\"}"), Some(4.0), "{text}");
+        assert_eq!(sample(&text, "metallb_allocator_ipv4_addresses_in_use_total{pool=\"lab\"}"), Some(3.0));
+        assert_eq!(sample(&text, "metallb_allocator_ipv4_addresses_total{pool=\"lab\"}"), Some(253.0));
+        assert_eq!(sample(&text, "metallb_allocator_ipv6_addresses_total{pool=\"lab\"}"), Some(18446744073709551617.0));
+        assert!(!text.contains("ferrolb_metallb"), "MetalLB names carry no ferrolb prefix");
     }
 }

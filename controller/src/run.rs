@@ -3,8 +3,8 @@
 
 use crate::allocator::{Allocator, Assignment};
 use crate::error::{Error, Result};
-use crate::metrics::{Metrics, PoolLabels};
-use crate::pool::{Family, PoolConfig, PoolProblem, resolve_pools};
+use crate::metrics::Metrics;
+use crate::pool::{PoolConfig, PoolProblem, resolve_pools};
 use crate::service::{ServiceIntent, ServiceKey, is_managed};
 use crate::status::{current_ingress, pool_status, service_writes};
 use ferrolb_crds::IPAddressPool;
@@ -321,20 +321,8 @@ impl Controller {
             let name = pool.name_any();
             let problems = self.problems.get(&name).cloned().unwrap_or_default();
             let usage = self.allocator.pool_usage(&name);
-            if let Some(u) = usage {
-                for (family, state, n) in [
-                    (Family::V4, "assigned", u.assigned_v4),
-                    (Family::V4, "available", u.available_v4),
-                    (Family::V6, "assigned", u.assigned_v6),
-                    (Family::V6, "available", u.available_v6),
-                ] {
-                    let labels = PoolLabels {
-                        pool: name.clone(),
-                        family: if family == Family::V4 { "ipv4" } else { "ipv6" }.into(),
-                        state: state.into(),
-                    };
-                    self.metrics.pool_addresses.get_or_create(&labels).set(i64::try_from(n).unwrap_or(i64::MAX));
-                }
+            if let Some(u) = &usage {
+                self.metrics.set_pool_usage(&name, u);
             }
             let status = pool_status(usage, &problems, pool.metadata.generation, pool.status.as_ref(), &now);
             if pool.status.as_ref() != Some(&status) {
@@ -430,7 +418,7 @@ async fn write(client: &Client, svc: &Service, assignment: Option<&Assignment>) 
 }
 
 /// Publishes one Event as this controller replica; a failure is logged, never fatal.
-async fn publish(
+pub(crate) async fn publish(
     client: &Client,
     identity: &str,
     regarding: k8s_openapi::api::core::v1::ObjectReference,
@@ -487,6 +475,7 @@ pub async fn run(
     tracing::info!("caches synced; waiting to lead");
     leader.await;
     metrics.leader.set(1);
+    tokio::spawn(crate::misplaced::tell(client.clone(), settings.namespace.clone(), settings.identity.clone()));
     let mut c = Controller {
         client,
         settings,

@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default().await.context("no Kubernetes client configuration")?;
     let stats = Arc::new(Stats::default());
     let ready = Arc::new(AtomicBool::new(false));
-    let registry = metrics::registry(stats.clone());
+    let registry = metrics::registry(stats.clone(), &args.node);
     let server = tokio::spawn(ferrolb_runtime::http::serve(args.metrics_addr.clone(), ready.clone(), move || {
         metrics::render(&registry)
     }));

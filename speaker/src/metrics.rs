@@ -1,4 +1,5 @@
-//! The speaker's Prometheus metrics: a prometheus-client collector that reads [`Stats`] at scrape time.
+//! The speaker's Prometheus metrics: prometheus-client collectors that read [`Stats`] at scrape time, for our
+//! series and for MetalLB's.
 //!
 //! The hot paths (the ARP responder, the liveness receiver) only bump atomics in [`Stats`]; the names, types,
 //! help texts and label escaping live here, encoded by prometheus-client like the controller's metrics.
@@ -179,10 +180,91 @@ impl Collector for StatsCollector {
     }
 }
 
-/// The speaker's registry: every metric under `ferrolb_speaker_`.
-pub fn registry(stats: Arc<Stats>) -> Registry {
-    let mut registry = Registry::with_prefix("ferrolb_speaker");
-    registry.register_collector(Box::new(StatsCollector(stats)));
+/// Label set of `metallb_speaker_announced`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnnouncedLabels {
+    ip: String,
+    node: String,
+    protocol: String,
+    service: String,
+}
+
+/// Label set of MetalLB's per-address ARP counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IpLabels {
+    ip: String,
+}
+
+/// MetalLB's speaker series, under MetalLB's names and labels, so dashboards and alerts written for MetalLB
+/// keep working after the switch (docs/design.md §9).
+struct MetallbCollector {
+    stats: Arc<Stats>,
+    node: String,
+}
+
+impl std::fmt::Debug for MetallbCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetallbCollector")
+    }
+}
+
+impl Collector for MetallbCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let announced: Vec<AnnouncedLabels> = self
+            .stats
+            .announced
+            .lock()
+            .map(|a| {
+                a.iter()
+                    .flat_map(|(ip, services)| {
+                        services.iter().map(move |service| AnnouncedLabels {
+                            ip: ip.to_string(),
+                            node: self.node.clone(),
+                            protocol: "layer2".into(),
+                            service: service.clone(),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut family = encoder.encode_descriptor(
+            "metallb_speaker_announced",
+            "The Services this node announces, per address (1)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for labels in &announced {
+            ConstGauge::new(1).encode(family.encode_family(labels)?)?;
+        }
+        let per_address: Vec<(String, crate::raw::AddressCounters)> = self
+            .stats
+            .per_address
+            .lock()
+            .map(|m| m.iter().map(|(ip, c)| (ip.to_string(), *c)).collect())
+            .unwrap_or_default();
+        // MetalLB's Go client exposes these counters without a `_total` suffix; OpenMetrics would add one to a
+        // counter, so they are written untyped to keep the names dashboards query.
+        type Pick = fn(&crate::raw::AddressCounters) -> u64;
+        let series: [(&str, &str, Pick); 3] = [
+            ("metallb_layer2_requests_received", "ARP requests received for owned addresses", |c| c.requests),
+            ("metallb_layer2_responses_sent", "ARP responses sent for owned addresses", |c| c.responses),
+            ("metallb_layer2_gratuitous_sent", "Gratuitous ARP frames sent", |c| c.gratuitous),
+        ];
+        for (name, help, pick) in series {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Unknown)?;
+            for (ip, counters) in &per_address {
+                family.encode_family(&IpLabels { ip: ip.clone() })?.encode_gauge(&pick(counters))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The speaker's registry: its own metrics under `ferrolb_speaker_`, and MetalLB's speaker series.
+pub fn registry(stats: Arc<Stats>, node: &str) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(MetallbCollector { stats: stats.clone(), node: node.to_string() }));
+    registry.sub_registry_with_prefix("ferrolb_speaker").register_collector(Box::new(StatsCollector(stats)));
     registry
 }
 
@@ -219,7 +301,7 @@ mod tests {
             .lock()
             .map(|mut m| m.insert((Ipv4Addr::new(198, 19, 0, 1), mac), std::time::Instant::now()))
             .ok();
-        let registry = registry(stats.clone());
+        let registry = registry(stats.clone(), "node-1");
         let text = render(&registry);
         assert_eq!(sample(&text, "ferrolb_speaker_arp_replies_total"), Some(7.0), "{text}");
         assert_eq!(sample(&text, "ferrolb_speaker_held_back_addresses"), Some(2.0));
@@ -232,5 +314,30 @@ mod tests {
         // Read at scrape time: a later change shows in the next scrape.
         stats.replies.store(8, Ordering::Relaxed);
         assert_eq!(sample(&render(&registry), "ferrolb_speaker_arp_replies_total"), Some(8.0));
+    }
+
+    #[test]
+    fn metallb_series_keep_metallb_names_and_labels() {
+        let stats = Arc::new(Stats::default());
+        let ip = Ipv4Addr::new(198, 19, 0, 1);
+        stats.count_for(ip, |c| {
+            c.requests += 3;
+            c.responses += 2;
+            c.gratuitous += 4;
+        });
+        stats.announced.lock().map(|mut a| a.insert(ip, ["kube-system/dns".to_string()].into())).ok();
+        let text = render(&registry(stats, "node-1"));
+        assert_eq!(
+            sample(
+                &text,
+                "metallb_speaker_announced{ip=\"198.19.0.1\",node=\"node-1\",protocol=\"layer2\",service=\"kube-system/dns\"}"
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(sample(&text, "metallb_layer2_requests_received{ip=\"198.19.0.1\"}"), Some(3.0), "{text}");
+        assert_eq!(sample(&text, "metallb_layer2_responses_sent{ip=\"198.19.0.1\"}"), Some(2.0));
+        assert_eq!(sample(&text, "metallb_layer2_gratuitous_sent{ip=\"198.19.0.1\"}"), Some(4.0));
+        assert!(!text.contains("ferrolb_speaker_metallb"), "MetalLB names carry no ferrolb prefix");
     }
 }

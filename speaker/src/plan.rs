@@ -360,34 +360,20 @@ mod tests {
         ];
         let slices = vec![slice("dns", &["node-1", "node-3"]), slice("web", &["node-2"])];
         let full = snapshot(services, slices, &["node-2"]);
+        fn trimmed_all<K: Clone>(objects: &[Arc<K>], trim: fn(&mut K)) -> Vec<Arc<K>> {
+            objects
+                .iter()
+                .map(|o| {
+                    let mut o = (**o).clone();
+                    trim(&mut o);
+                    Arc::new(o)
+                })
+                .collect()
+        }
         let trimmed_copy = |mut s: Snapshot| {
-            s.services = s
-                .services
-                .iter()
-                .map(|x| {
-                    let mut x = (**x).clone();
-                    crate::trim::service(&mut x);
-                    Arc::new(x)
-                })
-                .collect();
-            s.slices = s
-                .slices
-                .iter()
-                .map(|x| {
-                    let mut x = (**x).clone();
-                    crate::trim::endpoint_slice(&mut x);
-                    Arc::new(x)
-                })
-                .collect();
-            s.nodes = s
-                .nodes
-                .iter()
-                .map(|x| {
-                    let mut x = (**x).clone();
-                    crate::trim::node(&mut x);
-                    Arc::new(x)
-                })
-                .collect();
+            s.services = trimmed_all(&s.services, crate::trim::service);
+            s.slices = trimmed_all(&s.slices, crate::trim::endpoint_slice);
+            s.nodes = trimmed_all(&s.nodes, crate::trim::node);
             s
         };
         let trimmed = trimmed_copy(full.clone());

@@ -89,6 +89,30 @@ pub struct Stats {
     pub plans: AtomicU64,
     /// Time spent planning, summed, in microseconds.
     pub plan_micros: AtomicU64,
+    /// Per address this node answered for: MetalLB's per-address ARP counters.
+    pub per_address: Mutex<BTreeMap<Ipv4Addr, AddressCounters>>,
+    /// The Services (`namespace/name`) this node answers for, per address.
+    pub announced: Mutex<BTreeMap<Ipv4Addr, BTreeSet<String>>>,
+}
+
+/// ARP counters of one address, kept under MetalLB's names (`metallb_layer2_*`) so its dashboards keep working.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AddressCounters {
+    /// Requests for it this node answered.
+    pub requests: u64,
+    /// Replies sent for it.
+    pub responses: u64,
+    /// Gratuitous frames sent for it.
+    pub gratuitous: u64,
+}
+
+impl Stats {
+    /// Adds to one address's counters.
+    pub fn count_for(&self, ip: Ipv4Addr, add: impl FnOnce(&mut AddressCounters)) {
+        if let Ok(mut map) = self.per_address.lock() {
+            add(map.entry(ip).or_default());
+        }
+    }
 }
 
 /// Addresses owned, and the interfaces each is answered on.
@@ -179,10 +203,18 @@ impl Responder {
                         |ip: Ipv4Addr| owned.read().is_ok_and(|o| o.get(&ip).is_some_and(|on| on.contains(&name)));
                     match arp::respond(frame, mac, owns) {
                         Decision::Reply(reply) => {
-                            if let Ok(mut tx) = thread_sender.lock() {
-                                let _ = tx.send_to(&reply, None);
-                            }
+                            let sent = thread_sender
+                                .lock()
+                                .ok()
+                                .and_then(|mut tx| tx.send_to(&reply, None))
+                                .is_some_and(|r| r.is_ok());
                             stats.replies.fetch_add(1, Ordering::Relaxed);
+                            if let Ok(answer) = arp::ArpFrame::parse(&reply) {
+                                stats.count_for(answer.spa, |c| {
+                                    c.requests += 1;
+                                    c.responses += u64::from(sent);
+                                });
+                            }
                         }
                         // Most frames on a raw socket are not ARP at all; counting them would drown the rest.
                         Decision::Drop(arp::Drop::NotArp) => {}
@@ -212,6 +244,7 @@ impl Responder {
             for frame in [arp::gratuitous_request(self.mac, ip), arp::gratuitous_reply(self.mac, ip)] {
                 let _ = tx.send_to(&frame, None);
                 stats.gratuitous.fetch_add(1, Ordering::Relaxed);
+                stats.count_for(ip, |c| c.gratuitous += 1);
             }
         }
     }

@@ -19,6 +19,8 @@ use std::sync::Arc;
 
 /// Label with the announcing node.
 pub const NODE_LABEL: &str = "metallb.io/node";
+/// Reason of the Event on a Service that this node now announces (MetalLB's).
+pub const NODE_ASSIGNED: &str = "nodeAssigned";
 /// Label with the Service's name.
 pub const SERVICE_NAME_LABEL: &str = "metallb.io/service-name";
 /// Label with the Service's namespace.
@@ -140,8 +142,14 @@ impl Reporter {
             let regarding = service_ref(ns, name, &announced.uid);
             let ips: Vec<String> = announced.ips.iter().map(ToString::to_string).collect();
             let ifaces: Vec<&str> = announced.interfaces.iter().map(String::as_str).collect();
-            let note = format!("announcing {} from node {} on {}", ips.join(", "), self.node, ifaces.join(", "));
-            publish(&self.client, &self.node, regarding, EventKind::Normal, "AnnouncingFromNode", note).await;
+            // MetalLB's reason and wording, so alerts and scripts written for MetalLB's Event still match.
+            let note = format!(
+                "announcing from node \"{}\" with protocol \"layer2\": {} on {}",
+                self.node,
+                ips.join(", "),
+                ifaces.join(", ")
+            );
+            publish(&self.client, &self.node, regarding, EventKind::Normal, NODE_ASSIGNED, note).await;
         }
     }
 }

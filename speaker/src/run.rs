@@ -157,6 +157,19 @@ fn answered_only(
         .collect()
 }
 
+/// The Services (`namespace/name`) answered for, per address.
+fn by_address(
+    answered: &BTreeMap<(String, String), plan::Announced>,
+) -> BTreeMap<std::net::Ipv4Addr, BTreeSet<String>> {
+    let mut out: BTreeMap<std::net::Ipv4Addr, BTreeSet<String>> = BTreeMap::new();
+    for ((namespace, name), a) in answered {
+        for ip in &a.ips {
+            out.entry(*ip).or_default().insert(format!("{namespace}/{name}"));
+        }
+    }
+    out
+}
+
 /// Says when this node starts or stops hearing nothing from peers that show other signs of life.
 fn tell_channel(reporter: &report::Reporter, settings: &Settings, before: &BTreeSet<String>, now: &BTreeSet<String>) {
     if before == now {
@@ -403,6 +416,9 @@ pub async fn run(
             stats.plan_micros.fetch_add(took, Ordering::Relaxed);
             let answered = answered_only(&announcements.services, &announcer.answering());
             if answered != last_services {
+                if let Ok(mut announced) = stats.announced.lock() {
+                    *announced = by_address(&answered);
+                }
                 reporter.report(&last_services, &answered, &l2statuses.state());
                 last_services = answered;
             }

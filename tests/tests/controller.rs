@@ -168,6 +168,14 @@ async fn the_users_scenario_and_every_allocation_rule() {
     let overlap = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: overlap, namespace: metallb-system}\nspec: {addresses: [172.17.255.200/29]}\n";
     create_yaml(&client, overlap).await.expect("overlapping pool is accepted by the schema");
     wait_event(&client, "metallb-system", "overlap", "InvalidConfiguration", "overlap pool \"default\"").await;
+
+    // Configuration outside the configuration namespace is ignored, and says so on itself.
+    let elsewhere = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: elsewhere, namespace: default}\nspec: {addresses: [172.17.254.0/24]}\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: elsewhere, namespace: default}\n";
+    create_yaml(&client, elsewhere).await.expect("config in another namespace");
+    for kind in ["IPAddressPools", "L2Advertisements"] {
+        let needle = format!("reads {kind} only in namespace metallb-system");
+        wait_event(&client, "default", "elsewhere", "IgnoredNamespace", &needle).await;
+    }
 }
 
 /// Polls a controller's /metrics.

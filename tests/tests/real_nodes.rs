@@ -121,7 +121,13 @@ async fn the_chart_runs_under_real_kubelets_and_serves_the_users_scenario() {
     let owner = election::owner(ip, nodes).expect("an owner").to_string();
     wait_answered_by(&lab, &vip, &[&owner]).await;
     assert_dns_served_by(&lab, &vip, &owner);
-    wait_event(&client, "kube-system", "dns-svc-lb", &format!("announcing {vip} from node {owner}")).await;
+    wait_event(
+        &client,
+        "kube-system",
+        "dns-svc-lb",
+        &format!("announcing from node \"{owner}\" with protocol \"layer2\": {vip}"),
+    )
+    .await;
 
     // Hard kill of the owner node: the address moves to one other node, measured by a prober on the host.
     let report = probe_while(&lab, "udp", &format!("{vip}:53"), 4000, || {

@@ -7,8 +7,8 @@ use ferrolb_crds::L2AdvertisementSchema;
 use ferrolb_crds::ServiceL2Status;
 use ferrolb_speaker::election;
 use ferrolb_tests::harness::{
-    TestLab, answering_nodes, assert_dns_served_by, create_yaml, eventually, ingress, seed, wait_answered_by,
-    wait_event,
+    TestLab, answering_nodes, assert_dns_served_by, create_yaml, eventually, ingress, metric_sum, seed,
+    speaker_metrics, wait_answered_by, wait_event,
 };
 use k8s_openapi::api::core::v1::{Event, Node};
 use kube::Api;
@@ -18,6 +18,19 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 const EXE: &str = env!("CARGO_BIN_EXE_ferrolb-lab");
+
+/// The lab controller's /metrics (it listens on the machine's loopback).
+fn scrape_controller(lab: &TestLab) -> String {
+    use std::io::{Read, Write};
+    let state = lab.state();
+    let port =
+        state.procs.iter().rev().find(|p| p.role == "controller-0").and_then(|p| p.port).expect("controller port");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("controller metrics");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).expect("response");
+    body
+}
 
 /// Waits until the ServiceL2Status objects of a kube-system Service name exactly these nodes.
 async fn wait_status_nodes(client: &kube::Client, service: &str, nodes: &[&str]) {
@@ -64,7 +77,28 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
     assert_dns_served_by(&lab, &vip, &owner);
     // "Which node announces this IP?": a ServiceL2Status and an Event say so.
     wait_status_nodes(&client, "dns-svc-lb", &[&owner]).await;
-    wait_event(&client, "kube-system", "dns-svc-lb", &format!("announcing {vip} from node {owner} on eth0")).await;
+    let told = format!("announcing from node \"{owner}\" with protocol \"layer2\": {vip} on eth0");
+    let event = wait_event(&client, "kube-system", "dns-svc-lb", &told).await;
+    assert_eq!(event.reason.as_deref(), Some("nodeAssigned"), "MetalLB's reason");
+    // MetalLB's series, scraped from the running speaker and controller, by name and labels.
+    let speaker = speaker_metrics(&lab, &owner);
+    let announced = format!(
+        "metallb_speaker_announced{{ip=\"{vip}\",node=\"{owner}\",protocol=\"layer2\",service=\"kube-system/dns-svc-lb\"}} 1"
+    );
+    assert!(speaker.lines().any(|l| l == announced), "{announced} missing from:\n{speaker}");
+    for counter in
+        ["metallb_layer2_requests_received", "metallb_layer2_responses_sent", "metallb_layer2_gratuitous_sent"]
+    {
+        let series = format!("{counter}{{ip=\"{vip}\"}}");
+        assert!(metric_sum(&speaker, &series) > 0.0, "{series} missing or 0 in:\n{speaker}");
+    }
+    eventually("MetalLB's allocator gauges: 1 of 254 in use", Duration::from_secs(30), || async {
+        let controller = scrape_controller(&lab);
+        let in_use = metric_sum(&controller, "metallb_allocator_addresses_in_use_total{pool=\"lab\"}");
+        let total = metric_sum(&controller, "metallb_allocator_addresses_total{pool=\"lab\"}");
+        (in_use == 1.0 && total == 254.0).then_some(())
+    })
+    .await;
 
     // A shared address has one responder for all its Services.
     let shared = seed("shared-ip.yaml").replace("172.17.255.10", "198.19.0.10");
@@ -211,7 +245,8 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
     assert_eq!(resumed, format!("{next} probe"));
     // The new owner says so, and removes the dead owner's stale status object.
     wait_status_nodes(&client, "dns-svc-lb", &[&next]).await;
-    wait_event(&client, "kube-system", "dns-svc-lb", &format!("announcing {vip} from node {next} on eth0")).await;
+    let told = format!("announcing from node \"{next}\" with protocol \"layer2\": {vip} on eth0");
+    wait_event(&client, "kube-system", "dns-svc-lb", &told).await;
 
     // Revived: ownership returns to the hash's choice and stays there.
     lab.ok(&["revive", &owner]);
