@@ -2,7 +2,7 @@
 //! namespace, as MetalLB does; one created anywhere else used to be ignored in silence. The leader watches their
 //! metadata cluster-wide and says so on the object itself, once per object.
 
-use crate::run::publish;
+use crate::events::publish;
 use ferrolb_crds::{IPAddressPool, L2Advertisement};
 use ferrolb_runtime::events::EventKind;
 use futures::StreamExt;

@@ -3,6 +3,7 @@
 
 use crate::allocator::{Allocator, Assignment};
 use crate::error::{Error, Result};
+use crate::events::publish;
 use crate::metrics::Metrics;
 use crate::pool::{PoolConfig, PoolProblem, resolve_pools};
 use crate::service::{ServiceIntent, ServiceKey, is_managed};
@@ -415,27 +416,6 @@ async fn write(client: &Client, svc: &Service, assignment: Option<&Assignment>) 
         api.patch(&name, &params, &Patch::Merge(&patch)).await?;
     }
     Ok(true)
-}
-
-/// Publishes one Event as this controller replica; a failure is logged, never fatal.
-pub(crate) async fn publish(
-    client: &Client,
-    identity: &str,
-    regarding: k8s_openapi::api::core::v1::ObjectReference,
-    kind: EventKind,
-    reason: &str,
-    note: String,
-) {
-    let event = ferrolb_runtime::events::EventSpec {
-        kind,
-        reason,
-        note,
-        controller: "ferrolb.io/controller",
-        instance: identity,
-    };
-    if let Err(e) = ferrolb_runtime::events::publish(client, regarding, event).await {
-        tracing::warn!(error = %e, reason, "cannot publish Event");
-    }
 }
 
 /// Runs the controller: caches first, then (as leader) restore, reconcile everything, and follow changes.
