@@ -154,6 +154,48 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_count_as_metallb_counts_them() {
+        let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "s-1", "namespace": "default"}, "addressType": "IPv4", "endpoints": [
+            {"addresses": ["10.0.0.1"], "nodeName": "unset"},
+            {"addresses": ["10.0.0.2"], "nodeName": "ready", "conditions": {"ready": true}},
+            {"addresses": ["10.0.0.3"], "nodeName": "terminating", "conditions": {"ready": false, "serving": true}},
+            {"addresses": ["10.0.0.4"], "nodeName": "down", "conditions": {"ready": false}},
+            {"addresses": ["10.0.0.5"], "conditions": {"ready": true}}
+        ]}))
+        .expect("slice");
+        let local: Service = serde_json::from_value(json!({"metadata": {"name": "s"},
+            "spec": {"externalTrafficPolicy": "Local"}}))
+        .expect("service");
+        let facts = service_facts(&local, &[&slice]);
+        assert!(facts.local && facts.any_ready_endpoint);
+        let nodes: Vec<&str> = facts.ready_endpoint_nodes.iter().map(String::as_str).collect();
+        assert_eq!(nodes, ["ready", "terminating", "unset"], "not-ready and not serving does not count");
+        let none = service_facts(&service(json!({})), &[]);
+        assert!(!none.local && !none.any_ready_endpoint && none.ready_endpoint_nodes.is_empty());
+    }
+
+    #[test]
+    fn node_facts_read_ready_network_and_the_out_of_service_taint() {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "n1", "labels": {"zone": "a"}},
+            "spec": {"taints": [{"key": OUT_OF_SERVICE_TAINT, "effect": "NoExecute"}]},
+            "status": {"conditions": [{"type": "Ready", "status": "True"},
+                {"type": "NetworkUnavailable", "status": "True"}]}}))
+        .expect("node");
+        let facts = node_facts(&node);
+        assert_eq!(facts.name, "n1");
+        assert_eq!(facts.labels.get("zone").map(String::as_str), Some("a"));
+        assert!(facts.speaker_alive && facts.network_unavailable && facts.out_of_service);
+        assert_eq!(facts.interfaces, None, "interfaces are not published (docs/design.md §10.2)");
+        let bare: Node = serde_json::from_value(json!({"metadata": {"name": "n2"},
+            "status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}))
+        .expect("node");
+        let facts = node_facts(&bare);
+        assert!(!facts.speaker_alive && !facts.network_unavailable && !facts.out_of_service);
+    }
+
+    #[test]
     fn slices_are_grouped_by_namespace_and_service_and_unlabelled_ones_ignored() {
         let slice = |ns: &str, svc: Option<&str>, name: &str| -> EndpointSlice {
             let labels = svc.map_or(json!({}), |s| json!({SERVICE_NAME_LABEL: s}));
