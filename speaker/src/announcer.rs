@@ -1,6 +1,7 @@
 //! The announcer owns everything that puts frames on the wire for owned addresses: one raw-socket responder
-//! per interface in use, the set of addresses the responders answer for, the probes asked before answering,
-//! gratuitous ARP bursts on takeover and the optional periodic refresh. It runs as its own task so that probe
+//! per interface in use, the set of addresses the responders answer for (IPv4 with ARP, IPv6 with neighbour
+//! discovery, whose solicited-node groups each responder joins), the probes asked before answering,
+//! gratuitous ARP / unsolicited advertisement bursts on takeover and the optional periodic refresh. It runs as its own task so that probe
 //! windows and retries keep their timing whatever the planner is doing; its API is one call,
 //! [`Announcer::apply`] the desired state. Which wanted addresses are actually answered is decided by the
 //! pure [`crate::claim`] rules from what the responders hear (docs/design.md §6.5).
@@ -11,14 +12,14 @@ use crate::gossip::SharedMembership;
 use crate::iface::InterfaceInfo;
 use crate::raw::{ClaimSink, Owned, Responder, Stats};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 /// Address → interfaces answering for it.
-pub type Desired = BTreeMap<Ipv4Addr, BTreeSet<String>>;
+pub type Desired = BTreeMap<IpAddr, BTreeSet<String>>;
 
 /// How the announcer sends gratuitous ARP and probes.
 #[derive(Debug, Clone)]
@@ -35,7 +36,7 @@ pub struct Schedule {
 pub struct Announcer {
     desired: watch::Sender<(Desired, Vec<InterfaceInfo>)>,
     owned: Owned,
-    held_back: Arc<Mutex<BTreeMap<Ipv4Addr, Mac>>>,
+    held_back: Arc<Mutex<BTreeMap<IpAddr, Mac>>>,
     conflicts: Arc<Mutex<Vec<Conflict>>>,
     stopped: Arc<AtomicBool>,
 }
@@ -87,12 +88,12 @@ impl Announcer {
     }
 
     /// The addresses answered right now.
-    pub fn answering(&self) -> BTreeSet<Ipv4Addr> {
+    pub fn answering(&self) -> BTreeSet<IpAddr> {
         self.owned.read().map(|o| o.keys().copied().collect()).unwrap_or_default()
     }
 
     /// Wanted addresses another node's MAC answers for.
-    pub fn held_back(&self) -> BTreeMap<Ipv4Addr, Mac> {
+    pub fn held_back(&self) -> BTreeMap<IpAddr, Mac> {
         self.held_back.lock().map(|h| h.clone()).unwrap_or_default()
     }
 
@@ -112,7 +113,7 @@ impl Announcer {
 
 struct Task {
     owned: Owned,
-    held_back: Arc<Mutex<BTreeMap<Ipv4Addr, Mac>>>,
+    held_back: Arc<Mutex<BTreeMap<IpAddr, Mac>>>,
     conflicts: Arc<Mutex<Vec<Conflict>>>,
     stopped: Arc<AtomicBool>,
     sink: Arc<ClaimSink>,
@@ -158,7 +159,7 @@ impl Task {
             let Some(info) = interfaces.iter().find(|i| &i.name == name) else { continue };
             match Responder::start(info, self.owned.clone(), self.sink.clone(), self.stats.clone()) {
                 Ok(r) => {
-                    tracing::info!(interface = %name, mac = %r.mac, "answering ARP");
+                    tracing::info!(interface = %name, mac = %r.mac, "answering ARP and neighbour solicitations");
                     self.responders.insert(name.clone(), Arc::new(r));
                 }
                 Err(e) => tracing::error!(error = %e, "cannot open raw socket"),
@@ -166,7 +167,7 @@ impl Task {
         }
     }
 
-    fn on(&self, want: &Desired, ip: Ipv4Addr) -> Vec<Arc<Responder>> {
+    fn on(&self, want: &Desired, ip: IpAddr) -> Vec<Arc<Responder>> {
         want.get(&ip).into_iter().flatten().filter_map(|n| self.responders.get(n).cloned()).collect()
     }
 
@@ -175,6 +176,17 @@ impl Task {
             return None;
         }
         self.open_responders(want, interfaces);
+        for (name, responder) in &self.responders {
+            let v6: BTreeSet<Ipv6Addr> = want
+                .iter()
+                .filter(|(_, on)| on.contains(name))
+                .filter_map(|(ip, _)| match ip {
+                    IpAddr::V6(v6) => Some(*v6),
+                    IpAddr::V4(_) => None,
+                })
+                .collect();
+            responder.listen_for(&v6, &self.stats);
+        }
         self.sink.watch(want.keys().copied().collect());
         let heard = self.sink.drain();
         let mine: BTreeSet<Mac> = self.responders.values().map(|r| r.mac).collect();
@@ -184,7 +196,7 @@ impl Task {
             .map(|m| m.node_macs().into_iter().map(|(mac, node)| (Mac(mac), node)).collect())
             .unwrap_or_default();
         let now = Instant::now();
-        let wanted: BTreeSet<Ipv4Addr> = want.keys().copied().collect();
+        let wanted: BTreeSet<IpAddr> = want.keys().copied().collect();
         let acts = self.claims.step(&wanted, &heard, &mine, &nodes, now);
         for ip in &acts.probe {
             for r in self.on(want, *ip) {
@@ -245,7 +257,7 @@ impl Task {
     }
 
     /// The gratuitous ARP burst on takeover; it stops the moment this node stops answering.
-    fn burst(&self, ip: Ipv4Addr, targets: Vec<Arc<Responder>>) {
+    fn burst(&self, ip: IpAddr, targets: Vec<Arc<Responder>>) {
         let (owned, stats, schedule) = (self.owned.clone(), self.stats.clone(), self.schedule.garp.clone());
         tokio::spawn(async move {
             let start = tokio::time::Instant::now();

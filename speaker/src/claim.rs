@@ -2,7 +2,7 @@
 //! this node *should* answer for; this decides which it *does*, from ARP it has seen:
 //!
 //! - **Probe before answering.** An address this node is about to answer for is first asked for (an RFC 5227
-//!   probe, from 0.0.0.0). If another MAC answers within the probe window, someone already answers: this node
+//!   probe from 0.0.0.0; for IPv6 an RFC 4862 duplicate-address probe from `::`). If another MAC answers within the probe window, someone already answers: this node
 //!   holds back and asks again later (backing off). So a peer wrongly believed dead (heartbeats lost or blocked)
 //!   keeps its addresses, and a truly dead one is replaced one probe window after its death is seen.
 //! - **Two nodes claiming one address converge.** When an address this node answers for is claimed by another
@@ -18,7 +18,7 @@
 use crate::arp::Mac;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// How long to listen, how often to ask.
@@ -55,7 +55,7 @@ impl Default for Timing {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heard {
     /// The address claimed.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// Who claims it.
     pub mac: Mac,
     /// Our MAC on the segment where it was heard.
@@ -68,7 +68,7 @@ pub struct Heard {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
     /// The address.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// The other claimant.
     pub mac: Mac,
     /// The node that MAC belongs to; `None`: not a node (a stranger).
@@ -81,13 +81,13 @@ pub struct Conflict {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Actions {
     /// Answer ARP for exactly these.
-    pub answer: BTreeSet<Ipv4Addr>,
+    pub answer: BTreeSet<IpAddr>,
     /// Send a probe for each now.
-    pub probe: Vec<Ipv4Addr>,
+    pub probe: Vec<IpAddr>,
     /// Newly answered: announce with the gratuitous ARP burst.
-    pub announce: Vec<Ipv4Addr>,
+    pub announce: Vec<IpAddr>,
     /// Send one gratuitous ARP now (a conflict this node won; the loser must hear it).
-    pub assert: Vec<Ipv4Addr>,
+    pub assert: Vec<IpAddr>,
     /// Claims by others of addresses this node answers for.
     pub conflicts: Vec<Conflict>,
     /// Step again no later than this (pending probes, retries).
@@ -109,15 +109,20 @@ enum State {
 #[derive(Debug, Clone, Default)]
 pub struct Claims {
     timing: Timing,
-    states: BTreeMap<Ipv4Addr, State>,
+    states: BTreeMap<IpAddr, State>,
 }
 
 /// The rank two claimants of `ip` compare: lower keeps the address. Both compute it from the two MACs they see
 /// on the segment, so they agree without talking (a fixed hash, the same in every build).
-pub fn rank(ip: Ipv4Addr, mac: Mac) -> u64 {
+pub fn rank(ip: IpAddr, mac: Mac) -> u64 {
     // FNV-1a: fixed by definition, unlike std's RandomState or DefaultHasher's unspecified algorithm.
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-    ip.octets().hash(&mut h);
+    // An IPv4 address hashes its four bytes, as before IPv6 was answered: the rank, and so who keeps a contested
+    // address, must not change across an upgrade.
+    match ip {
+        IpAddr::V4(v4) => v4.octets().hash(&mut h),
+        IpAddr::V6(v6) => v6.octets().hash(&mut h),
+    }
     mac.0.hash(&mut h);
     h.finish()
 }
@@ -137,7 +142,7 @@ impl Hasher for Fnv {
 
 /// Whether this node (`mine`) keeps `ip` against another node's claim (`theirs`). Ties cannot happen for two
 /// different MACs unless the hash collides; then the lower MAC keeps, which both also agree on.
-pub fn keeps(ip: Ipv4Addr, mine: Mac, theirs: Mac) -> bool {
+pub fn keeps(ip: IpAddr, mine: Mac, theirs: Mac) -> bool {
     (rank(ip, mine), mine) < (rank(ip, theirs), theirs)
 }
 
@@ -148,7 +153,7 @@ impl Claims {
     }
 
     /// Addresses someone else answers for although the election gave them to this node, and who.
-    pub fn held_back(&self) -> BTreeMap<Ipv4Addr, Mac> {
+    pub fn held_back(&self) -> BTreeMap<IpAddr, Mac> {
         self.states
             .iter()
             .filter_map(|(ip, s)| match s {
@@ -162,7 +167,7 @@ impl Claims {
     /// `mine` this node's MACs, `nodes` the MACs speakers have announced as theirs (MAC → node).
     pub fn step(
         &mut self,
-        want: &BTreeSet<Ipv4Addr>,
+        want: &BTreeSet<IpAddr>,
         heard: &[Heard],
         mine: &BTreeSet<Mac>,
         nodes: &BTreeMap<Mac, String>,
@@ -249,8 +254,8 @@ mod tests {
     const B: Mac = Mac([2, 0, 0, 0, 0, 0xb]);
     const STRANGER: Mac = Mac([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
 
-    fn ip() -> Ipv4Addr {
-        Ipv4Addr::new(198, 19, 0, 1)
+    fn ip() -> IpAddr {
+        IpAddr::from([198, 19, 0, 1])
     }
 
     fn nodes() -> BTreeMap<Mac, String> {
@@ -383,7 +388,7 @@ mod tests {
     /// 5 ms. What each hears of the other is what the wire would carry: answers to its probes while the other
     /// answers, the other's gratuitous ARP burst (0, 250, 1100, 2200 ms after taking) while it still answers,
     /// and the other's conflict assertions. Every `lose_every`-th frame is lost (0: none).
-    fn converge(ip: Ipv4Addr, a: Mac, b: Mac, a_starts: u64, b_starts: u64, lose_every: usize) -> (bool, bool) {
+    fn converge(ip: IpAddr, a: Mac, b: Mac, a_starts: u64, b_starts: u64, lose_every: usize) -> (bool, bool) {
         let t0 = Instant::now();
         let node_macs = BTreeMap::from([(a, "a".to_string()), (b, "b".to_string())]);
         let want = BTreeSet::from([ip]);
@@ -436,12 +441,30 @@ mod tests {
         assert_eq!(a, keeps(ip(), A, B));
     }
 
+    #[test]
+    fn the_ipv4_rank_is_the_one_every_earlier_release_computed() {
+        // FNV-1a over std's `Hash` of the two byte arrays (a length prefix, then the bytes) computed by hand
+        // (docs/design.md §6.5): a changed rank would make an upgraded node and an old one disagree on who
+        // keeps a contested address.
+        let mut bytes = 4usize.to_ne_bytes().to_vec();
+        bytes.extend([198u8, 19, 0, 1]);
+        bytes.extend(6usize.to_ne_bytes());
+        bytes.extend([2u8, 0, 0, 0, 0, 0xa]);
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        assert_eq!(rank(ip(), A), h);
+        assert_ne!(rank(IpAddr::from([0x2001, 0xdb8, 0x19, 0, 0, 0, 0, 1]), A), rank(ip(), A));
+    }
+
     proptest! {
         /// Any two speakers, any start offsets (one may already answer when the other arrives), some frames
         /// lost: they end with exactly one answerer.
         #[test]
         fn any_two_claimants_converge_to_one(
             octet in 1u8..255,
+            v6 in any::<bool>(),
             a in any::<[u8; 5]>(),
             b in any::<[u8; 5]>(),
             a_starts in 0u64..1000,
@@ -451,7 +474,11 @@ mod tests {
             let mac = |tail: [u8; 5]| Mac([2, tail[0], tail[1], tail[2], tail[3], tail[4]]);
             let (ma, mb) = (mac(a), mac(b));
             prop_assume!(ma != mb);
-            let ip = Ipv4Addr::new(198, 19, 0, octet);
+            let ip = if v6 {
+                IpAddr::from([0x2001, 0xdb8, 0x19, 0, 0, 0, 0, u16::from(octet)])
+            } else {
+                IpAddr::from([198, 19, 0, octet])
+            };
             let (answer_a, answer_b) = converge(ip, ma, mb, a_starts, b_starts, lose_every);
             prop_assert!(answer_a ^ answer_b, "a={answer_a} b={answer_b}");
         }
@@ -460,7 +487,7 @@ mod tests {
         #[test]
         fn exactly_one_of_two_keeps(octet in any::<u8>(), a in any::<[u8; 6]>(), b in any::<[u8; 6]>()) {
             prop_assume!(a != b);
-            let ip = Ipv4Addr::new(198, 19, 0, octet);
+            let ip = IpAddr::from([198, 19, 0, octet]);
             prop_assert!(keeps(ip, Mac(a), Mac(b)) ^ keeps(ip, Mac(b), Mac(a)));
         }
     }

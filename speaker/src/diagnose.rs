@@ -7,7 +7,7 @@
 
 use crate::election::{Ineligible, Nobody, NodeFacts};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// Event reason when nobody may announce an address of the Service.
 pub const NO_ELIGIBLE_NODE: &str = "NoEligibleNode";
@@ -101,7 +101,7 @@ pub struct Problem {
 }
 
 /// Why one address goes unanswered: the address, a metric label and the explanation.
-pub type Cause = (Ipv4Addr, &'static str, String);
+pub type Cause = (IpAddr, &'static str, String);
 
 /// Addresses sharing an explanation are listed together; groups in address order.
 fn problem(uid: &str, causes: &[Cause], headline: impl Fn(&str) -> String) -> Problem {
@@ -149,7 +149,7 @@ mod tests {
     use super::*;
     use crate::election::Ineligible::{Excluded, NetworkUnavailable, NoLocalEndpoint, SpeakerDown};
 
-    fn ip(s: &str) -> Ipv4Addr {
+    fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
     }
 

@@ -7,7 +7,7 @@ use crate::raw::Stats;
 use crate::settings::Settings;
 use k8s_openapi::api::core::v1::Node;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -65,7 +65,7 @@ pub fn start(
     trigger: mpsc::UnboundedSender<()>,
     stats: Arc<Stats>,
 ) -> std::io::Result<std::net::UdpSocket> {
-    let socket = std::net::UdpSocket::bind(("0.0.0.0", settings.gossip_port))?;
+    let socket = bind(settings.gossip_port)?;
     let sender = socket.try_clone()?;
     let (interval, send_key, send_peers) = (settings.heartbeat, key.clone(), peers.clone());
     std::thread::Builder::new().name("heartbeat".into()).spawn(move || {
@@ -154,16 +154,38 @@ pub fn start(
     Ok(socket)
 }
 
-/// Peers' liveness addresses: every other node's first InternalIPv4.
-pub fn peer_addresses(nodes: &[Arc<Node>], me: &str, port: u16) -> Vec<std::net::SocketAddr> {
+/// The liveness socket: IPv6 with IPv4 mapped in (one socket for IPv4, IPv6 and dual-stack clusters), or IPv4
+/// alone where the node has IPv6 switched off.
+fn bind(port: u16) -> std::io::Result<std::net::UdpSocket> {
+    std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)).or_else(|v6_error| {
+        tracing::info!(error = %v6_error, "no IPv6 liveness socket; IPv4 only");
+        std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
+    })
+}
+
+/// Whether the liveness socket speaks IPv6 (and so needs IPv4 peers written as IPv4-mapped addresses).
+pub fn is_ipv6(socket: &std::net::UdpSocket) -> bool {
+    socket.local_addr().is_ok_and(|a| a.is_ipv6())
+}
+
+/// Peers' liveness addresses: every other node's first InternalIP of IPv4, or of IPv6 on IPv6-only nodes.
+/// For an IPv6 socket (`ipv6_socket`), IPv4 addresses are given in their IPv4-mapped form, which such a
+/// socket can send to.
+pub fn peer_addresses(nodes: &[Arc<Node>], me: &str, port: u16, ipv6_socket: bool) -> Vec<SocketAddr> {
     nodes
         .iter()
         .filter(|n| n.metadata.name.as_deref() != Some(me))
         .filter_map(|n| {
             let addrs = n.status.as_ref()?.addresses.as_ref()?;
-            let ip =
-                addrs.iter().filter(|a| a.type_ == "InternalIP").find_map(|a| a.address.parse::<Ipv4Addr>().ok())?;
-            Some(std::net::SocketAddr::from((ip, port)))
+            let internal: Vec<IpAddr> =
+                addrs.iter().filter(|a| a.type_ == "InternalIP").filter_map(|a| a.address.parse().ok()).collect();
+            let ip = internal.iter().find(|ip| ip.is_ipv4()).or_else(|| internal.first())?;
+            let ip = match ip {
+                IpAddr::V4(v4) if ipv6_socket => IpAddr::V6(v4.to_ipv6_mapped()),
+                IpAddr::V6(_) if !ipv6_socket => return None,
+                other => *other,
+            };
+            Some(SocketAddr::new(ip, port))
         })
         .collect()
 }
@@ -181,5 +203,62 @@ pub async fn say_leaving(
             let _ = socket.send_to(&leaving, peer);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, addresses: &[&str]) -> Arc<Node> {
+        let addresses: Vec<serde_json::Value> =
+            addresses.iter().map(|a| serde_json::json!({"type": "InternalIP", "address": a})).collect();
+        Arc::new(
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "status": {"addresses": addresses}}))
+                .expect("node"),
+        )
+    }
+
+    #[test]
+    fn peers_are_reached_over_ipv4_first_and_over_ipv6_on_ipv6_only_nodes() {
+        let nodes = [
+            node("me", &["198.18.0.11"]),
+            node("dual", &["2001:db8:18::12", "198.18.0.12"]),
+            node("v6-only", &["2001:db8:18::13"]),
+            node("v4-only", &["198.18.0.14"]),
+            node("no-address", &[]),
+        ];
+        let peers = |v6: bool| peer_addresses(&nodes, "me", 7946, v6);
+        let expect = |list: &[&str]| list.iter().map(|a| a.parse::<SocketAddr>().expect("addr")).collect::<Vec<_>>();
+        assert_eq!(
+            peers(true),
+            expect(&["[::ffff:198.18.0.12]:7946", "[2001:db8:18::13]:7946", "[::ffff:198.18.0.14]:7946"])
+        );
+        assert_eq!(
+            peers(false),
+            expect(&["198.18.0.12:7946", "198.18.0.14:7946"]),
+            "an IPv4 socket cannot reach an IPv6-only peer"
+        );
+    }
+
+    #[test]
+    fn one_socket_carries_heartbeats_of_both_families() {
+        let Ok(socket) = bind(0) else { return };
+        if !is_ipv6(&socket) {
+            return;
+        }
+        let port = socket.local_addr().expect("local").port();
+        let sender = std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).expect("sender");
+        for to in [SocketAddr::from((Ipv4Addr::LOCALHOST, port)), SocketAddr::from((Ipv6Addr::LOCALHOST, port))] {
+            let to = match to {
+                SocketAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), port),
+                v6 => v6,
+            };
+            sender.send_to(b"hello", to).expect("send");
+            socket.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            let mut buf = [0u8; 16];
+            let (n, _) = socket.recv_from(&mut buf).expect("receive");
+            assert_eq!(&buf[..n], b"hello", "to {to}");
+        }
     }
 }

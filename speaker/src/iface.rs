@@ -1,7 +1,7 @@
 //! Which interfaces answer for an address, decided purely from a description of the node's interfaces.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Name prefixes never used by default: container veths, bridges and overlay devices, and kube-proxy's
 /// `kube-ipvs0` (answering there would be exactly the IPVS-without-strictARP problem).
@@ -21,29 +21,76 @@ pub struct InterfaceInfo {
     pub up: bool,
     /// Its IPv4 networks as (address, prefix length).
     pub ipv4: Vec<(Ipv4Addr, u8)>,
+    /// Its IPv6 networks as (address, prefix length), link-local ones included.
+    pub ipv6: Vec<(Ipv6Addr, u8)>,
 }
 
-impl InterfaceInfo {
-    /// Whether the address lies in one of the interface's IPv4 subnets.
-    pub fn subnet_contains(&self, ip: Ipv4Addr) -> bool {
-        self.ipv4.iter().any(|(addr, bits)| {
-            let mask = if *bits == 0 { 0 } else { u32::MAX << (32 - u32::from((*bits).min(32))) };
-            u32::from(*addr) & mask == u32::from(ip) & mask
+/// An address family: which protocol answers for an address (ARP or NDP) and which interface addresses count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Family {
+    /// IPv4, answered with ARP.
+    V4,
+    /// IPv6, answered with neighbour discovery.
+    V6,
+}
+
+impl Family {
+    /// The family of an address.
+    pub fn of(ip: IpAddr) -> Self {
+        if ip.is_ipv6() { Family::V6 } else { Family::V4 }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
         })
     }
 }
 
-/// Interfaces that may answer at all: up, with a MAC and an IPv4 address, not excluded by name; when the
-/// advertisements name interfaces, only those.
-pub fn usable<'a>(all: &'a [InterfaceInfo], allowed: &BTreeSet<String>) -> Vec<&'a InterfaceInfo> {
+fn prefix_match(addr: &[u8], ip: &[u8], bits: u8) -> bool {
+    let bits = usize::from(bits).min(addr.len() * 8);
+    let (whole, rest) = (bits / 8, bits % 8);
+    addr[..whole] == ip[..whole] && (rest == 0 || (addr[whole] ^ ip[whole]) >> (8 - rest) == 0)
+}
+
+impl InterfaceInfo {
+    /// Whether the address lies in one of the interface's subnets of its family.
+    pub fn subnet_contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(ip) => self.ipv4.iter().any(|(a, bits)| prefix_match(&a.octets(), &ip.octets(), *bits)),
+            // Link-local prefixes hold no Service address; skipping them keeps every interface's fe80::/64
+            // from matching nothing in particular.
+            IpAddr::V6(ip) => self
+                .ipv6
+                .iter()
+                .filter(|(a, _)| !a.is_unicast_link_local())
+                .any(|(a, bits)| prefix_match(&a.octets(), &ip.octets(), *bits)),
+        }
+    }
+
+    /// Whether it has an address of this family (for IPv6 a link-local one is enough: NDP runs on it).
+    pub fn has(&self, family: Family) -> bool {
+        match family {
+            Family::V4 => !self.ipv4.is_empty(),
+            Family::V6 => !self.ipv6.is_empty(),
+        }
+    }
+}
+
+/// Interfaces that may answer for addresses of `family` at all: up, with a MAC and an address of that family,
+/// not excluded by name; when the advertisements name interfaces, only those.
+pub fn usable<'a>(all: &'a [InterfaceInfo], allowed: &BTreeSet<String>, family: Family) -> Vec<&'a InterfaceInfo> {
     all.iter()
-        .filter(|i| can_answer(i))
+        .filter(|i| can_answer(i, family))
         .filter(|i| if allowed.is_empty() { !excluded_by_name(&i.name) } else { allowed.contains(&i.name) })
         .collect()
 }
 
-fn can_answer(i: &InterfaceInfo) -> bool {
-    i.up && i.mac.is_some_and(|m| m != [0; 6]) && !i.ipv4.is_empty()
+fn can_answer(i: &InterfaceInfo, family: Family) -> bool {
+    i.up && i.mac.is_some_and(|m| m != [0; 6]) && i.has(family)
 }
 
 fn excluded_by_name(name: &str) -> bool {
@@ -53,10 +100,11 @@ fn excluded_by_name(name: &str) -> bool {
 /// Why no interface may answer here (the node was elected, yet the address would go unanswered).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unusable {
-    /// No interface is up with a MAC and an IPv4 address.
-    NoneUp,
-    /// The advertisements name these interfaces, and none of them is up here with a MAC and an IPv4 address.
-    NotInAdvertisement(BTreeSet<String>),
+    /// No interface is up with a MAC and an address of the family.
+    NoneUp(Family),
+    /// The advertisements name these interfaces, and none of them is up here with a MAC and an address of the
+    /// family.
+    NotInAdvertisement(BTreeSet<String>, Family),
     /// Every interface that could answer has a name excluded by default (veths, bridges, overlays…).
     ExcludedByName(Vec<String>),
 }
@@ -65,8 +113,8 @@ impl Unusable {
     /// Metric label.
     pub fn label(&self) -> &'static str {
         match self {
-            Unusable::NoneUp => "none_up",
-            Unusable::NotInAdvertisement(_) => "not_in_advertisement",
+            Unusable::NoneUp(_) => "none_up",
+            Unusable::NotInAdvertisement(..) => "not_in_advertisement",
             Unusable::ExcludedByName(_) => "excluded_by_name",
         }
     }
@@ -74,9 +122,9 @@ impl Unusable {
     /// For a human: what is wrong and what would fix it.
     pub fn describe(&self) -> String {
         match self {
-            Unusable::NoneUp => "no interface is up with a MAC and an IPv4 address".into(),
-            Unusable::NotInAdvertisement(allowed) => format!(
-                "none of the L2Advertisement's interfaces ({}) is up with a MAC and an IPv4 address",
+            Unusable::NoneUp(family) => format!("no interface is up with a MAC and an {family} address"),
+            Unusable::NotInAdvertisement(allowed, family) => format!(
+                "none of the L2Advertisement's interfaces ({}) is up with a MAC and an {family} address",
                 allowed.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
             ),
             Unusable::ExcludedByName(names) => format!(
@@ -89,15 +137,15 @@ impl Unusable {
 }
 
 /// Why [`usable`] is empty for these arguments; `None` when it is not.
-pub fn why_unusable(all: &[InterfaceInfo], allowed: &BTreeSet<String>) -> Option<Unusable> {
-    if !usable(all, allowed).is_empty() {
+pub fn why_unusable(all: &[InterfaceInfo], allowed: &BTreeSet<String>, family: Family) -> Option<Unusable> {
+    if !usable(all, allowed, family).is_empty() {
         return None;
     }
-    let up: Vec<&InterfaceInfo> = all.iter().filter(|i| can_answer(i)).collect();
+    let up: Vec<&InterfaceInfo> = all.iter().filter(|i| can_answer(i, family)).collect();
     Some(if !allowed.is_empty() {
-        Unusable::NotInAdvertisement(allowed.clone())
+        Unusable::NotInAdvertisement(allowed.clone(), family)
     } else if up.is_empty() {
-        Unusable::NoneUp
+        Unusable::NoneUp(family)
     } else {
         Unusable::ExcludedByName(up.iter().map(|i| i.name.clone()).collect())
     })
@@ -105,7 +153,7 @@ pub fn why_unusable(all: &[InterfaceInfo], allowed: &BTreeSet<String>) -> Option
 
 /// Interfaces that answer for `ip`: the usable ones whose subnet holds it, or every usable one when none does
 /// (a pool routed on-link from a different prefix, as in the lab and with static routes).
-pub fn for_address<'a>(usable: &[&'a InterfaceInfo], ip: Ipv4Addr) -> Vec<&'a InterfaceInfo> {
+pub fn for_address<'a>(usable: &[&'a InterfaceInfo], ip: IpAddr) -> Vec<&'a InterfaceInfo> {
     let same_subnet: Vec<&InterfaceInfo> = usable.iter().copied().filter(|i| i.subnet_contains(ip)).collect();
     if same_subnet.is_empty() { usable.to_vec() } else { same_subnet }
 }
@@ -121,7 +169,9 @@ pub fn ipvs_without_strict_arp(all: &[InterfaceInfo], arp_ignore: &std::collecti
     let ipvs_has_addresses = all.iter().any(|i| i.name == IPVS_INTERFACE && !i.ipv4.is_empty());
     let global = arp_ignore.get("all").copied().unwrap_or(0);
     ipvs_has_addresses
-        && usable(all, &BTreeSet::new()).iter().any(|i| global.max(arp_ignore.get(&i.name).copied().unwrap_or(0)) == 0)
+        && usable(all, &BTreeSet::new(), Family::V4)
+            .iter()
+            .any(|i| global.max(arp_ignore.get(&i.name).copied().unwrap_or(0)) == 0)
 }
 
 #[cfg(test)]
@@ -135,6 +185,7 @@ mod tests {
             mac: Some([2, 0, 0, 0, 0, 1]),
             up: true,
             ipv4: vec![(ip.parse().expect("ip"), bits)],
+            ipv6: vec![],
         }
     }
 
@@ -149,8 +200,13 @@ mod tests {
             InterfaceInfo { up: false, ..iface("eth2", "10.2.0.5", 24) },
         ];
         let names = |v: Vec<&InterfaceInfo>| v.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
-        assert_eq!(names(usable(&all, &BTreeSet::new())), ["eth0"]);
-        assert_eq!(names(usable(&all, &BTreeSet::from(["veth12ab".to_string()]))), ["veth12ab"], "named explicitly");
+        assert_eq!(names(usable(&all, &BTreeSet::new(), Family::V4)), ["eth0"]);
+        assert_eq!(
+            names(usable(&all, &BTreeSet::from(["veth12ab".to_string()]), Family::V4)),
+            ["veth12ab"],
+            "named explicitly"
+        );
+        assert!(usable(&all, &BTreeSet::new(), Family::V6).is_empty(), "no interface has IPv6");
     }
 
     #[test]
@@ -158,19 +214,25 @@ mod tests {
         let down = InterfaceInfo { up: false, ..iface("eth0", "10.0.0.5", 24) };
         let bridge = iface("cni0", "10.244.0.1", 24);
         let none = BTreeSet::new();
-        assert_eq!(why_unusable(&[iface("eth0", "10.0.0.5", 24)], &none), None);
+        assert_eq!(why_unusable(&[iface("eth0", "10.0.0.5", 24)], &none, Family::V4), None);
         let lo = InterfaceInfo { mac: Some([0; 6]), ..iface("lo", "127.0.0.1", 8) };
-        assert_eq!(why_unusable(&[down.clone(), lo], &none), Some(Unusable::NoneUp));
+        assert_eq!(why_unusable(&[down.clone(), lo], &none, Family::V4), Some(Unusable::NoneUp(Family::V4)));
         assert_eq!(
-            why_unusable(&[down.clone(), bridge.clone()], &none),
+            why_unusable(&[down.clone(), bridge.clone()], &none, Family::V4),
             Some(Unusable::ExcludedByName(vec!["cni0".into()]))
         );
         let eth0 = BTreeSet::from(["eth0".to_string()]);
-        let why = why_unusable(&[down, bridge], &eth0);
-        assert_eq!(why, Some(Unusable::NotInAdvertisement(eth0)));
+        let why = why_unusable(&[down, bridge], &eth0, Family::V4);
+        assert_eq!(why, Some(Unusable::NotInAdvertisement(eth0, Family::V4)));
         assert_eq!(
             why.map(|w| w.describe()).as_deref(),
             Some("none of the L2Advertisement's interfaces (eth0) is up with a MAC and an IPv4 address")
+        );
+        let v4_only = [iface("eth0", "10.0.0.5", 24)];
+        assert_eq!(
+            why_unusable(&v4_only, &none, Family::V6).map(|w| w.describe()).as_deref(),
+            Some("no interface is up with a MAC and an IPv6 address"),
+            "an IPv6 address needs an interface with IPv6 on it"
         );
     }
 
@@ -190,10 +252,33 @@ mod tests {
     #[test]
     fn an_address_goes_to_the_interfaces_whose_subnet_holds_it() {
         let all = [iface("eth0", "10.0.0.5", 24), iface("eth1", "192.168.1.5", 24)];
-        let u = usable(&all, &BTreeSet::new());
+        let u = usable(&all, &BTreeSet::new(), Family::V4);
         let names =
             |ip: &str| for_address(&u, ip.parse().expect("ip")).iter().map(|i| i.name.clone()).collect::<Vec<_>>();
         assert_eq!(names("192.168.1.77"), ["eth1"]);
         assert_eq!(names("198.19.0.1"), ["eth0", "eth1"], "no subnet holds it: every usable interface");
+    }
+
+    #[test]
+    fn ipv6_addresses_go_by_their_own_prefixes_and_link_local_matches_nothing() {
+        let with_v6 = |name: &str, v6: &[(&str, u8)]| InterfaceInfo {
+            ipv6: v6.iter().map(|(a, b)| (a.parse().expect("ip"), *b)).collect(),
+            ..iface(name, "10.0.0.5", 24)
+        };
+        let all = [
+            with_v6("eth0", &[("2001:db8:18::11", 64), ("fe80::1", 64)]),
+            with_v6("eth1", &[("2001:db8:20::11", 64), ("fe80::2", 64)]),
+            with_v6("eth2", &[("fe80::3", 64)]),
+        ];
+        let u = usable(&all, &BTreeSet::new(), Family::V6);
+        assert_eq!(u.len(), 3, "a link-local address is enough for NDP");
+        let names =
+            |ip: &str| for_address(&u, ip.parse().expect("ip")).iter().map(|i| i.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names("2001:db8:20::7"), ["eth1"]);
+        assert_eq!(names("2001:db8:19::7"), ["eth0", "eth1", "eth2"], "no prefix holds it: every usable interface");
+        assert_eq!(names("fe80::9"), ["eth0", "eth1", "eth2"], "link-local prefixes hold no Service address");
+        assert!(prefix_match(&[198, 19, 1, 0], &[198, 19, 0, 255], 23));
+        assert!(!prefix_match(&[198, 19, 2, 0], &[198, 19, 0, 255], 23));
+        assert!(prefix_match(&[1, 2, 3, 4], &[9, 9, 9, 9], 0));
     }
 }

@@ -1,6 +1,8 @@
-//! ferrolb-speaker: decides which node answers for each address and answers ARP for it.
+//! ferrolb-speaker: decides which node answers for each address and answers ARP (IPv4) or neighbour discovery
+//! (IPv6) for it.
 //!
-//! Pure: [`arp`] (wire format, accept/reply decision), [`election`] (one owner per address), [`liveness`]
+//! Pure: [`arp`] and [`ndp`] (wire formats, accept/reply decisions), [`wire`] (which of the two a frame or an
+//! address takes), [`claim`] (one answerer per address from what the wire shows), [`election`] (one owner per address), [`liveness`]
 //! (heartbeat rules), [`view`] (Kubernetes objects to election facts), [`plan`] (what this node announces),
 //! [`diagnose`] (why nobody announces), [`iface`] (which interface answers). I/O: [`announcer`] (raw sockets
 //! and gratuitous ARP), [`gossip`] (the liveness protocol's sockets), [`report`] (ServiceL2Status and
@@ -25,3 +27,4 @@ pub mod settings;
 pub mod signs;
 pub mod trim;
 pub mod view;
+pub mod wire;

@@ -95,11 +95,25 @@ impl Collector for StatsCollector {
         let e = &mut encoder;
         counter(e, "arp_requests", "ARP requests seen", load(&s.requests))?;
         counter(e, "arp_replies", "ARP requests answered", load(&s.replies))?;
+        counter(e, "ndp_solicitations", "Neighbour solicitations seen", load(&s.solicitations))?;
+        counter(e, "ndp_advertisements", "Neighbour solicitations answered", load(&s.advertisements))?;
+        counter(
+            e,
+            "unsolicited_advertisements",
+            "Unsolicited neighbour advertisements sent (IPv6 takeover)",
+            load(&s.unsolicited_advertisements),
+        )?;
+        counter(
+            e,
+            "ndp_group_join_failures",
+            "Solicited-node multicast groups that could not be joined",
+            load(&s.group_join_failures),
+        )?;
         counter(e, "frames", "Frames seen on the raw sockets", load(&s.frames))?;
         counter(e, "gratuitous_arp", "Gratuitous ARP frames sent", load(&s.gratuitous))?;
         counter(e, "takeovers", "Addresses this node took over", load(&s.takeovers))?;
         counter(e, "releases", "Addresses this node gave up", load(&s.releases))?;
-        counter(e, "arp_probes", "Probes sent before answering for an address", load(&s.probes))?;
+        counter(e, "arp_probes", "Probes (ARP, and IPv6 duplicate-address) sent before answering", load(&s.probes))?;
         counter(
             e,
             "node_conflicts",
@@ -133,6 +147,7 @@ impl Collector for StatsCollector {
             u64::from(s.strict_arp_missing.load(Ordering::Relaxed)),
         )?;
         by_reason(e, "arp_drops", "ARP frames not answered, by reason", MetricType::Counter, &s.drops)?;
+        by_reason(e, "ndp_drops", "NDP frames not answered, by reason", MetricType::Counter, &s.ndp_drops)?;
         by_reason(
             e,
             "unannounced_addresses",
@@ -281,7 +296,7 @@ pub fn render(registry: &Registry) -> String {
 mod tests {
     use super::*;
     use crate::arp::Mac;
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
     fn sample(text: &str, series: &str) -> Option<f64> {
         text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
@@ -294,12 +309,12 @@ mod tests {
         stats.held_back.store(2, Ordering::Relaxed);
         stats.plan_micros.store(1_500_000, Ordering::Relaxed);
         stats.plans.store(3, Ordering::Relaxed);
-        stats.drops.lock().map(|mut d| d.insert("not-owned", 4)).ok();
+        stats.drops.lock().map(|mut d| d.insert("not_owned", 4)).ok();
         let mac = Mac([2, 0, 0, 0, 0, 9]);
         stats
             .strangers
             .lock()
-            .map(|mut m| m.insert((Ipv4Addr::new(198, 19, 0, 1), mac), std::time::Instant::now()))
+            .map(|mut m| m.insert((IpAddr::from([198, 19, 0, 1]), mac), std::time::Instant::now()))
             .ok();
         let registry = registry(stats.clone(), "node-1");
         let text = render(&registry);
@@ -307,7 +322,7 @@ mod tests {
         assert_eq!(sample(&text, "ferrolb_speaker_held_back_addresses"), Some(2.0));
         assert_eq!(sample(&text, "ferrolb_speaker_plan_seconds_sum"), Some(1.5));
         assert_eq!(sample(&text, "ferrolb_speaker_plan_seconds_count"), Some(3.0));
-        assert_eq!(sample(&text, "ferrolb_speaker_arp_drops_total{reason=\"not-owned\"}"), Some(4.0));
+        assert_eq!(sample(&text, "ferrolb_speaker_arp_drops_total{reason=\"not_owned\"}"), Some(4.0));
         let claimed = format!("ferrolb_speaker_address_claimed_by_stranger{{ip=\"198.19.0.1\",mac=\"{mac}\"}}");
         assert_eq!(sample(&text, &claimed), Some(1.0), "{text}");
         assert!(text.contains("# TYPE ferrolb_speaker_arp_replies counter"));
@@ -319,7 +334,7 @@ mod tests {
     #[test]
     fn metallb_series_keep_metallb_names_and_labels() {
         let stats = Arc::new(Stats::default());
-        let ip = Ipv4Addr::new(198, 19, 0, 1);
+        let ip = IpAddr::from(Ipv4Addr::new(198, 19, 0, 1));
         stats.count_for(ip, |c| {
             c.requests += 3;
             c.responses += 2;

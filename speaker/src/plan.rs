@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -49,7 +49,7 @@ pub struct Announced {
     /// The Service's uid (names its ServiceL2Status).
     pub uid: String,
     /// Addresses announced.
-    pub ips: BTreeSet<Ipv4Addr>,
+    pub ips: BTreeSet<IpAddr>,
     /// Interfaces they are announced on.
     pub interfaces: BTreeSet<String>,
 }
@@ -58,7 +58,7 @@ pub struct Announced {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Announcements {
     /// Address → interfaces answering for it.
-    pub per_ip: BTreeMap<Ipv4Addr, BTreeSet<String>>,
+    pub per_ip: BTreeMap<IpAddr, BTreeSet<String>>,
     /// Service → what is announced for it.
     pub services: BTreeMap<(String, String), Announced>,
     /// Service → why nobody may announce some of its addresses (every speaker sees the same).
@@ -75,7 +75,7 @@ struct PreparedService {
     key: (String, String),
     uid: String,
     facts: ServiceFacts,
-    ips: Vec<Ipv4Addr>,
+    ips: Vec<IpAddr>,
     applicable: Vec<Advertisement>,
 }
 
@@ -112,13 +112,7 @@ pub fn prepare(me: &Me<'_>, s: &Snapshot) -> Prepared {
             let pool = current_pool(svc).and_then(|name| pools.get(name))?;
             let key = (svc.namespace().unwrap_or_default(), svc.name_any());
             let own_slices = slices_of.get(&key).map(Vec::as_slice).unwrap_or_default();
-            let ips = current_ingress(svc)
-                .into_iter()
-                .filter_map(|ip| match ip {
-                    IpAddr::V4(v4) => Some(v4),
-                    IpAddr::V6(_) => None,
-                })
-                .collect();
+            let ips = current_ingress(svc);
             Some(PreparedService {
                 facts: view::service_facts(svc, own_slices),
                 uid: svc.metadata.uid.clone().unwrap_or_default(),
@@ -162,29 +156,34 @@ pub fn decide(
     let mut out = Announcements { reporter: diagnose::reporter(&nodes) == Some(me.node), ..Default::default() };
     for svc in &prepared.services {
         let (mut nobody, mut failed): (Vec<Cause>, Vec<Cause>) = (Vec::new(), Vec::new());
-        for &v4 in &svc.ips {
-            match election::decide(IpAddr::V4(v4), &svc.facts, &nodes, &svc.applicable, me.policy) {
+        // Every address of a Service goes to one node, elected on its first address (docs/design.md §4.1): the
+        // two addresses of a dual-stack Service are answered by the same node, as with MetalLB, and Services
+        // sharing an address still agree on its node.
+        let Some(&first) = svc.ips.first() else { continue };
+        for &ip in &svc.ips {
+            match election::decide(first, &svc.facts, &nodes, &svc.applicable, me.policy) {
                 Decision::Nobody(why) => {
-                    nobody.push((v4, why.label(), diagnose::explain(&why)));
+                    nobody.push((ip, why.label(), diagnose::explain(&why)));
                     continue;
                 }
                 Decision::Owner(owner) if owner == me.node => {}
                 Decision::Owner(_) => continue,
             }
             let allowed = my_facts.map(|n| election::allowed_interfaces(n, &svc.applicable)).unwrap_or_default();
-            if let Some(why) = iface::why_unusable(interfaces, &allowed) {
-                failed.push((v4, why.label(), why.describe()));
+            let family = iface::Family::of(ip);
+            if let Some(why) = iface::why_unusable(interfaces, &allowed, family) {
+                failed.push((ip, why.label(), why.describe()));
                 continue;
             }
-            let usable = iface::usable(interfaces, &allowed);
-            let on: BTreeSet<String> = iface::for_address(&usable, v4).iter().map(|i| i.name.clone()).collect();
-            out.per_ip.entry(v4).or_default().extend(on.clone());
+            let usable = iface::usable(interfaces, &allowed, family);
+            let on: BTreeSet<String> = iface::for_address(&usable, ip).iter().map(|i| i.name.clone()).collect();
+            out.per_ip.entry(ip).or_default().extend(on.clone());
             let entry = out.services.entry(svc.key.clone()).or_insert_with(|| Announced {
                 uid: svc.uid.clone(),
                 ips: BTreeSet::new(),
                 interfaces: BTreeSet::new(),
             });
-            entry.ips.insert(v4);
+            entry.ips.insert(ip);
             entry.interfaces.extend(on);
         }
         if !nobody.is_empty() {
@@ -272,6 +271,7 @@ mod tests {
             mac: Some([2, 0, 0, 0, 0, 1]),
             up: true,
             ipv4: vec![("198.18.0.11".parse().expect("ip"), 24)],
+            ipv6: vec![("2001:db8:18::11".parse().expect("ip"), 64)],
         }]
     }
 
@@ -285,8 +285,8 @@ mod tests {
     #[test]
     fn exactly_the_elected_node_plans_the_address_on_its_interface() {
         let s = snapshot(vec![service("dns", "198.19.0.1", Some("lab"))], vec![slice("dns", &["node-1"])], &[]);
-        let ip: Ipv4Addr = "198.19.0.1".parse().expect("ip");
-        let owner = election::owner(IpAddr::V4(ip), NODES).expect("owner");
+        let ip: IpAddr = "198.19.0.1".parse().expect("ip");
+        let owner = election::owner(ip, NODES).expect("owner");
         for n in NODES {
             let a = plan_on(n, &s, Policy::default());
             if n == owner {
@@ -323,6 +323,30 @@ mod tests {
             assert_eq!(alone.per_ip.len(), 20, "{n} alone owns every address");
             assert!(by_ready.per_ip.len() < 20, "with live peers {n} owns only its share");
         }
+    }
+
+    #[test]
+    fn both_addresses_of_a_dual_stack_service_go_to_one_node_and_need_an_interface_of_their_family() {
+        let dual = obj(json!({"metadata": {"name": "dns", "namespace": "default", "uid": "uid-dns",
+                "annotations": {"metallb.io/ip-allocated-from-pool": "lab"}},
+            "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv4", "IPv6"], "ports": [{"port": 53, "protocol": "UDP"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.19.0.1"}, {"ip": "2001:db8:19::1"}]}}}));
+        let s = snapshot(vec![dual], vec![slice("dns", &NODES)], &[]);
+        let (v4, v6): (IpAddr, IpAddr) = ("198.19.0.1".parse().expect("ip"), "2001:db8:19::1".parse().expect("ip"));
+        assert_ne!(election::owner(v4, NODES), election::owner(v6, NODES), "elected one by one, these two would part");
+        let owners: Vec<&str> =
+            NODES.iter().copied().filter(|n| !plan_on(n, &s, Policy::default()).per_ip.is_empty()).collect();
+        assert_eq!(owners.len(), 1, "one node announces: {owners:?}");
+        let a = plan_on(owners[0], &s, Policy::default());
+        assert_eq!(a.per_ip.keys().copied().collect::<Vec<_>>(), [v4, v6]);
+        let without_ipv6: Vec<InterfaceInfo> =
+            eth0().into_iter().map(|i| InterfaceInfo { ipv6: vec![], ..i }).collect();
+        let me = Me { node: owners[0], load_balancer_class: None, policy: Policy::default() };
+        let membership = Membership::new(owners[0], Duration::from_millis(350));
+        let a = plan(&me, &s, &without_ipv6, &membership, false, Instant::now());
+        assert_eq!(a.per_ip.keys().copied().collect::<Vec<_>>(), [v4], "IPv4 still answered");
+        let note = &a.failed[&("default".to_string(), "dns".to_string())].note;
+        assert!(note.contains("2001:db8:19::1") && note.contains("IPv6 address"), "{note}");
     }
 
     #[test]

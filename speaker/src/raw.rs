@@ -1,12 +1,16 @@
 //! Raw-socket I/O through `pnet_datalink` (an `AF_PACKET` socket per interface; no `unsafe` here): one thread
-//! per interface reads frames, asks [`crate::arp::respond`] and sends what it says.
+//! per interface reads frames, asks [`crate::wire::answer`] (ARP or neighbour discovery) and sends what it says.
+//! For IPv6 the interface also joins the solicited-node multicast group of every address it may answer for:
+//! solicitations are sent there, and a NIC or an MLD-snooping switch drops them unless someone joined.
 
-use crate::arp::{self, Decision, Mac};
+use crate::arp::Mac;
 use crate::claim::Heard;
 use crate::iface::InterfaceInfo;
+use crate::ndp;
+use crate::wire::{self, Answer};
 use pnet_datalink::{Channel, DataLinkSender};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -24,6 +28,14 @@ pub fn interfaces() -> Vec<InterfaceInfo> {
                 .filter_map(|n| match n.ip() {
                     IpAddr::V4(v4) => Some((v4, n.prefix())),
                     IpAddr::V6(_) => None,
+                })
+                .collect(),
+            ipv6: i
+                .ips
+                .iter()
+                .filter_map(|n| match n.ip() {
+                    IpAddr::V6(v6) => Some((v6, n.prefix())),
+                    IpAddr::V4(_) => None,
                 })
                 .collect(),
             index: i.index,
@@ -51,12 +63,22 @@ pub struct Stats {
     pub requests: AtomicU64,
     /// ARP requests answered.
     pub replies: AtomicU64,
+    /// Neighbour solicitations seen (answered or not).
+    pub solicitations: AtomicU64,
+    /// Neighbour solicitations answered.
+    pub advertisements: AtomicU64,
+    /// Unsolicited neighbour advertisements sent (the IPv6 gratuitous ARP).
+    pub unsolicited_advertisements: AtomicU64,
+    /// Solicited-node multicast groups that could not be joined (solicitations for those addresses may be lost).
+    pub group_join_failures: AtomicU64,
     /// Frames seen (of any kind) on the raw sockets.
     pub frames: AtomicU64,
     /// Gratuitous frames sent.
     pub gratuitous: AtomicU64,
-    /// Drops by reason label.
+    /// ARP requests not answered, by reason label.
     pub drops: Mutex<BTreeMap<&'static str, u64>>,
+    /// Neighbour solicitations (and malformed NDP) not answered, by reason label.
+    pub ndp_drops: Mutex<BTreeMap<&'static str, u64>>,
     /// Set while kube-proxy IPVS runs without strictARP on this node.
     pub strict_arp_missing: AtomicBool,
     /// Peers this node saw die (alive → dead).
@@ -73,7 +95,7 @@ pub struct Stats {
     pub unannounced: Mutex<BTreeMap<&'static str, u64>>,
     /// Service addresses this node won but cannot answer for, by reason label.
     pub announce_failed: Mutex<BTreeMap<&'static str, u64>>,
-    /// RFC 5227 probes sent before answering for an address.
+    /// Probes (RFC 5227 ARP, RFC 4862 duplicate-address) sent before answering for an address.
     pub probes: AtomicU64,
     /// Addresses the election gives this node that another node's MAC answers for (held back).
     pub held_back: AtomicU64,
@@ -84,18 +106,18 @@ pub struct Stats {
     /// Peers this node cannot hear although their Node Lease is being renewed.
     pub unheard_live_peers: AtomicU64,
     /// Strangers (no node's MAC) seen claiming an address this node answers for: (address, MAC) → when.
-    pub strangers: Mutex<BTreeMap<(Ipv4Addr, Mac), std::time::Instant>>,
+    pub strangers: Mutex<BTreeMap<(IpAddr, Mac), std::time::Instant>>,
     /// Plans made (one per wake).
     pub plans: AtomicU64,
     /// Time spent planning, summed, in microseconds.
     pub plan_micros: AtomicU64,
-    /// Per address this node answered for: MetalLB's per-address ARP counters.
-    pub per_address: Mutex<BTreeMap<Ipv4Addr, AddressCounters>>,
+    /// Per address this node answered for: MetalLB's per-address ARP/NDP counters.
+    pub per_address: Mutex<BTreeMap<IpAddr, AddressCounters>>,
     /// The Services (`namespace/name`) this node answers for, per address.
-    pub announced: Mutex<BTreeMap<Ipv4Addr, BTreeSet<String>>>,
+    pub announced: Mutex<BTreeMap<IpAddr, BTreeSet<String>>>,
 }
 
-/// ARP counters of one address, kept under MetalLB's names (`metallb_layer2_*`) so its dashboards keep working.
+/// ARP or NDP counters of one address, kept under MetalLB's names (`metallb_layer2_*`) so its dashboards keep working.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AddressCounters {
     /// Requests for it this node answered.
@@ -108,7 +130,7 @@ pub struct AddressCounters {
 
 impl Stats {
     /// Adds to one address's counters.
-    pub fn count_for(&self, ip: Ipv4Addr, add: impl FnOnce(&mut AddressCounters)) {
+    pub fn count_for(&self, ip: IpAddr, add: impl FnOnce(&mut AddressCounters)) {
         if let Ok(mut map) = self.per_address.lock() {
             add(map.entry(ip).or_default());
         }
@@ -116,12 +138,12 @@ impl Stats {
 }
 
 /// Addresses owned, and the interfaces each is answered on.
-pub type Owned = Arc<RwLock<BTreeMap<Ipv4Addr, BTreeSet<String>>>>;
+pub type Owned = Arc<RwLock<BTreeMap<IpAddr, BTreeSet<String>>>>;
 
 /// Where responders leave the claims they hear for addresses the announcer watches, and how they wake it.
 #[derive(Default)]
 pub struct ClaimSink {
-    watched: RwLock<BTreeSet<Ipv4Addr>>,
+    watched: RwLock<BTreeSet<IpAddr>>,
     heard: Mutex<Vec<Heard>>,
     /// Signalled when a claim arrives.
     pub notify: tokio::sync::Notify,
@@ -129,7 +151,7 @@ pub struct ClaimSink {
 
 impl ClaimSink {
     /// Listen for claims of exactly these addresses.
-    pub fn watch(&self, ips: BTreeSet<Ipv4Addr>) {
+    pub fn watch(&self, ips: BTreeSet<IpAddr>) {
         if let Ok(mut w) = self.watched.write() {
             *w = ips;
         }
@@ -141,7 +163,7 @@ impl ClaimSink {
     }
 
     fn offer(&self, frame: &[u8], on: Mac) {
-        let Some((ip, mac)) = arp::claim(frame, on) else { return };
+        let Some((ip, mac)) = wire::claim(frame, on) else { return };
         if !self.watched.read().is_ok_and(|w| w.contains(&ip)) {
             return;
         }
@@ -164,6 +186,44 @@ pub struct Responder {
     pub mac: Mac,
     sender: Arc<Mutex<Box<dyn DataLinkSender>>>,
     stop: Arc<AtomicBool>,
+    groups: Mutex<Groups>,
+}
+
+/// The solicited-node multicast groups one interface has joined, through an IPv6 UDP socket: joining there makes
+/// the kernel program the NIC's filter and send MLD reports (which snooping switches need), and leaving happens
+/// by itself when the socket closes with the responder.
+struct Groups {
+    index: u32,
+    socket: Option<std::net::UdpSocket>,
+    joined: BTreeSet<Ipv6Addr>,
+}
+
+impl Groups {
+    /// Joins the groups of `addresses` not joined yet and leaves those no longer needed; returns the failures.
+    fn set(&mut self, addresses: &BTreeSet<Ipv6Addr>) -> Vec<(Ipv6Addr, std::io::Error)> {
+        let want: BTreeSet<Ipv6Addr> = addresses.iter().map(|ip| ndp::solicited_node(*ip)).collect();
+        if want == self.joined {
+            return Vec::new();
+        }
+        if self.socket.is_none() {
+            match std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)) {
+                Ok(s) => self.socket = Some(s),
+                Err(e) => return want.into_iter().map(|g| (g, std::io::Error::new(e.kind(), e.to_string()))).collect(),
+            }
+        }
+        let Some(socket) = &self.socket else { return Vec::new() };
+        for group in self.joined.difference(&want) {
+            let _ = socket.leave_multicast_v6(group, self.index);
+        }
+        let mut failed = Vec::new();
+        for group in want.difference(&self.joined) {
+            if let Err(e) = socket.join_multicast_v6(group, self.index) {
+                failed.push((*group, e));
+            }
+        }
+        self.joined = want.into_iter().filter(|g| !failed.iter().any(|(f, _)| f == g)).collect();
+        failed
+    }
 }
 
 impl Responder {
@@ -194,58 +254,75 @@ impl Responder {
                 while !thread_stop.load(Ordering::Relaxed) {
                     let Ok(frame) = rx.next() else { continue };
                     stats.frames.fetch_add(1, Ordering::Relaxed);
-                    if frame.len() >= crate::arp::FRAME_LEN && frame[12..14] == [0x08, 0x06] && frame[20..22] == [0, 1]
-                    {
-                        stats.requests.fetch_add(1, Ordering::Relaxed);
-                    }
                     claims.offer(frame, mac);
-                    let owns =
-                        |ip: Ipv4Addr| owned.read().is_ok_and(|o| o.get(&ip).is_some_and(|on| on.contains(&name)));
-                    match arp::respond(frame, mac, owns) {
-                        Decision::Reply(reply) => {
+                    let owns = |ip: IpAddr| owned.read().is_ok_and(|o| o.get(&ip).is_some_and(|on| on.contains(&name)));
+                    match wire::answer(frame, mac, owns) {
+                        Answer::Reply { reply, ip } => {
                             let sent = thread_sender
                                 .lock()
                                 .ok()
                                 .and_then(|mut tx| tx.send_to(&reply, None))
                                 .is_some_and(|r| r.is_ok());
-                            stats.replies.fetch_add(1, Ordering::Relaxed);
-                            if let Ok(answer) = arp::ArpFrame::parse(&reply) {
-                                stats.count_for(answer.spa, |c| {
-                                    c.requests += 1;
-                                    c.responses += u64::from(sent);
-                                });
+                            let (requests, replies) = match ip {
+                                IpAddr::V4(_) => (&stats.requests, &stats.replies),
+                                IpAddr::V6(_) => (&stats.solicitations, &stats.advertisements),
+                            };
+                            requests.fetch_add(1, Ordering::Relaxed);
+                            replies.fetch_add(1, Ordering::Relaxed);
+                            stats.count_for(ip, |c| {
+                                c.requests += 1;
+                                c.responses += u64::from(sent);
+                            });
+                        }
+                        Answer::Drop { protocol, reason } => {
+                            let (requests, drops) = match protocol {
+                                "ndp" => (&stats.solicitations, &stats.ndp_drops),
+                                _ => (&stats.requests, &stats.drops),
+                            };
+                            if wire::is_request(frame) {
+                                requests.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if let Ok(mut d) = drops.lock() {
+                                *d.entry(reason).or_default() += 1;
                             }
                         }
-                        // Most frames on a raw socket are not ARP at all; counting them would drown the rest.
-                        Decision::Drop(arp::Drop::NotArp) => {}
-                        Decision::Drop(reason) => {
-                            if let Ok(mut d) = stats.drops.lock() {
-                                *d.entry(reason.label()).or_default() += 1;
-                            }
-                        }
+                        // Ordinary traffic (most frames on a raw socket): counting it would drown the rest.
+                        Answer::Ignore => {}
                     }
                 }
             })
             .map_err(err)?;
-        Ok(Self { name: iface.name.clone(), mac, sender, stop })
+        let groups = Mutex::new(Groups { index: iface.index, socket: None, joined: BTreeSet::new() });
+        Ok(Self { name: iface.name.clone(), mac, sender, stop, groups })
     }
 
-    /// Asks who answers for `ip` (an RFC 5227 probe).
-    pub fn probe(&self, ip: Ipv4Addr, stats: &Stats) {
+    /// Asks who answers for `ip` (an RFC 5227 ARP probe or an RFC 4862 duplicate-address probe).
+    pub fn probe(&self, ip: IpAddr, stats: &Stats) {
         if let Ok(mut tx) = self.sender.lock() {
-            let _ = tx.send_to(&arp::probe(self.mac, ip), None);
+            let _ = tx.send_to(&wire::probe(self.mac, ip), None);
             stats.probes.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Sends both gratuitous forms for `ip`.
-    pub fn announce(&self, ip: Ipv4Addr, stats: &Stats) {
+    /// Sends the frames that move neighbour caches to this interface for `ip` (gratuitous ARP, or an
+    /// unsolicited neighbour advertisement).
+    pub fn announce(&self, ip: IpAddr, stats: &Stats) {
         if let Ok(mut tx) = self.sender.lock() {
-            for frame in [arp::gratuitous_request(self.mac, ip), arp::gratuitous_reply(self.mac, ip)] {
+            for frame in wire::announcements(self.mac, ip) {
                 let _ = tx.send_to(&frame, None);
-                stats.gratuitous.fetch_add(1, Ordering::Relaxed);
+                let counter = if ip.is_ipv4() { &stats.gratuitous } else { &stats.unsolicited_advertisements };
+                counter.fetch_add(1, Ordering::Relaxed);
                 stats.count_for(ip, |c| c.gratuitous += 1);
             }
+        }
+    }
+
+    /// Listens for solicitations of exactly these IPv6 addresses (joins and leaves their solicited-node groups).
+    pub fn listen_for(&self, addresses: &BTreeSet<Ipv6Addr>, stats: &Stats) {
+        let Ok(mut groups) = self.groups.lock() else { return };
+        for (group, error) in groups.set(addresses) {
+            stats.group_join_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(interface = %self.name, %group, %error, "cannot join a solicited-node multicast group; solicitations for its addresses may not reach this node");
         }
     }
 }

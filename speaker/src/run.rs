@@ -146,7 +146,7 @@ fn tell_failed(
 /// (an address another node's MAC still answers for is held back, docs/design.md §6.5).
 fn answered_only(
     planned: &BTreeMap<(String, String), plan::Announced>,
-    answering: &BTreeSet<std::net::Ipv4Addr>,
+    answering: &BTreeSet<std::net::IpAddr>,
 ) -> BTreeMap<(String, String), plan::Announced> {
     planned
         .iter()
@@ -158,10 +158,8 @@ fn answered_only(
 }
 
 /// The Services (`namespace/name`) answered for, per address.
-fn by_address(
-    answered: &BTreeMap<(String, String), plan::Announced>,
-) -> BTreeMap<std::net::Ipv4Addr, BTreeSet<String>> {
-    let mut out: BTreeMap<std::net::Ipv4Addr, BTreeSet<String>> = BTreeMap::new();
+fn by_address(answered: &BTreeMap<(String, String), plan::Announced>) -> BTreeMap<std::net::IpAddr, BTreeSet<String>> {
+    let mut out: BTreeMap<std::net::IpAddr, BTreeSet<String>> = BTreeMap::new();
     for ((namespace, name), a) in answered {
         for ip in &a.ips {
             out.entry(*ip).or_default().insert(format!("{namespace}/{name}"));
@@ -200,7 +198,7 @@ fn tell_channel(reporter: &report::Reporter, settings: &Settings, before: &BTree
 fn tell_conflicts(
     reporter: &report::Reporter,
     stats: &Stats,
-    told: &mut BTreeMap<(std::net::Ipv4Addr, Mac), std::time::Instant>,
+    told: &mut BTreeMap<(std::net::IpAddr, Mac), std::time::Instant>,
     conflicts: Vec<Conflict>,
     services: &BTreeMap<(String, String), plan::Announced>,
     me: &str,
@@ -327,6 +325,7 @@ pub async fn run(
             None
         }
     };
+    let ipv6_socket = gossip.as_ref().is_some_and(|(socket, _)| gossip::is_ipv6(socket));
     // The reporter reads only names and labels of the status objects (every node's, to delete stale ones), so the
     // API server sends only their metadata: with thousands of Services this was the speaker's largest cache.
     // Status objects are this speaker's own output: they never wake the planner.
@@ -370,7 +369,7 @@ pub async fn run(
             if prepared_at != Some(changes_now) {
                 let snapshot = stores.snapshot();
                 if let Ok(mut p) = peers.write() {
-                    *p = gossip::peer_addresses(&snapshot.nodes, &settings.node, settings.gossip_port);
+                    *p = gossip::peer_addresses(&snapshot.nodes, &settings.node, settings.gossip_port, ipv6_socket);
                 }
                 prepared = plan::prepare(&me, &snapshot);
                 prepared_at = Some(changes_now);

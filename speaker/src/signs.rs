@@ -6,7 +6,7 @@ use crate::arp::Mac;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -49,7 +49,7 @@ impl LeaseRenewals {
 
 /// Nodes whose MAC answers (at `now`) for addresses this node holds back from.
 pub fn from_arp(
-    held_back: &BTreeMap<Ipv4Addr, Mac>,
+    held_back: &BTreeMap<IpAddr, Mac>,
     node_macs: &BTreeMap<Mac, String>,
     now: Instant,
 ) -> BTreeMap<String, Instant> {
@@ -100,7 +100,7 @@ mod tests {
     fn arp_answers_name_their_node_and_the_later_sign_wins() {
         let t0 = Instant::now();
         let mac = Mac([2, 0, 0, 0, 0, 2]);
-        let held = BTreeMap::from([(Ipv4Addr::new(198, 19, 0, 1), mac), (Ipv4Addr::new(198, 19, 0, 2), Mac([9; 6]))]);
+        let held = BTreeMap::from([(IpAddr::from([198, 19, 0, 1]), mac), (IpAddr::from([198, 19, 0, 2]), Mac([9; 6]))]);
         let nodes = BTreeMap::from([(mac, "node-2".to_string())]);
         let arp = from_arp(&held, &nodes, t0 + Duration::from_secs(5));
         assert_eq!(arp, BTreeMap::from([("node-2".to_string(), t0 + Duration::from_secs(5))]));
