@@ -72,10 +72,11 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
-    /// Sends ARP requests and prints every MAC that answers, one per line (run it inside a namespace).
+    /// Sends ARP requests (IPv6: neighbour solicitations) and prints every MAC that answers, one per line (run it
+    /// inside a namespace).
     Arping {
         /// Address to ask for.
-        target: std::net::Ipv4Addr,
+        target: std::net::IpAddr,
         /// Interface to ask on.
         #[arg(long, default_value = "eth0")]
         iface: String,
@@ -139,11 +140,11 @@ enum Cmd {
         #[arg(long)]
         clear: bool,
     },
-    /// Claims an address with gratuitous ARP from this namespace's interface, as a host with a clashing static
+    /// Claims an address with gratuitous ARP (IPv6: an unsolicited advertisement) from this namespace's interface, as a host with a clashing static
     /// address would; prints the MAC used (run it inside a namespace with `exec`).
     Claim {
         /// The address.
-        ip: std::net::Ipv4Addr,
+        ip: std::net::IpAddr,
         /// Interface.
         #[arg(long, default_value = "eth0")]
         iface: String,
@@ -155,7 +156,7 @@ enum Cmd {
     /// MACs answered and how often the answering MAC changed (run it inside a namespace).
     Arpwatch {
         /// The address.
-        ip: std::net::Ipv4Addr,
+        ip: std::net::IpAddr,
         /// Interface.
         #[arg(long, default_value = "eth0")]
         iface: String,

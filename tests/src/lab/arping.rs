@@ -1,65 +1,102 @@
-//! An ARP prober for tests and humans: sends who-has requests on an interface and reports every MAC that
-//! answers, so "exactly one node answers" can be checked (run it inside the `host` namespace).
+//! An ARP and NDP prober for tests and humans: sends who-has requests (IPv4) or neighbour solicitations (IPv6)
+//! on an interface and reports every MAC that answers, so "exactly one node answers" can be checked (run it
+//! inside the `host` namespace).
 
 use super::{LabError, Result};
 use ferrolb_speaker::arp::{ArpFrame, Mac, Operation};
+use ferrolb_speaker::ndp::{self, NdpFrame};
 use pnet_datalink::Channel;
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// A raw socket on `iface` and the who-has request for one target, sent from the interface's own address.
+/// A raw socket on `iface` and the request for one target, sent from the interface's own address of the
+/// target's family.
 struct Prober {
     tx: Box<dyn pnet_datalink::DataLinkSender>,
     rx: Box<dyn pnet_datalink::DataLinkReceiver>,
-    source: Ipv4Addr,
-    request: [u8; ferrolb_speaker::arp::FRAME_LEN],
+    source: IpAddr,
+    mac: Mac,
+    request: Vec<u8>,
 }
 
 impl Prober {
-    fn open(iface: &str, target: Ipv4Addr, read_timeout: Duration) -> Result<Self> {
+    fn open(iface: &str, target: IpAddr, read_timeout: Duration) -> Result<Self> {
         let err = |e: String| LabError::Usage(format!("arping on {iface}: {e}"));
         let nic = pnet_datalink::interfaces()
             .into_iter()
             .find(|i| i.name == iface)
             .ok_or_else(|| err("no such interface".into()))?;
         let mac = Mac(nic.mac.ok_or_else(|| err("no MAC".into()))?.octets());
+        // A global source of the target's family: answers go back to it (link-local would do, but the lab's
+        // neighbours know the global one).
         let source = nic
             .ips
             .iter()
-            .find_map(|n| match n.ip() {
-                IpAddr::V4(v4) => Some(v4),
-                IpAddr::V6(_) => None,
+            .map(|n| n.ip())
+            .find(|ip| match (ip, target) {
+                (IpAddr::V4(_), IpAddr::V4(_)) => true,
+                (IpAddr::V6(v6), IpAddr::V6(_)) => !v6.is_unicast_link_local(),
+                _ => false,
             })
-            .ok_or_else(|| err("no IPv4 address".into()))?;
+            .ok_or_else(|| err(format!("no address of {target}'s family")))?;
         let config = pnet_datalink::Config { read_timeout: Some(read_timeout), ..Default::default() };
         let (tx, rx) = match pnet_datalink::channel(&nic, config).map_err(|e| err(e.to_string()))? {
             Channel::Ethernet(tx, rx) => (tx, rx),
             _ => return Err(err("not Ethernet".into())),
         };
-        let request = ArpFrame {
-            eth_dst: Mac::BROADCAST,
-            eth_src: mac,
-            operation: Operation::Request,
-            sha: mac,
-            spa: source,
-            tha: Mac::ZERO,
-            tpa: target,
-        }
-        .to_bytes();
-        Ok(Self { tx, rx, source, request })
+        let request = match (source, target) {
+            (IpAddr::V4(spa), IpAddr::V4(tpa)) => ArpFrame {
+                eth_dst: Mac::BROADCAST,
+                eth_src: mac,
+                operation: Operation::Request,
+                sha: mac,
+                spa,
+                tha: Mac::ZERO,
+                tpa,
+            }
+            .to_bytes()
+            .to_vec(),
+            (IpAddr::V6(src), IpAddr::V6(target)) => {
+                let group = ndp::solicited_node(target);
+                NdpFrame {
+                    eth_dst: ndp::multicast_mac(group),
+                    eth_src: mac,
+                    src,
+                    dst: group,
+                    kind: ndp::Kind::Solicitation,
+                    target,
+                    link_layer: Some(mac),
+                }
+                .to_bytes()
+            }
+            _ => return Err(err("address families differ".into())),
+        };
+        Ok(Self { tx, rx, source, mac, request })
     }
 }
 
-/// The frame if it answers a who-has for `target` asked from `source`.
-fn answer(frame: &[u8], target: Ipv4Addr, source: Ipv4Addr) -> Option<ArpFrame> {
-    let reply = ArpFrame::parse(frame).ok()?;
-    (reply.operation == Operation::Reply && reply.spa == target && reply.tpa == source).then_some(reply)
+/// The answering MAC if the frame answers a request for `target` asked from `source`: an ARP reply, or a
+/// neighbour advertisement (to the asker, or to all-nodes) for the target.
+fn answer(frame: &[u8], target: IpAddr, source: IpAddr) -> Option<Mac> {
+    match (target, source) {
+        (IpAddr::V4(target), IpAddr::V4(source)) => {
+            let reply = ArpFrame::parse(frame).ok()?;
+            (reply.operation == Operation::Reply && reply.spa == target && reply.tpa == source).then_some(reply.sha)
+        }
+        (IpAddr::V6(target), IpAddr::V6(source)) => {
+            let advert = NdpFrame::parse(frame).ok()?;
+            let to_us = advert.dst == source || advert.dst == ndp::ALL_NODES;
+            (matches!(advert.kind, ndp::Kind::Advertisement { .. }) && advert.target == target && to_us)
+                .then(|| advert.link_layer.unwrap_or(advert.eth_src))
+        }
+        _ => None,
+    }
 }
 
 /// Sends `count` requests for `target` from `iface`, 100 ms apart, and returns the MACs that answered.
-pub fn arping(iface: &str, target: Ipv4Addr, count: usize, wait: Duration) -> Result<BTreeSet<String>> {
-    let Prober { mut tx, mut rx, source, request } = Prober::open(iface, target, Duration::from_millis(20))?;
+pub fn arping(iface: &str, target: IpAddr, count: usize, wait: Duration) -> Result<BTreeSet<String>> {
+    let Prober { mut tx, mut rx, source, request, .. } = Prober::open(iface, target, Duration::from_millis(20))?;
     let mut answered = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_millis(100 * count as u64) + wait;
     let mut sent = 0;
@@ -71,8 +108,8 @@ pub fn arping(iface: &str, target: Ipv4Addr, count: usize, wait: Duration) -> Re
             next_send += Duration::from_millis(100);
         }
         let Ok(frame) = rx.next() else { continue };
-        if let Some(reply) = answer(frame, target, source) {
-            answered.insert(reply.sha.to_string());
+        if let Some(mac) = answer(frame, target, source) {
+            answered.insert(mac.to_string());
         }
     }
     Ok(answered)
@@ -80,8 +117,8 @@ pub fn arping(iface: &str, target: Ipv4Addr, count: usize, wait: Duration) -> Re
 
 /// Round-trip times of `count` single ARP requests for `target` (one outstanding at a time, 20 ms apart);
 /// requests unanswered within `timeout` are left out.
-pub fn rtt(iface: &str, target: Ipv4Addr, count: usize, timeout: Duration) -> Result<Vec<Duration>> {
-    let Prober { mut tx, mut rx, source, request } = Prober::open(iface, target, Duration::from_millis(5))?;
+pub fn rtt(iface: &str, target: IpAddr, count: usize, timeout: Duration) -> Result<Vec<Duration>> {
+    let Prober { mut tx, mut rx, source, request, .. } = Prober::open(iface, target, Duration::from_millis(5))?;
     let mut rtts = Vec::with_capacity(count);
     for _ in 0..count {
         let sent = Instant::now();
@@ -118,8 +155,8 @@ pub struct WatchReport {
 
 /// Asks for `target` every `interval` for `duration` and counts who answered each time: ownership changes and
 /// samples with no or several answerers.
-pub fn watch(iface: &str, target: Ipv4Addr, interval: Duration, duration: Duration) -> Result<WatchReport> {
-    let Prober { mut tx, mut rx, source, request } = Prober::open(iface, target, Duration::from_millis(5))?;
+pub fn watch(iface: &str, target: IpAddr, interval: Duration, duration: Duration) -> Result<WatchReport> {
+    let Prober { mut tx, mut rx, source, request, .. } = Prober::open(iface, target, Duration::from_millis(5))?;
     let mut report = WatchReport::default();
     let mut last_single: Option<String> = None;
     let start = Instant::now();
@@ -130,8 +167,8 @@ pub fn watch(iface: &str, target: Ipv4Addr, interval: Duration, duration: Durati
         let mut answered = BTreeSet::new();
         while Instant::now() < sample_end {
             let Ok(frame) = rx.next() else { continue };
-            if let Some(reply) = answer(frame, target, source) {
-                answered.insert(reply.sha.to_string());
+            if let Some(mac) = answer(frame, target, source) {
+                answered.insert(mac.to_string());
             }
         }
         report.samples += 1;
@@ -157,15 +194,11 @@ pub fn watch(iface: &str, target: Ipv4Addr, interval: Duration, duration: Durati
 }
 
 /// Claims `ip` for this interface's MAC the way a host with a clashing static address does: gratuitous ARP
-/// (request and reply form), `count` times 200 ms apart.
-pub fn claim(iface: &str, ip: Ipv4Addr, count: usize) -> Result<String> {
-    let Prober { mut tx, .. } = Prober::open(iface, ip, Duration::from_millis(5))?;
-    let nic = pnet_datalink::interfaces().into_iter().find(|i| i.name == iface);
-    let mac = Mac(nic.and_then(|n| n.mac).map(|m| m.octets()).unwrap_or([0; 6]));
+/// (request and reply form) or an unsolicited neighbour advertisement, `count` times 200 ms apart.
+pub fn claim(iface: &str, ip: IpAddr, count: usize) -> Result<String> {
+    let Prober { mut tx, mac, .. } = Prober::open(iface, ip, Duration::from_millis(5))?;
     for i in 0..count {
-        for frame in
-            [ferrolb_speaker::arp::gratuitous_request(mac, ip), ferrolb_speaker::arp::gratuitous_reply(mac, ip)]
-        {
+        for frame in ferrolb_speaker::wire::announcements(mac, ip) {
             let _ = tx.send_to(&frame, None);
         }
         if i + 1 < count {

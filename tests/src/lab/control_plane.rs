@@ -105,6 +105,11 @@ fn tcp_open(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
 }
 
+/// The Service (ClusterIP) ranges, IPv4 first: a dual-stack cluster whose Services are IPv4 unless they ask.
+fn service_ranges() -> String {
+    format!("{},{}", super::realnode::SERVICE_CIDR, super::addresses::SERVICE6_CIDR)
+}
+
 /// Starts etcd, kube-apiserver and kube-controller-manager; returns once the API server answers on its port.
 pub fn start(state: &mut State) -> Result<()> {
     let bin = state.bin_dir.clone();
@@ -133,7 +138,7 @@ pub fn start(state: &mut State) -> Result<()> {
         .args(["--client-ca-file", &d("pki/ca.crt"), "--token-auth-file", &d("tokens.csv")])
         .args(["--service-account-issuer", "https://kubernetes.default.svc.cluster.local"])
         .args(["--service-account-key-file", &d("pki/sa.key"), "--service-account-signing-key-file", &d("pki/sa.key")])
-        .args(["--service-cluster-ip-range", super::realnode::SERVICE_CIDR, "--authorization-mode", "RBAC"])
+        .args(["--service-cluster-ip-range", &service_ranges(), "--authorization-mode", "RBAC"])
         .args(["--endpoint-reconciler-type", "none", "--allow-privileged=true", "--profiling=false"])
         .args(["--cert-dir", &d("pki")]);
     spawn(state, "kube-apiserver", api)?;
@@ -172,7 +177,8 @@ pub fn start_controller_manager(state: &mut State) -> Result<()> {
     kcm.args(["--kubeconfig", &d("kcm.kubeconfig"), "--leader-elect=false", "--controllers", &controllers])
         .args(["--service-account-private-key-file", &d("pki/sa.key"), "--root-ca-file", &d("pki/ca.crt")])
         .args(["--node-monitor-period", "1s", "--node-monitor-grace-period", "6s", "--node-startup-grace-period", "6s"])
-        .args(["--bind-address", "127.0.0.1", "--secure-port", "0", "--concurrent-service-endpoint-syncs", "10"]);
+        .args(["--bind-address", "127.0.0.1", "--secure-port", "0", "--concurrent-service-endpoint-syncs", "10"])
+        .args(["--service-cluster-ip-range", &service_ranges()]);
     step("starting kube-controller-manager (EndpointSlices, node lifecycle, ServiceAccount tokens)");
     spawn(state, "kube-controller-manager", kcm)
 }

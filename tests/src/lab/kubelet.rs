@@ -72,7 +72,7 @@ async fn ensure_node(nodes: &Api<Node>, node: &NodeInfo) -> Result<()> {
     Ok(())
 }
 
-async fn post_status(nodes: &Api<Node>, node: &NodeInfo, was_ready: bool) -> Result<()> {
+async fn post_status(nodes: &Api<Node>, node: &NodeInfo, was_ready: bool, with_addresses: bool) -> Result<()> {
     let t = now();
     let cond = |kind: &str, status: &str, reason: &str| {
         let mut c = json!({"type": kind, "status": status, "reason": reason, "lastHeartbeatTime": t});
@@ -88,7 +88,6 @@ async fn post_status(nodes: &Api<Node>, node: &NodeInfo, was_ready: bool) -> Res
             cond("DiskPressure", "False", "KubeletHasNoDiskPressure"),
             cond("PIDPressure", "False", "KubeletHasSufficientPID"),
         ],
-        "addresses": [{"type": "InternalIP", "address": node.ip}, {"type": "Hostname", "address": node.name}],
         "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"},
         "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
         "phase": "Running",
@@ -97,6 +96,17 @@ async fn post_status(nodes: &Api<Node>, node: &NodeInfo, was_ready: bool) -> Res
             "kubeProxyVersion": "v1.35.4", "operatingSystem": "linux", "architecture": "amd64"},
     }});
     nodes.patch_status(&node.name, &PatchParams::default(), &Patch::Strategic(status)).await?;
+    if with_addresses {
+        // A merge patch, not a strategic one: strategic merge keys addresses by type, and would fold the two
+        // InternalIPs of a dual-stack node into one.
+        let mut addresses = vec![json!({"type": "InternalIP", "address": node.ip})];
+        if !node.ip6.is_empty() {
+            addresses.push(json!({"type": "InternalIP", "address": node.ip6}));
+        }
+        addresses.push(json!({"type": "Hostname", "address": node.name}));
+        let addresses = json!({"status": {"addresses": addresses}});
+        nodes.patch_status(&node.name, &PatchParams::default(), &Patch::Merge(&addresses)).await?;
+    }
     Ok(())
 }
 
@@ -152,6 +162,16 @@ async fn sync_pods(client: &Client, live: &BTreeMap<String, NodeInfo>, next_ip: 
             let [a, b, c, d] = next_ip.to_be_bytes();
             format!("{a}.{b}.{c}.{d}")
         });
+        // Dual-stack pods, as a dual-stack cluster's CNI gives them: the IPv6 address mirrors the IPv4 one (both
+        // are data only, never on an interface), so IPv6 and dual-stack Services get endpoints.
+        let pod_ip6 = pod_ip.parse::<std::net::Ipv4Addr>().ok().map(|v4| {
+            std::net::Ipv6Addr::from(0x2001_0db8_0244_0000_0000_0000_0000_0000u128 | u128::from(u32::from(v4)))
+                .to_string()
+        });
+        let pod_ips: Vec<serde_json::Value> =
+            std::iter::once(&pod_ip).chain(pod_ip6.as_ref()).map(|ip| json!({"ip": ip})).collect();
+        let host_ips: Vec<serde_json::Value> =
+            [&info.ip, &info.ip6].into_iter().filter(|ip| !ip.is_empty()).map(|ip| json!({"ip": ip})).collect();
         let t = now();
         let containers: Vec<_> = pod
             .spec
@@ -165,8 +185,8 @@ async fn sync_pods(client: &Client, live: &BTreeMap<String, NodeInfo>, next_ip: 
             .collect();
         let cond = |kind: &str| json!({"type": kind, "status": "True", "lastTransitionTime": t});
         let status = json!({"status": {
-            "phase": "Running", "podIP": pod_ip, "podIPs": [{"ip": pod_ip}], "hostIP": info.ip,
-            "hostIPs": [{"ip": info.ip}], "startTime": t, "containerStatuses": containers,
+            "phase": "Running", "podIP": pod_ip, "podIPs": pod_ips, "hostIP": info.ip,
+            "hostIPs": host_ips, "startTime": t, "containerStatuses": containers,
             "conditions": [cond("PodScheduled"), cond("Initialized"), cond("ContainersReady"), cond("Ready")],
         }});
         api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await?;
@@ -210,7 +230,7 @@ pub async fn run(state: State) -> Result<()> {
                     .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
                 let stale = last_status.get(&node.name).is_none_or(|t| t.elapsed() > STATUS_REFRESH);
                 if !ready || stale || was_killed.remove(&node.name) {
-                    post_status(&nodes, node, ready).await?;
+                    post_status(&nodes, node, ready, !ready || !last_status.contains_key(&node.name)).await?;
                     last_status.insert(node.name.clone(), Instant::now());
                 }
                 Ok::<_, super::LabError>(())

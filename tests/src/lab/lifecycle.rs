@@ -71,6 +71,7 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
             name: format!("node-{i}"),
             netns: format!("{}-node-{i}", opts.name),
             ip: addresses::node_ip(i),
+            ip6: addresses::node_ip6(i),
         })
         .collect();
     let mut state = State {

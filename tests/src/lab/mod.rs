@@ -69,7 +69,8 @@ pub enum LabError {
 /// Result with [`LabError`].
 pub type Result<T, E = LabError> = std::result::Result<T, E>;
 
-/// Addresses that carry packets: everything lives in 198.18.0.0/15 (RFC 2544), inside the lab's namespaces.
+/// Addresses that carry packets: everything lives in 198.18.0.0/15 (RFC 2544) and, for IPv6, in 2001:db8::/32
+/// (RFC 3849), inside the lab's namespaces.
 pub mod addresses {
     /// The lab LAN.
     pub const LAN_PREFIX: &str = "198.18.0";
@@ -81,15 +82,33 @@ pub mod addresses {
     pub const POOL_CIDR: &str = "198.19.0.0/24";
     /// The whole benchmark range; the kube-proxy stand-in only ever configures addresses inside it.
     pub const PACKET_RANGE: (u32, u32) = (0xC612_0000, 0xC613_FFFF);
+    /// The lab LAN's IPv6 prefix (a /64, as every Ethernet segment).
+    pub const LAN6_PREFIX: &str = "2001:db8:18::";
+    /// Prefix length of the IPv6 LAN.
+    pub const LAN6_BITS: u8 = 64;
+    /// The workstation's IPv6 address.
+    pub const HOST_IP6: &str = "2001:db8:18::1";
+    /// The IPv6 pool range the host routes on-link (a static route), beside [`POOL_CIDR`].
+    pub const POOL6_CIDR: &str = "2001:db8:19::/64";
+    /// The Service (ClusterIP) range's IPv6 half; the API server and kube-controller-manager run dual-stack.
+    pub const SERVICE6_CIDR: &str = "2001:db8:96::/112";
 
     /// Address of node `i` (1-based).
     pub fn node_ip(i: usize) -> String {
         format!("{LAN_PREFIX}.{}", 10 + i)
     }
 
-    /// Whether an IPv4 address may carry lab packets.
-    pub fn in_packet_range(ip: std::net::Ipv4Addr) -> bool {
-        (PACKET_RANGE.0..=PACKET_RANGE.1).contains(&u32::from(ip))
+    /// IPv6 address of node `i` (1-based): the same last digits as its IPv4 one.
+    pub fn node_ip6(i: usize) -> String {
+        format!("{LAN6_PREFIX}{}", 10 + i)
+    }
+
+    /// Whether an address may carry lab packets: 198.18.0.0/15 or 2001:db8::/32.
+    pub fn in_packet_range(ip: std::net::IpAddr) -> bool {
+        match ip {
+            std::net::IpAddr::V4(v4) => (PACKET_RANGE.0..=PACKET_RANGE.1).contains(&u32::from(v4)),
+            std::net::IpAddr::V6(v6) => v6.segments()[..2] == [0x2001, 0x0db8],
+        }
     }
 }
 
@@ -102,6 +121,9 @@ pub struct NodeInfo {
     pub netns: String,
     /// InternalIP on the lab LAN.
     pub ip: String,
+    /// IPv6 InternalIP on the lab LAN (empty in a lab from before IPv6).
+    #[serde(default)]
+    pub ip6: String,
 }
 
 /// A process the lab started.

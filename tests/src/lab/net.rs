@@ -1,12 +1,14 @@
 //! The lab network: a bridge in its own namespace (the machine's own interfaces are never touched), one
-//! namespace per node with `eth0` on the bridge, and a `host` namespace with an on-link static route to the
-//! pool. Every address is in 198.18.0.0/15.
+//! namespace per node with `eth0` on the bridge, and a `host` namespace with on-link static routes to the
+//! pools. Dual-stack: every address is in 198.18.0.0/15 or 2001:db8::/32.
 
-use super::addresses::{HOST_IP, LAN_BITS, POOL_CIDR};
+use super::addresses::{HOST_IP, HOST_IP6, LAN_BITS, LAN6_BITS, POOL_CIDR, POOL6_CIDR};
 use super::{NodeInfo, Result, run};
 
 /// Name of the kube-proxy stand-in's VIP interface, as kube-proxy IPVS names it.
 pub const IPVS_INTERFACE: &str = "kube-ipvs0";
+/// The other end of the lab's `kube-ipvs0` veth (at most 15 characters, as every interface name).
+const IPVS_PEER: &str = "kube-ipvs0-peer";
 
 fn ip(args: &[&str]) -> Result<String> {
     run("ip", args)
@@ -43,18 +45,21 @@ pub fn create(lan_ns: &str, host_ns: &str, nodes: &[NodeInfo]) -> Result<()> {
     // No bridge netfilter or STP delays: frames flow at once.
     in_ns(lan_ns, &["link", "set", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"])?;
 
-    attach(lan_ns, host_ns, "h0", HOST_IP)?;
+    attach(lan_ns, host_ns, "h0", HOST_IP, HOST_IP6)?;
     in_ns(host_ns, &["route", "add", POOL_CIDR, "dev", "eth0"])?;
+    in_ns(host_ns, &["-6", "route", "add", POOL6_CIDR, "dev", "eth0"])?;
 
     for (i, node) in nodes.iter().enumerate() {
-        attach(lan_ns, &node.netns, &format!("n{}", i + 1), &node.ip)?;
+        attach(lan_ns, &node.netns, &format!("n{}", i + 1), &node.ip, &node.ip6)?;
         // kube-proxy IPVS with strictARP: VIPs on kube-ipvs0 are local addresses, but the kernel answers ARP
         // only for addresses on the asking interface (arp_ignore=1) and sources ARP from them (arp_announce=2).
         // The machine's kernel has no dummy driver, so kube-ipvs0 is one end of a veth pair, which behaves the
-        // same for local delivery and ARP.
-        in_ns(&node.netns, &["link", "add", IPVS_INTERFACE, "type", "veth", "peer", "name", "ipvs0-peer"])?;
+        // same for local delivery and ARP. The peer's name starts like kube-ipvs0's, so speakers skip it by
+        // default as they skip the real dummy device (with IPv6 every interface has a link-local address, and
+        // the peer would otherwise count as a NIC that can answer neighbour solicitations).
+        in_ns(&node.netns, &["link", "add", IPVS_INTERFACE, "type", "veth", "peer", "name", IPVS_PEER])?;
         in_ns(&node.netns, &["link", "set", IPVS_INTERFACE, "up"])?;
-        in_ns(&node.netns, &["link", "set", "ipvs0-peer", "up"])?;
+        in_ns(&node.netns, &["link", "set", IPVS_PEER, "up"])?;
         for iface in ["all", "eth0"] {
             sysctl(&node.netns, &format!("net.ipv4.conf.{iface}.arp_ignore"), "1")?;
             sysctl(&node.netns, &format!("net.ipv4.conf.{iface}.arp_announce"), "2")?;
@@ -63,13 +68,19 @@ pub fn create(lan_ns: &str, host_ns: &str, nodes: &[NodeInfo]) -> Result<()> {
     Ok(())
 }
 
-/// A namespace with `lo` up and `eth0` (a veth whose other end, `lan_end`, is on the bridge) at `addr`.
-fn attach(lan_ns: &str, ns: &str, lan_end: &str, addr: &str) -> Result<()> {
+/// A namespace with `lo` up and `eth0` (a veth whose other end, `lan_end`, is on the bridge) at `addr` and,
+/// when given, `addr6`.
+fn attach(lan_ns: &str, ns: &str, lan_end: &str, addr: &str, addr6: &str) -> Result<()> {
     ip(&["netns", "add", ns])?;
     in_ns(ns, &["link", "set", "lo", "up"])?;
     in_ns(lan_ns, &["link", "add", lan_end, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
     in_ns(lan_ns, &["link", "set", lan_end, "master", "br0", "up"])?;
     in_ns(ns, &["addr", "add", &format!("{addr}/{LAN_BITS}"), "dev", "eth0"])?;
+    if !addr6.is_empty() {
+        // No duplicate-address detection: the lab hands out unique addresses, and a tentative address would
+        // delay the first packets by a second.
+        in_ns(ns, &["-6", "addr", "add", &format!("{addr6}/{LAN6_BITS}"), "dev", "eth0", "nodad"])?;
+    }
     in_ns(ns, &["link", "set", "eth0", "up"])?;
     Ok(())
 }

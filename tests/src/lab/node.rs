@@ -1,6 +1,7 @@
 //! The per-node agent, run inside a node's namespace: relays `127.0.0.1:<api port>` to the API server (so
 //! processes in the namespace use the same kubeconfig as everyone), and stands in for kube-proxy in IPVS mode
-//! with strictARP: every LoadBalancer ingress address (inside 198.18.0.0/15 only) goes on `kube-ipvs0`, and an
+//! with strictARP: every LoadBalancer ingress address (inside 198.18.0.0/15 or 2001:db8::/32 only) goes on
+//! `kube-ipvs0`, and an
 //! echo server answers on every Service port with this node's name, so a client sees which node served it.
 
 use super::addresses::in_packet_range;
@@ -11,7 +12,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
@@ -39,7 +40,7 @@ async fn api_relay(state: State) -> Result<()> {
 /// What the echo server must listen on, from every LoadBalancer Service.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Desired {
-    vips: BTreeSet<Ipv4Addr>,
+    vips: BTreeSet<IpAddr>,
     tcp_ports: BTreeSet<u16>,
     udp_ports: BTreeSet<u16>,
 }
@@ -63,7 +64,7 @@ fn desired(services: &[std::sync::Arc<Service>]) -> Desired {
         let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
         for ing in ingress.into_iter().flatten() {
             // Only the benchmark range ever reaches an interface; other ranges (the seed's 172.17.255.x) stay data.
-            if let Some(ip) = ing.ip.as_deref().and_then(|s| s.parse::<Ipv4Addr>().ok())
+            if let Some(ip) = ing.ip.as_deref().and_then(|s| s.parse::<IpAddr>().ok())
                 && in_packet_range(ip)
             {
                 d.vips.insert(ip);
@@ -113,17 +114,24 @@ async fn echo_udp(socket: tokio::net::UdpSocket, name: String) {
 /// Echo listeners and VIPs currently in place.
 struct Proxy {
     node: String,
-    node_ip: Ipv4Addr,
-    vips: BTreeSet<Ipv4Addr>,
+    node_ips: Vec<IpAddr>,
+    vips: BTreeSet<IpAddr>,
     tcp: BTreeMap<u16, JoinHandle<()>>,
     // UDP is bound per local address so replies leave from the address the client sent to.
-    udp: BTreeMap<(Ipv4Addr, u16), JoinHandle<()>>,
+    udp: BTreeMap<(IpAddr, u16), JoinHandle<()>>,
 }
 
 impl Proxy {
     async fn apply(&mut self, want: &Desired) {
         for vip in want.vips.difference(&self.vips.clone()) {
-            match super::run("ip", &["addr", "add", &format!("{vip}/32"), "dev", IPVS_INTERFACE]) {
+            // No duplicate-address detection for IPv6: the address must be usable at once, as kube-proxy's are.
+            let add = match vip {
+                IpAddr::V4(_) => super::run("ip", &["addr", "add", &format!("{vip}/32"), "dev", IPVS_INTERFACE]),
+                IpAddr::V6(_) => {
+                    super::run("ip", &["addr", "add", &format!("{vip}/128"), "dev", IPVS_INTERFACE, "nodad"])
+                }
+            };
+            match add {
                 Ok(_) => {
                     self.vips.insert(*vip);
                 }
@@ -131,7 +139,8 @@ impl Proxy {
             }
         }
         for vip in self.vips.clone().difference(&want.vips) {
-            let _ = super::run("ip", &["addr", "del", &format!("{vip}/32"), "dev", IPVS_INTERFACE]);
+            let bits = if vip.is_ipv4() { 32 } else { 128 };
+            let _ = super::run("ip", &["addr", "del", &format!("{vip}/{bits}"), "dev", IPVS_INTERFACE]);
             self.vips.remove(vip);
         }
         self.tcp.retain(|port, task| {
@@ -144,14 +153,15 @@ impl Proxy {
             if self.tcp.contains_key(port) {
                 continue;
             }
-            match tokio::net::TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), *port)).await {
+            // `[::]` takes IPv4 connections too (as IPv4-mapped addresses): one listener per port for both families.
+            match tokio::net::TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), *port)).await {
                 Ok(l) => {
                     self.tcp.insert(*port, tokio::spawn(echo_tcp(l, self.node.clone())));
                 }
                 Err(e) => eprintln!("tcp/{port}: {e}"),
             }
         }
-        let addrs: BTreeSet<Ipv4Addr> = std::iter::once(self.node_ip).chain(self.vips.iter().copied()).collect();
+        let addrs: BTreeSet<IpAddr> = self.node_ips.iter().copied().chain(self.vips.iter().copied()).collect();
         self.udp.retain(|(addr, port), task| {
             addrs.contains(addr) && want.udp_ports.contains(port) || {
                 task.abort();
@@ -163,7 +173,7 @@ impl Proxy {
                 if self.udp.contains_key(&(*addr, *port)) {
                     continue;
                 }
-                match tokio::net::UdpSocket::bind(SocketAddr::new(IpAddr::V4(*addr), *port)).await {
+                match tokio::net::UdpSocket::bind(SocketAddr::new(*addr, *port)).await {
                     Ok(s) => {
                         self.udp.insert((*addr, *port), tokio::spawn(echo_udp(s, self.node.clone())));
                     }
@@ -183,9 +193,13 @@ pub async fn run(state: State, node: &str) -> Result<()> {
             eprintln!("api relay stopped: {e}");
         }
     });
-    let node_ip: Ipv4Addr = info.ip.parse().map_err(|_| super::LabError::Usage(format!("bad node ip {}", info.ip)))?;
+    let node_ips = [&info.ip, &info.ip6]
+        .into_iter()
+        .filter(|ip| !ip.is_empty())
+        .map(|ip| ip.parse().map_err(|_| super::LabError::Usage(format!("bad node ip {ip}"))))
+        .collect::<Result<Vec<IpAddr>>>()?;
     let mut proxy =
-        Proxy { node: info.name.clone(), node_ip, vips: BTreeSet::new(), tcp: BTreeMap::new(), udp: BTreeMap::new() };
+        Proxy { node: info.name.clone(), node_ips, vips: BTreeSet::new(), tcp: BTreeMap::new(), udp: BTreeMap::new() };
     // Clear VIPs a previous agent may have left, then follow the Services.
     let _ = super::run("ip", &["addr", "flush", "dev", IPVS_INTERFACE]);
     let client = loop {

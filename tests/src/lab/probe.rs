@@ -20,7 +20,7 @@ pub fn tcp(addr: SocketAddr, timeout: Duration) -> Result<String> {
 /// Sends one datagram, returns the reply (`<node> <payload>`).
 pub fn udp(addr: SocketAddr, payload: &str, timeout: Duration) -> Result<String> {
     let err = |e: std::io::Error| LabError::Usage(format!("udp {addr}: {e}"));
-    let socket = UdpSocket::bind("0.0.0.0:0").map_err(err)?;
+    let socket = UdpSocket::bind(if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }).map_err(err)?;
     socket.set_read_timeout(Some(timeout)).map_err(err)?;
     socket.connect(addr).map_err(err)?;
     socket.send(payload.as_bytes()).map_err(err)?;

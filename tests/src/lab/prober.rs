@@ -44,7 +44,7 @@ fn report(times: &[(Instant, String)], start: Instant, end: Instant, sent: u64) 
 /// UDP: a sender thread every `interval`, answers timestamped as they arrive.
 pub fn udp(target: SocketAddr, interval: Duration, duration: Duration) -> Result<Report> {
     let err = |e: std::io::Error| LabError::Usage(format!("prober udp {target}: {e}"));
-    let socket = UdpSocket::bind("0.0.0.0:0").map_err(err)?;
+    let socket = UdpSocket::bind(if target.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }).map_err(err)?;
     socket.connect(target).map_err(err)?;
     socket.set_read_timeout(Some(Duration::from_millis(5))).map_err(err)?;
     let sender = socket.try_clone().map_err(err)?;
