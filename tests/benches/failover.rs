@@ -4,6 +4,9 @@
 //! protocol off, i.e. the Node Ready fallback that lease/Node-based detection gives (the lab's node grace is
 //! 6 s; real clusters default to 40 s). Prints p50 / p99 / max per case; asserts nothing about time.
 //!
+//! IPv6 beside IPv4, same run and same kills: a dual-stack Service (one IPv4 and one IPv6 address, answered by
+//! one node) is probed on both addresses while its owner is hard-killed.
+//!
 //! With FERROLB_BENCH_KUBELETS=1 the same hard kills are then repeated on a lab of real nodes (containerd +
 //! kubelet, ferrolb as the chart's pods from `make images`), printed beside the process lab's figure.
 //!
@@ -45,29 +48,22 @@ fn gap(output: std::process::Output) -> f64 {
     v["max_gap_ms"].as_f64().unwrap_or(f64::NAN)
 }
 
-async fn trial(lab: &TestLab, exe: &str, vip: &str, graceful: bool, window_ms: u64) -> Trial {
-    let owner = lab.probe("host", "tcp", &format!("{vip}:53"), 2000).expect("owner answers");
-    let prober = |proto: &str| {
+/// One kill of the node answering `targets` (addresses of one owner), probing UDP and TCP 53 on each; one
+/// [`Trial`] per target, in order.
+async fn trial(lab: &TestLab, exe: &str, targets: &[&str], graceful: bool, window_ms: u64) -> Vec<Trial> {
+    let at = |ip: &str| std::net::SocketAddr::new(ip.parse().expect("ip"), 53).to_string();
+    let owner = lab.probe("host", "tcp", &at(targets[0]), 2000).expect("owner answers");
+    let prober = |proto: &str, target: &str| {
         Command::new(exe)
             .args(["--name", &lab.name, "--dir"])
             .arg(&lab.dir)
-            .args([
-                "exec",
-                "host",
-                "--",
-                exe,
-                "prober",
-                proto,
-                &format!("{vip}:53"),
-                "--duration-ms",
-                &window_ms.to_string(),
-            ])
+            .args(["exec", "host", "--", exe, "prober", proto, &at(target), "--duration-ms", &window_ms.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("prober")
     };
-    let (udp, tcp) = (prober("udp"), prober("tcp"));
+    let probers: Vec<_> = targets.iter().map(|t| (prober("udp", t), prober("tcp", t))).collect();
     tokio::time::sleep(Duration::from_millis(700)).await;
     if graceful {
         let state = lab.state();
@@ -76,27 +72,58 @@ async fn trial(lab: &TestLab, exe: &str, vip: &str, graceful: bool, window_ms: u
     } else {
         lab.ok(&["kill", &owner]);
     }
-    let result = Trial {
-        udp_ms: gap(udp.wait_with_output().expect("udp prober")),
-        tcp_ms: gap(tcp.wait_with_output().expect("tcp prober")),
-    };
+    let results = probers
+        .into_iter()
+        .map(|(udp, tcp)| Trial {
+            udp_ms: gap(udp.wait_with_output().expect("udp prober")),
+            tcp_ms: gap(tcp.wait_with_output().expect("tcp prober")),
+        })
+        .collect();
     lab.ok(&["revive", &owner]);
     // Let ownership settle back (and the revived node's heartbeats be heard) before the next trial; a real
     // node first restarts containerd, its kubelet and the speaker pod.
     for _ in 0..300 {
-        if lab.probe("host", "tcp", &format!("{vip}:53"), 500).as_deref() == Ok(owner.as_str()) {
+        if lab.probe("host", "tcp", &at(targets[0]), 500).as_deref() == Ok(owner.as_str()) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    result
+    results
+}
+
+/// A dual-stack DNS Service on the same backends as the user's; returns its IPv4 and IPv6 addresses once both
+/// answer.
+async fn dual_stack_service(lab: &TestLab) -> (String, String) {
+    let client = lab.admin().await;
+    let dual = "apiVersion: v1\nkind: Service\nmetadata: {name: dns-dual, namespace: kube-system}\nspec:\n  type: LoadBalancer\n  ipFamilyPolicy: PreferDualStack\n  ipFamilies: [IPv4, IPv6]\n  selector: {k8s-app: kube-dns}\n  ports: [{name: udp, port: 53, protocol: UDP}, {name: tcp, port: 53, protocol: TCP}]\n";
+    create_yaml(&client, dual).await.expect("dual-stack Service");
+    let mut ips = Vec::new();
+    for _ in 0..300 {
+        ips = ingress(&client, "kube-system", "dns-dual").await;
+        if ips.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ips.len(), 2, "dns-dual got {ips:?}");
+    for ip in &ips {
+        let at = std::net::SocketAddr::new(ip.parse().expect("ip"), 53).to_string();
+        for _ in 0..300 {
+            if lab.probe("host", "tcp", &at, 500).is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    (ips[0].clone(), ips[1].clone())
 }
 
 /// The user's DNS Service with a backend on every node; returns its address once it has one.
 async fn dns_service(lab: &TestLab, backend_image: &str) -> String {
     let client = lab.admin().await;
-    let setup = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab, namespace: metallb-system}\nspec: {addresses: [198.19.0.1-198.19.0.254]}\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: lab, namespace: metallb-system}\n";
+    let setup = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab, namespace: metallb-system}\nspec: {addresses: [198.19.0.1-198.19.0.254, 2001:db8:19::1-2001:db8:19::ff]}\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: lab, namespace: metallb-system}\n";
     create_yaml(&client, setup).await.expect("pool");
     for n in 1..=3 {
         let pod = format!(
@@ -138,15 +165,32 @@ async fn main() {
 
     let mut hard = Vec::new();
     for i in 0..trials {
-        let t = trial(&lab, &exe, &vip, false, 3000).await;
+        let t = trial(&lab, &exe, &[&vip], false, 3000).await.remove(0);
         eprintln!("hard kill {:>2}/{trials}: udp {:>6.0} ms, tcp {:>6.0} ms", i + 1, t.udp_ms, t.tcp_ms);
         hard.push(t);
     }
     let mut graceful = Vec::new();
     for i in 0..trials {
-        let t = trial(&lab, &exe, &vip, true, 2500).await;
+        let t = trial(&lab, &exe, &[&vip], true, 2500).await.remove(0);
         eprintln!("graceful  {:>2}/{trials}: udp {:>6.0} ms, tcp {:>6.0} ms", i + 1, t.udp_ms, t.tcp_ms);
         graceful.push(t);
+    }
+    let (dual4, dual6) = dual_stack_service(&lab).await;
+    println!("dual-stack Service at {dual4} and {dual6}; both probed through each kill of their owner");
+    let (mut hard4, mut hard6) = (Vec::new(), Vec::new());
+    for i in 0..trials {
+        let mut t = trial(&lab, &exe, &[&dual4, &dual6], false, 3000).await;
+        let (v4, v6) = (t.remove(0), t.remove(0));
+        eprintln!(
+            "dual-stack hard kill {:>2}/{trials}: IPv4 udp {:>6.0} tcp {:>6.0} ms, IPv6 udp {:>6.0} tcp {:>6.0} ms",
+            i + 1,
+            v4.udp_ms,
+            v4.tcp_ms,
+            v6.udp_ms,
+            v6.tcp_ms
+        );
+        hard4.push(v4);
+        hard6.push(v6);
     }
 
     // Reference: the same hard kills with the liveness protocol off (Node Ready fallback only).
@@ -161,7 +205,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut reference = Vec::new();
     for i in 0..reference_trials {
-        let t = trial(&lab, &exe, &vip, false, 15000).await;
+        let t = trial(&lab, &exe, &[&vip], false, 15000).await.remove(0);
         eprintln!("reference {:>2}/{reference_trials}: udp {:>6.0} ms, tcp {:>6.0} ms", i + 1, t.udp_ms, t.tcp_ms);
         reference.push(t);
     }
@@ -171,9 +215,14 @@ async fn main() {
     summary("hard kill, TCP outage", hard.iter().map(|t| t.tcp_ms).collect());
     summary("graceful stop (SIGTERM), UDP outage", graceful.iter().map(|t| t.udp_ms).collect());
     summary("graceful stop (SIGTERM), TCP outage", graceful.iter().map(|t| t.tcp_ms).collect());
+    let d4 = summary("dual-stack, hard kill, IPv4 UDP outage", hard4.iter().map(|t| t.udp_ms).collect());
+    summary("dual-stack, hard kill, IPv4 TCP outage", hard4.iter().map(|t| t.tcp_ms).collect());
+    let d6 = summary("dual-stack, hard kill, IPv6 UDP outage", hard6.iter().map(|t| t.udp_ms).collect());
+    summary("dual-stack, hard kill, IPv6 TCP outage", hard6.iter().map(|t| t.tcp_ms).collect());
     let r = summary("reference: Node Ready fallback, UDP outage", reference.iter().map(|t| t.udp_ms).collect());
     summary("reference: Node Ready fallback, TCP outage", reference.iter().map(|t| t.tcp_ms).collect());
     println!("\nhard-kill UDP p50: reference / ferrolb = {:.1}x", r / h);
+    println!("dual-stack hard-kill UDP p50: IPv6 / IPv4 = {:.2}x", d6 / d4);
 
     if std::env::var_os("FERROLB_BENCH_KUBELETS").is_none() {
         return;
@@ -184,7 +233,7 @@ async fn main() {
     println!("\nreal nodes (containerd + kubelet, ferrolb as the chart's pods): {vip}");
     let mut real_hard = Vec::new();
     for i in 0..trials {
-        let t = trial(&real, &exe, &vip, false, 3000).await;
+        let t = trial(&real, &exe, &[&vip], false, 3000).await.remove(0);
         eprintln!("real-node hard kill {:>2}/{trials}: udp {:>6.0} ms, tcp {:>6.0} ms", i + 1, t.udp_ms, t.tcp_ms);
         real_hard.push(t);
     }

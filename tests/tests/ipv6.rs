@@ -8,6 +8,7 @@ use ferrolb_tests::harness::{
     TestLab, answering_nodes, create_yaml, eventually, ingress, metric_sum, node_macs, speaker_metrics,
     wait_answered_by, wait_event,
 };
+use kube::Api;
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
@@ -133,4 +134,55 @@ async fn dual_stack_and_ipv6_services_are_answered_by_one_node_and_move_together
     lab.ok(&["revive", &owner]);
     wait_answered_by(&lab, &v6, &[&owner]).await;
     wait_answered_by(&lab, &v4, &[&owner]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_an_ipv6_only_cluster_speakers_hear_each_other_over_ipv6_and_fail_over_by_it() {
+    let lab = TestLab::start_with(EXE, "flb6o", 3, &["--ipv6-nodes"]);
+    let client = lab.admin().await;
+    let config = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: v6, namespace: metallb-system}\nspec: {addresses: ['2001:db8:19::/120']}\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: v6, namespace: metallb-system}\n";
+    create_yaml(&client, config).await.expect("pool");
+    for (pod, node) in [("dns-a", "node-1"), ("dns-b", "node-2"), ("dns-c", "node-3")] {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: default, labels: {{app: dns}}}}\nspec: {{nodeName: {node}, containers: [{{name: c, image: lab/x}}]}}\n"
+        );
+        create_yaml(&client, &yaml).await.expect("pod");
+    }
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: dns6, namespace: default}\nspec:\n  type: LoadBalancer\n  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv6]\n  selector: {app: dns}\n  ports: [{name: udp, port: 53, protocol: UDP}, {name: tcp, port: 53, protocol: TCP}]\n";
+    create_yaml(&client, svc).await.expect("Service");
+    let ip = addresses(&client, "default", "dns6", 1).await.remove(0);
+    let owner = election::owner(ip.parse().expect("ip"), NODES).expect("owner").to_string();
+    wait_answered_by(&lab, &ip, &[&owner]).await;
+    assert_served_by(&lab, &ip, &owner);
+    // The Nodes carry no IPv4 address, so every heartbeat a speaker heard came over IPv6.
+    let state = lab.state();
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone());
+    for n in NODES {
+        let node = nodes.get(n).await.expect("node");
+        let internal: Vec<String> = node
+            .status
+            .and_then(|s| s.addresses)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a.type_ == "InternalIP")
+            .map(|a| a.address)
+            .collect();
+        assert!(internal.iter().all(|a| a.contains(':')) && !internal.is_empty(), "{n}: {internal:?}");
+    }
+    for n in NODES {
+        let log = std::fs::read_to_string(state.log(&format!("speaker {n}"))).unwrap_or_default();
+        for peer in NODES.iter().filter(|p| **p != n) {
+            assert!(log.contains(&format!("node={peer} verdict=Alive")), "{n} never heard {peer}:\n{log}");
+        }
+    }
+    // A hard kill is seen by liveness (not the Node Ready fallback) and the address moves.
+    let rest: Vec<&str> = NODES.iter().copied().filter(|n| *n != owner).collect();
+    let next = election::owner(ip.parse().expect("ip"), rest.iter().copied()).expect("next").to_string();
+    lab.ok(&["kill", &owner]);
+    wait_answered_by(&lab, &ip, &[&next]).await;
+    for n in &rest {
+        let detected = metric_sum(&speaker_metrics(&lab, n), "ferrolb_speaker_failure_detection_seconds_count");
+        assert!(detected >= 1.0, "{n} did not detect {owner}'s death over the liveness channel");
+    }
+    assert_served_by(&lab, &ip, &next);
 }

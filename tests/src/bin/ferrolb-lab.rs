@@ -37,6 +37,9 @@ enum Cmd {
         /// Extra chart value for `helm install` (repeatable), e.g. --set speaker.ignoreExcludeLB=true.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         helm_set: Vec<String>,
+        /// Nodes report only their IPv6 InternalIP, as in an IPv6-only cluster (the network stays dual-stack).
+        #[arg(long)]
+        ipv6_nodes: bool,
     },
     /// What runs, and where.
     Status,
@@ -193,7 +196,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = cli.dir.unwrap_or_else(|| default_dir(&cli.name));
     let load = || State::load(&dir).with_context(|| format!("no lab at {} (run `ferrolb-lab up`)", dir.display()));
     match cli.command {
-        Cmd::Up { nodes, bare, kubelets, kubeadm_labels, helm_set } => {
+        Cmd::Up { nodes, bare, kubelets, kubeadm_labels, helm_set, ipv6_nodes } => {
             let options = lifecycle::UpOptions {
                 name: cli.name,
                 dir: dir.clone(),
@@ -202,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
                 real_nodes: kubelets,
                 kubeadm_labels,
                 helm_set,
+                ipv6_nodes,
             };
             let state = lifecycle::up(&options).await?;
             println!("{}", state.kubeconfig().display());

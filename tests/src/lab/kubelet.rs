@@ -72,7 +72,13 @@ async fn ensure_node(nodes: &Api<Node>, node: &NodeInfo) -> Result<()> {
     Ok(())
 }
 
-async fn post_status(nodes: &Api<Node>, node: &NodeInfo, was_ready: bool, with_addresses: bool) -> Result<()> {
+async fn post_status(
+    nodes: &Api<Node>,
+    node: &NodeInfo,
+    was_ready: bool,
+    with_addresses: bool,
+    ipv6_only: bool,
+) -> Result<()> {
     let t = now();
     let cond = |kind: &str, status: &str, reason: &str| {
         let mut c = json!({"type": kind, "status": status, "reason": reason, "lastHeartbeatTime": t});
@@ -99,7 +105,10 @@ async fn post_status(nodes: &Api<Node>, node: &NodeInfo, was_ready: bool, with_a
     if with_addresses {
         // A merge patch, not a strategic one: strategic merge keys addresses by type, and would fold the two
         // InternalIPs of a dual-stack node into one.
-        let mut addresses = vec![json!({"type": "InternalIP", "address": node.ip})];
+        let mut addresses = Vec::new();
+        if !ipv6_only {
+            addresses.push(json!({"type": "InternalIP", "address": node.ip}));
+        }
         if !node.ip6.is_empty() {
             addresses.push(json!({"type": "InternalIP", "address": node.ip6}));
         }
@@ -230,7 +239,8 @@ pub async fn run(state: State) -> Result<()> {
                     .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
                 let stale = last_status.get(&node.name).is_none_or(|t| t.elapsed() > STATUS_REFRESH);
                 if !ready || stale || was_killed.remove(&node.name) {
-                    post_status(&nodes, node, ready, !ready || !last_status.contains_key(&node.name)).await?;
+                    post_status(&nodes, node, ready, !ready || !last_status.contains_key(&node.name), state.ipv6_nodes)
+                        .await?;
                     last_status.insert(node.name.clone(), Instant::now());
                 }
                 Ok::<_, super::LabError>(())

@@ -28,6 +28,8 @@ pub struct UpOptions {
     pub kubeadm_labels: bool,
     /// Extra `--set key=value` for `helm install`.
     pub helm_set: Vec<String>,
+    /// Nodes report only their IPv6 InternalIP (an IPv6-only cluster as ferrolb sees it).
+    pub ipv6_nodes: bool,
 }
 
 /// Labels kubeadm puts on a control-plane node; minikube and kind nodes carry them too.
@@ -81,6 +83,7 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
         nodes,
         speaker_gossip: true,
         real_nodes: opts.real_nodes,
+        ipv6_nodes: opts.ipv6_nodes,
         ..State::default()
     };
     state.save()?;
