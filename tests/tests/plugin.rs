@@ -3,7 +3,7 @@
 //! Needs root (it brings up a lab) and `cargo build --workspace --bins` (it runs the plugin binary).
 
 use ferrolb_crds::ServiceL2Status;
-use ferrolb_tests::harness::{TestLab, create_yaml, eventually, ingress, wait_event};
+use ferrolb_tests::harness::{TestLab, create_yaml, eventually, ingress, metric_sum, wait_event};
 use ferrolb_tests::lab::lifecycle::sibling_binary;
 use kube::Api;
 use kube::api::ListParams;
@@ -34,6 +34,20 @@ fn reasons(text: &str) -> Vec<String> {
     text.lines().filter_map(|l| l.strip_prefix("reason: ")).map(str::to_string).collect()
 }
 
+/// The lab controller's /metrics (it listens on the machine's loopback).
+fn scrape_controller(lab: &TestLab) -> String {
+    use std::io::{Read, Write};
+    let port = lab.state().procs.iter().rev().find(|p| p.role == "controller-0").and_then(|p| p.port);
+    let Some(mut stream) = port.and_then(|port| std::net::TcpStream::connect(("127.0.0.1", port)).ok()) else {
+        return String::new();
+    };
+    let mut body = String::new();
+    if stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").is_ok() {
+        let _ = stream.read_to_string(&mut body);
+    }
+    body
+}
+
 /// A table's rows as whitespace-separated cells, header left out.
 fn table(text: &str) -> Vec<Vec<String>> {
     text.lines().skip(1).map(|l| l.split_whitespace().map(str::to_string).collect()).collect()
@@ -61,6 +75,13 @@ async fn why_status_and_pools_agree_with_the_events_statuses_and_pool_usage() {
     assert_eq!(reasons(&why), [event.message.clone().expect("message")], "{why}");
     assert!(why.starts_with("default/outside: no address\n"), "{why}");
     assert_eq!(stdout(&plugin(&lab, &["why", "default/outside"])), why, "NAMESPACE/NAME is the same Service");
+    // The alert's series counts it under its reason.
+    eventually("ferrolb_pending_services to count outside", Duration::from_secs(30), || async {
+        let text = scrape_controller(&lab);
+        let pending = metric_sum(&text, "ferrolb_pending_services{reason=\"requested_ip_not_in_pool\"}");
+        (pending == 1.0 && metric_sum(&text, "ferrolb_pending_services") == 1.0).then_some(())
+    })
+    .await;
 
     // Announced by nobody: no endpoints. `why` says what the speakers' NoEligibleNode Event says.
     let lonely = "apiVersion: v1\nkind: Service\nmetadata: {name: lonely, namespace: default}\nspec: {type: LoadBalancer, selector: {app: nobody}, ports: [{port: 9090}]}\n";
