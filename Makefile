@@ -27,12 +27,14 @@ unit: images
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
-# helm lint + render; helm comes from the same cached build as the lab's control plane.
+# helm lint + render (also with the ServiceMonitor and PrometheusRule on; tests/tests/chart.rs parses the rules);
+# helm comes from the same cached build as the lab's control plane.
 chart:
 	@helm="$$(bash tests/lab/build-control-plane.sh)/helm" && \
 	  $$helm lint charts/ferrolb && \
 	  $$helm template ferrolb charts/ferrolb -n metallb-system --kube-version $(HELM_KUBE_VERSION) >/dev/null && \
 	  $$helm template ferrolb charts/ferrolb -n metallb-system --kube-version $(HELM_KUBE_VERSION) --set speaker.enabled=true --set loadBalancerClass=example.com/l2 >/dev/null && \
+	  $$helm template ferrolb charts/ferrolb -n metallb-system --kube-version $(HELM_KUBE_VERSION) --set metrics.serviceMonitor.enabled=true --set metrics.prometheusRule.enabled=true >/dev/null && \
 	  echo "chart: lint and template ok"
 
 # Regenerates charts/ferrolb/crds from the types (a test fails when they are stale).

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod misplaced;
 pub mod pool;
 pub mod refusal;
+pub mod replay;
 pub mod run;
 pub mod service;
 

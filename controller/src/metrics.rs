@@ -28,6 +28,13 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+/// Labels of the pending-Services gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// A `Refusal::reason` label.
+    pub reason: String,
+}
+
 /// Everything the controller reports.
 pub struct Metrics {
     registry: Registry,
@@ -39,6 +46,8 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     /// 1 while this replica is the leader.
     pub leader: Gauge,
+    /// Services of our class without an address, by refusal reason (the leader's count; 0 on a standby).
+    pub pending_services: Family<ReasonLabels, Gauge>,
     /// MetalLB's allocator gauges, per pool.
     metallb_pool: MetallbPoolGauges,
     /// Set after the first full sync; `/readyz` answers 200 from then on.
@@ -63,15 +72,32 @@ impl Metrics {
         registry.register("service_reconcile_seconds", "Time per Service reconcile", reconcile_seconds.clone());
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica is the leader", leader.clone());
-        Arc::new(Self {
+        let pending_services = Family::<ReasonLabels, Gauge>::default();
+        registry.register(
+            "pending_services",
+            "LoadBalancer Services of this class refused an address, by reason (0 on a standby)",
+            pending_services.clone(),
+        );
+        let metrics = Arc::new(Self {
             registry: root,
             pool_addresses,
             metallb_pool,
             reconciles,
             reconcile_seconds,
             leader,
+            pending_services,
             ready: Arc::new(AtomicBool::new(false)),
-        })
+        });
+        // Every reason at 0 from the start, so an alert on the series sees it before the first refusal.
+        metrics.set_pending(&crate::refusal::pending_by_reason([]));
+        metrics
+    }
+
+    /// Publishes the pending Services per reason (from `refusal::pending_by_reason`).
+    pub fn set_pending(&self, counts: &std::collections::BTreeMap<&str, i64>) {
+        for (reason, n) in counts {
+            self.pending_services.get_or_create(&ReasonLabels { reason: reason.to_string() }).set(*n);
+        }
     }
 
     /// Publishes one pool's usage, as ours (`ferrolb_pool_addresses`) and under MetalLB's names.
@@ -188,5 +214,19 @@ mod tests {
         assert_eq!(sample(&text, "metallb_allocator_ipv4_addresses_total{pool=\"lab\"}"), Some(253.0));
         assert_eq!(sample(&text, "metallb_allocator_ipv6_addresses_total{pool=\"lab\"}"), Some(18446744073709551617.0));
         assert!(!text.contains("ferrolb_metallb"), "MetalLB names carry no ferrolb prefix");
+    }
+
+    #[test]
+    fn pending_services_show_every_reason_from_the_start_and_follow_the_counts() {
+        let metrics = Metrics::new();
+        let text = metrics.render();
+        assert_eq!(sample(&text, "ferrolb_pending_services{reason=\"pool_exhausted\"}"), Some(0.0), "{text}");
+        metrics.set_pending(&crate::refusal::pending_by_reason(["pool_exhausted", "pool_exhausted", "port_in_use"]));
+        let text = metrics.render();
+        assert_eq!(sample(&text, "ferrolb_pending_services{reason=\"pool_exhausted\"}"), Some(2.0), "{text}");
+        assert_eq!(sample(&text, "ferrolb_pending_services{reason=\"port_in_use\"}"), Some(1.0));
+        metrics.set_pending(&crate::refusal::pending_by_reason([]));
+        let text = metrics.render();
+        assert_eq!(sample(&text, "ferrolb_pending_services{reason=\"pool_exhausted\"}"), Some(0.0), "cleared");
     }
 }

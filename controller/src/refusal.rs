@@ -148,3 +148,87 @@ pub enum Refusal {
         families: Vec<Family>,
     },
 }
+
+impl Refusal {
+    /// Every value of [`Self::reason`], so a gauge can show each at 0 before any Service is refused.
+    pub const REASONS: [&'static str; 11] = [
+        "bad_request",
+        "requested_ip_not_in_pool",
+        "requested_ips_in_different_pools",
+        "unknown_pool",
+        "unusable_pool",
+        "pool_not_allowed",
+        "address_in_use",
+        "port_in_use",
+        "pool_exhausted",
+        "no_eligible_pool",
+        "no_free_address",
+    ];
+
+    /// A short label for the metric `ferrolb_pending_services{reason}`: what kind of change would help (the
+    /// Service's own request, the pools, or sharing), coarser than the message, so the label set stays small.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BothRequestStyles
+            | Self::BadRequestedIp { .. }
+            | Self::TooManyRequested { .. }
+            | Self::RequestedFamilyMismatch { .. }
+            | Self::NotEnoughFamilies
+            | Self::RequireDualStackNeedsTwo => "bad_request",
+            Self::RequestedIpNotInPool { .. } | Self::RequestedIpNotInNamedPool { .. } => "requested_ip_not_in_pool",
+            Self::RequestedIpsInDifferentPools { .. } => "requested_ips_in_different_pools",
+            Self::UnknownPool { .. } => "unknown_pool",
+            Self::UnusablePool { .. } => "unusable_pool",
+            Self::PoolNotAllowed { .. } => "pool_not_allowed",
+            Self::NotShared { .. } | Self::SharingKeyMismatch { .. } | Self::BackendMismatch { .. } => "address_in_use",
+            Self::PortInUse { .. } => "port_in_use",
+            Self::PoolExhausted { .. } => "pool_exhausted",
+            Self::NoEligiblePool { .. } => "no_eligible_pool",
+            Self::NoFreeAddress { .. } => "no_free_address",
+        }
+    }
+}
+
+/// Pending Services per reason label (pure): every label of [`Refusal::REASONS`] present, 0 when none.
+pub fn pending_by_reason<'a>(reasons: impl IntoIterator<Item = &'a str>) -> std::collections::BTreeMap<&'a str, i64> {
+    let mut out: std::collections::BTreeMap<&str, i64> = Refusal::REASONS.iter().map(|r| (*r, 0)).collect();
+    for reason in reasons {
+        *out.entry(reason).or_insert(0) += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_label_is_listed_and_pending_services_are_counted_per_label() {
+        let ip: IpAddr = "198.19.0.1".parse().expect("ip");
+        let holder = ServiceKey::new("default", "a");
+        let samples = [
+            Refusal::BothRequestStyles,
+            Refusal::RequestedIpNotInPool { ip },
+            Refusal::RequestedIpNotInNamedPool { ip, pool: "p".into() },
+            Refusal::RequestedIpsInDifferentPools { a: ip, pool_a: "p".into(), b: ip, pool_b: "q".into() },
+            Refusal::UnknownPool { pool: "p".into() },
+            Refusal::UnusablePool { pool: "p".into(), why: "x".into() },
+            Refusal::PoolNotAllowed { pool: "p".into() },
+            Refusal::NotShared { ip, holder: holder.clone() },
+            Refusal::PortInUse { port: PortKey { protocol: "TCP".into(), port: 53 }, holder, ip },
+            Refusal::PoolExhausted { pool: "p".into(), family: Family::V4 },
+            Refusal::NoEligiblePool { namespace: "default".into() },
+            Refusal::NoFreeAddress { pools: vec!["p".into()], families: vec![Family::V4] },
+        ];
+        for r in &samples {
+            assert!(Refusal::REASONS.contains(&r.reason()), "{r:?} has an unlisted label {}", r.reason());
+        }
+        let labels: std::collections::BTreeSet<&str> = samples.iter().map(Refusal::reason).collect();
+        assert_eq!(labels.len(), Refusal::REASONS.len(), "every listed label is reachable");
+        let counted = pending_by_reason([samples[1].reason(), samples[2].reason(), samples[9].reason()]);
+        assert_eq!(counted["requested_ip_not_in_pool"], 2);
+        assert_eq!(counted["pool_exhausted"], 1);
+        assert_eq!(counted["port_in_use"], 0, "present at 0, so an alert sees the series");
+        assert_eq!(counted.len(), Refusal::REASONS.len());
+    }
+}

@@ -5,9 +5,10 @@ use crate::allocator::{Allocator, Assignment};
 use crate::error::{Error, Result};
 use crate::events::publish;
 use crate::metrics::Metrics;
-use crate::pool::{PoolConfig, PoolProblem, resolve_pools};
+use crate::pool::PoolProblem;
+use crate::replay::{self, key_of};
 use crate::service::{ServiceIntent, ServiceKey, is_managed};
-use crate::status::{current_ingress, pool_status, service_writes};
+use crate::status::{pool_status, service_writes};
 use ferrolb_crds::IPAddressPool;
 use ferrolb_crds::annotations::IP_ALLOCATED_FROM_POOL;
 use ferrolb_runtime::events::EventKind;
@@ -46,10 +47,6 @@ enum Trigger {
     Config,
 }
 
-fn key_of(svc: &Service) -> ServiceKey {
-    ServiceKey::new(svc.metadata.namespace.as_deref().unwrap_or_default(), &svc.name_any())
-}
-
 /// The controller's state between wake-ups.
 struct Controller {
     client: Client,
@@ -62,8 +59,9 @@ struct Controller {
     /// Fingerprint of the pool specs and namespace labels the allocator was last configured with.
     config_seen: String,
     problems: BTreeMap<String, Vec<PoolProblem>>,
-    /// Last refusal reported per Service, so Events are sent only on change.
-    refusals: BTreeMap<ServiceKey, String>,
+    /// Last refusal reported per Service (message, reason label), so Events are sent only on change; the
+    /// Services here are the pending ones (`ferrolb_pending_services`).
+    refusals: BTreeMap<ServiceKey, (String, &'static str)>,
     /// Addresses taken away by a pool change, until the Service is reconciled and told.
     lost: BTreeMap<ServiceKey, Assignment>,
     /// Last problems reported per pool.
@@ -119,46 +117,32 @@ impl Controller {
             return false;
         }
         self.config_seen = fingerprint;
-        let mut pools = self.pools.state();
-        pools.sort_by(|a, b| {
-            (a.metadata.creation_timestamp.as_ref().map(|t| t.0), a.name_any())
-                .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.name_any()))
-        });
-        let parsed = pools.iter().map(|p| (p.name_any(), PoolConfig::from_spec(&p.name_any(), &p.spec)));
-        let (valid, problems) = resolve_pools(parsed);
-        let unusable = problems
-            .iter()
-            .map(|(name, ps)| (name.clone(), ps.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))
-            .collect();
-        tracing::info!(valid = valid.len(), invalid = problems.len(), "pool configuration changed");
-        for (key, lost) in self.allocator.set_pools(valid, unusable) {
+        let pools = self.pools.state();
+        let set = replay::read_pools(pools.iter().map(AsRef::as_ref));
+        tracing::info!(valid = set.valid.len(), invalid = set.problems.len(), "pool configuration changed");
+        let unusable = set.unusable();
+        for (key, lost) in self.allocator.set_pools(set.valid, unusable) {
             tracing::info!(service = %key, ips = ?lost.ips, pool = %lost.pool, "address no longer in any pool");
             self.lost.insert(key, lost);
         }
-        self.problems = problems;
+        self.problems = set.problems;
         true
     }
 
     /// Re-registers every address Services already show, before anything new is handed out.
     fn restore_all(&mut self) {
-        let mut services: Vec<_> = self
-            .services
-            .state()
-            .into_iter()
-            .filter(|s| is_managed(s, self.settings.load_balancer_class.as_deref()) && !current_ingress(s).is_empty())
-            .collect();
-        // Services holding more addresses first (dual-stack), then by key: MetalLB's order, made stable.
-        services.sort_by_key(|s| (std::cmp::Reverse(current_ingress(s).len()), key_of(s)));
-        let mut restored = 0;
-        for svc in services {
-            let key = key_of(&svc);
-            let labels = self.namespace_labels(&key.namespace);
-            match ServiceIntent::from_service(&svc, &labels)
-                .and_then(|i| self.allocator.restore(&i, &current_ingress(&svc)))
-            {
-                Ok(_) => restored += 1,
-                Err(refusal) => tracing::info!(service = %key, %refusal, "cannot keep the current address"),
-            }
+        let services = self.services.state();
+        let namespaces = self.namespaces.clone();
+        let labels =
+            |ns: &str| namespaces.get(&ObjectRef::new(ns)).and_then(|n| n.metadata.labels.clone()).unwrap_or_default();
+        let (restored, refused) = replay::restore(
+            &mut self.allocator,
+            services.iter().map(AsRef::as_ref),
+            labels,
+            self.settings.load_balancer_class.as_deref(),
+        );
+        for (key, refusal) in refused {
+            tracing::info!(service = %key, %refusal, "cannot keep the current address");
         }
         tracing::info!(restored, "restored existing assignments");
     }
@@ -199,11 +183,11 @@ impl Controller {
                                 events.push((w.svc.clone(), EventKind::Normal, "IPAllocated", note));
                             }
                         }
-                        Say::Refused { message, note } => {
-                            if self.refusals.get(&w.key) != Some(&message) {
+                        Say::Refused { message, reason, note } => {
+                            if self.refusals.get(&w.key).map(|r| &r.0) != Some(&message) {
                                 tracing::info!(service = %w.key, reason = %message, "no address");
                                 events.push((w.svc.clone(), EventKind::Warning, "AllocationFailed", note));
-                                self.refusals.insert(w.key.clone(), message);
+                                self.refusals.insert(w.key.clone(), (message, reason));
                             }
                         }
                     }
@@ -296,7 +280,8 @@ impl Controller {
                     Some(old) => format!("{message} (released {:?})", old.ips),
                     None => message.clone(),
                 };
-                Some(Work { key, svc, assignment: None, say: Say::Refused { message, note }, started })
+                let say = Say::Refused { message, reason: refusal.reason(), note };
+                Some(Work { key, svc, assignment: None, say, started })
             }
         }
     }
@@ -315,8 +300,10 @@ impl Controller {
         self.reconcile(refused).await;
     }
 
-    /// Writes each pool's counts and conditions when they changed, and an Event when its problems change.
+    /// Writes each pool's counts and conditions when they changed, and an Event when its problems change; and the
+    /// pending-Services gauge, which changes in the same passes.
     async fn update_pools(&mut self) {
+        self.metrics.set_pending(&crate::refusal::pending_by_reason(self.refusals.values().map(|r| r.1)));
         let now = Time(Timestamp::now());
         for pool in self.pools.state() {
             let name = pool.name_any();
@@ -388,6 +375,7 @@ enum Say {
     /// `AllocationFailed`, when the reason differs from the last one told.
     Refused {
         message: String,
+        reason: &'static str,
         note: String,
     },
 }
