@@ -102,9 +102,9 @@ fn binaries_expose() -> BTreeSet<String> {
     metrics.count("assigned");
     let controller = metrics.render();
     let stats = std::sync::Arc::new(ferrolb_speaker::raw::Stats::default());
-    let ip = std::net::Ipv4Addr::new(198, 19, 0, 1);
+    let ip = std::net::IpAddr::from([198, 19, 0, 1]);
     let mac = ferrolb_speaker::arp::Mac([2, 0, 0, 0, 0, 9]);
-    for family in [&stats.drops, &stats.gossip_rejects, &stats.unannounced, &stats.announce_failed] {
+    for family in [&stats.drops, &stats.ndp_drops, &stats.gossip_rejects, &stats.unannounced, &stats.announce_failed] {
         family.lock().map(|mut m| m.insert("some_reason", 1)).ok();
     }
     stats.strangers.lock().map(|mut m| m.insert((ip, mac), std::time::Instant::now())).ok();
