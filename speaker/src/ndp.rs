@@ -231,6 +231,11 @@ impl NdpFrame {
         if message[1] != 0 {
             return Err(Drop::Malformed);
         }
+        // No IPv6 packet may come from a multicast address (RFC 4291 §2.7); answering one would send a solicited
+        // advertisement to a group.
+        if src.is_multicast() {
+            return Err(Drop::Malformed);
+        }
         let target = ipv6_at(message, 8);
         if target.is_multicast() {
             return Err(Drop::MulticastTarget);
@@ -429,6 +434,14 @@ mod tests {
 
     fn owns_vip(ip: Ipv6Addr) -> bool {
         ip == VIP
+    }
+
+    #[test]
+    fn a_solicitation_from_a_multicast_source_is_not_answered() {
+        // Found by the property test: answering it would send a solicited advertisement to a group.
+        let from_group = solicitation(ALL_NODES, VIP, Some(ASKER));
+        assert_eq!(respond(&from_group, OURS, owns_vip), Decision::Drop(Drop::Malformed));
+        assert_eq!(claim(&from_group, OURS), None);
     }
 
     #[test]
