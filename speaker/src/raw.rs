@@ -195,6 +195,9 @@ pub struct Responder {
 struct Groups {
     index: u32,
     socket: Option<std::net::UdpSocket>,
+    /// The groups last asked for: an unchanged request does nothing (a failed join is not retried, and not
+    /// logged again, until what is wanted changes).
+    wanted: BTreeSet<Ipv6Addr>,
     joined: BTreeSet<Ipv6Addr>,
 }
 
@@ -202,26 +205,35 @@ impl Groups {
     /// Joins the groups of `addresses` not joined yet and leaves those no longer needed; returns the failures.
     fn set(&mut self, addresses: &BTreeSet<Ipv6Addr>) -> Vec<(Ipv6Addr, std::io::Error)> {
         let want: BTreeSet<Ipv6Addr> = addresses.iter().map(|ip| ndp::solicited_node(*ip)).collect();
-        if want == self.joined {
+        if want == self.wanted {
             return Vec::new();
         }
-        if self.socket.is_none() {
-            match std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)) {
-                Ok(s) => self.socket = Some(s),
+        self.wanted = want.clone();
+        let socket = match &self.socket {
+            Some(socket) => socket,
+            None => match std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)) {
+                Ok(socket) => self.socket.insert(socket),
                 Err(e) => return want.into_iter().map(|g| (g, std::io::Error::new(e.kind(), e.to_string()))).collect(),
-            }
-        }
-        let Some(socket) = &self.socket else { return Vec::new() };
+            },
+        };
         for group in self.joined.difference(&want) {
             let _ = socket.leave_multicast_v6(group, self.index);
         }
         let mut failed = Vec::new();
-        for group in want.difference(&self.joined) {
-            if let Err(e) = socket.join_multicast_v6(group, self.index) {
-                failed.push((*group, e));
+        let mut joined = BTreeSet::new();
+        for group in want {
+            if self.joined.contains(&group) {
+                joined.insert(group);
+                continue;
+            }
+            match socket.join_multicast_v6(&group, self.index) {
+                Ok(()) => {
+                    joined.insert(group);
+                }
+                Err(e) => failed.push((group, e)),
             }
         }
-        self.joined = want.into_iter().filter(|g| !failed.iter().any(|(f, _)| f == g)).collect();
+        self.joined = joined;
         failed
     }
 }
@@ -292,7 +304,8 @@ impl Responder {
                 }
             })
             .map_err(err)?;
-        let groups = Mutex::new(Groups { index: iface.index, socket: None, joined: BTreeSet::new() });
+        let groups =
+            Mutex::new(Groups { index: iface.index, socket: None, wanted: BTreeSet::new(), joined: BTreeSet::new() });
         Ok(Self { name: iface.name.clone(), mac, sender, stop, groups })
     }
 

@@ -36,6 +36,13 @@ fn host_neighbour(lab: &TestLab, ip: &str) -> Option<String> {
     node_macs(lab).get(&mac).cloned()
 }
 
+/// Whether `node`'s eth0 has joined the IPv6 multicast `group` (exactly; ff02::1:ff00:1 is a prefix of ff02::1:ff00:12).
+fn joined(lab: &TestLab, node: &str, group: &str) -> bool {
+    let ns = lab.state().node(node).expect("node").netns.clone();
+    let out = Command::new("ip").args(["-n", &ns, "-6", "maddr", "show", "dev", "eth0"]).output().expect("ip");
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().nth(1) == Some(group))
+}
+
 /// Waits for one address of the Service, or of each family with `count` 2; returns them as written.
 async fn addresses(client: &kube::Client, namespace: &str, name: &str, count: usize) -> Vec<String> {
     eventually(&format!("{count} address(es) for {namespace}/{name}"), Duration::from_secs(30), || async {
@@ -83,10 +90,11 @@ async fn dual_stack_and_ipv6_services_are_answered_by_one_node_and_move_together
     assert!(metric_sum(&metrics, "ferrolb_speaker_ndp_advertisements_total") > 0.0, "{metrics}");
     assert_eq!(metric_sum(&metrics, "ferrolb_speaker_ndp_group_join_failures_total"), 0.0, "{metrics}");
     // The owner joined the address's solicited-node group on eth0 (the NIC filter and MLD snooping need it).
-    let owner_ns = lab.state().node(&owner).expect("owner").netns.clone();
     let group = ferrolb_speaker::ndp::solicited_node(v6.parse().expect("v6")).to_string();
-    let groups = Command::new("ip").args(["-n", &owner_ns, "-6", "maddr", "show", "dev", "eth0"]).output().expect("ip");
-    assert!(String::from_utf8_lossy(&groups.stdout).contains(&group), "{group} not joined on {owner}'s eth0");
+    assert!(joined(&lab, &owner, &group), "{group} not joined on {owner}'s eth0");
+    for other in NODES.iter().filter(|n| **n != owner) {
+        assert!(!joined(&lab, other, &group), "{other} joined {group} without owning it");
+    }
 
     // IPv6 only: works the same.
     let v6_only = "apiVersion: v1\nkind: Service\nmetadata: {name: dns6, namespace: default}\nspec:\n  type: LoadBalancer\n  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv6]\n  selector: {app: dns}\n  ports: [{name: udp, port: 53, protocol: UDP}, {name: tcp, port: 53, protocol: TCP}]\n";
@@ -130,10 +138,16 @@ async fn dual_stack_and_ipv6_services_are_answered_by_one_node_and_move_together
     assert_served_by(&lab, &v6, &next);
     assert_served_by(&lab, &v4, &next);
 
-    // Revived: both come back to the election's choice.
+    assert!(joined(&lab, &next, &group), "the new owner joined {group}");
+
+    // Revived: both come back to the election's choice, and the node that gave the address up left its group.
     lab.ok(&["revive", &owner]);
     wait_answered_by(&lab, &v6, &[&owner]).await;
     wait_answered_by(&lab, &v4, &[&owner]).await;
+    eventually(&format!("{next} to leave {group}"), Duration::from_secs(30), || async {
+        (!joined(&lab, &next, &group) && joined(&lab, &owner, &group)).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
