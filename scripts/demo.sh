@@ -145,6 +145,34 @@ run kubectl get pods -n metallb-system -o wide
 run "$LAB" exec host -- "$LAB" probe udp "$VIP:53"
 note "revived: ownership returns to $OWNER (rendezvous hashing moves only that node's addresses)"
 
+say "12. IPv6: the lab is dual-stack (2001:db8::/32). A dual-stack Service gets one address per family; one node answers both."
+run kubectl patch ipaddresspool lab -n metallb-system --type=merge -p '{"spec":{"addresses":["198.19.0.1-198.19.0.254","2001:db8:19::1-2001:db8:19::ff"]}}'
+kubectl apply -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Service
+metadata: {name: dns-dual, namespace: kube-system}
+spec:
+  type: LoadBalancer
+  ipFamilyPolicy: PreferDualStack
+  ipFamilies: [IPv4, IPv6]
+  selector: {k8s-app: kube-dns}
+  ports: [{name: dns-udp, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]
+YAML
+for _ in $(seq 60); do
+  [ -n "$(kubectl get svc dns-dual -n kube-system -o jsonpath='{.status.loadBalancer.ingress[1].ip}')" ] && break
+  sleep 0.5
+done
+run kubectl get svc dns-dual -n kube-system -o jsonpath='{.status.loadBalancer.ingress}{"\n"}'
+V4=$(kubectl get svc dns-dual -n kube-system -o jsonpath='{.status.loadBalancer.ingress[0].ip}')
+V6=$(kubectl get svc dns-dual -n kube-system -o jsonpath='{.status.loadBalancer.ingress[1].ip}')
+sleep 2
+run "$LAB" exec host -- ip -6 route show 2001:db8:19::/64
+run "$LAB" exec host -- "$LAB" arping "$V4"
+run "$LAB" exec host -- "$LAB" arping "$V6"
+note "the same MAC answers ARP for $V4 and neighbour solicitations for $V6"
+run "$LAB" exec host -- "$LAB" probe udp "[$V6]:53"
+run "$LAB" exec host -- "$LAB" probe tcp "[$V6]:53"
+
 say "Done. The lab keeps running:"
 note "export KUBECONFIG=$KUBECONFIG"
 note "$LAB exec host -- ip neigh      # run anything as the user's workstation"
