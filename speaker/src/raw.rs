@@ -5,7 +5,7 @@
 
 use crate::arp::Mac;
 use crate::claim::Heard;
-use crate::iface::InterfaceInfo;
+use crate::iface::{Exclusions, InterfaceInfo};
 use crate::ndp;
 use crate::wire::{self, Answer};
 use pnet_datalink::{Channel, DataLinkSender};
@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-/// The node's interfaces as the OS reports them.
-pub fn interfaces() -> Vec<InterfaceInfo> {
+/// The node's interfaces as the OS reports them, each marked when `exclusions` names it.
+pub fn interfaces(exclusions: &Exclusions) -> Vec<InterfaceInfo> {
     pnet_datalink::interfaces()
         .into_iter()
         .map(|i| InterfaceInfo {
@@ -39,6 +39,7 @@ pub fn interfaces() -> Vec<InterfaceInfo> {
                 })
                 .collect(),
             index: i.index,
+            excluded: exclusions.matches(&i.name),
             name: i.name,
         })
         .collect()

@@ -377,7 +377,7 @@ pub async fn run(
             // Interfaces and sysctls are read on their own clock (the tick), not on every API event: with
             // thousands of Services, watch events come far more often than NICs change.
             if rescan_due.swap(false, Ordering::Relaxed) {
-                interfaces = raw::interfaces();
+                interfaces = raw::interfaces(&settings.exclusions);
                 if let Ok(mut macs) = identity.macs.write() {
                     *macs = interfaces.iter().filter(|i| i.up).filter_map(|i| i.mac).filter(|m| *m != [0; 6]).collect();
                 }
