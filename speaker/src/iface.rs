@@ -230,6 +230,29 @@ pub fn for_address<'a>(usable: &[&'a InterfaceInfo], ip: IpAddr) -> Vec<&'a Inte
     if same_subnet.is_empty() { usable.to_vec() } else { same_subnet }
 }
 
+/// What differs between two readings of the interfaces, for the log: `eth2 added`, `eth1 down`,
+/// `eth1 addresses`, `eth2 removed` (by name; a name that came back with another index counts as added again).
+pub fn changes(before: &[InterfaceInfo], after: &[InterfaceInfo]) -> Vec<String> {
+    let mut out = Vec::new();
+    for now in after {
+        match before.iter().find(|b| b.name == now.name && b.index == now.index) {
+            None => out.push(format!("{} added", now.name)),
+            Some(was) => {
+                if was.up != now.up {
+                    out.push(format!("{} {}", now.name, if now.up { "up" } else { "down" }));
+                }
+                if was.ipv4 != now.ipv4 || was.ipv6 != now.ipv6 || was.mac != now.mac {
+                    out.push(format!("{} addresses", now.name));
+                }
+            }
+        }
+    }
+    for was in before.iter().filter(|b| !after.iter().any(|a| a.name == b.name && a.index == b.index)) {
+        out.push(format!("{} removed", was.name));
+    }
+    out
+}
+
 /// kube-proxy in IPVS mode puts every Service address on this interface.
 pub const IPVS_INTERFACE: &str = "kube-ipvs0";
 
@@ -348,6 +371,20 @@ mod tests {
             Some("no interface is up with a MAC and an IPv6 address"),
             "an IPv6 address needs an interface with IPv6 on it"
         );
+    }
+
+    #[test]
+    fn changes_between_two_readings_are_named() {
+        let before = [iface("eth0", "10.0.0.5", 24), iface("eth1", "10.1.0.5", 24), iface("eth9", "10.9.0.5", 24)];
+        let mut after = vec![
+            iface("eth0", "10.0.0.5", 24),
+            InterfaceInfo { up: false, ..iface("eth1", "10.1.0.6", 24) },
+            InterfaceInfo { index: 7, ..iface("eth2", "10.2.0.5", 24) },
+        ];
+        assert_eq!(changes(&before, &after), ["eth1 down", "eth1 addresses", "eth2 added", "eth9 removed"]);
+        assert!(changes(&after, &after).is_empty());
+        after[0].index = 12;
+        assert_eq!(changes(&before[..1], &after[..1]), ["eth0 added", "eth0 removed"], "same name, new index");
     }
 
     #[test]

@@ -54,6 +54,9 @@ struct Args {
     /// spaces (empty: none excluded). Default: MetalLB's list plus cilium, vxlan and weave devices.
     #[arg(long, env = "FERROLB_EXCLUDE_INTERFACES")]
     exclude_interfaces: Option<String>,
+    /// Read the interfaces again at least this often, in seconds; netlink notifications trigger a read at once.
+    #[arg(long, env = "FERROLB_INTERFACE_RESCAN_SECS", default_value_t = 60)]
+    interface_rescan_secs: u64,
 }
 
 #[tokio::main]
@@ -84,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
         dead_after: Duration::from_millis(args.dead_after_ms),
         policy: Policy { ignore_exclude_label: args.ignore_exclude_lb },
         exclusions,
+        interface_rescan: Duration::from_secs(args.interface_rescan_secs.max(1)),
     };
     let (gossip_port, ignore_exclude_lb) = (args.gossip_port, args.ignore_exclude_lb);
     let excluded = settings.exclusions.patterns().join(" ");

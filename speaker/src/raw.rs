@@ -108,6 +108,8 @@ pub struct Stats {
     pub unheard_live_peers: AtomicU64,
     /// Strangers (no node's MAC) seen claiming an address this node answers for: (address, MAC) → when.
     pub strangers: Mutex<BTreeMap<(IpAddr, Mac), std::time::Instant>>,
+    /// Times the interfaces were read again, by reason (`netlink`, `timer`).
+    pub interface_rescans: Mutex<BTreeMap<&'static str, u64>>,
     /// Plans made (one per wake).
     pub plans: AtomicU64,
     /// Time spent planning, summed, in microseconds.
@@ -185,6 +187,9 @@ pub struct Responder {
     pub name: String,
     /// Its MAC.
     pub mac: Mac,
+    /// Its interface index: a NIC removed and added again under the same name is another interface, and its
+    /// old socket hears nothing.
+    pub index: u32,
     sender: Arc<Mutex<Box<dyn DataLinkSender>>>,
     stop: Arc<AtomicBool>,
     groups: Mutex<Groups>,
@@ -294,7 +299,7 @@ impl Responder {
             })
             .map_err(err)?;
         let groups = Mutex::new(Groups { index: iface.index, socket: None, joined: BTreeSet::new() });
-        Ok(Self { name: iface.name.clone(), mac, sender, stop, groups })
+        Ok(Self { name: iface.name.clone(), mac, index: iface.index, sender, stop, groups })
     }
 
     /// Asks who answers for `ip` (an RFC 5227 ARP probe or an RFC 4862 duplicate-address probe).

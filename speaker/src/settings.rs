@@ -29,4 +29,6 @@ pub struct Settings {
     pub policy: Policy,
     /// Interface names not answered on unless an L2Advertisement names them.
     pub exclusions: Exclusions,
+    /// Interfaces are read again at least this often, whatever netlink says (a safety net).
+    pub interface_rescan: Duration,
 }
