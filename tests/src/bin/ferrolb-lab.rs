@@ -223,6 +223,9 @@ async fn main() -> anyhow::Result<()> {
                 let killed = if state.killed_marker(&n.name).exists() { "  KILLED" } else { "" };
                 println!("node {:<8} {:<12} netns {}{killed}", n.name, n.ip, n.netns);
             }
+            if !state.speaker_args.is_empty() {
+                println!("speaker args (from the chart) {}", state.speaker_args.join(" "));
+            }
             for p in &state.procs {
                 let up = if ferrolb_tests::lab::control_plane::alive(p.pid) { "running" } else { "DEAD" };
                 println!("proc {:<24} pid {:<8} {up}", p.role, p.pid);

@@ -164,6 +164,14 @@ pub struct State {
     /// Nodes report only their IPv6 InternalIP, so speakers find their peers (liveness) over IPv6.
     #[serde(default)]
     pub ipv6_nodes: bool,
+    /// Arguments the chart gives the speaker DaemonSet's container (process mode passes them on, so chart
+    /// values such as `loadBalancerClass` hold for the processes too); `--namespace` and `--metrics-addr` are
+    /// the lab's own.
+    #[serde(default)]
+    pub speaker_args: Vec<String>,
+    /// The same for the controller Deployment's container.
+    #[serde(default)]
+    pub controller_args: Vec<String>,
 }
 
 fn yes() -> bool {
