@@ -30,6 +30,8 @@ pub struct UpOptions {
     pub helm_set: Vec<String>,
     /// Nodes report only their IPv6 InternalIP (an IPv6-only cluster as ferrolb sees it).
     pub ipv6_nodes: bool,
+    /// A second LAN segment: every node and the host get `eth1` on it (see [`net::create`]).
+    pub second_lan: bool,
 }
 
 /// Labels kubeadm puts on a control-plane node; minikube and kind nodes carry them too.
@@ -55,11 +57,18 @@ pub fn is_running(dir: &Path) -> bool {
 pub async fn up(opts: &UpOptions) -> Result<State> {
     if is_running(&opts.dir) {
         let state = State::load(&opts.dir)?;
-        if state.nodes.len() == opts.nodes {
+        if state.nodes.len() == opts.nodes && state.second_lan == opts.second_lan {
             step(format!("lab {:?} is already up", state.name));
             return Ok(state);
         }
-        step(format!("lab {:?} has {} nodes, {} asked: rebuilding", state.name, state.nodes.len(), opts.nodes));
+        step(format!(
+            "lab {:?} has {} nodes (second LAN: {}), {} asked (second LAN: {}): rebuilding",
+            state.name,
+            state.nodes.len(),
+            state.second_lan,
+            opts.nodes,
+            opts.second_lan
+        ));
     }
     down(&opts.name, &opts.dir)?;
     if opts.nodes == 0 || opts.nodes > 200 {
@@ -84,6 +93,7 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
         speaker_gossip: true,
         real_nodes: opts.real_nodes,
         ipv6_nodes: opts.ipv6_nodes,
+        second_lan: opts.second_lan,
         ..State::default()
     };
     state.save()?;
@@ -93,8 +103,9 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
     step("generating the CA, serving certificate, ServiceAccount key and tokens");
     let node_names: Vec<String> = state.nodes.iter().map(|n| n.name.clone()).collect();
     let tokens = pki::generate(&state.dir, &node_names)?;
-    step(format!("creating the network: bridge, host and {} node namespaces (198.18.0.0/15)", state.nodes.len()));
-    net::create(&state.lan_netns(), &state.host_netns(), &state.nodes)?;
+    let lans = if opts.second_lan { "two bridges" } else { "bridge" };
+    step(format!("creating the network: {lans}, host and {} node namespaces (198.18.0.0/15)", state.nodes.len()));
+    net::create(&state.lan_netns(), &state.host_netns(), &state.nodes, opts.second_lan)?;
 
     control_plane::start(&mut state)?;
     let ca = state.dir.join("pki/ca.crt");
