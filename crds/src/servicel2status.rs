@@ -34,7 +34,7 @@ pub struct ServiceL2StatusStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("serviceNamespace is immutable"))]
     pub service_namespace: Option<String>,
-    /// Interfaces the address is announced on, when restricted by the L2Advertisement.
+    /// Interfaces the address is answered on (every one, restricted by the L2Advertisement or not).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<InterfaceInfo>,
 }

@@ -151,7 +151,9 @@ impl Task {
     /// Opens responders on interfaces newly needed, closes those of interfaces gone.
     fn open_responders(&mut self, want: &Desired, interfaces: &[InterfaceInfo]) {
         let needed: BTreeSet<&String> = want.values().flatten().collect();
-        self.responders.retain(|name, _| needed.contains(name) || interfaces.iter().any(|i| &i.name == name));
+        // A responder lives while its interface does: same name and index (a NIC removed and added again gets
+        // a new index, and the old socket would hear nothing).
+        self.responders.retain(|name, r| interfaces.iter().any(|i| &i.name == name && i.index == r.index));
         for name in needed {
             if self.responders.contains_key(name) {
                 continue;

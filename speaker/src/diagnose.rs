@@ -61,6 +61,12 @@ pub fn explain(nobody: &Nobody) -> String {
         }
         Nobody::NoReadyEndpoints => return "the Service has no ready endpoints".into(),
         Nobody::NoNodes => return "there are no nodes".into(),
+        Nobody::SharedIpWithServiceSelectors => {
+            return "the Service has allow-shared-ip and an L2Advertisement selects it by serviceSelectors: Services \
+                    sharing an address could then be given to different nodes, so, as MetalLB, nobody announces it \
+                    (drop the serviceSelectors or the allow-shared-ip annotation)"
+                .into();
+        }
         Nobody::Ineligible(reasons) => reasons,
     };
     // Groups in the order of their first node, so the note reads down the node list.
@@ -202,6 +208,8 @@ mod tests {
         assert_eq!(explain(&Nobody::NoReadyEndpoints), "the Service has no ready endpoints");
         assert!(explain(&Nobody::NoAdvertisement).starts_with("no L2Advertisement applies"));
         assert!(!explain(&Nobody::NoReadyEndpoints).contains("node"), "not the nodes' fault");
+        let shared = explain(&Nobody::SharedIpWithServiceSelectors);
+        assert!(shared.contains("allow-shared-ip") && shared.contains("serviceSelectors"), "{shared}");
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct Advertisement {
     pub node_selectors: Vec<Selector>,
     /// Interfaces it allows (none: any).
     pub interfaces: BTreeSet<String>,
+    /// It applies to the Service through `serviceSelectors` (rather than to every Service of its pools).
+    pub selects_services: bool,
 }
 
 /// What decides the owner of one Service's address.
@@ -54,6 +56,8 @@ pub struct ServiceFacts {
     pub ready_endpoint_nodes: BTreeSet<String>,
     /// Whether any endpoint anywhere is ready (nodeless endpoints included).
     pub any_ready_endpoint: bool,
+    /// It carries `allow-shared-ip` (any value, either prefix): it may share its address with other Services.
+    pub allows_sharing: bool,
 }
 
 /// Cluster-wide choices that change who may announce. Every speaker must run with the same policy, or they
@@ -186,6 +190,10 @@ pub enum Nobody<'a> {
     NoReadyEndpoints,
     /// The view holds no nodes at all.
     NoNodes,
+    /// The Service may share its address (`allow-shared-ip`) and an advertisement with `serviceSelectors`
+    /// applies to it: Services sharing one address could then have different candidate nodes, so, as MetalLB,
+    /// nobody announces it.
+    SharedIpWithServiceSelectors,
     /// Every node is ineligible, each for this reason (sorted by node name).
     Ineligible(Vec<(&'a str, Ineligible)>),
 }
@@ -197,6 +205,7 @@ impl Nobody<'_> {
             Nobody::NoAdvertisement => "no_advertisement",
             Nobody::NoReadyEndpoints => "no_ready_endpoints",
             Nobody::NoNodes => "no_nodes",
+            Nobody::SharedIpWithServiceSelectors => "shared_ip_with_service_selectors",
             Nobody::Ineligible(reasons) => match reasons.split_first() {
                 Some(((_, first), rest)) if rest.iter().all(|(_, r)| r == first) => first.label(),
                 _ => "mixed",
@@ -238,6 +247,11 @@ pub fn decide<'a>(
     if !svc.any_ready_endpoint {
         return Decision::Nobody(Nobody::NoReadyEndpoints);
     }
+    // MetalLB's rule (speaker/layer2_controller.go, `sharedIPWithServiceSelector`): the Services sharing an
+    // address are elected one by one, and with service selectors their candidate nodes could differ.
+    if svc.allows_sharing && ads.iter().any(|a| a.selects_services) {
+        return Decision::Nobody(Nobody::SharedIpWithServiceSelectors);
+    }
     if nodes.is_empty() {
         return Decision::Nobody(Nobody::NoNodes);
     }
@@ -271,11 +285,16 @@ mod tests {
     }
 
     fn all_nodes() -> Advertisement {
-        Advertisement { node_selectors: vec![], interfaces: BTreeSet::new() }
+        Advertisement { node_selectors: vec![], interfaces: BTreeSet::new(), selects_services: false }
     }
 
     fn served() -> ServiceFacts {
-        ServiceFacts { local: false, ready_endpoint_nodes: BTreeSet::new(), any_ready_endpoint: true }
+        ServiceFacts {
+            local: false,
+            ready_endpoint_nodes: BTreeSet::new(),
+            any_ready_endpoint: true,
+            allows_sharing: false,
+        }
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -310,7 +329,11 @@ mod tests {
             ..LabelSelector::default()
         })
         .expect("selector");
-        let ads = [Advertisement { node_selectors: vec![zone_a], interfaces: BTreeSet::from(["eth1".to_string()]) }];
+        let ads = [Advertisement {
+            node_selectors: vec![zone_a],
+            interfaces: BTreeSet::from(["eth1".to_string()]),
+            selects_services: false,
+        }];
         let mut n = node("n");
         assert_eq!(eligibility(&n, &served(), &ads, Policy::default()), Err(Ineligible::NotSelected));
         n.labels.insert("zone".into(), "a".into());
@@ -332,6 +355,7 @@ mod tests {
             local: true,
             ready_endpoint_nodes: BTreeSet::from(["b".to_string()]),
             any_ready_endpoint: true,
+            allows_sharing: false,
         };
         let p = Policy::default();
         for i in 0..50 {
@@ -412,6 +436,7 @@ mod tests {
         let on = |z: &str, ifaces: &[&str]| Advertisement {
             node_selectors: vec![zone(z)],
             interfaces: ifaces.iter().map(ToString::to_string).collect(),
+            selects_services: false,
         };
         let mut n = node("n");
         n.labels.insert("zone".into(), "a".into());
@@ -420,6 +445,61 @@ mod tests {
         assert_eq!(allowed_interfaces(&n, &[on("a", &["eth1"]), on("a", &["eth3"])]), set(&["eth1", "eth3"]));
         assert_eq!(allowed_interfaces(&n, &[on("a", &["eth1"]), on("a", &[])]), set(&[]), "one allows any");
         assert_eq!(allowed_interfaces(&n, &[on("b", &[]), on("a", &["eth1"])]), set(&["eth1"]));
+    }
+
+    #[test]
+    fn a_node_selected_by_any_applicable_advertisement_is_a_candidate() {
+        let zone = |z: &str| {
+            Selector::parse(&LabelSelector {
+                match_labels: Some(BTreeMap::from([("zone".to_string(), z.to_string())])),
+                ..LabelSelector::default()
+            })
+            .expect("selector")
+        };
+        let in_zones = |zones: &[&str]| Advertisement {
+            node_selectors: zones.iter().map(|z| zone(z)).collect(),
+            interfaces: BTreeSet::new(),
+            selects_services: false,
+        };
+        let mut nodes = vec![node("a"), node("b"), node("c")];
+        for (n, z) in nodes.iter_mut().zip(["x", "y", "z"]) {
+            n.labels.insert("zone".into(), z.into());
+        }
+        let candidates = |ads: &[Advertisement]| -> Vec<&str> {
+            nodes
+                .iter()
+                .filter(|n| eligibility(n, &served(), ads, Policy::default()).is_ok())
+                .map(|n| n.name.as_str())
+                .collect()
+        };
+        assert_eq!(candidates(&[in_zones(&["x", "z"])]), ["a", "c"], "several selectors in one: their union");
+        assert_eq!(candidates(&[in_zones(&["x"]), in_zones(&["y"])]), ["a", "b"], "several advertisements: union");
+        assert_eq!(candidates(&[in_zones(&["x"]), all_nodes()]), ["a", "b", "c"], "one without selectors: all");
+        assert_eq!(
+            decide(ip("198.19.0.1"), &served(), &nodes, &[in_zones(&["q"])], Policy::default()),
+            Decision::Nobody(Nobody::Ineligible(vec![
+                ("a", Ineligible::NotSelected),
+                ("b", Ineligible::NotSelected),
+                ("c", Ineligible::NotSelected)
+            ]))
+        );
+    }
+
+    #[test]
+    fn a_shared_address_is_not_announced_through_service_selectors() {
+        let nodes = [node("a"), node("b")];
+        let sharing = ServiceFacts { allows_sharing: true, ..served() };
+        let by_selector = Advertisement { selects_services: true, ..all_nodes() };
+        let p = Policy::default();
+        let addr = ip("198.19.0.1");
+        assert_eq!(
+            decide(addr, &sharing, &nodes, &[all_nodes(), by_selector.clone()], p),
+            Decision::Nobody(Nobody::SharedIpWithServiceSelectors),
+            "one applicable advertisement with serviceSelectors is enough, as in MetalLB"
+        );
+        assert!(decide(addr, &sharing, &nodes, &[all_nodes()], p).owner().is_some(), "sharing alone is fine");
+        assert!(decide(addr, &served(), &nodes, &[by_selector], p).owner().is_some(), "selectors alone are fine");
+        assert_eq!(Nobody::SharedIpWithServiceSelectors.label(), "shared_ip_with_service_selectors");
     }
 
     #[test]

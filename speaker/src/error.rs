@@ -14,6 +14,14 @@ pub enum Error {
         /// Cause.
         source: std::io::Error,
     },
+    /// A pattern of the interface exclusion list is not a regular expression.
+    #[error("interface exclusion {pattern:?} is not a valid regular expression: {reason}")]
+    BadExclusion {
+        /// The pattern as given.
+        pattern: String,
+        /// What the regex parser said.
+        reason: String,
+    },
     /// The watch caches never became ready.
     #[error("watch caches did not sync: {0}")]
     CacheSync(String),

@@ -1,12 +1,79 @@
 //! Which interfaces answer for an address, decided purely from a description of the node's interfaces.
 
+use crate::error::Error;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// Name prefixes never used by default: container veths, bridges and overlay devices, and kube-proxy's
-/// `kube-ipvs0` (answering there would be exactly the IPVS-without-strictARP problem).
-pub const EXCLUDED_PREFIXES: [&str; 12] =
-    ["lo", "veth", "docker", "cni", "cali", "flannel", "cilium", "lxc", "kube-ipvs", "vxlan", "tunl", "weave"];
+/// Interface names never answered on unless an L2Advertisement names them: MetalLB's default list
+/// (`excludel2.yaml` in its chart) plus the overlay devices ferrolb excluded before it was configurable (cilium,
+/// vxlan, weave). Container veths, bridges and overlay devices are no place for a Service address, and
+/// `kube-ipvs0` holds every Service address (answering there would be exactly the IPVS-without-strictARP
+/// problem). Regular expressions, matched anywhere in the name unless anchored; the chart's
+/// `speaker.excludeInterfaces` replaces the list.
+pub const DEFAULT_EXCLUDED: [&str; 17] = [
+    "^docker.*",
+    "^cbr.*",
+    "^dummy.*",
+    "^virbr.*",
+    "^lxcbr.*",
+    "^veth.*",
+    "^lo$",
+    "^cali.*",
+    "^tunl.*",
+    "^flannel.*",
+    "^kube-ipvs.*",
+    "^cni.*",
+    "^nodelocaldns.*",
+    "^lxc.*",
+    "^cilium.*",
+    "^vxlan.*",
+    "^weave.*",
+];
+
+/// The interface names excluded unless named: a list of regular expressions, any of which excludes.
+#[derive(Debug, Clone)]
+pub struct Exclusions {
+    patterns: Vec<String>,
+    set: regex::RegexSet,
+}
+
+impl Exclusions {
+    /// Compiles a list of regular expressions; the first bad one is the error (named, so the operator can fix
+    /// the chart value).
+    pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Self, Error> {
+        let patterns: Vec<String> = patterns.iter().map(|p| p.as_ref().to_string()).collect();
+        for pattern in &patterns {
+            regex::Regex::new(pattern)
+                .map_err(|e| Error::BadExclusion { pattern: pattern.clone(), reason: e.to_string() })?;
+        }
+        let set = regex::RegexSet::new(&patterns)
+            .map_err(|e| Error::BadExclusion { pattern: patterns.join(" "), reason: e.to_string() })?;
+        Ok(Self { patterns, set })
+    }
+
+    /// The list as the speaker's flag takes it: patterns separated by whitespace (interface names cannot contain
+    /// whitespace, so no pattern needs it); empty: exclude nothing.
+    pub fn parse(list: &str) -> Result<Self, Error> {
+        Self::new(&list.split_whitespace().collect::<Vec<_>>())
+    }
+
+    /// Whether this name is excluded.
+    pub fn matches(&self, name: &str) -> bool {
+        self.set.is_match(name)
+    }
+
+    /// The patterns, as given.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+}
+
+impl Default for Exclusions {
+    fn default() -> Self {
+        // The default patterns are constants that the unit tests compile.
+        Self::new(&DEFAULT_EXCLUDED).unwrap_or_else(|_| Self { patterns: Vec::new(), set: regex::RegexSet::empty() })
+    }
+}
 
 /// One interface as the OS reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +90,8 @@ pub struct InterfaceInfo {
     pub ipv4: Vec<(Ipv4Addr, u8)>,
     /// Its IPv6 networks as (address, prefix length), link-local ones included.
     pub ipv6: Vec<(Ipv6Addr, u8)>,
+    /// Its name is on the speaker's exclusion list ([`Exclusions`], set where interfaces are read).
+    pub excluded: bool,
 }
 
 /// An address family: which protocol answers for an address (ARP or NDP) and which interface addresses count.
@@ -80,21 +149,25 @@ impl InterfaceInfo {
     }
 }
 
-/// Interfaces that may answer for addresses of `family` at all: up, with a MAC and an address of that family,
-/// not excluded by name; when the advertisements name interfaces, only those.
+/// Interfaces that may answer for addresses of `family` at all. When the advertisements name interfaces, exactly
+/// those that are up with a MAC, whatever their addresses and the exclusion list: the operator chose them, and
+/// MetalLB too answers ARP on an interface without an IPv4 address (a VLAN interface kept for Service traffic).
+/// Otherwise every interface up with a MAC and an address of the family whose name is not excluded.
 pub fn usable<'a>(all: &'a [InterfaceInfo], allowed: &BTreeSet<String>, family: Family) -> Vec<&'a InterfaceInfo> {
     all.iter()
-        .filter(|i| can_answer(i, family))
-        .filter(|i| if allowed.is_empty() { !excluded_by_name(&i.name) } else { allowed.contains(&i.name) })
+        .filter(|i| {
+            if allowed.is_empty() {
+                can_answer(i) && i.has(family) && !i.excluded
+            } else {
+                can_answer(i) && allowed.contains(&i.name)
+            }
+        })
         .collect()
 }
 
-fn can_answer(i: &InterfaceInfo, family: Family) -> bool {
-    i.up && i.mac.is_some_and(|m| m != [0; 6]) && i.has(family)
-}
-
-fn excluded_by_name(name: &str) -> bool {
-    EXCLUDED_PREFIXES.iter().any(|p| name.starts_with(p))
+/// Up and running with a real MAC: raw frames can be answered there.
+fn can_answer(i: &InterfaceInfo) -> bool {
+    i.up && i.mac.is_some_and(|m| m != [0; 6])
 }
 
 /// Why no interface may answer here (the node was elected, yet the address would go unanswered).
@@ -102,9 +175,8 @@ fn excluded_by_name(name: &str) -> bool {
 pub enum Unusable {
     /// No interface is up with a MAC and an address of the family.
     NoneUp(Family),
-    /// The advertisements name these interfaces, and none of them is up here with a MAC and an address of the
-    /// family.
-    NotInAdvertisement(BTreeSet<String>, Family),
+    /// The advertisements name these interfaces, and none of them is up here with a MAC.
+    NotInAdvertisement(BTreeSet<String>),
     /// Every interface that could answer has a name excluded by default (veths, bridges, overlays…).
     ExcludedByName(Vec<String>),
 }
@@ -123,13 +195,13 @@ impl Unusable {
     pub fn describe(&self) -> String {
         match self {
             Unusable::NoneUp(family) => format!("no interface is up with a MAC and an {family} address"),
-            Unusable::NotInAdvertisement(allowed, family) => format!(
-                "none of the L2Advertisement's interfaces ({}) is up with a MAC and an {family} address",
+            Unusable::NotInAdvertisement(allowed) => format!(
+                "none of the L2Advertisement's interfaces ({}) is up here with a MAC",
                 allowed.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
             ),
             Unusable::ExcludedByName(names) => format!(
-                "every interface that is up ({}) is excluded by name; list the right one in the L2Advertisement's \
-                 interfaces",
+                "every interface that is up ({}) is excluded by name (speaker.excludeInterfaces); list the right \
+                 one in the L2Advertisement's interfaces",
                 names.join(", ")
             ),
         }
@@ -141,9 +213,9 @@ pub fn why_unusable(all: &[InterfaceInfo], allowed: &BTreeSet<String>, family: F
     if !usable(all, allowed, family).is_empty() {
         return None;
     }
-    let up: Vec<&InterfaceInfo> = all.iter().filter(|i| can_answer(i, family)).collect();
+    let up: Vec<&InterfaceInfo> = all.iter().filter(|i| can_answer(i) && i.has(family)).collect();
     Some(if !allowed.is_empty() {
-        Unusable::NotInAdvertisement(allowed.clone(), family)
+        Unusable::NotInAdvertisement(allowed.clone())
     } else if up.is_empty() {
         Unusable::NoneUp(family)
     } else {
@@ -156,6 +228,29 @@ pub fn why_unusable(all: &[InterfaceInfo], allowed: &BTreeSet<String>, family: F
 pub fn for_address<'a>(usable: &[&'a InterfaceInfo], ip: IpAddr) -> Vec<&'a InterfaceInfo> {
     let same_subnet: Vec<&InterfaceInfo> = usable.iter().copied().filter(|i| i.subnet_contains(ip)).collect();
     if same_subnet.is_empty() { usable.to_vec() } else { same_subnet }
+}
+
+/// What differs between two readings of the interfaces, for the log: `eth2 added`, `eth1 down`,
+/// `eth1 addresses`, `eth2 removed` (by name; a name that came back with another index counts as added again).
+pub fn changes(before: &[InterfaceInfo], after: &[InterfaceInfo]) -> Vec<String> {
+    let mut out = Vec::new();
+    for now in after {
+        match before.iter().find(|b| b.name == now.name && b.index == now.index) {
+            None => out.push(format!("{} added", now.name)),
+            Some(was) => {
+                if was.up != now.up {
+                    out.push(format!("{} {}", now.name, if now.up { "up" } else { "down" }));
+                }
+                if was.ipv4 != now.ipv4 || was.ipv6 != now.ipv6 || was.mac != now.mac {
+                    out.push(format!("{} addresses", now.name));
+                }
+            }
+        }
+    }
+    for was in before.iter().filter(|b| !after.iter().any(|a| a.name == b.name && a.index == b.index)) {
+        out.push(format!("{} removed", was.name));
+    }
+    out
 }
 
 /// kube-proxy in IPVS mode puts every Service address on this interface.
@@ -186,6 +281,7 @@ mod tests {
             up: true,
             ipv4: vec![(ip.parse().expect("ip"), bits)],
             ipv6: vec![],
+            excluded: Exclusions::default().matches(name),
         }
     }
 
@@ -200,13 +296,54 @@ mod tests {
             InterfaceInfo { up: false, ..iface("eth2", "10.2.0.5", 24) },
         ];
         let names = |v: Vec<&InterfaceInfo>| v.iter().map(|i| i.name.clone()).collect::<Vec<_>>();
-        assert_eq!(names(usable(&all, &BTreeSet::new(), Family::V4)), ["eth0"]);
+        let named = |list: &[&str]| list.iter().map(ToString::to_string).collect::<BTreeSet<String>>();
+        assert_eq!(names(usable(&all, &BTreeSet::new(), Family::V4)), ["eth0"], "eth1 has no IPv4 address");
+        assert_eq!(names(usable(&all, &named(&["veth12ab"]), Family::V4)), ["veth12ab"], "named explicitly");
         assert_eq!(
-            names(usable(&all, &BTreeSet::from(["veth12ab".to_string()]), Family::V4)),
-            ["veth12ab"],
-            "named explicitly"
+            names(usable(&all, &named(&["eth1", "eth2"]), Family::V4)),
+            ["eth1"],
+            "a named interface answers without an address of its own; one that is down does not"
         );
         assert!(usable(&all, &BTreeSet::new(), Family::V6).is_empty(), "no interface has IPv6");
+    }
+
+    #[test]
+    fn metallbs_default_list_and_ours_exclude_by_regex() {
+        let default = Exclusions::default();
+        assert_eq!(default.patterns().len(), DEFAULT_EXCLUDED.len(), "every default pattern compiles");
+        for name in [
+            "docker0",
+            "cbr0",
+            "dummy0",
+            "virbr0",
+            "lxcbr0",
+            "veth1a2b",
+            "lo",
+            "cali12",
+            "tunl0",
+            "flannel.1",
+            "kube-ipvs0",
+            "kube-ipvs0-peer",
+            "cni0",
+            "nodelocaldns",
+            "lxc1",
+            "cilium_host",
+            "vxlan.calico",
+            "weave",
+        ] {
+            assert!(default.matches(name), "{name} is excluded by default");
+        }
+        for name in ["eth0", "ens3", "bond0", "eno1.100", "br-lan", "lo0x", "wlan0", "mycni0"] {
+            assert!(!default.matches(name), "{name} is not excluded by default");
+        }
+        let custom = Exclusions::parse("  ^eth1$   ^vlan[0-9]{1,4}$ ").expect("valid");
+        assert_eq!(custom.patterns(), ["^eth1$", "^vlan[0-9]{1,4}$"]);
+        assert!(custom.matches("eth1") && custom.matches("vlan100") && !custom.matches("eth10"));
+        assert!(!custom.matches("docker0"), "a list replaces the default, it does not add to it");
+        let none = Exclusions::parse("").expect("empty");
+        assert!(!none.matches("lo") && none.patterns().is_empty(), "an empty list excludes nothing");
+        let bad = Exclusions::parse("^eth0$ ^(docker").expect_err("unbalanced parenthesis");
+        assert!(bad.to_string().contains("\"^(docker\"") && bad.to_string().contains("not a valid regular expression"));
     }
 
     #[test]
@@ -223,10 +360,10 @@ mod tests {
         );
         let eth0 = BTreeSet::from(["eth0".to_string()]);
         let why = why_unusable(&[down, bridge], &eth0, Family::V4);
-        assert_eq!(why, Some(Unusable::NotInAdvertisement(eth0, Family::V4)));
+        assert_eq!(why, Some(Unusable::NotInAdvertisement(eth0)));
         assert_eq!(
             why.map(|w| w.describe()).as_deref(),
-            Some("none of the L2Advertisement's interfaces (eth0) is up with a MAC and an IPv4 address")
+            Some("none of the L2Advertisement's interfaces (eth0) is up here with a MAC")
         );
         let v4_only = [iface("eth0", "10.0.0.5", 24)];
         assert_eq!(
@@ -234,6 +371,20 @@ mod tests {
             Some("no interface is up with a MAC and an IPv6 address"),
             "an IPv6 address needs an interface with IPv6 on it"
         );
+    }
+
+    #[test]
+    fn changes_between_two_readings_are_named() {
+        let before = [iface("eth0", "10.0.0.5", 24), iface("eth1", "10.1.0.5", 24), iface("eth9", "10.9.0.5", 24)];
+        let mut after = vec![
+            iface("eth0", "10.0.0.5", 24),
+            InterfaceInfo { up: false, ..iface("eth1", "10.1.0.6", 24) },
+            InterfaceInfo { index: 7, ..iface("eth2", "10.2.0.5", 24) },
+        ];
+        assert_eq!(changes(&before, &after), ["eth1 down", "eth1 addresses", "eth2 added", "eth9 removed"]);
+        assert!(changes(&after, &after).is_empty());
+        after[0].index = 12;
+        assert_eq!(changes(&before[..1], &after[..1]), ["eth0 added", "eth0 removed"], "same name, new index");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! (heartbeat rules), [`view`] (Kubernetes objects to election facts), [`plan`] (what this node announces),
 //! [`diagnose`] (why nobody announces), [`iface`] (which interface answers). I/O: [`announcer`] (raw sockets
 //! and gratuitous ARP), [`gossip`] (the liveness protocol's sockets), [`report`] (ServiceL2Status and
-//! Events), [`raw`] (AF_PACKET), wired together by [`run`]. docs/design.md §1.3 and §4–7 tell the rules.
+//! Events), [`raw`] (AF_PACKET), [`netlink`] (interface change notifications), wired together by [`run`]. docs/design.md §1.3 and §4–7 tell the rules.
 
 pub mod announcer;
 pub mod arp;
@@ -19,6 +19,7 @@ pub mod iface;
 pub mod liveness;
 pub mod metrics;
 pub mod ndp;
+pub mod netlink;
 pub mod plan;
 pub mod raw;
 pub mod report;

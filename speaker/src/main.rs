@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use ferrolb_runtime::logging::LogFormat;
 use ferrolb_speaker::election::Policy;
+use ferrolb_speaker::iface::Exclusions;
 use ferrolb_speaker::metrics;
 use ferrolb_speaker::raw::Stats;
 use ferrolb_speaker::run::{self, Settings};
@@ -49,12 +50,24 @@ struct Args {
     /// clusters label their only node). Every speaker must agree: set it for the whole DaemonSet.
     #[arg(long, env = "FERROLB_IGNORE_EXCLUDE_LB")]
     ignore_exclude_lb: bool,
+    /// Interface names never answered on unless an L2Advertisement names them: regular expressions separated by
+    /// spaces (empty: none excluded). Default: MetalLB's list plus cilium, vxlan and weave devices.
+    #[arg(long, env = "FERROLB_EXCLUDE_INTERFACES")]
+    exclude_interfaces: Option<String>,
+    /// Read the interfaces again at least this often, in seconds; netlink notifications trigger a read at once.
+    #[arg(long, env = "FERROLB_INTERFACE_RESCAN_SECS", default_value_t = 60)]
+    interface_rescan_secs: u64,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ferrolb_runtime::logging::init(args.log_format);
+    // A bad pattern stops the speaker at start, naming it, rather than answering on interfaces it should not.
+    let exclusions = match &args.exclude_interfaces {
+        Some(list) => Exclusions::parse(list).context("--exclude-interfaces (chart: speaker.excludeInterfaces)")?,
+        None => Exclusions::default(),
+    };
     let client = kube::Client::try_default().await.context("no Kubernetes client configuration")?;
     let stats = Arc::new(Stats::default());
     let ready = Arc::new(AtomicBool::new(false));
@@ -73,9 +86,12 @@ async fn main() -> anyhow::Result<()> {
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         dead_after: Duration::from_millis(args.dead_after_ms),
         policy: Policy { ignore_exclude_label: args.ignore_exclude_lb },
+        exclusions,
+        interface_rescan: Duration::from_secs(args.interface_rescan_secs.max(1)),
     };
     let (gossip_port, ignore_exclude_lb) = (args.gossip_port, args.ignore_exclude_lb);
-    tracing::info!(node = %settings.node, gossip_port, ignore_exclude_lb, "starting");
+    let excluded = settings.exclusions.patterns().join(" ");
+    tracing::info!(node = %settings.node, gossip_port, ignore_exclude_lb, %excluded, "starting");
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
     let shutdown = async move {

@@ -146,6 +146,13 @@ impl Collector for StatsCollector {
             "1 while kube-proxy IPVS runs without strictARP here",
             u64::from(s.strict_arp_missing.load(Ordering::Relaxed)),
         )?;
+        by_reason(
+            e,
+            "interface_rescans",
+            "Times the interfaces were read again, by reason: netlink (the kernel said they changed) or timer",
+            MetricType::Counter,
+            &s.interface_rescans,
+        )?;
         by_reason(e, "arp_drops", "ARP frames not answered, by reason", MetricType::Counter, &s.drops)?;
         by_reason(e, "ndp_drops", "NDP frames not answered, by reason", MetricType::Counter, &s.ndp_drops)?;
         by_reason(

@@ -272,6 +272,7 @@ mod tests {
             up: true,
             ipv4: vec![("198.18.0.11".parse().expect("ip"), 24)],
             ipv6: vec![("2001:db8:18::11".parse().expect("ip"), 64)],
+            excluded: false,
         }]
     }
 

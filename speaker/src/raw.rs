@@ -5,7 +5,7 @@
 
 use crate::arp::Mac;
 use crate::claim::Heard;
-use crate::iface::InterfaceInfo;
+use crate::iface::{Exclusions, InterfaceInfo};
 use crate::ndp;
 use crate::wire::{self, Answer};
 use pnet_datalink::{Channel, DataLinkSender};
@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-/// The node's interfaces as the OS reports them.
-pub fn interfaces() -> Vec<InterfaceInfo> {
+/// The node's interfaces as the OS reports them, each marked when `exclusions` names it.
+pub fn interfaces(exclusions: &Exclusions) -> Vec<InterfaceInfo> {
     pnet_datalink::interfaces()
         .into_iter()
         .map(|i| InterfaceInfo {
@@ -39,6 +39,7 @@ pub fn interfaces() -> Vec<InterfaceInfo> {
                 })
                 .collect(),
             index: i.index,
+            excluded: exclusions.matches(&i.name),
             name: i.name,
         })
         .collect()
@@ -107,6 +108,8 @@ pub struct Stats {
     pub unheard_live_peers: AtomicU64,
     /// Strangers (no node's MAC) seen claiming an address this node answers for: (address, MAC) → when.
     pub strangers: Mutex<BTreeMap<(IpAddr, Mac), std::time::Instant>>,
+    /// Times the interfaces were read again, by reason (`netlink`, `timer`).
+    pub interface_rescans: Mutex<BTreeMap<&'static str, u64>>,
     /// Plans made (one per wake).
     pub plans: AtomicU64,
     /// Time spent planning, summed, in microseconds.
@@ -184,6 +187,9 @@ pub struct Responder {
     pub name: String,
     /// Its MAC.
     pub mac: Mac,
+    /// Its interface index: a NIC removed and added again under the same name is another interface, and its
+    /// old socket hears nothing.
+    pub index: u32,
     sender: Arc<Mutex<Box<dyn DataLinkSender>>>,
     stop: Arc<AtomicBool>,
     groups: Mutex<Groups>,
@@ -314,7 +320,7 @@ impl Responder {
             wanted: BTreeSet::new(),
             joined: BTreeMap::new(),
         });
-        Ok(Self { name: iface.name.clone(), mac, sender, stop, groups })
+        Ok(Self { name: iface.name.clone(), mac, index: iface.index, sender, stop, groups })
     }
 
     /// Asks who answers for `ip` (an RFC 5227 ARP probe or an RFC 4862 duplicate-address probe).

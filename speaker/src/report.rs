@@ -36,6 +36,10 @@ pub fn status_name(uid: &str, node: &str) -> String {
 pub struct Plan {
     /// Status objects to create: (object name, service namespace, service name, what is announced).
     pub create: Vec<(String, String, String, Announced)>,
+    /// Existing status objects whose status may no longer say what is announced (an L2Advertisement now names
+    /// other interfaces, a NIC came or went, or this speaker restarted and does not know what it wrote before):
+    /// written again, same shape as `create`.
+    pub update: Vec<(String, String, String, Announced)>,
     /// Status objects of this node to delete.
     pub delete: Vec<String>,
     /// Services newly announced from here (or with other addresses): an Event each.
@@ -58,6 +62,11 @@ pub fn plan(
         create: wanted
             .iter()
             .filter(|(name, _)| !existing.contains(*name))
+            .map(|(name, ((ns, svc), a))| (name.clone(), ns.clone(), svc.clone(), (*a).clone()))
+            .collect(),
+        update: wanted
+            .iter()
+            .filter(|(name, (key, a))| existing.contains(*name) && before.get(*key) != Some(*a))
             .map(|(name, ((ns, svc), a))| (name.clone(), ns.clone(), svc.clone(), (*a).clone()))
             .collect(),
         delete: existing
@@ -126,12 +135,10 @@ impl Reporter {
                     continue;
                 }
             }
-            let interfaces: Vec<_> = announced.interfaces.iter().map(|i| json!({"name": i})).collect();
-            let status = json!({"status": {"node": self.node, "serviceName": svc_name, "serviceNamespace": svc_ns,
-                "interfaces": interfaces}});
-            if let Err(e) = api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await {
-                tracing::warn!(error = %e, %name, "cannot write ServiceL2Status status");
-            }
+            self.write_status(&api, name, svc_ns, svc_name, announced).await;
+        }
+        for (name, svc_ns, svc_name, announced) in &plan.update {
+            self.write_status(&api, name, svc_ns, svc_name, announced).await;
         }
         for name in &plan.delete {
             if let Err(e) = api.delete(name, &DeleteParams::default()).await {
@@ -150,6 +157,25 @@ impl Reporter {
                 ifaces.join(", ")
             );
             publish(&self.client, &self.node, regarding, EventKind::Normal, NODE_ASSIGNED, note).await;
+        }
+    }
+}
+
+impl Reporter {
+    /// Writes the status of one of this node's objects: the node, the Service, and the interfaces answering.
+    async fn write_status(
+        &self,
+        api: &Api<ServiceL2Status>,
+        name: &str,
+        svc_ns: &str,
+        svc_name: &str,
+        announced: &Announced,
+    ) {
+        let interfaces: Vec<_> = announced.interfaces.iter().map(|i| json!({"name": i})).collect();
+        let status = json!({"status": {"node": self.node, "serviceName": svc_name, "serviceNamespace": svc_ns,
+            "interfaces": interfaces}});
+        if let Err(e) = api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await {
+            tracing::warn!(error = %e, %name, "cannot write ServiceL2Status status");
         }
     }
 }
@@ -231,6 +257,16 @@ mod tests {
         assert_eq!(p.create.iter().map(|c| c.0.clone()).collect::<Vec<_>>(), [status_name("uc", "n1")]);
         assert_eq!(p.delete, [status_name("ub", "n1"), status_name("uc", "dead-node")], "ours gone + others' stale");
         assert_eq!(p.takeovers.iter().map(|t| t.0.1.clone()).collect::<Vec<_>>(), ["c"]);
+        assert!(p.update.is_empty(), "a's announcement did not change");
+        // Now answered on another interface: a's existing object is written again, nothing else.
+        let moved = Announced { interfaces: BTreeSet::from(["eth1".to_string()]), ..announced("ua", "10.0.0.1") };
+        let now_eth1 = BTreeMap::from([(key("a"), moved.clone())]);
+        let p = plan("n1", &before, &now_eth1, &existing, &BTreeMap::new());
+        assert_eq!(p.update, [(status_name("ua", "n1"), "ns".to_string(), "a".to_string(), moved)]);
+        assert!(p.create.is_empty() && p.takeovers.is_empty(), "same addresses: no new object, no Event");
+        // A restarted speaker knows nothing of what it wrote: its existing objects are written once more.
+        let p = plan("n1", &BTreeMap::new(), &now_eth1, &existing, &BTreeMap::new());
+        assert_eq!(p.update.len(), 1, "{p:?}");
         // Nothing changed: nothing to do.
         let existing_now = BTreeSet::from([status_name("ua", "n1"), status_name("uc", "n1")]);
         assert_eq!(plan("n1", &now, &now, &existing_now, &BTreeMap::new()), Plan::default());

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::gossip::{self, Identity, SharedMembership};
 use crate::iface;
 use crate::liveness::Membership;
+use crate::netlink;
 use crate::plan::{self, Announcements, Me, Snapshot};
 use crate::raw::{self, Stats};
 use crate::report;
@@ -30,8 +31,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// How often interfaces and ARP sysctls are read again.
-const INTERFACE_RESCAN: Duration = Duration::from_secs(5);
+/// The planner wakes at least this often (liveness signs and Lease renewals are read on wakes), and without
+/// netlink notifications interfaces are read again on each of these ticks.
+const TICK: Duration = Duration::from_secs(5);
 
 /// After a pass of the main loop that took `t`, wakes are gathered for `PACE × t` (at most [`MAX_GATHER`]):
 /// a pass, mostly planning, then uses at most a quarter of a core however fast the API state changes.
@@ -286,14 +288,29 @@ pub async fn run(
         });
     ready.store(true, Ordering::Relaxed);
     tracing::info!(node = %settings.node, "caches synced");
-    // Interfaces come and go: look again every few seconds even when nothing in the API changed.
-    let tick = tx.clone();
-    let rescan_due = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let due = rescan_due.clone();
+    // Interfaces come and go: the kernel says when (netlink), and a slow rescan is the safety net for a missed
+    // notification; without netlink, every tick rescans as before (docs/design.md §4.4).
+    let netlink_due = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let timer_due = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let rescan_every = match netlink::watch(netlink_due.clone(), tx.clone()) {
+        Ok(()) => {
+            tracing::info!(safety_net = ?settings.interface_rescan, "watching interfaces through netlink");
+            settings.interface_rescan
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, every = ?TICK, "no netlink notifications: reading interfaces on a timer");
+            TICK
+        }
+    };
+    let (tick, due) = (tx.clone(), timer_due.clone());
     tokio::spawn(async move {
+        let mut last_rescan = tokio::time::Instant::now();
         loop {
-            tokio::time::sleep(INTERFACE_RESCAN).await;
-            due.store(true, Ordering::Relaxed);
+            tokio::time::sleep(TICK.min(rescan_every)).await;
+            if last_rescan.elapsed() >= rescan_every {
+                last_rescan = tokio::time::Instant::now();
+                due.store(true, Ordering::Relaxed);
+            }
             if tick.send(()).is_err() {
                 return;
             }
@@ -374,10 +391,21 @@ pub async fn run(
                 prepared = plan::prepare(&me, &snapshot);
                 prepared_at = Some(changes_now);
             }
-            // Interfaces and sysctls are read on their own clock (the tick), not on every API event: with
-            // thousands of Services, watch events come far more often than NICs change.
-            if rescan_due.swap(false, Ordering::Relaxed) {
-                interfaces = raw::interfaces();
+            // Interfaces and sysctls are read when netlink says they changed or the safety-net timer is due, not
+            // on every API event: with thousands of Services, watch events come far more often than NICs change.
+            let by_netlink = netlink_due.swap(false, Ordering::Relaxed);
+            let by_timer = timer_due.swap(false, Ordering::Relaxed);
+            if by_netlink || by_timer {
+                let trigger = if by_netlink { "netlink" } else { "timer" };
+                let now_interfaces = raw::interfaces(&settings.exclusions);
+                if let Ok(mut counts) = stats.interface_rescans.lock() {
+                    *counts.entry(trigger).or_default() += 1;
+                }
+                let changed = iface::changes(&interfaces, &now_interfaces);
+                if !changed.is_empty() {
+                    tracing::info!(trigger, changes = %changed.join(", "), "interfaces changed");
+                }
+                interfaces = now_interfaces;
                 if let Ok(mut macs) = identity.macs.write() {
                     *macs = interfaces.iter().filter(|i| i.up).filter_map(|i| i.mac).filter(|m| *m != [0; 6]).collect();
                 }

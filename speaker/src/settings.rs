@@ -1,6 +1,7 @@
 //! What the speaker is told at start (flags and environment, see `main.rs`).
 
 use crate::election::Policy;
+use crate::iface::Exclusions;
 use std::time::Duration;
 
 /// What the speaker is told at start.
@@ -26,4 +27,8 @@ pub struct Settings {
     pub dead_after: Duration,
     /// Who may announce (the same on every speaker).
     pub policy: Policy,
+    /// Interface names not answered on unless an L2Advertisement names them.
+    pub exclusions: Exclusions,
+    /// Interfaces are read again at least this often, whatever netlink says (a safety net).
+    pub interface_rescan: Duration,
 }

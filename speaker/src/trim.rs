@@ -2,22 +2,26 @@
 //! read (docs/design.md §4.1). With thousands of Services most of a cached object is ports, selectors, cluster IPs,
 //! endpoint addresses and node image lists that nothing here looks at. Pure: each function edits one object.
 
-use ferrolb_crds::annotations::IP_ALLOCATED_FROM_POOL;
+use ferrolb_crds::annotations::{ALLOW_SHARED_IP, IP_ALLOCATED_FROM_POOL};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 /// The label naming an EndpointSlice's Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// Keeps a Service's name, namespace, uid, labels (serviceSelectors), the pool annotation, type, class,
-/// traffic policy and ingress addresses; a Service that is not a LoadBalancer keeps only its type.
+/// Keeps a Service's name, namespace, uid, labels (serviceSelectors), the pool and sharing annotations (the
+/// election reads whether a Service may share), type, class, traffic policy and ingress addresses; a Service
+/// that is not a LoadBalancer keeps only its type.
 pub fn service(svc: &mut Service) {
     let load_balancer = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
     let meta = &mut svc.metadata;
     meta.annotations = meta
         .annotations
         .take()
-        .map(|a| a.into_iter().filter(|(k, _)| load_balancer && k == IP_ALLOCATED_FROM_POOL.key).collect())
+        .map(|a| {
+            let kept = [IP_ALLOCATED_FROM_POOL.key, ALLOW_SHARED_IP.key, ALLOW_SHARED_IP.legacy_key];
+            a.into_iter().filter(|(k, _)| load_balancer && kept.contains(&k.as_str())).collect()
+        })
         .filter(|a: &std::collections::BTreeMap<String, String>| !a.is_empty());
     meta.owner_references = None;
     meta.finalizers = None;
@@ -100,7 +104,8 @@ mod tests {
     fn a_load_balancer_keeps_what_the_plan_reads_and_loses_the_rest() {
         let mut svc: Service = serde_json::from_value(json!({
             "metadata": {"name": "dns", "namespace": "kube-system", "uid": "u1", "labels": {"app": "dns"},
-                "annotations": {"metallb.io/ip-allocated-from-pool": "lab", "big": "x".repeat(1000)}},
+                "annotations": {"metallb.io/ip-allocated-from-pool": "lab", "big": "x".repeat(1000),
+                    "metallb.universe.tf/allow-shared-ip": "dns"}},
             "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "loadBalancerClass": "c",
                 "ports": [{"port": 53, "protocol": "UDP"}], "selector": {"k8s-app": "kube-dns"},
                 "clusterIP": "10.0.0.10", "clusterIPs": ["10.0.0.10"]},
@@ -115,7 +120,8 @@ mod tests {
             json!({
                 "apiVersion": "v1", "kind": "Service",
                 "metadata": {"name": "dns", "namespace": "kube-system", "uid": "u1", "labels": {"app": "dns"},
-                    "annotations": {"metallb.io/ip-allocated-from-pool": "lab"}},
+                    "annotations": {"metallb.io/ip-allocated-from-pool": "lab",
+                        "metallb.universe.tf/allow-shared-ip": "dns"}},
                 "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "loadBalancerClass": "c"},
                 "status": {"loadBalancer": {"ingress": [{"ip": "198.19.0.1"}]}}
             })

@@ -1,6 +1,7 @@
 //! Turning Kubernetes objects into the election's plain inputs (pure: objects in, facts out).
 
 use crate::election::{Advertisement, NodeFacts, OUT_OF_SERVICE_TAINT, ServiceFacts};
+use ferrolb_crds::annotations::ALLOW_SHARED_IP;
 use ferrolb_crds::selector::Selector;
 use ferrolb_crds::{IPAddressPool, L2Advertisement};
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -26,7 +27,9 @@ pub fn node_facts(node: &Node) -> NodeFacts {
 /// when it is serving, as MetalLB counts them).
 pub fn service_facts(svc: &Service, slices: &[&EndpointSlice]) -> ServiceFacts {
     let local = svc.spec.as_ref().and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local");
-    let mut facts = ServiceFacts { local, ..ServiceFacts::default() };
+    // Present at all counts, as in MetalLB: even an empty key says the Service is meant to share.
+    let allows_sharing = svc.metadata.annotations.as_ref().is_some_and(|a| ALLOW_SHARED_IP.get(a).is_some());
+    let mut facts = ServiceFacts { local, allows_sharing, ..ServiceFacts::default() };
     for ep in slices.iter().flat_map(|s| s.endpoints.iter()) {
         let c = ep.conditions.as_ref();
         let can_serve = c.is_none_or(|c| c.ready.is_none_or(|r| r) || c.serving == Some(true));
@@ -64,6 +67,7 @@ pub fn parse_advertisements(ads: &[&L2Advertisement]) -> Vec<ParsedAdvertisement
                 advertisement: Advertisement {
                     node_selectors: parse_all(&spec.node_selectors).ok()?,
                     interfaces: spec.interfaces.iter().cloned().collect::<BTreeSet<_>>(),
+                    selects_services: !spec.service_selectors.is_empty(),
                 },
             })
         })
@@ -151,6 +155,51 @@ mod tests {
         assert_eq!(interfaces(&pool("red", json!({"tier": "gold"})), &plain), vec![vec![], vec!["eth2".to_string()]]);
         let dns = service(json!({"app": "dns"}));
         assert_eq!(interfaces(&pool("red", json!({})), &dns), vec![vec![], vec!["eth3".to_string()]]);
+    }
+
+    #[test]
+    fn selectors_are_or_within_a_list_and_pool_names_and_labels_add_up() {
+        let ads = [
+            ad(json!({"ipAddressPools": ["blue"], "ipAddressPoolSelectors": [{"matchLabels": {"tier": "gold"}}],
+                "interfaces": ["eth1"]})),
+            ad(json!({"serviceSelectors": [{"matchLabels": {"app": "web"}}, {"matchLabels": {"app": "dns"}}],
+                "interfaces": ["eth2"]})),
+            ad(json!({"ipAddressPoolSelectors": [{"matchExpressions": [{"key": "tier", "operator": "In",
+                "values": ["silver", "bronze"]}]}], "interfaces": ["eth3"]})),
+        ];
+        let refs: Vec<&L2Advertisement> = ads.iter().collect();
+        let parsed = parse_advertisements(&refs);
+        let applying = |p: &IPAddressPool, s: &Service| -> Vec<(Vec<String>, bool)> {
+            advertisements_for(p, s, &parsed)
+                .into_iter()
+                .map(|a| (a.interfaces.into_iter().collect(), a.selects_services))
+                .collect()
+        };
+        let eth = |n: &str, by_service: bool| (vec![format!("eth{n}")], by_service);
+        let plain = service(json!({}));
+        assert_eq!(applying(&pool("blue", json!({})), &plain), [eth("1", false)], "by name");
+        assert_eq!(applying(&pool("red", json!({"tier": "gold"})), &plain), [eth("1", false)], "or by label");
+        assert_eq!(applying(&pool("red", json!({"tier": "bronze"})), &plain), [eth("3", false)], "matchExpressions");
+        assert!(applying(&pool("red", json!({})), &plain).is_empty(), "neither: not this advertisement");
+        for app in ["web", "dns"] {
+            let svc = service(json!({"app": app}));
+            assert_eq!(applying(&pool("red", json!({})), &svc), [eth("2", true)], "any service selector: {app}");
+        }
+        assert!(applying(&pool("red", json!({})), &service(json!({"app": "db"}))).is_empty());
+    }
+
+    #[test]
+    fn a_service_may_share_with_the_annotation_under_either_prefix_whatever_its_value() {
+        let with = |annotations: serde_json::Value| -> bool {
+            let svc: Service = serde_json::from_value(json!({"metadata": {"name": "s", "annotations": annotations}}))
+                .expect("service");
+            service_facts(&svc, &[]).allows_sharing
+        };
+        assert!(with(json!({"metallb.io/allow-shared-ip": "dns"})));
+        assert!(with(json!({"metallb.universe.tf/allow-shared-ip": "dns"})));
+        assert!(with(json!({"metallb.io/allow-shared-ip": ""})), "present counts, as in MetalLB");
+        assert!(!with(json!({"metallb.io/address-pool": "lab"})));
+        assert!(!service_facts(&service(json!({})), &[]).allows_sharing);
     }
 
     #[test]

@@ -225,3 +225,26 @@ fn the_service_monitor_selects_both_metrics_services_by_their_port() {
     selected.sort();
     assert_eq!(selected, ["ferrolb-controller-metrics", "ferrolb-speaker-metrics"]);
 }
+
+/// The speaker's container arguments as the chart renders them with these values.
+fn speaker_args(sets: &[&str]) -> Vec<String> {
+    let docs = render(sets);
+    let daemonset = of_kind(&docs, "DaemonSet");
+    let args = daemonset.first().expect("the speaker DaemonSet")["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .cloned()
+        .unwrap_or_default();
+    args.iter().filter_map(|a| a.as_str().map(String::from)).collect()
+}
+
+/// The chart's default exclusion list is the speaker's own default (so a speaker run outside the chart behaves
+/// the same), and a value given with `--set` replaces it, also as an empty list.
+#[test]
+fn interface_exclusions_reach_the_speaker_from_the_chart_value() {
+    let default = format!("--exclude-interfaces={}", ferrolb_speaker::iface::DEFAULT_EXCLUDED.join(" "));
+    assert!(speaker_args(&[]).contains(&default), "{:?}", speaker_args(&[]));
+    let custom = speaker_args(&["speaker.excludeInterfaces={^eth1$,^vlan[0-9]+$}"]);
+    assert!(custom.iter().any(|a| a == "--exclude-interfaces=^eth1$ ^vlan[0-9]+$"), "{custom:?}");
+    let none = speaker_args(&["speaker.excludeInterfaces=null"]);
+    assert!(none.iter().any(|a| a == "--exclude-interfaces="), "an empty list excludes nothing: {none:?}");
+}

@@ -40,6 +40,10 @@ enum Cmd {
         /// Nodes report only their IPv6 InternalIP, as in an IPv6-only cluster (the network stays dual-stack).
         #[arg(long)]
         ipv6_nodes: bool,
+        /// A second LAN segment (bridge br1, 198.18.1.0/24, 2001:db8:20::/64): every node and the host get eth1 on
+        /// it, so `arping --iface eth1` from host asks there.
+        #[arg(long)]
+        second_lan: bool,
     },
     /// What runs, and where.
     Status,
@@ -196,7 +200,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = cli.dir.unwrap_or_else(|| default_dir(&cli.name));
     let load = || State::load(&dir).with_context(|| format!("no lab at {} (run `ferrolb-lab up`)", dir.display()));
     match cli.command {
-        Cmd::Up { nodes, bare, kubelets, kubeadm_labels, helm_set, ipv6_nodes } => {
+        Cmd::Up { nodes, bare, kubelets, kubeadm_labels, helm_set, ipv6_nodes, second_lan } => {
             let options = lifecycle::UpOptions {
                 name: cli.name,
                 dir: dir.clone(),
@@ -206,6 +210,7 @@ async fn main() -> anyhow::Result<()> {
                 kubeadm_labels,
                 helm_set,
                 ipv6_nodes,
+                second_lan,
             };
             let state = lifecycle::up(&options).await?;
             println!("{}", state.kubeconfig().display());
@@ -219,9 +224,20 @@ async fn main() -> anyhow::Result<()> {
                 state.host_netns(),
                 ferrolb_tests::lab::addresses::POOL_CIDR
             );
-            for n in &state.nodes {
+            if state.second_lan {
+                println!("host eth1 {} on the second LAN (bridge br1)", ferrolb_tests::lab::addresses::HOST2_IP);
+            }
+            for (i, n) in state.nodes.iter().enumerate() {
                 let killed = if state.killed_marker(&n.name).exists() { "  KILLED" } else { "" };
-                println!("node {:<8} {:<12} netns {}{killed}", n.name, n.ip, n.netns);
+                let eth1 = if state.second_lan {
+                    format!("  eth1 {}", ferrolb_tests::lab::addresses::node2_ip(i + 1))
+                } else {
+                    String::new()
+                };
+                println!("node {:<8} {:<12} netns {}{eth1}{killed}", n.name, n.ip, n.netns);
+            }
+            if !state.speaker_args.is_empty() {
+                println!("speaker args (from the chart) {}", state.speaker_args.join(" "));
             }
             for p in &state.procs {
                 let up = if ferrolb_tests::lab::control_plane::alive(p.pid) { "running" } else { "DEAD" };

@@ -30,6 +30,8 @@ pub struct UpOptions {
     pub helm_set: Vec<String>,
     /// Nodes report only their IPv6 InternalIP (an IPv6-only cluster as ferrolb sees it).
     pub ipv6_nodes: bool,
+    /// A second LAN segment: every node and the host get `eth1` on it (see [`net::create`]).
+    pub second_lan: bool,
 }
 
 /// Labels kubeadm puts on a control-plane node; minikube and kind nodes carry them too.
@@ -55,11 +57,18 @@ pub fn is_running(dir: &Path) -> bool {
 pub async fn up(opts: &UpOptions) -> Result<State> {
     if is_running(&opts.dir) {
         let state = State::load(&opts.dir)?;
-        if state.nodes.len() == opts.nodes {
+        if state.nodes.len() == opts.nodes && state.second_lan == opts.second_lan {
             step(format!("lab {:?} is already up", state.name));
             return Ok(state);
         }
-        step(format!("lab {:?} has {} nodes, {} asked: rebuilding", state.name, state.nodes.len(), opts.nodes));
+        step(format!(
+            "lab {:?} has {} nodes (second LAN: {}), {} asked (second LAN: {}): rebuilding",
+            state.name,
+            state.nodes.len(),
+            state.second_lan,
+            opts.nodes,
+            opts.second_lan
+        ));
     }
     down(&opts.name, &opts.dir)?;
     if opts.nodes == 0 || opts.nodes > 200 {
@@ -84,6 +93,7 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
         speaker_gossip: true,
         real_nodes: opts.real_nodes,
         ipv6_nodes: opts.ipv6_nodes,
+        second_lan: opts.second_lan,
         ..State::default()
     };
     state.save()?;
@@ -93,8 +103,9 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
     step("generating the CA, serving certificate, ServiceAccount key and tokens");
     let node_names: Vec<String> = state.nodes.iter().map(|n| n.name.clone()).collect();
     let tokens = pki::generate(&state.dir, &node_names)?;
-    step(format!("creating the network: bridge, host and {} node namespaces (198.18.0.0/15)", state.nodes.len()));
-    net::create(&state.lan_netns(), &state.host_netns(), &state.nodes)?;
+    let lans = if opts.second_lan { "two bridges" } else { "bridge" };
+    step(format!("creating the network: {lans}, host and {} node namespaces (198.18.0.0/15)", state.nodes.len()));
+    net::create(&state.lan_netns(), &state.host_netns(), &state.nodes, opts.second_lan)?;
 
     control_plane::start(&mut state)?;
     let ca = state.dir.join("pki/ca.crt");
@@ -137,6 +148,8 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
         if opts.real_nodes {
             realnode::wait_chart_ready(&state, Duration::from_secs(180)).await?;
         } else {
+            (state.controller_args, state.speaker_args) = chart_args(&state)?;
+            state.save()?;
             start_controller(&mut state, 0).await?;
             for node in state.nodes.clone() {
                 start_speaker(&mut state, &node.name).await?;
@@ -313,6 +326,26 @@ pub fn install_chart(state: &State, sets: &[String]) -> Result<()> {
     helm(state, &args).map(|_| ())
 }
 
+/// The container arguments the installed chart gives the controller Deployment and the speaker DaemonSet,
+/// without the ones the lab sets itself (`--namespace`, `--metrics-addr`): process mode runs the binaries as the
+/// chart would, so `--set loadBalancerClass=…` or `speaker.excludeInterfaces` reach them.
+pub fn chart_args(state: &State) -> Result<(Vec<String>, Vec<String>)> {
+    let manifest = helm(state, &["get", "manifest", RELEASE])?;
+    let args_of = |kind: &str| -> Vec<String> {
+        manifest
+            .split("\n---")
+            .filter_map(|doc| serde_yaml::from_str::<serde_yaml::Value>(doc).ok())
+            .find(|doc| doc["kind"].as_str() == Some(kind))
+            .and_then(|doc| doc["spec"]["template"]["spec"]["containers"][0]["args"].as_sequence().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|a| a.as_str().map(String::from))
+            .filter(|a| !a.starts_with("--namespace=") && !a.starts_with("--metrics-addr="))
+            .collect()
+    };
+    Ok((args_of("Deployment"), args_of("DaemonSet")))
+}
+
 /// `helm uninstall` of the release: the CRDs, pools, advertisements and Services stay (helm never deletes CRDs).
 pub fn uninstall_chart(state: &State) -> Result<()> {
     step(format!("helm uninstall {RELEASE} -n {RELEASE_NAMESPACE}"));
@@ -390,7 +423,8 @@ pub async fn start_controller(state: &mut State, replica: usize) -> Result<()> {
     cmd.env("KUBECONFIG", kubeconfig)
         .env_remove("RUST_BACKTRACE")
         .args(["--namespace", RELEASE_NAMESPACE, "--identity", &format!("lab-controller-{replica}")])
-        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")]);
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .args(&state.controller_args);
     spawn(state, &format!("controller-{replica}"), cmd)?;
     if let Some(p) = state.procs.last_mut() {
         p.port = Some(metrics_port);
@@ -449,7 +483,8 @@ async fn start_speaker_with(state: &mut State, node: &str, env: &[(String, Strin
         .env_remove("RUST_BACKTRACE")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .args(["--node", &info.name, "--namespace", RELEASE_NAMESPACE])
-        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")]);
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .args(&state.speaker_args);
     spawn(state, &format!("speaker {}", info.name), cmd)?;
     if let Some(p) = state.procs.last_mut() {
         p.port = Some(metrics_port);

@@ -93,6 +93,25 @@ pub mod addresses {
     /// The Service (ClusterIP) range's IPv6 half; the API server and kube-controller-manager run dual-stack.
     pub const SERVICE6_CIDR: &str = "2001:db8:96::/112";
 
+    /// The second LAN (`up --second-lan`): the host is .1, node `i` is .(10+i), as on the first.
+    pub const LAN2_PREFIX: &str = "198.18.1";
+    /// The workstation's address on the second LAN.
+    pub const HOST2_IP: &str = "198.18.1.1";
+    /// The second LAN's IPv6 prefix.
+    pub const LAN2_6_PREFIX: &str = "2001:db8:20::";
+    /// The workstation's IPv6 address on the second LAN.
+    pub const HOST2_IP6: &str = "2001:db8:20::1";
+
+    /// Address of node `i` (1-based) on the second LAN.
+    pub fn node2_ip(i: usize) -> String {
+        format!("{LAN2_PREFIX}.{}", 10 + i)
+    }
+
+    /// IPv6 address of node `i` (1-based) on the second LAN.
+    pub fn node2_ip6(i: usize) -> String {
+        format!("{LAN2_6_PREFIX}{}", 10 + i)
+    }
+
     /// Address of node `i` (1-based).
     pub fn node_ip(i: usize) -> String {
         format!("{LAN_PREFIX}.{}", 10 + i)
@@ -164,6 +183,17 @@ pub struct State {
     /// Nodes report only their IPv6 InternalIP, so speakers find their peers (liveness) over IPv6.
     #[serde(default)]
     pub ipv6_nodes: bool,
+    /// A second LAN: every node and the host also have `eth1` on bridge `br1` (198.18.1.0/24).
+    #[serde(default)]
+    pub second_lan: bool,
+    /// Arguments the chart gives the speaker DaemonSet's container (process mode passes them on, so chart
+    /// values such as `loadBalancerClass` hold for the processes too); `--namespace` and `--metrics-addr` are
+    /// the lab's own.
+    #[serde(default)]
+    pub speaker_args: Vec<String>,
+    /// The same for the controller Deployment's container.
+    #[serde(default)]
+    pub controller_args: Vec<String>,
 }
 
 fn yes() -> bool {

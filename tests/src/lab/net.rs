@@ -2,7 +2,9 @@
 //! namespace per node with `eth0` on the bridge, and a `host` namespace with on-link static routes to the
 //! pools. Dual-stack: every address is in 198.18.0.0/15 or 2001:db8::/32.
 
-use super::addresses::{HOST_IP, HOST_IP6, LAN_BITS, LAN6_BITS, POOL_CIDR, POOL6_CIDR};
+use super::addresses::{
+    HOST_IP, HOST_IP6, HOST2_IP, HOST2_IP6, LAN_BITS, LAN6_BITS, POOL_CIDR, POOL6_CIDR, node2_ip, node2_ip6,
+};
 use super::{NodeInfo, Result, run};
 
 /// Name of the kube-proxy stand-in's VIP interface, as kube-proxy IPVS names it.
@@ -37,13 +39,22 @@ pub fn lab_namespaces(name: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Builds the LAN, the host and every node namespace.
-pub fn create(lan_ns: &str, host_ns: &str, nodes: &[NodeInfo]) -> Result<()> {
-    ip(&["netns", "add", lan_ns])?;
-    in_ns(lan_ns, &["link", "add", "br0", "type", "bridge"])?;
-    in_ns(lan_ns, &["link", "set", "br0", "up"])?;
+/// The bridge of the second LAN (`--second-lan`), beside `br0` in the LAN namespace.
+pub const SECOND_BRIDGE: &str = "br1";
+
+/// A bridge in the LAN namespace.
+fn bridge(lan_ns: &str, name: &str) -> Result<()> {
+    in_ns(lan_ns, &["link", "add", name, "type", "bridge"])?;
+    in_ns(lan_ns, &["link", "set", name, "up"])?;
     // No bridge netfilter or STP delays: frames flow at once.
-    in_ns(lan_ns, &["link", "set", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"])?;
+    in_ns(lan_ns, &["link", "set", name, "type", "bridge", "stp_state", "0", "forward_delay", "0"]).map(|_| ())
+}
+
+/// Builds the LAN, the host and every node namespace; with `second_lan` also a second segment (`br1`,
+/// 198.18.1.0/24 and 2001:db8:20::/64) on which every node and the host have `eth1`.
+pub fn create(lan_ns: &str, host_ns: &str, nodes: &[NodeInfo], second_lan: bool) -> Result<()> {
+    ip(&["netns", "add", lan_ns])?;
+    bridge(lan_ns, "br0")?;
 
     attach(lan_ns, host_ns, "h0", HOST_IP, HOST_IP6)?;
     in_ns(host_ns, &["route", "add", POOL_CIDR, "dev", "eth0"])?;
@@ -65,7 +76,40 @@ pub fn create(lan_ns: &str, host_ns: &str, nodes: &[NodeInfo]) -> Result<()> {
             sysctl(&node.netns, &format!("net.ipv4.conf.{iface}.arp_announce"), "2")?;
         }
     }
+    if second_lan {
+        bridge(lan_ns, SECOND_BRIDGE)?;
+        add_nic(lan_ns, host_ns, SECOND_BRIDGE, "h1", "eth1", Some((HOST2_IP, HOST2_IP6)))?;
+        for (i, node) in nodes.iter().enumerate() {
+            let (v4, v6) = (node2_ip(i + 1), node2_ip6(i + 1));
+            add_nic(lan_ns, &node.netns, SECOND_BRIDGE, &format!("m{}", i + 1), "eth1", Some((&v4, &v6)))?;
+        }
+    }
     Ok(())
+}
+
+/// Gives the namespace `ns` one more NIC: `name`, a veth whose other end `lan_end` is a port of `bridge` in
+/// the LAN namespace, up, with these IPv4 and IPv6 addresses (prefixes of the LAN), or none at all (only the
+/// kernel's IPv6 link-local one). Works while the lab runs: that is how a NIC "appears" on a node.
+pub fn add_nic(
+    lan_ns: &str,
+    ns: &str,
+    bridge: &str,
+    lan_end: &str,
+    name: &str,
+    addresses: Option<(&str, &str)>,
+) -> Result<()> {
+    in_ns(lan_ns, &["link", "add", lan_end, "type", "veth", "peer", "name", name, "netns", ns])?;
+    in_ns(lan_ns, &["link", "set", lan_end, "master", bridge, "up"])?;
+    if let Some((v4, v6)) = addresses {
+        in_ns(ns, &["addr", "add", &format!("{v4}/{LAN_BITS}"), "dev", name])?;
+        in_ns(ns, &["-6", "addr", "add", &format!("{v6}/{LAN6_BITS}"), "dev", name, "nodad"])?;
+    }
+    in_ns(ns, &["link", "set", name, "up"]).map(|_| ())
+}
+
+/// Removes a NIC from a namespace (the veth pair goes, so its bridge port too): a NIC unplugged.
+pub fn remove_nic(ns: &str, name: &str) -> Result<()> {
+    in_ns(ns, &["link", "delete", name]).map(|_| ())
 }
 
 /// A namespace with `lo` up and `eth0` (a veth whose other end, `lan_end`, is on the bridge) at `addr` and,
