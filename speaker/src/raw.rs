@@ -19,28 +19,23 @@ use std::time::Duration;
 pub fn interfaces(exclusions: &Exclusions) -> Vec<InterfaceInfo> {
     pnet_datalink::interfaces()
         .into_iter()
-        .map(|i| InterfaceInfo {
-            up: i.is_up() && i.is_running(),
-            mac: i.mac.map(|m| m.octets()),
-            ipv4: i
-                .ips
-                .iter()
-                .filter_map(|n| match n.ip() {
-                    IpAddr::V4(v4) => Some((v4, n.prefix())),
-                    IpAddr::V6(_) => None,
-                })
-                .collect(),
-            ipv6: i
-                .ips
-                .iter()
-                .filter_map(|n| match n.ip() {
-                    IpAddr::V6(v6) => Some((v6, n.prefix())),
-                    IpAddr::V4(_) => None,
-                })
-                .collect(),
-            index: i.index,
-            excluded: exclusions.matches(&i.name),
-            name: i.name,
+        .map(|i| {
+            let (mut ipv4, mut ipv6) = (Vec::new(), Vec::new());
+            for network in &i.ips {
+                match network.ip() {
+                    IpAddr::V4(v4) => ipv4.push((v4, network.prefix())),
+                    IpAddr::V6(v6) => ipv6.push((v6, network.prefix())),
+                }
+            }
+            InterfaceInfo {
+                up: i.is_up() && i.is_running(),
+                mac: i.mac.map(|m| m.octets()),
+                ipv4,
+                ipv6,
+                index: i.index,
+                excluded: exclusions.matches(&i.name),
+                name: i.name,
+            }
         })
         .collect()
 }

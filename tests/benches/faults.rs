@@ -46,7 +46,7 @@ fn watch_all(lab: &TestLab, vips: &[String], seconds: u64) -> Outcome {
 /// A pool, a backend pod on every node and three Services; returns their addresses once each is answered.
 async fn workload(lab: &TestLab) -> Vec<String> {
     let client = lab.admin().await;
-    let setup = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab, namespace: metallb-system}\nspec: {addresses: [198.19.0.1-198.19.0.254]}\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: lab, namespace: metallb-system}\n";
+    let setup = ferrolb_tests::harness::LAB_POOL;
     create_yaml(&client, setup).await.expect("pool");
     for n in 1..=3 {
         let pod = format!(

@@ -9,6 +9,9 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+/// The pool and advertisement most lab suites start with: 198.19.0.1-254 (routed on-link by `host`), every node.
+pub const LAB_POOL: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab, namespace: metallb-system}\nspec: {addresses: [198.19.0.1-198.19.0.254]}\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: lab, namespace: metallb-system}\n";
+
 /// A lab owned by one test.
 pub struct TestLab {
     /// Lab name (namespace prefix).

@@ -44,12 +44,7 @@ async fn node_event(client: &kube::Client, node: &str, needle: &str) {
 async fn one_answerer_per_address_under_liveness_faults() {
     let lab = TestLab::start(EXE, "flbt", 3, false);
     let client = lab.admin().await;
-    create_yaml(
-        &client,
-        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab, namespace: metallb-system}\nspec: {addresses: [198.19.0.1-198.19.0.254]}\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: lab, namespace: metallb-system}\n",
-    )
-    .await
-    .expect("pool");
+    create_yaml(&client, ferrolb_tests::harness::LAB_POOL).await.expect("pool");
     create_yaml(
         &client,
         "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: default, labels: {app: web}}\nspec: {nodeName: node-2, containers: [{name: c, image: lab/x}]}\n",

@@ -57,12 +57,7 @@ fn table(text: &str) -> Vec<Vec<String>> {
 async fn why_status_and_pools_agree_with_the_events_statuses_and_pool_usage() {
     let lab = TestLab::start(EXE, "flbp", 2, false);
     let client = lab.admin().await;
-    create_yaml(
-        &client,
-        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab, namespace: metallb-system}\nspec: {addresses: [198.19.0.1-198.19.0.254]}\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: lab, namespace: metallb-system}\n",
-    )
-    .await
-    .expect("pool");
+    create_yaml(&client, ferrolb_tests::harness::LAB_POOL).await.expect("pool");
     let web = "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: default, labels: {app: web}}\nspec: {nodeName: node-1, containers: [{name: c, image: lab/x}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {type: LoadBalancer, selector: {app: web}, ports: [{port: 80}]}\n";
     create_yaml(&client, web).await.expect("web");
 

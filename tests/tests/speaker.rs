@@ -50,12 +50,7 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
     let lab = TestLab::start(EXE, "flbs", 3, false);
     let client = lab.admin().await;
     let nodes = ["node-1", "node-2", "node-3"];
-    create_yaml(
-        &client,
-        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab, namespace: metallb-system}\nspec: {addresses: [198.19.0.1-198.19.0.254]}\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: lab, namespace: metallb-system}\n",
-    )
-    .await
-    .expect("pool");
+    create_yaml(&client, ferrolb_tests::harness::LAB_POOL).await.expect("pool");
     // kube-dns pods on two nodes, so the Service has ready endpoints.
     for (pod, node) in [("dns-a", "node-1"), ("dns-b", "node-3")] {
         let yaml = format!(
