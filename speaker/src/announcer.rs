@@ -138,22 +138,24 @@ impl Task {
                     || tokio::time::Instant::now() + Duration::from_secs(3600),
                     tokio::time::Instant::from_std,
                 );
-            tokio::select! {
-                changed = desired.changed() => if changed.is_err() { return },
-                () = self.sink.notify.notified() => {}
-                () = tokio::time::sleep_until(deadline) => {}
-            }
+            let desired_changed = tokio::select! {
+                changed = desired.changed() => if changed.is_err() { return } else { true },
+                () = self.sink.notify.notified() => false,
+                () = tokio::time::sleep_until(deadline) => false,
+            };
             let (want, interfaces) = desired.borrow_and_update().clone();
-            wake_at = self.step(&want, &interfaces);
+            wake_at = self.step(&want, &interfaces, desired_changed);
         }
     }
 
-    /// Opens responders on interfaces newly needed, closes those of interfaces gone.
-    fn open_responders(&mut self, want: &Desired, interfaces: &[InterfaceInfo]) {
+    /// Opens responders on interfaces newly needed, closes those of interfaces gone; says whether any changed.
+    fn open_responders(&mut self, want: &Desired, interfaces: &[InterfaceInfo]) -> bool {
+        let before = self.responders.len();
         let needed: BTreeSet<&String> = want.values().flatten().collect();
         // A responder lives while its interface does: same name and index (a NIC removed and added again gets
         // a new index, and the old socket would hear nothing).
         self.responders.retain(|name, r| interfaces.iter().any(|i| &i.name == name && i.index == r.index));
+        let mut changed = self.responders.len() != before;
         for name in needed {
             if self.responders.contains_key(name) {
                 continue;
@@ -163,21 +165,21 @@ impl Task {
                 Ok(r) => {
                     tracing::info!(interface = %name, mac = %r.mac, "answering ARP and neighbour solicitations");
                     self.responders.insert(name.clone(), Arc::new(r));
+                    changed = true;
                 }
                 Err(e) => tracing::error!(error = %e, "cannot open raw socket"),
             }
         }
+        changed
     }
 
     fn on(&self, want: &Desired, ip: IpAddr) -> Vec<Arc<Responder>> {
         want.get(&ip).into_iter().flatten().filter_map(|n| self.responders.get(n).cloned()).collect()
     }
 
-    fn step(&mut self, want: &Desired, interfaces: &[InterfaceInfo]) -> Option<Instant> {
-        if self.stopped.load(Ordering::SeqCst) {
-            return None;
-        }
-        self.open_responders(want, interfaces);
+    /// Joins each responder to the solicited-node groups of the IPv6 addresses it may answer, and has the
+    /// responders report claims of exactly the wanted addresses.
+    fn listen(&self, want: &Desired) {
         for (name, responder) in &self.responders {
             let v6: BTreeSet<Ipv6Addr> = want
                 .iter()
@@ -190,6 +192,18 @@ impl Task {
             responder.listen_for(&v6, &self.stats);
         }
         self.sink.watch(want.keys().copied().collect());
+    }
+
+    fn step(&mut self, want: &Desired, interfaces: &[InterfaceInfo], desired_changed: bool) -> Option<Instant> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return None;
+        }
+        // Groups and watched addresses follow only the desired state and the responders: steps woken by a claim
+        // or a probe timer (every 25 ms while probing) need not rebuild them from every wanted address.
+        let responders_changed = self.open_responders(want, interfaces);
+        if desired_changed || responders_changed {
+            self.listen(want);
+        }
         let heard = self.sink.drain();
         let mine: BTreeSet<Mac> = self.responders.values().map(|r| r.mac).collect();
         let nodes: BTreeMap<Mac, String> = self
