@@ -3,6 +3,7 @@
 
 use crate::annotations::IP_ALLOCATED_FROM_POOL;
 use k8s_openapi::api::core::v1::Service;
+use std::fmt;
 use std::net::IpAddr;
 
 /// Whether ferrolb handles the Service: `type: LoadBalancer` and the configured class (none by default).
@@ -20,4 +21,34 @@ pub fn current_ingress(svc: &Service) -> Vec<IpAddr> {
 /// The pool its addresses came from, as the controller recorded it (`metallb.io/ip-allocated-from-pool`).
 pub fn current_pool(svc: &Service) -> Option<&str> {
     svc.metadata.annotations.as_ref()?.get(IP_ALLOCATED_FROM_POOL.key).map(String::as_str)
+}
+
+/// `namespace/name` of a Service: the key the controller allocates by and the speaker announces by.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ServiceKey {
+    /// A key from its parts.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self { namespace: namespace.to_string(), name: name.to_string() }
+    }
+
+    /// The key of a Service object (empty parts where its metadata lacks them).
+    pub fn of(svc: &Service) -> Self {
+        Self {
+            namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+            name: svc.metadata.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
 }

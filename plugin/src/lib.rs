@@ -2,7 +2,7 @@
 //! answer)?" and "how full are my pools?" from the API objects ferrolb reads and writes.
 //!
 //! The answers to `why` come from the controller's and the speaker's own pure functions
-//! (`ferrolb_controller::replay`, `ferrolb_speaker::plan`), run here over the objects read from the API, so the
+//! (`ferrolb_controller::replay`, `ferrolb_speaker::model::plan`), run here over the objects read from the API, so the
 //! text is the one their Warning Events carry (docs/design.md §7.5). [`model`] holds the plain inputs, [`status`],
 //! [`pools`] and [`why`] decide and format (pure), [`cluster`] reads the API (thin I/O).
 

@@ -1,7 +1,7 @@
 //! `why`: why a Service has no address, or why its address goes unanswered, in the words of the Warning Event
 //! the controller or a speaker put on it — by running their own pure functions over the objects read from the
 //! API: the controller's allocator as a freshly elected leader rebuilds it (`ferrolb_controller::replay`), and the
-//! speakers' plan (`ferrolb_speaker::plan`). Two things only a speaker knows are not recomputed: its interfaces
+//! speakers' plan (`ferrolb_speaker::model::plan`). Two things only a speaker knows are not recomputed: its interfaces
 //! (so `announceFailed` is read from the latest such Event) and its first-hand liveness view (the plan runs with
 //! each Node's `Ready` condition instead, the speakers' own fallback, docs/design.md §5.4).
 
@@ -9,10 +9,10 @@ use crate::error::Error;
 use crate::model::{Cluster, Settings};
 use ferrolb_controller::replay;
 use ferrolb_crds::service::{current_ingress, is_managed};
-use ferrolb_speaker::diagnose::{ANNOUNCE_FAILED, NO_ELIGIBLE_NODE};
-use ferrolb_speaker::election::Policy;
-use ferrolb_speaker::liveness::Membership;
-use ferrolb_speaker::plan::{self, Me, Snapshot};
+use ferrolb_speaker::model::diagnose::{ANNOUNCE_FAILED, NO_ELIGIBLE_NODE};
+use ferrolb_speaker::model::election::Policy;
+use ferrolb_speaker::model::liveness::Membership;
+use ferrolb_speaker::model::plan::{self, Me, Snapshot};
 use k8s_openapi::api::core::v1::{Event, Service};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -195,7 +195,7 @@ pub fn why(svc: &Service, cluster: &Cluster, settings: &Settings, now: Instant) 
     let me = |node: &'static str| Me { node, load_balancer_class: class, policy };
     let prepared = plan::prepare(&me(""), &snap);
     let nobody = plan::decide(&me(""), &prepared, &[], &membership, false, now);
-    let skey = (ns.clone(), name.clone());
+    let skey = ferrolb_crds::service::ServiceKey::new(&ns, &name);
     let unannounced = nobody.unannounced.get(&skey);
     if let Some(problem) = unannounced {
         reasons.push(Finding { text: problem.note.clone(), source: Source::Election });

@@ -1,31 +1,25 @@
 //! ferrolb-speaker: decides which node answers for each address and answers ARP (IPv4) or neighbour discovery
 //! (IPv6) for it.
 //!
-//! Pure: [`arp`] and [`ndp`] (wire formats, accept/reply decisions), [`wire`] (which of the two a frame or an
-//! address takes), [`claim`] (one answerer per address from what the wire shows), [`election`] (one owner per address), [`liveness`]
-//! (heartbeat rules), [`view`] (Kubernetes objects to election facts), [`plan`] (what this node announces),
-//! [`diagnose`] (why nobody announces), [`iface`] (which interface answers). I/O: [`announcer`] (raw sockets
-//! and gratuitous ARP), [`gossip`] (the liveness protocol's sockets), [`report`] (ServiceL2Status and
-//! Events), [`raw`] (AF_PACKET), [`netlink`] (interface change notifications), wired together by [`run`]. docs/design.md §1.3 and §4–7 tell the rules.
+//! The folders say what is pure and what does I/O (docs/design.md §1.3):
+//! - [`model`] (pure): Kubernetes objects to election facts, the election, the plan (this node's desired
+//!   state), the claim rules, liveness rules, signs of life, interface choice, and every word said to users.
+//! - [`wire`] (pure): Ethernet, ARP and neighbour-discovery frames, and which of the two a frame takes.
+//! - [`datapath`] (I/O): the announcer, raw-socket responders, multicast groups, the host's interfaces and
+//!   sysctls, netlink notifications.
+//! - [`gossip`] (I/O): the liveness protocol's sockets.
+//! - [`kube`] (I/O): trimmed watch caches, the ServiceL2Status writer, Events.
+//! - [`telemetry`]: counters the hot paths bump, and `/metrics`.
+//!
+//! [`run`] wires them together and decides nothing.
 
-pub mod announcer;
-pub mod arp;
-pub mod claim;
-pub mod diagnose;
-pub mod election;
+pub mod datapath;
 pub mod error;
 pub mod gossip;
-pub mod iface;
-pub mod liveness;
-pub mod metrics;
-pub mod ndp;
-pub mod netlink;
-pub mod plan;
-pub mod raw;
-pub mod report;
+pub mod kube;
+pub mod model;
 pub mod run;
 pub mod settings;
-pub mod signs;
-pub mod trim;
-pub mod view;
+pub mod telemetry;
+pub mod wake;
 pub mod wire;

@@ -3,11 +3,11 @@
 use anyhow::Context;
 use clap::Parser;
 use ferrolb_runtime::logging::LogFormat;
-use ferrolb_speaker::election::Policy;
-use ferrolb_speaker::iface::Exclusions;
-use ferrolb_speaker::metrics;
-use ferrolb_speaker::raw::Stats;
+use ferrolb_speaker::model::election::Policy;
+use ferrolb_speaker::model::interfaces::Exclusions;
 use ferrolb_speaker::run::{self, Settings};
+use ferrolb_speaker::telemetry::metrics;
+use ferrolb_speaker::telemetry::stats::Stats;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! What the speaker is told at start (flags and environment, see `main.rs`).
 
-use crate::election::Policy;
-use crate::iface::Exclusions;
+use crate::model::election::Policy;
+use crate::model::interfaces::Exclusions;
 use std::time::Duration;
 
 /// What the speaker is told at start.

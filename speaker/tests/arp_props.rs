@@ -2,7 +2,8 @@
 //! an owned address to a unicast asker, and parse/serialise round-trip. (A coverage-guided `cargo fuzz`
 //! target needs a nightly toolchain, which this machine cannot fetch; see the issue note.)
 
-use ferrolb_speaker::arp::{ArpFrame, Decision, Mac, Operation, respond};
+use ferrolb_speaker::wire::Mac;
+use ferrolb_speaker::wire::arp::{ArpFrame, Decision, Operation, respond};
 use proptest::prelude::*;
 use std::net::Ipv4Addr;
 

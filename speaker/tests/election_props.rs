@@ -2,7 +2,7 @@
 //! owner per address, a node leaving moves only its own addresses, a node joining takes only addresses to
 //! itself, and addresses spread over the nodes.
 
-use ferrolb_speaker::election::{owner, score};
+use ferrolb_speaker::model::election::{owner, score};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::net::IpAddr;

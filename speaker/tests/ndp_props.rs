@@ -3,8 +3,10 @@
 //! built with random fields and, most of the time, a correct checksum (random bytes almost never carry one),
 //! then some of them get random bytes flipped.
 
-use ferrolb_speaker::arp::Mac;
-use ferrolb_speaker::ndp::{ALL_NODES, Decision, Kind, NdpFrame, checksum, multicast_mac, respond, solicited_node};
+use ferrolb_speaker::wire::Mac;
+use ferrolb_speaker::wire::ndp::{
+    ALL_NODES, Decision, Kind, NdpFrame, checksum, multicast_mac, respond, solicited_node,
+};
 use proptest::prelude::*;
 use std::net::Ipv6Addr;
 

@@ -101,16 +101,17 @@ fn binaries_expose() -> BTreeSet<String> {
     metrics.set_pool_usage("lab", &usage);
     metrics.count("assigned");
     let controller = metrics.render();
-    let stats = std::sync::Arc::new(ferrolb_speaker::raw::Stats::default());
+    let stats = std::sync::Arc::new(ferrolb_speaker::telemetry::stats::Stats::default());
     let ip = std::net::IpAddr::from([198, 19, 0, 1]);
-    let mac = ferrolb_speaker::arp::Mac([2, 0, 0, 0, 0, 9]);
+    let mac = ferrolb_speaker::wire::Mac([2, 0, 0, 0, 0, 9]);
     for family in [&stats.drops, &stats.ndp_drops, &stats.gossip_rejects, &stats.unannounced, &stats.announce_failed] {
         family.lock().map(|mut m| m.insert("some_reason", 1)).ok();
     }
     stats.strangers.lock().map(|mut m| m.insert((ip, mac), std::time::Instant::now())).ok();
     stats.announced.lock().map(|mut m| m.insert(ip, ["default/web".to_string()].into())).ok();
     stats.count_for(ip, |c| c.requests += 1);
-    let speaker = ferrolb_speaker::metrics::render(&ferrolb_speaker::metrics::registry(stats, "node-1"));
+    let speaker =
+        ferrolb_speaker::telemetry::metrics::render(&ferrolb_speaker::telemetry::metrics::registry(stats, "node-1"));
     let mut names = exposed(&controller);
     names.extend(exposed(&speaker));
     names
@@ -241,7 +242,7 @@ fn speaker_args(sets: &[&str]) -> Vec<String> {
 /// the same), and a value given with `--set` replaces it, also as an empty list.
 #[test]
 fn interface_exclusions_reach_the_speaker_from_the_chart_value() {
-    let default = format!("--exclude-interfaces={}", ferrolb_speaker::iface::DEFAULT_EXCLUDED.join(" "));
+    let default = format!("--exclude-interfaces={}", ferrolb_speaker::model::interfaces::DEFAULT_EXCLUDED.join(" "));
     assert!(speaker_args(&[]).contains(&default), "{:?}", speaker_args(&[]));
     let custom = speaker_args(&["speaker.excludeInterfaces={^eth1$,^vlan[0-9]+$}"]);
     assert!(custom.iter().any(|a| a == "--exclude-interfaces=^eth1$ ^vlan[0-9]+$"), "{custom:?}");

@@ -5,7 +5,7 @@
 //! themselves (`ferrolb_speaker_takeovers_total`). `FERROLB_LOSS_SECS` shortens the two loss phases (default
 //! 300 s each, as the issue asks) for a quick local run.
 
-use ferrolb_speaker::election;
+use ferrolb_speaker::model::election;
 use ferrolb_tests::harness::{
     TestLab, answering_nodes, arpwatch, create_yaml, eventually, ingress, metric_sum, node_macs, speaker_metrics,
     total_takeovers, wait_answered_by, wait_event,

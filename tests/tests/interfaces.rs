@@ -6,7 +6,7 @@
 //! interfaces. Needs root.
 
 use ferrolb_crds::ServiceL2Status;
-use ferrolb_speaker::election;
+use ferrolb_speaker::model::election;
 use ferrolb_tests::harness::{TestLab, create_yaml, eventually, ingress, metric_sum, speaker_metrics, wait_event};
 use ferrolb_tests::lab::{lifecycle, net};
 use kube::Api;

@@ -3,7 +3,7 @@
 //! `host` namespace routes the IPv6 pool on-link as it does the IPv4 one. Neighbour solicitations come from the
 //! host's kernel and from `ferrolb-lab arping`; nothing here is simulated. Needs root.
 
-use ferrolb_speaker::election;
+use ferrolb_speaker::model::election;
 use ferrolb_tests::harness::{
     TestLab, answering_nodes, create_yaml, eventually, ingress, metric_sum, node_macs, speaker_metrics,
     wait_answered_by, wait_event,
@@ -90,7 +90,7 @@ async fn dual_stack_and_ipv6_services_are_answered_by_one_node_and_move_together
     assert!(metric_sum(&metrics, "ferrolb_speaker_ndp_advertisements_total") > 0.0, "{metrics}");
     assert_eq!(metric_sum(&metrics, "ferrolb_speaker_ndp_group_join_failures_total"), 0.0, "{metrics}");
     // The owner joined the address's solicited-node group on eth0 (the NIC filter and MLD snooping need it).
-    let group = ferrolb_speaker::ndp::solicited_node(v6.parse().expect("v6")).to_string();
+    let group = ferrolb_speaker::wire::ndp::solicited_node(v6.parse().expect("v6")).to_string();
     assert!(joined(&lab, &owner, &group), "{group} not joined on {owner}'s eth0");
     for other in NODES.iter().filter(|n| **n != owner) {
         assert!(!joined(&lab, other, &group), "{other} joined {group} without owning it");

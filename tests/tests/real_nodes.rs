@@ -5,7 +5,7 @@
 //! Needs root and `make images`. Timings are printed, never asserted.
 
 use ferrolb_crds::IPAddressPool;
-use ferrolb_speaker::election;
+use ferrolb_speaker::model::election;
 use ferrolb_tests::harness::{
     TestLab, answering_nodes, apply_users_services, assert_dns_served_by, create_yaml, eventually, ingress, seed,
     wait_answered_by, wait_event, wait_ingress,

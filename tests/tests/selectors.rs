@@ -5,7 +5,7 @@
 //! and `loadBalancerClass` given as a chart value to the lab's controller and speakers. Every Service here has a
 //! ready endpoint on every node, so where one is answered is decided by the advertisements alone. Needs root.
 
-use ferrolb_speaker::election;
+use ferrolb_speaker::model::election;
 use ferrolb_tests::harness::{
     TestLab, answering_nodes, create_yaml, eventually, ingress, wait_answered_by, wait_event, wait_ingress,
 };

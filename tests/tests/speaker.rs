@@ -5,7 +5,7 @@
 
 use ferrolb_crds::L2AdvertisementSchema;
 use ferrolb_crds::ServiceL2Status;
-use ferrolb_speaker::election;
+use ferrolb_speaker::model::election;
 use ferrolb_tests::harness::{
     TestLab, answering_nodes, assert_dns_served_by, create_yaml, eventually, ingress, metric_sum, seed,
     speaker_metrics, wait_answered_by, wait_event,

@@ -2,7 +2,7 @@
 //! address, unicast to the asker.
 #![no_main]
 
-use ferrolb_speaker::arp::{ArpFrame, Decision, Mac, respond};
+use ferrolb_speaker::wire::arp::{ArpFrame, Decision, Mac, respond};
 use libfuzzer_sys::fuzz_target;
 use std::net::Ipv4Addr;
 

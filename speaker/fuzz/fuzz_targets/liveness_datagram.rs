@@ -1,7 +1,7 @@
 //! Any datagram on the liveness port: decoding must not panic, and nothing without the key verifies.
 #![no_main]
 
-use ferrolb_speaker::liveness::decode;
+use ferrolb_speaker::model::liveness::decode;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,8 +2,8 @@
 //! advertisement for the owned address, from our MAC.
 #![no_main]
 
-use ferrolb_speaker::arp::Mac;
-use ferrolb_speaker::ndp::{Decision, NdpFrame, respond};
+use ferrolb_speaker::wire::Mac;
+use ferrolb_speaker::wire::ndp::{Decision, NdpFrame, respond};
 use libfuzzer_sys::fuzz_target;
 use std::net::Ipv6Addr;
 

@@ -287,7 +287,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::GossipForge { node, to, kind, key, flood_ms } => {
-            use ferrolb_speaker::liveness::{Kind, Message, encode};
+            use ferrolb_speaker::model::liveness::{Kind, Message, encode};
             let kind = if kind == "alive" { Kind::Alive } else { Kind::Leaving };
             let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
             let end = std::time::Instant::now() + std::time::Duration::from_millis(flood_ms);

@@ -3,8 +3,9 @@
 //! inside the `host` namespace).
 
 use super::{LabError, Result};
-use ferrolb_speaker::arp::{ArpFrame, Mac, Operation};
-use ferrolb_speaker::ndp::{self, NdpFrame};
+use ferrolb_speaker::wire::Mac;
+use ferrolb_speaker::wire::arp::{ArpFrame, Operation};
+use ferrolb_speaker::wire::ndp::{self, NdpFrame};
 use pnet_datalink::Channel;
 use std::collections::BTreeSet;
 use std::net::IpAddr;

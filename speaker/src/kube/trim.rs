@@ -2,12 +2,10 @@
 //! read (docs/design.md §4.1). With thousands of Services most of a cached object is ports, selectors, cluster IPs,
 //! endpoint addresses and node image lists that nothing here looks at. Pure: each function edits one object.
 
+use crate::model::facts::SLICE_SERVICE_LABEL;
 use ferrolb_crds::annotations::{ALLOW_SHARED_IP, IP_ALLOCATED_FROM_POOL};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-
-/// The label naming an EndpointSlice's Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Keeps a Service's name, namespace, uid, labels (serviceSelectors), the pool and sharing annotations (the
 /// election reads whether a Service may share), type, class, traffic policy and ingress addresses; a Service
@@ -58,7 +56,7 @@ pub fn endpoint_slice(slice: &mut EndpointSlice) {
     meta.labels = meta
         .labels
         .take()
-        .map(|l| l.into_iter().filter(|(k, _)| k == SERVICE_NAME_LABEL).collect())
+        .map(|l| l.into_iter().filter(|(k, _)| k == SLICE_SERVICE_LABEL).collect())
         .filter(|l: &std::collections::BTreeMap<String, String>| !l.is_empty());
     slice.ports = None;
     for ep in &mut slice.endpoints {
@@ -186,9 +184,9 @@ mod tests {
             }
         }))
         .expect("node");
-        let facts_before = crate::view::node_facts(&n);
+        let facts_before = crate::model::facts::node_facts(&n);
         node(&mut n);
-        assert_eq!(crate::view::node_facts(&n), facts_before);
+        assert_eq!(crate::model::facts::node_facts(&n), facts_before);
         let v = serde_json::to_value(&n).expect("json");
         assert_eq!(
             v,

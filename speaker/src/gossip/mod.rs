@@ -1,17 +1,18 @@
 //! The liveness protocol's I/O: a heartbeat sender thread, a receiver feeding [`Membership`], a watcher
 //! that wakes the speaker when a verdict changes, and the "leaving" message on shutdown. The rules (what a
-//! datagram must carry, when a peer is dead) are in the pure [`crate::liveness`].
+//! datagram must carry, when a peer is dead) are in the pure [`crate::model::liveness`].
 
-use crate::liveness::{self, Kind, Membership, Message, Verdict};
-use crate::raw::Stats;
+use crate::error::{Error, Result};
+use crate::model::liveness::{self, Kind, Membership, Message, Verdict};
 use crate::settings::Settings;
+use crate::telemetry::stats::Stats;
+use crate::wake::{Wake, WakeSender};
 use k8s_openapi::api::core::v1::Node;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
-use tokio::sync::mpsc;
+use std::time::{Duration, Instant};
 
 /// Liveness shared between the protocol tasks and the election.
 pub type SharedMembership = Arc<std::sync::Mutex<Membership>>;
@@ -54,15 +55,100 @@ impl Identity {
     }
 }
 
+/// The liveness protocol as the speaker holds it: the shared view of the peers, who to send heartbeats to, and
+/// (with a key) the socket. Without a key there is no protocol and liveness falls back to Node `Ready`.
+pub struct Liveness {
+    membership: SharedMembership,
+    peers: Arc<std::sync::RwLock<Vec<SocketAddr>>>,
+    identity: Arc<Identity>,
+    socket: Option<(std::net::UdpSocket, Vec<u8>)>,
+    started: Instant,
+    dead_after: Duration,
+}
+
+impl Liveness {
+    /// Starts the protocol when `settings` has a key; verdict changes wake the planner.
+    pub fn start(settings: &Settings, stats: Arc<Stats>, wake: WakeSender) -> Result<Self> {
+        let membership: SharedMembership =
+            Arc::new(std::sync::Mutex::new(Membership::new(&settings.node, settings.dead_after)));
+        let peers = Arc::new(std::sync::RwLock::new(Vec::new()));
+        let identity = Arc::new(Identity::new(&settings.node));
+        let socket = match &settings.gossip_key {
+            Some(key) => {
+                let socket =
+                    start(settings, identity.clone(), key.clone(), membership.clone(), peers.clone(), wake, stats)
+                        .map_err(|source| Error::RawSocket {
+                            interface: format!("udp/{}", settings.gossip_port),
+                            source,
+                        })?;
+                tracing::info!(port = settings.gossip_port, heartbeat = ?settings.heartbeat, dead_after = ?settings.dead_after, "liveness protocol on");
+                Some((socket, key.clone()))
+            }
+            None => {
+                tracing::warn!(
+                    "no gossip key (FERROLB_GOSSIP_KEY): no liveness protocol; a peer counts as alive while its Node is \
+                     Ready, so failover waits for the node controller's grace period"
+                );
+                None
+            }
+        };
+        Ok(Self { membership, peers, identity, socket, started: Instant::now(), dead_after: settings.dead_after })
+    }
+
+    /// Whether the protocol runs (a key was given).
+    pub fn is_on(&self) -> bool {
+        self.socket.is_some()
+    }
+
+    /// The view shared with the announcer (which MACs are which node's).
+    pub fn shared(&self) -> SharedMembership {
+        self.membership.clone()
+    }
+
+    /// A copy of the view now.
+    pub fn view(&self) -> Membership {
+        self.membership.lock().map(|m| m.clone()).unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Three heartbeat timeouts after the protocol started, every running peer has been heard: before that a
+    /// peer never heard from may just not have spoken yet.
+    pub fn settled(&self) -> bool {
+        self.is_on() && self.started.elapsed() > self.dead_after * 3
+    }
+
+    /// Heartbeats go to these nodes from now on.
+    pub fn set_peers(&self, nodes: &[Arc<Node>], me: &str, port: u16) {
+        let ipv6 = self.socket.as_ref().is_some_and(|(socket, _)| is_ipv6(socket));
+        if let Ok(mut p) = self.peers.write() {
+            *p = peer_addresses(nodes, me, port, ipv6);
+        }
+    }
+
+    /// The MACs this node answers with, told to peers in every heartbeat.
+    pub fn set_macs(&self, macs: Vec<[u8; 6]>) {
+        if let Ok(mut m) = self.identity.macs.write() {
+            *m = macs;
+        }
+    }
+
+    /// Tells every peer this node is leaving.
+    pub async fn leave(&self) {
+        if let Some((socket, key)) = &self.socket {
+            let targets = self.peers.read().map(|p| p.clone()).unwrap_or_default();
+            say_leaving(socket, key, &self.identity, &targets).await;
+        }
+    }
+}
+
 /// Starts the liveness protocol: a sender thread (a plain OS thread, so heartbeats keep their rhythm when the
 /// async workers are busy), a receiver task, and a watcher that triggers re-election when a verdict changes.
-pub fn start(
+fn start(
     settings: &Settings,
     identity: Arc<Identity>,
     key: Vec<u8>,
     membership: SharedMembership,
     peers: Arc<std::sync::RwLock<Vec<std::net::SocketAddr>>>,
-    trigger: mpsc::UnboundedSender<()>,
+    trigger: WakeSender,
     stats: Arc<Stats>,
 ) -> std::io::Result<std::net::UdpSocket> {
     let socket = bind(settings.gossip_port)?;
@@ -97,7 +183,7 @@ pub fn start(
             });
             match verdict {
                 Ok(true) => {
-                    let _ = recv_trigger.send(());
+                    let _ = recv_trigger.send(Wake::Liveness);
                 }
                 Ok(false) => {}
                 Err(reason) => {
@@ -145,7 +231,7 @@ pub fn start(
                     }
                 }
                 last = verdicts;
-                if trigger.send(()).is_err() {
+                if trigger.send(Wake::Liveness).is_err() {
                     return;
                 }
             }
@@ -191,12 +277,7 @@ pub fn peer_addresses(nodes: &[Arc<Node>], me: &str, port: u16, ipv6_socket: boo
 }
 
 /// Tells every peer this node is leaving, a few times in case one datagram is lost.
-pub async fn say_leaving(
-    socket: &std::net::UdpSocket,
-    key: &[u8],
-    identity: &Identity,
-    peers: &[std::net::SocketAddr],
-) {
+async fn say_leaving(socket: &std::net::UdpSocket, key: &[u8], identity: &Identity, peers: &[std::net::SocketAddr]) {
     for _ in 0..3 {
         let leaving = liveness::encode(key, &identity.message(Kind::Leaving));
         for peer in peers {

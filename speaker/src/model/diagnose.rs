@@ -5,7 +5,7 @@
 //! the same, so one speaker speaks for all ([`reporter`]). This node won the election but has no interface to
 //! answer on: only this node knows, so it says so itself (MetalLB's `announceFailed`).
 
-use crate::election::{Ineligible, Nobody, NodeFacts};
+use crate::model::election::{Ineligible, Nobody, NodeFacts};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -150,10 +150,67 @@ pub fn count<'a>(problems: impl IntoIterator<Item = &'a Problem>) -> BTreeMap<&'
     out
 }
 
+/// Event reason when this node starts answering for a Service (MetalLB's).
+pub const NODE_ASSIGNED: &str = "nodeAssigned";
+/// Event reason when a MAC that is no node's answers for an address this node answers for.
+pub const ADDRESS_CONFLICT: &str = "AddressConflict";
+/// Event reason when kube-proxy's IPVS runs without strictARP on this node.
+pub const STRICT_ARP_DISABLED: &str = "StrictARPDisabled";
+/// Event reason when peers are unheard over the liveness port although alive.
+pub const LIVENESS_CHANNEL_BROKEN: &str = "LivenessChannelBroken";
+/// Event reason when every live peer is heard again.
+pub const LIVENESS_CHANNEL_HEALED: &str = "LivenessChannelHealed";
+
+/// The `nodeAssigned` note: MetalLB's reason and wording, so alerts and scripts written for MetalLB's Event still
+/// match.
+pub fn node_assigned(node: &str, ips: &[String], interfaces: &[&str]) -> String {
+    format!("announcing from node \"{node}\" with protocol \"layer2\": {} on {}", ips.join(", "), interfaces.join(", "))
+}
+
+/// A stranger's MAC answers for an address this node answers for (`kept`: this node keeps answering).
+pub fn stranger_claims(ip: IpAddr, mac: impl std::fmt::Display, node: &str, kept: bool) -> String {
+    if kept {
+        format!(
+            "address {ip} is also claimed by MAC {mac}, which belongs to no node: another host uses this address (a \
+             static IP clash?). Node {node} keeps answering; remove the address from that host or from the pool"
+        )
+    } else {
+        format!(
+            "address {ip} is already answered by MAC {mac}, which belongs to no node: another host uses this address \
+             (a static IP clash?), or a speaker from before an upgrade. Node {node} holds back; if that host is not \
+             yours, remove the address from it or from the pool"
+        )
+    }
+}
+
+/// Another node answers for an address this node answers for (a log line: the two settle it by rank).
+pub fn node_claims(ip: IpAddr, mac: impl std::fmt::Display, other: &str, kept: bool) -> String {
+    let outcome = if kept { "this node keeps it (lower rank)" } else { "this node gives it up (higher rank)" };
+    format!("node {other} (MAC {mac}) also answers for {ip}; {outcome}")
+}
+
+/// kube-proxy's IPVS interface makes this node's kernel answer ARP for every Service address.
+pub const STRICT_ARP_MISSING: &str = "kube-proxy runs in IPVS mode without strictARP: kube-ipvs0 holds Service \
+    addresses and this node's kernel answers ARP for all of them, so several nodes answer for one address. Set \
+    strictARP: true in the kube-proxy ConfigMap (as for MetalLB)";
+
+/// Peers unheard over the liveness port although their nodes show other signs of life.
+pub fn channel_broken(peers: &[&str], port: u16) -> String {
+    format!(
+        "liveness channel broken: no heartbeat from {} over UDP {port} although their nodes are alive (Lease renewed \
+         or answering ARP); check firewalls and security groups for that port. Addresses stay with the nodes that \
+         answer them (ARP evidence), but a real failure of those nodes is detected more slowly until this heals",
+        peers.join(", ")
+    )
+}
+
+/// Every live peer is heard again.
+pub const CHANNEL_HEALED: &str = "every peer speaker whose node is alive is heard again over the liveness port";
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::election::Ineligible::{Excluded, NetworkUnavailable, NoLocalEndpoint, SpeakerDown};
+    use crate::model::election::Ineligible::{Excluded, NetworkUnavailable, NoLocalEndpoint, SpeakerDown};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")

@@ -1,4 +1,4 @@
-//! IPv6 neighbour discovery (RFC 4861) over Ethernet, the IPv6 counterpart of [`arp`](crate::arp): a checked
+//! IPv6 neighbour discovery (RFC 4861) over Ethernet, the IPv6 counterpart of [`arp`](crate::wire::arp): a checked
 //! view of Neighbor Solicitations and Advertisements, the pure decision whether and how to answer one, the
 //! unsolicited advertisement sent on takeover and the duplicate-address probe (RFC 4862) sent before answering.
 //!
@@ -8,7 +8,7 @@
 //! header is followed directly by ICMPv6 are parsed; NDP messages carry no extension headers in practice, and
 //! one that does is dropped as `unsupported`.
 
-use crate::arp::Mac;
+use crate::wire::Mac;
 use std::net::Ipv6Addr;
 
 /// EtherType of IPv6.

@@ -1,11 +1,9 @@
 //! Interface changes as the kernel announces them: a `NETLINK_ROUTE` socket subscribed to link and address
 //! events wakes the planner so a NIC added, removed, brought up or down, or readdressed is picked up at once
 //! instead of at the next rescan (docs/design.md §4.4). Only a wake: what changed is read again from the OS
-//! by `raw::interfaces`, so nothing here has to understand more of a message than its type.
+//! by [`crate::datapath::host`], so nothing here has to understand more of a message than its type.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::sync::mpsc;
+use crate::wake::{Wake, WakeSender};
 
 /// `RTMGRP_LINK`: links appearing, vanishing, going up or down.
 const RTMGRP_LINK: u32 = 0x1;
@@ -50,9 +48,10 @@ pub fn changes(datagram: &[u8]) -> Vec<Change> {
     out
 }
 
-/// Listens for link and address changes on a thread of its own; on each, sets `due` and wakes the planner.
+/// Listens for link and address changes on a thread of its own; on each, wakes the planner to read the
+/// interfaces again.
 /// Fails when the socket cannot be opened (the caller then rescans on its timer alone).
-pub fn watch(due: Arc<AtomicBool>, wake: mpsc::UnboundedSender<()>) -> std::io::Result<()> {
+pub fn watch(wake: WakeSender) -> std::io::Result<()> {
     use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))?;
@@ -72,8 +71,7 @@ pub fn watch(due: Arc<AtomicBool>, wake: mpsc::UnboundedSender<()>) -> std::io::
                     std::thread::sleep(std::time::Duration::from_millis(500));
                 }
             }
-            due.store(true, Ordering::Relaxed);
-            if wake.send(()).is_err() {
+            if wake.send(Wake::Interfaces).is_err() {
                 return;
             }
         }

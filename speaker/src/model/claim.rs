@@ -15,7 +15,7 @@
 //!
 //! Pure: time, what was heard and the node MACs are passed in; the shell sends the probes and gratuitous ARP.
 
-use crate::arp::Mac;
+use crate::wire::Mac;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;

@@ -2,10 +2,11 @@
 //! Lease, and its speaker answering ARP for an address. A peer unheard on the channel but showing such signs
 //! means the channel is broken, not the node dead (docs/design.md §5.6). Pure: `now` is passed in.
 
-use crate::arp::Mac;
+use crate::model::liveness::Membership;
+use crate::wire::Mac;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -64,6 +65,18 @@ pub fn latest(a: BTreeMap<String, Instant>, b: BTreeMap<String, Instant>) -> BTr
         *e = (*e).max(at);
     }
     out
+}
+
+/// Peers unheard over the liveness channel although their node shows signs of life at `now`: the Lease
+/// renewals seen, or their MAC answering for an address this node holds back from.
+pub fn unheard_but_alive(
+    view: &Membership,
+    renewals: &LeaseRenewals,
+    held_back: &BTreeMap<IpAddr, Mac>,
+    now: Instant,
+) -> BTreeSet<String> {
+    let node_macs: BTreeMap<Mac, String> = view.node_macs().into_iter().map(|(mac, node)| (Mac(mac), node)).collect();
+    view.unheard_but_alive(&latest(renewals.signs(), from_arp(held_back, &node_macs, now)), now)
 }
 
 #[cfg(test)]

@@ -4,19 +4,22 @@
 //! gratuitous ARP / unsolicited advertisement bursts on takeover and the optional periodic refresh. It runs as its own task so that probe
 //! windows and retries keep their timing whatever the planner is doing; its API is one call,
 //! [`Announcer::apply`] the desired state. Which wanted addresses are actually answered is decided by the
-//! pure [`crate::claim`] rules from what the responders hear (docs/design.md §6.5).
+//! pure [`crate::model::claim`] rules from what the responders hear (docs/design.md §6.5).
 
-use crate::arp::Mac;
-use crate::claim::{Claims, Conflict, Timing};
+use crate::datapath::claims::{ClaimSink, Owned};
+use crate::datapath::responder::Responder;
 use crate::gossip::SharedMembership;
-use crate::iface::InterfaceInfo;
-use crate::raw::{ClaimSink, Owned, Responder, Stats};
+use crate::model::claim::{Claims, Conflict, Timing};
+use crate::model::interfaces::InterfaceInfo;
+use crate::telemetry::stats::Stats;
+use crate::wake::{Wake, WakeSender};
+use crate::wire::Mac;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// Address → interfaces answering for it.
 pub type Desired = BTreeMap<IpAddr, BTreeSet<String>>;
@@ -44,12 +47,7 @@ pub struct Announcer {
 impl Announcer {
     /// Starts the announcer task. `changed` is poked whenever what is answered changes or a conflict is seen;
     /// `membership` tells which MACs belong to which node.
-    pub fn spawn(
-        stats: Arc<Stats>,
-        schedule: Schedule,
-        membership: SharedMembership,
-        changed: mpsc::UnboundedSender<()>,
-    ) -> Self {
+    pub fn spawn(stats: Arc<Stats>, schedule: Schedule, membership: SharedMembership, changed: WakeSender) -> Self {
         let (desired, desired_rx) = watch::channel((Desired::new(), Vec::new()));
         let me = Self {
             desired,
@@ -123,7 +121,7 @@ struct Task {
     schedule: Schedule,
     last_refresh: Instant,
     membership: SharedMembership,
-    changed: mpsc::UnboundedSender<()>,
+    changed: WakeSender,
 }
 
 impl Task {
@@ -267,7 +265,7 @@ impl Task {
             }
         }
         if before != after || held_changed || conflicted {
-            let _ = self.changed.send(());
+            let _ = self.changed.send(Wake::Announcer);
         }
         acts.wake_at
     }

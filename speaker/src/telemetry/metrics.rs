@@ -4,7 +4,7 @@
 //! The hot paths (the ARP responder, the liveness receiver) only bump atomics in [`Stats`]; the names, types,
 //! help texts and label escaping live here, encoded by prometheus-client like the controller's metrics.
 
-use crate::raw::Stats;
+use crate::telemetry::stats::Stats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -258,7 +258,7 @@ impl Collector for MetallbCollector {
         for labels in &announced {
             ConstGauge::new(1).encode(family.encode_family(labels)?)?;
         }
-        let per_address: Vec<(String, crate::raw::AddressCounters)> = self
+        let per_address: Vec<(String, crate::telemetry::stats::AddressCounters)> = self
             .stats
             .per_address
             .lock()
@@ -266,7 +266,7 @@ impl Collector for MetallbCollector {
             .unwrap_or_default();
         // MetalLB's Go client exposes these counters without a `_total` suffix; OpenMetrics would add one to a
         // counter, so they are written untyped to keep the names dashboards query.
-        type Pick = fn(&crate::raw::AddressCounters) -> u64;
+        type Pick = fn(&crate::telemetry::stats::AddressCounters) -> u64;
         let series: [(&str, &str, Pick); 3] = [
             ("metallb_layer2_requests_received", "ARP requests received for owned addresses", |c| c.requests),
             ("metallb_layer2_responses_sent", "ARP responses sent for owned addresses", |c| c.responses),
@@ -302,7 +302,7 @@ pub fn render(registry: &Registry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arp::Mac;
+    use crate::wire::Mac;
     use std::net::{IpAddr, Ipv4Addr};
 
     fn sample(text: &str, series: &str) -> Option<f64> {

@@ -2,8 +2,11 @@
 //! for IPv6), and which frames announce or probe an address of either family. The raw-socket shell calls only
 //! these, so it never branches on a family itself; the rules stay in [`arp`] and [`ndp`].
 
-use crate::arp::{self, Mac};
-use crate::ndp;
+pub mod arp;
+pub mod mac;
+pub mod ndp;
+
+pub use mac::Mac;
 use std::net::IpAddr;
 
 /// What to do with a frame a raw socket delivered.

@@ -2,12 +2,12 @@
 //! interfaces and its view of the peers' liveness — the speaker's desired state. The announcer makes it so,
 //! the reporter tells the cluster; neither decides anything.
 
-use crate::diagnose::{self, Cause, Problem};
-use crate::election::{self, Advertisement, Decision, NodeFacts, Policy, ServiceFacts};
-use crate::iface::{self, InterfaceInfo};
-use crate::liveness::{Membership, Verdict};
-use crate::view;
-use ferrolb_crds::service::{current_ingress, current_pool, is_managed};
+use crate::model::diagnose::{self, Cause, Problem};
+use crate::model::election::{self, Advertisement, Decision, NodeFacts, Policy, ServiceFacts};
+use crate::model::facts;
+use crate::model::interfaces::{self, InterfaceInfo};
+use crate::model::liveness::{Membership, Verdict};
+use ferrolb_crds::service::{ServiceKey, current_ingress, current_pool, is_managed};
 use ferrolb_crds::{IPAddressPool, L2Advertisement};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -60,11 +60,11 @@ pub struct Announcements {
     /// Address → interfaces answering for it.
     pub per_ip: BTreeMap<IpAddr, BTreeSet<String>>,
     /// Service → what is announced for it.
-    pub services: BTreeMap<(String, String), Announced>,
+    pub services: BTreeMap<ServiceKey, Announced>,
     /// Service → why nobody may announce some of its addresses (every speaker sees the same).
-    pub unannounced: BTreeMap<(String, String), Problem>,
+    pub unannounced: BTreeMap<ServiceKey, Problem>,
     /// Service → its addresses this node won but cannot answer for.
-    pub failed: BTreeMap<(String, String), Problem>,
+    pub failed: BTreeMap<ServiceKey, Problem>,
     /// This node is the one that tells users about `unannounced`.
     pub reporter: bool,
 }
@@ -72,7 +72,7 @@ pub struct Announcements {
 /// A Service as the election sees it, derived from the API state alone.
 #[derive(Debug, Clone)]
 struct PreparedService {
-    key: (String, String),
+    key: ServiceKey,
     uid: String,
     facts: ServiceFacts,
     ips: Vec<IpAddr>,
@@ -102,27 +102,27 @@ pub fn prepare(me: &Me<'_>, s: &Snapshot) -> Prepared {
     // agree even where pools overlap (the controller sets the newer one aside), and nothing is parsed here.
     let pools: HashMap<String, &IPAddressPool> = s.pools.iter().map(|p| (p.name_any(), p.as_ref())).collect();
     let ad_refs: Vec<&L2Advertisement> = s.ads.iter().map(AsRef::as_ref).collect();
-    let ads = view::parse_advertisements(&ad_refs);
-    let slices_of = view::slices_by_service(s.slices.iter().map(AsRef::as_ref));
+    let ads = facts::parse_advertisements(&ad_refs);
+    let slices_of = facts::slices_by_service(s.slices.iter().map(AsRef::as_ref));
     let services = s
         .services
         .iter()
         .filter(|svc| is_managed(svc, me.load_balancer_class))
         .filter_map(|svc| {
             let pool = current_pool(svc).and_then(|name| pools.get(name))?;
-            let key = (svc.namespace().unwrap_or_default(), svc.name_any());
+            let key = ServiceKey::of(svc);
             let own_slices = slices_of.get(&key).map(Vec::as_slice).unwrap_or_default();
             let ips = current_ingress(svc);
             Some(PreparedService {
-                facts: view::service_facts(svc, own_slices),
+                facts: facts::service_facts(svc, own_slices),
                 uid: svc.metadata.uid.clone().unwrap_or_default(),
-                applicable: view::advertisements_for(pool, svc, &ads),
+                applicable: facts::advertisements_for(pool, svc, &ads),
                 ips,
                 key,
             })
         })
         .collect();
-    Prepared { nodes: s.nodes.iter().map(|n| view::node_facts(n)).collect(), services }
+    Prepared { nodes: s.nodes.iter().map(|n| facts::node_facts(n)).collect(), services }
 }
 
 /// What this node announces, from the API half of a plan, this node's interfaces and its view of the peers'
@@ -170,13 +170,13 @@ pub fn decide(
                 Decision::Owner(_) => continue,
             }
             let allowed = my_facts.map(|n| election::allowed_interfaces(n, &svc.applicable)).unwrap_or_default();
-            let family = iface::Family::of(ip);
-            if let Some(why) = iface::why_unusable(interfaces, &allowed, family) {
+            let family = interfaces::Family::of(ip);
+            if let Some(why) = interfaces::why_unusable(interfaces, &allowed, family) {
                 failed.push((ip, why.label(), why.describe()));
                 continue;
             }
-            let usable = iface::usable(interfaces, &allowed, family);
-            let on: BTreeSet<String> = iface::for_address(&usable, ip).iter().map(|i| i.name.clone()).collect();
+            let usable = interfaces::usable(interfaces, &allowed, family);
+            let on: BTreeSet<String> = interfaces::for_address(&usable, ip).iter().map(|i| i.name.clone()).collect();
             out.per_ip.entry(ip).or_default().extend(on.clone());
             let entry = out.services.entry(svc.key.clone()).or_insert_with(|| Announced {
                 uid: svc.uid.clone(),
@@ -207,6 +207,32 @@ pub fn plan(
     now: Instant,
 ) -> Announcements {
     decide(me, &prepare(me, s), interfaces, membership, heard_long_enough, now)
+}
+
+/// What this node reports as announced: the plan's Services, narrowed to the addresses it actually answers for
+/// (an address another node's MAC still answers for is held back, docs/design.md §6.5).
+pub fn answered_only(
+    planned: &BTreeMap<ServiceKey, Announced>,
+    answering: &BTreeSet<IpAddr>,
+) -> BTreeMap<ServiceKey, Announced> {
+    planned
+        .iter()
+        .filter_map(|(key, a)| {
+            let ips: BTreeSet<_> = a.ips.intersection(answering).copied().collect();
+            (!ips.is_empty()).then(|| (key.clone(), Announced { ips, ..a.clone() }))
+        })
+        .collect()
+}
+
+/// The Services (`namespace/name`) answered for, per address (MetalLB's `metallb_speaker_announced`).
+pub fn by_address(answered: &BTreeMap<ServiceKey, Announced>) -> BTreeMap<IpAddr, BTreeSet<String>> {
+    let mut out: BTreeMap<IpAddr, BTreeSet<String>> = BTreeMap::new();
+    for (key, a) in answered {
+        for ip in &a.ips {
+            out.entry(*ip).or_default().insert(key.to_string());
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -292,7 +318,7 @@ mod tests {
             let a = plan_on(n, &s, Policy::default());
             if n == owner {
                 assert_eq!(a.per_ip.get(&ip), Some(&BTreeSet::from(["eth0".to_string()])));
-                let announced = &a.services[&("default".to_string(), "dns".to_string())];
+                let announced = &a.services[&ServiceKey::new("default", "dns")];
                 assert_eq!(announced.uid, "uid-dns");
             } else {
                 assert!(a.per_ip.is_empty(), "{n} must not announce");
@@ -346,7 +372,7 @@ mod tests {
         let membership = Membership::new(owners[0], Duration::from_millis(350));
         let a = plan(&me, &s, &without_ipv6, &membership, false, Instant::now());
         assert_eq!(a.per_ip.keys().copied().collect::<Vec<_>>(), [v4], "IPv4 still answered");
-        let note = &a.failed[&("default".to_string(), "dns".to_string())].note;
+        let note = &a.failed[&ServiceKey::new("default", "dns")].note;
         assert!(note.contains("2001:db8:19::1") && note.contains("IPv6 address"), "{note}");
     }
 
@@ -362,14 +388,14 @@ mod tests {
         let a = plan_on("node-1", &s, Policy::default());
         assert!(a.per_ip.is_empty());
         assert!(a.reporter, "the lowest-named live speaker reports");
-        let note = &a.unannounced[&("default".to_string(), "dns".to_string())].note;
+        let note = &a.unannounced[&ServiceKey::new("default", "dns")].note;
         assert!(note.contains("no ready endpoints"), "{note}");
 
         let excluded =
             snapshot(vec![service("dns", "198.19.0.1", Some("lab"))], vec![slice("dns", &["node-1"])], &NODES);
         let a = plan_on("node-2", &excluded, Policy::default());
         assert!(a.per_ip.is_empty() && !a.reporter);
-        let note = &a.unannounced[&("default".to_string(), "dns".to_string())].note;
+        let note = &a.unannounced[&ServiceKey::new("default", "dns")].note;
         assert!(note.contains("ignoreExcludeLB"), "{note}");
         let knob = Policy { ignore_exclude_label: true };
         let planned: usize = NODES.iter().map(|n| plan_on(n, &excluded, knob).per_ip.len()).sum();
@@ -396,9 +422,9 @@ mod tests {
                 .collect()
         }
         let trimmed_copy = |mut s: Snapshot| {
-            s.services = trimmed_all(&s.services, crate::trim::service);
-            s.slices = trimmed_all(&s.slices, crate::trim::endpoint_slice);
-            s.nodes = trimmed_all(&s.nodes, crate::trim::node);
+            s.services = trimmed_all(&s.services, crate::kube::trim::service);
+            s.slices = trimmed_all(&s.slices, crate::kube::trim::endpoint_slice);
+            s.nodes = trimmed_all(&s.nodes, crate::kube::trim::node);
             s
         };
         let trimmed = trimmed_copy(full.clone());

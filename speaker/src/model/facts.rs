@@ -1,8 +1,9 @@
 //! Turning Kubernetes objects into the election's plain inputs (pure: objects in, facts out).
 
-use crate::election::{Advertisement, NodeFacts, OUT_OF_SERVICE_TAINT, ServiceFacts};
+use crate::model::election::{Advertisement, NodeFacts, OUT_OF_SERVICE_TAINT, ServiceFacts};
 use ferrolb_crds::annotations::ALLOW_SHARED_IP;
 use ferrolb_crds::selector::Selector;
+use ferrolb_crds::service::ServiceKey;
 use ferrolb_crds::{IPAddressPool, L2Advertisement};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -98,21 +99,22 @@ pub fn advertisements_for(pool: &IPAddressPool, svc: &Service, ads: &[ParsedAdve
 /// once per wake so that finding a Service's slices costs a lookup instead of a scan of every slice.
 pub fn slices_by_service<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
-) -> HashMap<(String, String), Vec<&'a EndpointSlice>> {
-    let mut index: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
+) -> HashMap<ServiceKey, Vec<&'a EndpointSlice>> {
+    let mut index: HashMap<ServiceKey, Vec<&EndpointSlice>> = HashMap::new();
     for slice in slices {
-        let (Some(namespace), Some(service)) =
-            (slice.metadata.namespace.as_ref(), slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)))
-        else {
+        let (Some(namespace), Some(service)) = (
+            slice.metadata.namespace.as_ref(),
+            slice.metadata.labels.as_ref().and_then(|l| l.get(SLICE_SERVICE_LABEL)),
+        ) else {
             continue;
         };
-        index.entry((namespace.clone(), service.clone())).or_default().push(slice);
+        index.entry(ServiceKey::new(namespace, service)).or_default().push(slice);
     }
     index
 }
 
 /// Label that ties an EndpointSlice to its Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub const SLICE_SERVICE_LABEL: &str = "kubernetes.io/service-name";
 
 #[cfg(test)]
 mod tests {
@@ -247,7 +249,7 @@ mod tests {
     #[test]
     fn slices_are_grouped_by_namespace_and_service_and_unlabelled_ones_ignored() {
         let slice = |ns: &str, svc: Option<&str>, name: &str| -> EndpointSlice {
-            let labels = svc.map_or(json!({}), |s| json!({SERVICE_NAME_LABEL: s}));
+            let labels = svc.map_or(json!({}), |s| json!({SLICE_SERVICE_LABEL: s}));
             serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns, "labels": labels},
                 "addressType": "IPv4", "endpoints": []}))
             .expect("slice")
@@ -261,7 +263,7 @@ mod tests {
         let index = slices_by_service(slices.iter());
         let names = |ns: &str, svc: &str| -> Vec<String> {
             index
-                .get(&(ns.to_string(), svc.to_string()))
+                .get(&ServiceKey::new(ns, svc))
                 .map(|v| v.iter().filter_map(|s| s.metadata.name.clone()).collect())
                 .unwrap_or_default()
         };

@@ -1,0 +1,14 @@
+//! The speaker's decisions, as plain functions over plain data: no socket, no API client, no clock read
+//! (time is passed in). Nothing here imports [`crate::datapath`], [`crate::gossip`], [`crate::kube`] or
+//! [`crate::telemetry`] (tests/tests/layout.rs checks it).
+
+pub mod claim;
+pub mod diagnose;
+pub mod election;
+pub mod facts;
+pub mod interfaces;
+pub mod liveness;
+pub mod notices;
+pub mod plan;
+pub mod signs;
+pub mod status;
