@@ -11,13 +11,14 @@
 //! - [`kube`] (I/O): trimmed watch caches, the ServiceL2Status writer, Events.
 //! - [`telemetry`]: counters the hot paths bump, and `/metrics`.
 //!
-//! [`run`] wires them together and decides nothing.
+//! [`run`] starts them and wires them together; `planner` is what one wake does. Neither decides anything.
 
 pub mod datapath;
 pub mod error;
 pub mod gossip;
 pub mod kube;
 pub mod model;
+mod planner;
 pub mod run;
 pub mod settings;
 pub mod telemetry;

@@ -4,26 +4,68 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// `crate::<module>` references of every top-level module of a crate's `src/`, test modules left out.
-fn imports(crate_dir: &str) -> BTreeMap<String, BTreeSet<String>> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(crate_dir).join("src");
-    let mut graph = BTreeMap::new();
-    for entry in std::fs::read_dir(&src).expect("src dir").flatten() {
-        let path = entry.path();
-        if path.extension().is_none_or(|e| e != "rs") {
-            continue;
+/// The non-test code of each source file of a crate's `src/`, by module path: `run` for `src/run.rs`,
+/// `model::plan` for `src/model/plan.rs`, `model` for `src/model/mod.rs`.
+fn sources(crate_dir: &str) -> BTreeMap<String, String> {
+    fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, String>) {
+        for entry in std::fs::read_dir(dir).expect("src dir").flatten() {
+            let path = entry.path();
+            let stem = path.file_stem().expect("file name").to_string_lossy().into_owned();
+            if path.is_dir() {
+                walk(&path, &format!("{prefix}{stem}::"), out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let module =
+                    if stem == "mod" { prefix.trim_end_matches("::").to_string() } else { format!("{prefix}{stem}") };
+                let text = std::fs::read_to_string(&path).expect("source");
+                // Comments may point anywhere (docs link the shell from the model): only code imports.
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                let code: Vec<&str> = code.lines().filter(|l| !l.trim_start().starts_with("//")).collect();
+                out.insert(module, code.join("\n"));
+            }
         }
-        let module = path.file_stem().expect("file name").to_string_lossy().into_owned();
-        let text = std::fs::read_to_string(&path).expect("source");
-        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+    }
+    let mut out = BTreeMap::new();
+    walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(crate_dir).join("src"), "", &mut out);
+    out
+}
+
+/// The top-level module (a file of `src/` or a folder) of a module path.
+fn top(module: &str) -> &str {
+    module.split("::").next().unwrap_or(module)
+}
+
+/// Which top-level modules (files of `src/`, or folders taken as one) each top-level module refers to through
+/// `crate::<module>`.
+fn imports(crate_dir: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (module, code) in sources(crate_dir) {
+        let from = top(&module).to_string();
         let used: BTreeSet<String> = code
             .match_indices("crate::")
             .map(|(i, _)| code[i + 7..].chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect::<String>())
-            .filter(|m| *m != module)
+            .filter(|m| *m != from)
             .collect();
-        graph.insert(module, used);
+        graph.entry(from).or_default().extend(used);
     }
     graph
+}
+
+/// The speaker's pure folders, and what they may not use: they decide, the other folders do the I/O.
+const PURE: [&str; 2] = ["model", "wire"];
+/// The speaker's I/O and wiring, which the pure folders never import.
+const SHELL: [&str; 7] = ["datapath", "gossip", "kube", "telemetry", "run", "planner", "wake"];
+
+/// Imports of the shell by the pure folders, and of `model` by `wire` (frames know nothing of elections).
+fn pure_imports_shell(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<(String, String)> {
+    let mut bad = Vec::new();
+    for pure in PURE {
+        for used in graph.get(pure).into_iter().flatten() {
+            if SHELL.contains(&used.as_str()) || (pure == "wire" && used == "model") {
+                bad.push((pure.to_string(), used.clone()));
+            }
+        }
+    }
+    bad
 }
 
 /// A module that reaches itself again by following imports, with the path it takes.
@@ -63,6 +105,31 @@ fn the_cycle_finder_finds_a_planted_circle() {
     let mut graph = imports("controller");
     graph.entry("keys".into()).or_default().insert("allocator".into());
     assert!(cycle(&graph).is_some(), "keys -> allocator -> service -> keys");
+}
+
+#[test]
+fn the_speakers_folders_show_pure_and_io_and_pure_never_imports_io() {
+    let modules = sources("speaker");
+    for folder in PURE.iter().chain(&["datapath", "gossip", "kube", "telemetry"]) {
+        assert!(modules.contains_key(*folder), "speaker/src/{folder}/ is missing");
+    }
+    let graph = imports("speaker");
+    assert_eq!(pure_imports_shell(&graph), [], "model/ and wire/ import I/O");
+    assert!(graph["model"].contains("wire"), "read model/'s imports");
+}
+
+#[test]
+fn the_layout_check_finds_a_planted_import_of_io_in_the_model() {
+    let mut graph = imports("speaker");
+    graph.entry("model".into()).or_default().insert("kube".into());
+    assert_eq!(pure_imports_shell(&graph), [("model".to_string(), "kube".to_string())]);
+}
+
+#[test]
+fn the_speakers_run_only_wires() {
+    let modules = sources("speaker");
+    let lines = modules["run"].lines().count();
+    assert!(lines <= 150, "speaker/src/run.rs has {lines} lines of code; policy and wording belong in their modules");
 }
 
 #[test]

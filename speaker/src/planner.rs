@@ -1,0 +1,112 @@
+//! The planner: what one pass does when the speaker wakes. It redoes only the work the wakes call for, plans
+//! (snapshot → [`plan::prepare`] → [`plan::decide`]), and hands the plan to the announcer, the status writer and
+//! the Event publisher. It decides nothing itself and words nothing: the rules are in [`crate::model`].
+
+use crate::datapath::announcer::Announcer;
+use crate::datapath::host::Host;
+use crate::gossip::Liveness;
+use crate::kube::events::Events;
+use crate::kube::status::StatusWriter;
+use crate::kube::stores::Stores;
+use crate::model::diagnose::{self, Problem};
+use crate::model::notices::{self, ConflictMemory, Notice};
+use crate::model::plan::{self, Announced, Me};
+use crate::model::signs::{self, LeaseRenewals};
+use crate::settings::Settings;
+use crate::telemetry::stats::Stats;
+use crate::wake::Wakes;
+use ferrolb_crds::service::ServiceKey;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// What was last said, so the next pass says only what changed.
+#[derive(Default)]
+pub(crate) struct Said {
+    pub(crate) answered: BTreeMap<ServiceKey, Announced>,
+    pub(crate) unannounced: BTreeMap<ServiceKey, Problem>,
+    pub(crate) failed: BTreeMap<ServiceKey, Problem>,
+    pub(crate) unheard: BTreeSet<String>,
+}
+
+/// The planner's inputs, outputs and memory between passes.
+pub(crate) struct Planner {
+    pub(crate) settings: Settings,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) stores: Stores,
+    pub(crate) liveness: Liveness,
+    pub(crate) host: Host,
+    pub(crate) announcer: Announcer,
+    pub(crate) status: StatusWriter,
+    pub(crate) events: Events,
+    pub(crate) prepared: plan::Prepared,
+    pub(crate) renewals: LeaseRenewals,
+    pub(crate) conflicts: ConflictMemory,
+    pub(crate) said: Said,
+}
+
+impl Planner {
+    fn tell(&self, notices: impl IntoIterator<Item = Notice>) {
+        notices.into_iter().for_each(|n| self.events.tell(n));
+    }
+
+    /// One pass: redo the work the wakes call for, plan, and hand the plan to the announcer and the writers.
+    pub(crate) fn pass(&mut self, wakes: Wakes) {
+        let (started, node, s) = (Instant::now(), self.settings.node.as_str(), &self.settings);
+        let me = Me { node, load_balancer_class: s.load_balancer_class.as_deref(), policy: s.policy };
+        if wakes.api {
+            let snapshot = self.stores.snapshot();
+            self.liveness.set_peers(&snapshot.nodes, node, s.gossip_port);
+            self.prepared = plan::prepare(&me, &snapshot);
+        }
+        if let Some(trigger) = wakes.rescan {
+            self.stats.count_rescan(trigger);
+            let changes = self.host.rescan();
+            if !changes.is_empty() {
+                tracing::info!(trigger, changes = %changes.join(", "), "interfaces changed");
+            }
+            self.liveness.set_macs(self.host.macs());
+        }
+        if wakes.tick || wakes.rescan.is_some() {
+            let (before, missing) = self.host.check_strict_arp();
+            self.stats.strict_arp_missing.store(missing, Ordering::Relaxed);
+            self.tell(notices::strict_arp(before, missing));
+        }
+        let (view, settled) = (self.liveness.view(), self.liveness.settled());
+        let plan = plan::decide(&me, &self.prepared, self.host.interfaces(), &view, settled, started);
+        self.stats.plans.fetch_add(1, Ordering::Relaxed);
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.plan_micros.fetch_add(took, Ordering::Relaxed);
+        let answered = plan::answered_only(&plan.services, &self.announcer.answering());
+        if answered != self.said.answered {
+            self.stats.set_announced(plan::by_address(&answered));
+            self.tell(notices::takeovers(node, &self.said.answered, &answered));
+            self.status.set(answered.clone());
+            self.said.answered = answered;
+        }
+        let conflicts = self.announcer.take_conflicts();
+        self.stats.saw_strangers(conflicts.iter().filter(|c| c.node.is_none()).map(|c| (c.ip, c.mac)), started);
+        let contested = self.conflicts.notices(&conflicts, &plan.services, node, started);
+        self.tell(contested);
+        if self.liveness.is_on() {
+            self.renewals.observe(&self.stores.leases.state(), started);
+            let unheard = signs::unheard_but_alive(&view, &self.renewals, &self.announcer.held_back(), started);
+            self.stats.unheard_live_peers.store(unheard.len() as u64, Ordering::Relaxed);
+            self.tell(notices::liveness_channel(&self.said.unheard, &unheard, s.gossip_port));
+            self.said.unheard = unheard;
+        }
+        // Before liveness has settled this speaker may count peers alive that are not (or the reverse), and
+        // would tell users about a view that is about to change.
+        if !self.liveness.is_on() || settled {
+            let reported = if plan.reporter { diagnose::count(plan.unannounced.values()) } else { BTreeMap::new() };
+            self.stats.set_unannounced(reported);
+            self.tell(notices::unannounced(&self.said.unannounced, &plan));
+            self.said.unannounced = plan.unannounced;
+        }
+        self.stats.set_announce_failed(diagnose::count(plan.failed.values()));
+        self.tell(notices::announce_failed(&self.said.failed, &plan.failed));
+        self.said.failed = plan.failed;
+        self.announcer.apply(plan.per_ip, self.host.interfaces());
+    }
+}
