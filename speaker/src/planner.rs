@@ -9,9 +9,9 @@ use crate::kube::events::Events;
 use crate::kube::status::StatusWriter;
 use crate::kube::stores::Stores;
 use crate::model::diagnose::{self, Problem};
+use crate::model::life_signs::{self, LeaseRenewals};
 use crate::model::notices::{self, ConflictMemory, Notice};
 use crate::model::plan::{self, Announced, Me};
-use crate::model::signs::{self, LeaseRenewals};
 use crate::settings::Settings;
 use crate::telemetry::stats::Stats;
 use crate::wake::Wakes;
@@ -91,7 +91,7 @@ impl Planner {
         self.tell(contested);
         if self.liveness.is_on() {
             self.renewals.observe(&self.stores.leases.state(), started);
-            let unheard = signs::unheard_but_alive(&view, &self.renewals, &self.announcer.held_back(), started);
+            let unheard = life_signs::unheard_but_alive(&view, &self.renewals, &self.announcer.held_back(), started);
             self.stats.unheard_live_peers.store(unheard.len() as u64, Ordering::Relaxed);
             self.tell(notices::liveness_channel(&self.said.unheard, &unheard, s.gossip_port));
             self.said.unheard = unheard;

@@ -171,7 +171,8 @@ impl Task {
         changed
     }
 
-    fn on(&self, want: &Desired, ip: IpAddr) -> Vec<Arc<Responder>> {
+    /// The responders of the interfaces `ip` is wanted on.
+    fn responders_for(&self, want: &Desired, ip: IpAddr) -> Vec<Arc<Responder>> {
         want.get(&ip).into_iter().flatten().filter_map(|n| self.responders.get(n).cloned()).collect()
     }
 
@@ -213,7 +214,7 @@ impl Task {
         let wanted: BTreeSet<IpAddr> = want.keys().copied().collect();
         let acts = self.claims.step(&wanted, &heard, &mine, &nodes, now);
         for ip in &acts.probe {
-            for r in self.on(want, *ip) {
+            for r in self.responders_for(want, *ip) {
                 r.probe(*ip, &self.stats);
             }
         }
@@ -225,7 +226,7 @@ impl Task {
         {
             self.last_refresh = Instant::now();
             for ip in before.keys() {
-                for r in self.on(want, *ip) {
+                for r in self.responders_for(want, *ip) {
                     r.announce(*ip, &self.stats);
                 }
             }
@@ -243,7 +244,7 @@ impl Task {
             c.extend(acts.conflicts);
         }
         for ip in &acts.assert {
-            for r in self.on(want, *ip) {
+            for r in self.responders_for(want, *ip) {
                 r.announce(*ip, &self.stats);
             }
         }
@@ -261,7 +262,7 @@ impl Task {
             for (ip, on) in after.iter().filter(|(ip, on)| before.get(ip) != Some(on)) {
                 tracing::info!(%ip, interfaces = ?on, "took ownership; announcing");
                 self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
-                self.burst(*ip, self.on(want, *ip));
+                self.burst(*ip, self.responders_for(want, *ip));
             }
         }
         if before != after || held_changed || conflicted {
