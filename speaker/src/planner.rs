@@ -18,7 +18,6 @@ use crate::wake::Wakes;
 use ferrolb_crds::service::ServiceKey;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// What was last said, so the next pass says only what changed.
@@ -61,7 +60,7 @@ impl Planner {
             self.prepared = plan::prepare(&me, &snapshot);
         }
         if let Some(trigger) = wakes.rescan {
-            self.stats.count_rescan(trigger);
+            Stats::count(&self.stats.interface_rescans, trigger);
             let changes = self.host.rescan();
             if !changes.is_empty() {
                 tracing::info!(trigger, changes = %changes.join(", "), "interfaces changed");
@@ -70,14 +69,12 @@ impl Planner {
         }
         if wakes.tick || wakes.rescan.is_some() {
             let (before, missing) = self.host.check_strict_arp();
-            self.stats.strict_arp_missing.store(missing, Ordering::Relaxed);
+            self.stats.strict_arp_missing.set(i64::from(missing));
             self.tell(notices::strict_arp(before, missing));
         }
         let (view, settled) = (self.liveness.view(), self.liveness.settled());
         let plan = plan::decide(&me, &self.prepared, self.host.interfaces(), &view, settled, started);
-        self.stats.plans.fetch_add(1, Ordering::Relaxed);
-        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.stats.plan_micros.fetch_add(took, Ordering::Relaxed);
+        Stats::observe(&self.stats.plan, started.elapsed());
         let answered = plan::answered_only(&plan.services, &self.announcer.answering());
         if answered != self.said.answered {
             self.stats.set_announced(plan::by_address(&answered));
@@ -92,7 +89,7 @@ impl Planner {
         if self.liveness.is_on() {
             self.renewals.observe(&self.stores.leases.state(), started);
             let unheard = life_signs::unheard_but_alive(&view, &self.renewals, &self.announcer.held_back(), started);
-            self.stats.unheard_live_peers.store(unheard.len() as u64, Ordering::Relaxed);
+            Stats::set_count(&self.stats.unheard_live_peers, unheard.len());
             self.tell(notices::liveness_channel(&self.said.unheard, &unheard, s.gossip_port));
             self.said.unheard = unheard;
         }
@@ -100,11 +97,11 @@ impl Planner {
         // would tell users about a view that is about to change.
         if !self.liveness.is_on() || settled {
             let reported = if plan.reporter { diagnose::count(plan.unannounced.values()) } else { BTreeMap::new() };
-            self.stats.set_unannounced(reported);
+            self.stats.unannounced.set(reported);
             self.tell(notices::unannounced(&self.said.unannounced, &plan));
             self.said.unannounced = plan.unannounced;
         }
-        self.stats.set_announce_failed(diagnose::count(plan.failed.values()));
+        self.stats.announce_failed.set(diagnose::count(plan.failed.values()));
         self.tell(notices::announce_failed(&self.said.failed, &plan.failed));
         self.said.failed = plan.failed;
         self.announcer.apply(plan.per_ip, self.host.interfaces());

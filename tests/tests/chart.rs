@@ -104,8 +104,11 @@ fn binaries_expose() -> BTreeSet<String> {
     let stats = std::sync::Arc::new(ferrolb_speaker::telemetry::stats::Stats::default());
     let ip = std::net::IpAddr::from([198, 19, 0, 1]);
     let mac = ferrolb_speaker::wire::Mac([2, 0, 0, 0, 0, 9]);
-    for family in [&stats.drops, &stats.ndp_drops, &stats.gossip_rejects, &stats.unannounced, &stats.announce_failed] {
-        family.lock().map(|mut m| m.insert("some_reason", 1)).ok();
+    for family in [&stats.drops, &stats.ndp_drops, &stats.gossip_rejects, &stats.interface_rescans] {
+        ferrolb_speaker::telemetry::stats::Stats::count(family, "some_reason");
+    }
+    for gauges in [&stats.unannounced, &stats.announce_failed] {
+        gauges.set([("some_reason", 1)].into());
     }
     stats.strangers.lock().map(|mut m| m.insert((ip, mac), std::time::Instant::now())).ok();
     stats.announced.lock().map(|mut m| m.insert(ip, ["default/web".to_string()].into())).ok();

@@ -232,12 +232,12 @@ impl Task {
             }
         }
         let held = self.claims.held_back();
-        self.stats.held_back.store(held.len() as u64, Ordering::Relaxed);
+        Stats::set_count(&self.stats.held_back, held.len());
         let held_changed =
             self.held_back.lock().map(|mut h| std::mem::replace(&mut *h, held.clone()) != held).unwrap_or(false);
         for c in &acts.conflicts {
             let counter = if c.node.is_some() { &self.stats.conflicts_node } else { &self.stats.conflicts_stranger };
-            counter.fetch_add(1, Ordering::Relaxed);
+            counter.inc();
         }
         let conflicted = !acts.conflicts.is_empty();
         if let Ok(mut c) = self.conflicts.lock() {
@@ -257,11 +257,11 @@ impl Task {
                     Some(mac) => tracing::warn!(%ip, %mac, "another node answers for this address; stopped answering"),
                     None => tracing::info!(%ip, "no longer the owner; stopped answering"),
                 }
-                self.stats.releases.fetch_add(1, Ordering::Relaxed);
+                self.stats.releases.inc();
             }
             for (ip, on) in after.iter().filter(|(ip, on)| before.get(ip) != Some(on)) {
                 tracing::info!(%ip, interfaces = ?on, "took ownership; announcing");
-                self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+                self.stats.takeovers.inc();
                 self.burst(*ip, self.responders_for(want, *ip));
             }
         }

@@ -56,7 +56,7 @@ impl Responder {
             .spawn(move || {
                 while !thread_stop.load(Ordering::Relaxed) {
                     let Ok(frame) = rx.next() else { continue };
-                    stats.frames.fetch_add(1, Ordering::Relaxed);
+                    stats.frames.inc();
                     claims.offer(frame, mac);
                     let owns = |ip: IpAddr| owned.read().is_ok_and(|o| o.get(&ip).is_some_and(|on| on.contains(&name)));
                     match wire::answer(frame, mac, owns) {
@@ -70,8 +70,8 @@ impl Responder {
                                 IpAddr::V4(_) => (&stats.requests, &stats.replies),
                                 IpAddr::V6(_) => (&stats.solicitations, &stats.advertisements),
                             };
-                            requests.fetch_add(1, Ordering::Relaxed);
-                            replies.fetch_add(1, Ordering::Relaxed);
+                            requests.inc();
+                            replies.inc();
                             stats.count_for(ip, |c| {
                                 c.requests += 1;
                                 c.responses += u64::from(sent);
@@ -83,11 +83,9 @@ impl Responder {
                                 _ => (&stats.requests, &stats.drops),
                             };
                             if wire::is_request(frame) {
-                                requests.fetch_add(1, Ordering::Relaxed);
+                                requests.inc();
                             }
-                            if let Ok(mut d) = drops.lock() {
-                                *d.entry(reason).or_default() += 1;
-                            }
+                            Stats::count(drops, reason);
                         }
                         // Ordinary traffic (most frames on a raw socket): counting it would drown the rest.
                         Answer::Ignore => {}
@@ -103,7 +101,7 @@ impl Responder {
     pub fn probe(&self, ip: IpAddr, stats: &Stats) {
         if let Ok(mut tx) = self.sender.lock() {
             let _ = tx.send_to(&wire::probe(self.mac, ip), None);
-            stats.probes.fetch_add(1, Ordering::Relaxed);
+            stats.probes.inc();
         }
     }
 
@@ -114,7 +112,7 @@ impl Responder {
             for frame in wire::announcements(self.mac, ip) {
                 let _ = tx.send_to(&frame, None);
                 let counter = if ip.is_ipv4() { &stats.gratuitous } else { &stats.unsolicited_advertisements };
-                counter.fetch_add(1, Ordering::Relaxed);
+                counter.inc();
                 stats.count_for(ip, |c| c.gratuitous += 1);
             }
         }
@@ -124,7 +122,7 @@ impl Responder {
     pub fn listen_for(&self, addresses: &BTreeSet<Ipv6Addr>, stats: &Stats) {
         let Ok(mut groups) = self.groups.lock() else { return };
         for (group, error) in groups.set(addresses) {
-            stats.group_join_failures.fetch_add(1, Ordering::Relaxed);
+            stats.group_join_failures.inc();
             tracing::warn!(interface = %self.name, %group, %error, "cannot join a solicited-node multicast group; solicitations for its addresses may not reach this node");
         }
     }

@@ -187,11 +187,7 @@ fn start(
                 }
                 Ok(false) => {}
                 Err(reason) => {
-                    let count = stats.gossip_rejects.lock().map_or(0, |mut r| {
-                        let c = r.entry(reason.label()).or_default();
-                        *c += 1;
-                        *c
-                    });
+                    let count = Stats::count(&stats.gossip_rejects, reason.label());
                     // Loud but bounded: the 1st, 2nd, 4th, 8th… rejection of each kind is logged.
                     if count.is_power_of_two() {
                         tracing::warn!(%from, reason = reason.label(), count, "rejected a liveness datagram");
@@ -223,10 +219,7 @@ fn start(
                         tracing::info!(%node, verdict = ?v, silent_ms = silent.as_millis() as u64, "peer liveness changed");
                         if *v == Verdict::Dead && last.get(node) == Some(&Verdict::Alive) {
                             // Time from the peer's last word to our verdict: the detection latency.
-                            detect_stats.detections.fetch_add(1, Ordering::Relaxed);
-                            detect_stats
-                                .detection_micros
-                                .fetch_add(u64::try_from(silent.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+                            Stats::observe(&detect_stats.failure_detection, silent);
                         }
                     }
                 }

@@ -1,29 +1,18 @@
-//! The speaker's Prometheus metrics: prometheus-client collectors that read [`Stats`] at scrape time, for our
-//! series and for MetalLB's.
-//!
-//! The hot paths (the ARP responder, the liveness receiver) only bump atomics in [`Stats`]; the names, types,
-//! help texts and label escaping live here, encoded by prometheus-client like the controller's metrics.
+//! The speaker's Prometheus metrics: its own series are the prometheus-client metrics in [`Stats`], registered
+//! under `ferrolb_speaker_` like the controller's; what must be computed at scrape time — strangers seen in the
+//! last minutes, and MetalLB's series under MetalLB's names — is encoded by two collectors.
 
 use crate::telemetry::stats::Stats;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a stranger's claim stays visible in `address_claimed_by_stranger`.
 const STRANGER_MEMORY: Duration = Duration::from_secs(600);
-
-/// Label set of the per-reason families.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: String,
-}
 
 /// Label set of `address_claimed_by_stranger`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -32,156 +21,14 @@ struct ClaimLabels {
     mac: String,
 }
 
-/// Reads a speaker's [`Stats`] on every scrape.
-struct StatsCollector(Arc<Stats>);
+/// `address_claimed_by_stranger`: 1 per (address, MAC) seen in the last [`STRANGER_MEMORY`].
+#[derive(Debug)]
+struct StrangerCollector(Arc<Stats>);
 
-impl std::fmt::Debug for StatsCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StatsCollector")
-    }
-}
-
-fn load(value: &AtomicU64) -> u64 {
-    value.load(Ordering::Relaxed)
-}
-
-fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
-    let metric = ConstCounter::new(value);
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
-}
-
-fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
-    let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
-}
-
-/// A family with one `reason` label, as counters or gauges.
-fn by_reason(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    kind: MetricType,
-    values: &Mutex<BTreeMap<&'static str, u64>>,
-) -> Result<(), std::fmt::Error> {
-    let values: Vec<(&'static str, u64)> =
-        values.lock().map(|v| v.iter().map(|(k, n)| (*k, *n)).collect()).unwrap_or_default();
-    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
-    for (reason, n) in values {
-        let labels = ReasonLabels { reason: reason.to_string() };
-        let metric = family.encode_family(&labels)?;
-        match kind {
-            MetricType::Counter => ConstCounter::new(n).encode(metric)?,
-            _ => ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(metric)?,
-        }
-    }
-    Ok(())
-}
-
-/// A duration summed in microseconds over `count` observations, as a histogram with only the `+Inf` bucket.
-fn seconds(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    micros: u64,
-    count: u64,
-) -> Result<(), std::fmt::Error> {
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
-    metric.encode_histogram::<NoLabelSet>(micros as f64 / 1e6, count, &[(f64::INFINITY, count)], None)
-}
-
-impl Collector for StatsCollector {
+impl Collector for StrangerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = &self.0;
-        let e = &mut encoder;
-        counter(e, "arp_requests", "ARP requests seen", load(&s.requests))?;
-        counter(e, "arp_replies", "ARP requests answered", load(&s.replies))?;
-        counter(e, "ndp_solicitations", "Neighbour solicitations seen", load(&s.solicitations))?;
-        counter(e, "ndp_advertisements", "Neighbour solicitations answered", load(&s.advertisements))?;
-        counter(
-            e,
-            "unsolicited_advertisements",
-            "Unsolicited neighbour advertisements sent (IPv6 takeover)",
-            load(&s.unsolicited_advertisements),
-        )?;
-        counter(
-            e,
-            "ndp_group_join_failures",
-            "Solicited-node multicast groups that could not be joined",
-            load(&s.group_join_failures),
-        )?;
-        counter(e, "frames", "Frames seen on the raw sockets", load(&s.frames))?;
-        counter(e, "gratuitous_arp", "Gratuitous ARP frames sent", load(&s.gratuitous))?;
-        counter(e, "takeovers", "Addresses this node took over", load(&s.takeovers))?;
-        counter(e, "releases", "Addresses this node gave up", load(&s.releases))?;
-        counter(e, "arp_probes", "Probes (ARP, and IPv6 duplicate-address) sent before answering", load(&s.probes))?;
-        counter(
-            e,
-            "node_conflicts",
-            "Times another node claimed an address this node answered for",
-            load(&s.conflicts_node),
-        )?;
-        counter(
-            e,
-            "stranger_conflicts",
-            "Times a MAC that is no node's claimed, or already answered, an address this node answers for or wants",
-            load(&s.conflicts_stranger),
-        )?;
-        seconds(
-            e,
-            "failure_detection_seconds",
-            "Silence of a peer when declared dead",
-            load(&s.detection_micros),
-            load(&s.detections),
-        )?;
-        seconds(
-            e,
-            "plan_seconds",
-            "Time to plan what this node announces, per wake",
-            load(&s.plan_micros),
-            load(&s.plans),
-        )?;
-        gauge(
-            e,
-            "strict_arp_missing",
-            "1 while kube-proxy IPVS runs without strictARP here",
-            u64::from(s.strict_arp_missing.load(Ordering::Relaxed)),
-        )?;
-        by_reason(
-            e,
-            "interface_rescans",
-            "Times the interfaces were read again, by reason: netlink (the kernel said they changed) or timer",
-            MetricType::Counter,
-            &s.interface_rescans,
-        )?;
-        by_reason(e, "arp_drops", "ARP frames not answered, by reason", MetricType::Counter, &s.drops)?;
-        by_reason(e, "ndp_drops", "NDP frames not answered, by reason", MetricType::Counter, &s.ndp_drops)?;
-        by_reason(
-            e,
-            "unannounced_addresses",
-            "Service addresses nobody may announce, by reason (exported by one speaker, the reporting one)",
-            MetricType::Gauge,
-            &s.unannounced,
-        )?;
-        by_reason(
-            e,
-            "announce_failed_addresses",
-            "Service addresses this node won but cannot answer for (no usable interface), by reason",
-            MetricType::Gauge,
-            &s.announce_failed,
-        )?;
-        gauge(
-            e,
-            "held_back_addresses",
-            "Addresses the election gives this node that another node answers for",
-            load(&s.held_back),
-        )?;
-        gauge(
-            e,
-            "unheard_live_peers",
-            "Peers unheard over the liveness port although their node is alive",
-            load(&s.unheard_live_peers),
-        )?;
-        let claims: Vec<ClaimLabels> = s
+        let claims: Vec<ClaimLabels> = self
+            .0
             .strangers
             .lock()
             .map(|mut strangers| {
@@ -189,7 +36,7 @@ impl Collector for StatsCollector {
                 strangers.keys().map(|(ip, mac)| ClaimLabels { ip: ip.to_string(), mac: mac.to_string() }).collect()
             })
             .unwrap_or_default();
-        let mut family = e.encode_descriptor(
+        let mut family = encoder.encode_descriptor(
             "address_claimed_by_stranger",
             "1 while a MAC that is no node's claims an address this node answers for (seen in the last 10 minutes)",
             None,
@@ -198,8 +45,77 @@ impl Collector for StatsCollector {
         for labels in &claims {
             ConstGauge::new(1).encode(family.encode_family(labels)?)?;
         }
-        by_reason(e, "gossip_rejects", "Liveness datagrams rejected, by reason", MetricType::Counter, &s.gossip_rejects)
+        Ok(())
     }
+}
+
+/// Registers the speaker's own series (`ferrolb_speaker_*`).
+fn register(registry: &mut Registry, stats: &Arc<Stats>) {
+    let s = stats.as_ref();
+    let counters = [
+        ("arp_requests", "ARP requests seen", &s.requests),
+        ("arp_replies", "ARP requests answered", &s.replies),
+        ("ndp_solicitations", "Neighbour solicitations seen", &s.solicitations),
+        ("ndp_advertisements", "Neighbour solicitations answered", &s.advertisements),
+        (
+            "unsolicited_advertisements",
+            "Unsolicited neighbour advertisements sent (IPv6 takeover)",
+            &s.unsolicited_advertisements,
+        ),
+        ("ndp_group_join_failures", "Solicited-node multicast groups that could not be joined", &s.group_join_failures),
+        ("frames", "Frames seen on the raw sockets", &s.frames),
+        ("gratuitous_arp", "Gratuitous ARP frames sent", &s.gratuitous),
+        ("takeovers", "Addresses this node took over", &s.takeovers),
+        ("releases", "Addresses this node gave up", &s.releases),
+        ("arp_probes", "Probes (ARP, and IPv6 duplicate-address) sent before answering", &s.probes),
+        ("node_conflicts", "Times another node claimed an address this node answered for", &s.conflicts_node),
+        (
+            "stranger_conflicts",
+            "Times a MAC that is no node's claimed, or already answered, an address this node answers for or wants",
+            &s.conflicts_stranger,
+        ),
+    ];
+    for (name, help, counter) in counters {
+        registry.register(name, help, counter.clone());
+    }
+    let by_reason = [
+        (
+            "interface_rescans",
+            "Times the interfaces were read again, by reason: netlink (the kernel said they changed) or timer",
+            &s.interface_rescans,
+        ),
+        ("arp_drops", "ARP frames not answered, by reason", &s.drops),
+        ("ndp_drops", "NDP frames not answered, by reason", &s.ndp_drops),
+        ("gossip_rejects", "Liveness datagrams rejected, by reason", &s.gossip_rejects),
+    ];
+    for (name, help, family) in by_reason {
+        registry.register(name, help, family.clone());
+    }
+    registry.register(
+        "unannounced_addresses",
+        "Service addresses nobody may announce, by reason (exported by one speaker, the reporting one)",
+        s.unannounced.family.clone(),
+    );
+    registry.register(
+        "announce_failed_addresses",
+        "Service addresses this node won but cannot answer for (no usable interface), by reason",
+        s.announce_failed.family.clone(),
+    );
+    let gauges = [
+        ("strict_arp_missing", "1 while kube-proxy IPVS runs without strictARP here", &s.strict_arp_missing),
+        ("held_back_addresses", "Addresses the election gives this node that another node answers for", &s.held_back),
+        (
+            "unheard_live_peers",
+            "Peers unheard over the liveness port although their node is alive",
+            &s.unheard_live_peers,
+        ),
+    ];
+    for (name, help, gauge) in gauges {
+        registry.register(name, help, gauge.clone());
+    }
+    registry.register("failure_detection_seconds", "Silence of a peer when declared dead", s.failure_detection.clone());
+    registry.register("plan_seconds", "Time to plan what this node announces, per wake", s.plan.clone());
+    registry.register_collector(Box::new(StrangerCollector(stats.clone())));
 }
 
 /// Label set of `metallb_speaker_announced`.
@@ -219,15 +135,10 @@ struct IpLabels {
 
 /// MetalLB's speaker series, under MetalLB's names and labels, so dashboards and alerts written for MetalLB
 /// keep working after the switch (docs/design.md §9).
+#[derive(Debug)]
 struct MetallbCollector {
     stats: Arc<Stats>,
     node: String,
-}
-
-impl std::fmt::Debug for MetallbCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MetallbCollector")
-    }
 }
 
 impl Collector for MetallbCollector {
@@ -286,7 +197,7 @@ impl Collector for MetallbCollector {
 pub fn registry(stats: Arc<Stats>, node: &str) -> Registry {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(MetallbCollector { stats: stats.clone(), node: node.to_string() }));
-    registry.sub_registry_with_prefix("ferrolb_speaker").register_collector(Box::new(StatsCollector(stats)));
+    register(registry.sub_registry_with_prefix("ferrolb_speaker"), &stats);
     registry
 }
 
@@ -302,7 +213,9 @@ pub fn render(registry: &Registry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::stats::Reason;
     use crate::wire::Mac;
+    use std::collections::BTreeMap;
     use std::net::{IpAddr, Ipv4Addr};
 
     fn sample(text: &str, series: &str) -> Option<f64> {
@@ -312,11 +225,13 @@ mod tests {
     #[test]
     fn counters_gauges_and_labelled_families_are_rendered_from_the_stats() {
         let stats = Arc::new(Stats::default());
-        stats.replies.store(7, Ordering::Relaxed);
-        stats.held_back.store(2, Ordering::Relaxed);
-        stats.plan_micros.store(1_500_000, Ordering::Relaxed);
-        stats.plans.store(3, Ordering::Relaxed);
-        stats.drops.lock().map(|mut d| d.insert("not_owned", 4)).ok();
+        stats.replies.inc_by(7);
+        stats.held_back.set(2);
+        for took in [0.5, 0.25, 0.75] {
+            stats.plan.observe(took);
+        }
+        stats.drops.get_or_create(&Reason { reason: "not_owned" }).inc_by(4);
+        stats.unannounced.set(BTreeMap::from([("NoReadyEndpoints", 2)]));
         let mac = Mac([2, 0, 0, 0, 0, 9]);
         stats
             .strangers
@@ -333,8 +248,12 @@ mod tests {
         let claimed = format!("ferrolb_speaker_address_claimed_by_stranger{{ip=\"198.19.0.1\",mac=\"{mac}\"}}");
         assert_eq!(sample(&text, &claimed), Some(1.0), "{text}");
         assert!(text.contains("# TYPE ferrolb_speaker_arp_replies counter"));
-        // Read at scrape time: a later change shows in the next scrape.
-        stats.replies.store(8, Ordering::Relaxed);
+        let unannounced = "ferrolb_speaker_unannounced_addresses{reason=\"NoReadyEndpoints\"}";
+        assert_eq!(sample(&text, unannounced), Some(2.0));
+        // A reason gone stays, at 0, so an alert sees it end; a later change shows in the next scrape.
+        stats.unannounced.set(BTreeMap::new());
+        assert_eq!(sample(&render(&registry), unannounced), Some(0.0));
+        stats.replies.inc();
         assert_eq!(sample(&render(&registry), "ferrolb_speaker_arp_replies_total"), Some(8.0));
     }
 
