@@ -47,7 +47,10 @@ pub async fn run(
     // Interfaces come and go: the kernel says when (netlink), and a slow rescan is the safety net for a missed
     // notification; without netlink, every tick rescans (docs/design.md §4.4).
     let rescan_every = match netlink::watch(wake.clone()) {
-        Ok(()) => settings.interface_rescan,
+        Ok(()) => {
+            tracing::info!(safety_net = ?settings.interface_rescan, "watching interfaces through netlink");
+            settings.interface_rescan
+        }
         Err(error) => {
             tracing::warn!(%error, every = ?TICK, "no netlink notifications: reading interfaces on every tick");
             TICK
@@ -59,7 +62,7 @@ pub async fn run(
         Schedule { garp: settings.garp_schedule.clone(), refresh: settings.garp_refresh, timing: Timing::default() };
     let status_api =
         KubeStatusApi { api: Api::namespaced(client.clone(), &settings.namespace), listing: stores.statuses.clone() };
-    let mut speaker = Planner {
+    let mut planner = Planner {
         announcer: Announcer::spawn(stats.clone(), schedule, liveness.shared(), wake),
         status: StatusWriter::spawn(
             status_api,
@@ -82,7 +85,7 @@ pub async fn run(
         let mut next = Some(Wakes::everything());
         while let Some(wakes_now) = next {
             let started = tokio::time::Instant::now();
-            speaker.pass(wakes_now);
+            planner.pass(wakes_now);
             next = wake::gather(&mut wakes, tokio::time::Instant::now() + (started.elapsed() * PACE).min(MAX_GATHER))
                 .await;
         }
@@ -90,8 +93,8 @@ pub async fn run(
     let asked_to_stop = tokio::select! { () = main_loop => false, () = shutdown => true };
     if asked_to_stop {
         // Stop answering first, then tell every peer.
-        speaker.announcer.stop();
-        speaker.liveness.leave().await;
+        planner.announcer.stop();
+        planner.liveness.leave().await;
         tracing::info!("left: peers move this node's addresses now");
     }
     Ok(())
