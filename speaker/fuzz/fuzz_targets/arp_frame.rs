@@ -2,7 +2,8 @@
 //! address, unicast to the asker.
 #![no_main]
 
-use ferrolb_speaker::wire::arp::{ArpFrame, Decision, Mac, respond};
+use ferrolb_speaker::wire::Mac;
+use ferrolb_speaker::wire::arp::{ArpFrame, Decision, respond};
 use libfuzzer_sys::fuzz_target;
 use std::net::Ipv4Addr;
 
