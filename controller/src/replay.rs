@@ -43,10 +43,6 @@ pub fn read_pools<'a>(pools: impl IntoIterator<Item = &'a IPAddressPool>) -> Poo
     PoolSet { valid, problems }
 }
 
-/// A Service's key.
-pub fn key_of(svc: &Service) -> ServiceKey {
-    ServiceKey::new(svc.metadata.namespace.as_deref().unwrap_or_default(), &svc.name_any())
-}
 
 /// Re-registers every managed Service's current ingress, Services with more addresses first (dual-stack), then by
 /// key: MetalLB's order, made stable. Returns the Services whose address cannot be kept, with why.
@@ -58,10 +54,10 @@ pub fn restore<'a>(
 ) -> (usize, Vec<(ServiceKey, Refusal)>) {
     let mut services: Vec<&Service> =
         services.into_iter().filter(|s| is_managed(s, load_balancer_class) && !current_ingress(s).is_empty()).collect();
-    services.sort_by_key(|s| (std::cmp::Reverse(current_ingress(s).len()), key_of(s)));
+    services.sort_by_key(|s| (std::cmp::Reverse(current_ingress(s).len()), ServiceKey::of(s)));
     let (mut restored, mut refused) = (0, Vec::new());
     for svc in services {
-        let key = key_of(svc);
+        let key = ServiceKey::of(svc);
         let labels = namespace_labels(&key.namespace);
         match ServiceIntent::from_service(svc, &labels).and_then(|i| allocator.restore(&i, &current_ingress(svc))) {
             Ok(_) => restored += 1,

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::events::publish;
 use crate::metrics::Metrics;
 use crate::pool::PoolProblem;
-use crate::replay::{self, key_of};
+use crate::replay;
 use crate::service::{ServiceIntent, ServiceKey, is_managed};
 use crate::status::{pool_status, service_writes};
 use ferrolb_crds::IPAddressPool;
@@ -148,7 +148,7 @@ impl Controller {
     }
 
     async fn reconcile_all(&mut self) {
-        let mut keys: BTreeSet<ServiceKey> = self.services.state().iter().map(|s| key_of(s)).collect();
+        let mut keys: BTreeSet<ServiceKey> = self.services.state().iter().map(|s| ServiceKey::of(s)).collect();
         keys.extend(self.allocator.assignments().map(|(k, _)| k.clone()));
         self.reconcile(keys).await;
     }
@@ -416,7 +416,7 @@ pub async fn run(
 ) -> Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let services = watch(Api::<Service>::all(client.clone()), tx.clone(), |ev| match ev {
-        watcher::Event::Apply(s) | watcher::Event::Delete(s) => Some(Trigger::Service(key_of(s))),
+        watcher::Event::Apply(s) | watcher::Event::Delete(s) => Some(Trigger::Service(ServiceKey::of(s))),
         watcher::Event::InitDone => Some(Trigger::AllServices),
         _ => None,
     });
