@@ -43,7 +43,6 @@ pub fn read_pools<'a>(pools: impl IntoIterator<Item = &'a IPAddressPool>) -> Poo
     PoolSet { valid, problems }
 }
 
-
 /// Re-registers every managed Service's current ingress, Services with more addresses first (dual-stack), then by
 /// key: MetalLB's order, made stable. Returns the Services whose address cannot be kept, with why.
 pub fn restore<'a>(

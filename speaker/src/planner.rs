@@ -23,7 +23,7 @@ use std::time::Instant;
 /// What was last said, so the next pass says only what changed.
 #[derive(Default)]
 pub(crate) struct Said {
-    pub(crate) answered: BTreeMap<ServiceKey, Announced>,
+    pub(crate) answered: Option<BTreeMap<ServiceKey, Announced>>,
     pub(crate) unannounced: BTreeMap<ServiceKey, Problem>,
     pub(crate) failed: BTreeMap<ServiceKey, Problem>,
     pub(crate) unheard: BTreeSet<String>,
@@ -76,11 +76,13 @@ impl Planner {
         let plan = plan::decide(&me, &self.prepared, self.host.interfaces(), &view, settled, started);
         Stats::observe(&self.stats.plan, started.elapsed());
         let answered = plan::answered_only(&plan.services, &self.announcer.answering());
-        if answered != self.said.answered {
+        // The first pass hands its answer over even when it is "nothing": this node's objects from before a
+        // restart are then deleted.
+        if self.said.answered.as_ref() != Some(&answered) {
             self.stats.set_announced(plan::by_address(&answered));
-            self.tell(notices::takeovers(node, &self.said.answered, &answered));
+            self.tell(notices::takeovers(node, self.said.answered.as_ref().unwrap_or(&BTreeMap::new()), &answered));
             self.status.set(answered.clone());
-            self.said.answered = answered;
+            self.said.answered = Some(answered);
         }
         let conflicts = self.announcer.take_conflicts();
         self.stats.saw_strangers(conflicts.iter().filter(|c| c.node.is_none()).map(|c| (c.ip, c.mac)), started);

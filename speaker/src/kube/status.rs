@@ -66,16 +66,20 @@ impl Default for Backoff {
     }
 }
 
+/// What this node answers for, as handed over; `None` until the planner's first pass, so a starting speaker
+/// does not take "nothing yet" for "nothing" and delete its objects.
+type Desired = Option<BTreeMap<ServiceKey, Announced>>;
+
 /// The handle the speaker holds: hand over what this node answers for; the task does the rest.
 pub struct StatusWriter {
-    desired: watch::Sender<BTreeMap<ServiceKey, Announced>>,
+    desired: watch::Sender<Desired>,
 }
 
 impl StatusWriter {
     /// Starts the writer task for `node`. `listing_changed` is notified when the status objects' watch sees a
     /// change.
     pub fn spawn<A: StatusApi>(api: A, node: String, listing_changed: Arc<Notify>, backoff: Backoff) -> Self {
-        let (desired, desired_rx) = watch::channel(BTreeMap::new());
+        let (desired, desired_rx) = watch::channel(None);
         tokio::spawn(run(api, node, desired_rx, listing_changed, backoff));
         Self { desired }
     }
@@ -83,8 +87,8 @@ impl StatusWriter {
     /// What this node answers for now; the API is brought to say so (latest wins).
     pub fn set(&self, answered: BTreeMap<ServiceKey, Announced>) {
         self.desired.send_if_modified(|current| {
-            let changed = *current != answered;
-            *current = answered;
+            let changed = current.as_ref() != Some(&answered);
+            *current = Some(answered);
             changed
         });
     }
@@ -93,7 +97,7 @@ impl StatusWriter {
 async fn run<A: StatusApi>(
     api: A,
     node: String,
-    mut desired: watch::Receiver<BTreeMap<ServiceKey, Announced>>,
+    mut desired: watch::Receiver<Desired>,
     listing_changed: Arc<Notify>,
     backoff: Backoff,
 ) {
@@ -102,7 +106,10 @@ async fn run<A: StatusApi>(
     let mut retry_in: Option<Duration> = None;
     loop {
         let wanted = desired.borrow_and_update().clone();
-        let failed = apply(&api, &node, &wanted, &mut written).await;
+        let failed = match &wanted {
+            Some(wanted) => apply(&api, &node, wanted, &mut written).await,
+            None => 0,
+        };
         retry_in = match (failed, retry_in) {
             (0, _) => None,
             (_, None) => Some(backoff.first),
@@ -374,6 +381,23 @@ mod tests {
         writer.set(BTreeMap::from([(ServiceKey::new("ns", "b"), announced("ub", "10.0.0.2", "eth0"))]));
         settles(&stub, &BTreeMap::from([(status_name("ub", "n1"), ("ns/b".to_string(), vec!["eth0".to_string()]))]))
             .await;
+    }
+
+    #[tokio::test]
+    async fn a_starting_writer_deletes_nothing_before_it_is_told_what_is_answered() {
+        let stub = Stub::default();
+        let labels = labels("n1", &ServiceKey::new("ns", "a"));
+        stub.objects.lock().expect("lock").insert(status_name("ua", "n1"), (labels, None));
+        let listing_changed = Arc::new(Notify::new());
+        let writer = StatusWriter::spawn(stub.clone(), "n1".into(), listing_changed.clone(), FAST);
+        listing_changed.notify_one();
+        // Told: the object is written (not deleted and created again), then deleted when no longer answered.
+        writer.set(BTreeMap::from([(ServiceKey::new("ns", "a"), announced("ua", "10.0.0.1", "eth0"))]));
+        settles(&stub, &BTreeMap::from([(status_name("ua", "n1"), ("ns/a".to_string(), vec!["eth0".to_string()]))]))
+            .await;
+        assert_eq!(*stub.calls.lock().expect("lock"), 1, "one status write, no delete before it");
+        writer.set(BTreeMap::new());
+        settles(&stub, &BTreeMap::new()).await;
     }
 
     #[tokio::test]
