@@ -81,11 +81,14 @@ soak:
 demo:
 	bash scripts/demo.sh
 
+# The lab CLI from `make images`' static release build (the same binaries the demo runs).
+LAB := target/x86_64-unknown-linux-gnu/release/ferrolb-lab
 lab-up: images
-	$(CARGO) run -q --release -p ferrolb-tests --bin ferrolb-lab -- up --kubelets
+	$(LAB) up --kubelets
 
 lab-down:
-	$(CARGO) run -q --release -p ferrolb-tests --bin ferrolb-lab -- down
+	@[ -x $(LAB) ] || $(MAKE) -s images
+	$(LAB) down
 
 # Coverage-guided fuzzing of the speaker's parsers (needs `cargo install cargo-fuzz`; runs on stable through
 # RUSTC_BOOTSTRAP with --sanitizer none, as the machine cannot fetch a nightly toolchain).
