@@ -47,10 +47,11 @@ root-unit:
 	$(CARGO) test -p ferrolb-speaker --lib -- $(ROOT_UNIT_TESTS)
 
 # The lab's end-to-end tests start the binaries and (real nodes) import the images, so build them all first.
+# chart.rs's helm tests (seconds) go first, so a failing lab suite cannot keep them from running.
 e2e: images
 	$(CARGO) build --workspace --bins
-	$(CARGO) test -p ferrolb-tests --no-fail-fast $(LAB_SUITES:%=--test %)
 	$(CARGO) test -p ferrolb-tests --test chart -- helm::
+	$(CARGO) test -p ferrolb-tests --no-fail-fast $(LAB_SUITES:%=--test %)
 
 # helm lint + render (also with the ServiceMonitor and PrometheusRule on; tests/tests/chart.rs parses the rules);
 # helm comes from the same cached build as the lab's control plane.
