@@ -10,7 +10,8 @@
 # as root (an AF_PACKET socket needs CAP_NET_RAW in the effective set, which a non-root user does not keep).
 #
 # Also builds the lab's pause image (the pod sandbox; no registry to pull registry.k8s.io/pause from).
-# Output: target/images/*.tar; prints each image's size.
+# Output: target/images/*.tar (prints each image's size), and the static binaries in target/$TARGET/release
+# (ferrolb-lab too, for `make demo` and `make lab-up`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${IMAGES_DIR:-target/images}"
@@ -22,10 +23,13 @@ for tool in umoci skopeo cc; do
   command -v "$tool" >/dev/null || { echo "images: $tool missing (apt-get install umoci skopeo gcc; make deps does it)" >&2; exit 1; }
 done
 
-step "cargo build --release (static, $TARGET) ferrolb-controller ferrolb-speaker"
-# --target keeps these flags off build scripts and the host build in target/release.
+step "cargo build --release (static, $TARGET) ferrolb-controller ferrolb-speaker ferrolb-lab"
+# --target keeps these flags off build scripts and the host build in target/release. ferrolb-lab is built in the
+# same static build so the demo's lab runs it, and the controller and speaker beside it, without a second
+# (dynamic) release build of the workspace.
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-  cargo build --release --locked -q --target "$TARGET" -p ferrolb-controller -p ferrolb-speaker
+  cargo build --release --locked -q --target "$TARGET" -p ferrolb-controller -p ferrolb-speaker \
+  -p ferrolb-tests --bins
 BIN="target/$TARGET/release"
 
 WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT

@@ -12,11 +12,11 @@ run()  { printf '\033[2m$ %s\033[0m\n' "$*"; "$@"; }
 [ "$(id -u)" = 0 ] || { echo "make demo needs root (network namespaces)"; exit 1; }
 command -v kubectl >/dev/null || { echo "make demo needs kubectl on PATH"; exit 1; }
 
-say "1. Build (release) and the container images, without Docker or a registry. The Kubernetes binaries are"
-note "built from the Go module proxy on first use and cached in /var/cache/ferrolb."
-run cargo build --release -q --workspace --bins
+say "1. Build (one static release build: the images' binaries and the lab's) and the container images, without"
+note "Docker or a registry. The Kubernetes binaries are built from the Go module proxy on first use and cached"
+note "in /var/cache/ferrolb."
 run make -s images
-LAB=target/release/ferrolb-lab
+LAB=target/x86_64-unknown-linux-gnu/release/ferrolb-lab
 
 say "2. Bring up the lab: etcd + kube-apiserver (RBAC) + kube-controller-manager + kube-scheduler, and 3 nodes"
 note "each running containerd and a real kubelet in its own network namespace, plus a host namespace;"
@@ -129,7 +129,8 @@ run "$LAB" exec host -- "$LAB" probe tcp "$VIP:53"
 OWNER=$("$LAB" exec host -- "$LAB" probe tcp "$VIP:53")
 
 say "11. Hard failure of $OWNER: SIGKILL its kubelet, containerd and pods (the speaker pod too), pull its cable."
-note "Speakers hear each other every 100 ms (HMAC-signed); after 350 ms of silence the address moves and the new owner sends gratuitous ARP."
+note "Speakers hear each other every 50 ms (HMAC-signed); a peer silent for 200 ms is counted dead, each of its"
+note "addresses is probed with ARP for 100 ms and taken if nobody answers, and the new owner sends gratuitous ARP."
 run "$LAB" kill "$OWNER"
 start=$(date +%s.%N)
 until answer=$("$LAB" exec host -- "$LAB" probe udp "$VIP:53" --timeout-ms 200 2>/dev/null); do :; done

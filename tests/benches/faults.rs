@@ -6,10 +6,16 @@
 //! `host` namespace every 100 ms. Printed per fault and system: ownership changes (the single answering MAC
 //! differs from the previous one), time with several MACs answering, time with none. Asserts nothing.
 //!
+//! For ferrolb, the speakers' own counts are printed beside each loss phase too: takeovers (addresses that changed
+//! hands) and probes sent (each false verdict of death costs probes the owner answers; docs/design.md §5.5).
+//!
 //! Run (root): `cargo build --release --workspace --bins && cargo bench -p ferrolb-tests --bench faults`
-//! (~14 min; MetalLB is built once with `go install`, about 3 min, into /var/cache/ferrolb).
+//! (~14 min; MetalLB is built once with `go install`, about 3 min, into /var/cache/ferrolb). `make soak` runs it
+//! with FERROLB_LOSS_SECS=300, the long statistical loss phases tests/tests/faults.rs keeps short (~26 min).
 
-use ferrolb_tests::harness::{TestLab, arpwatch, create_yaml, eventually, ingress};
+use ferrolb_tests::harness::{
+    TestLab, arpwatch, create_yaml, eventually, ingress, metric_sum, speaker_metrics, total_takeovers,
+};
 use ferrolb_tests::lab::lifecycle;
 use ferrolb_tests::metallb;
 use std::time::Duration;
@@ -86,7 +92,17 @@ fn row(fault: &str, system: &str, o: Outcome) {
     );
 }
 
-/// Runs every fault on one system; `clock_step` restarts that node's speaker under libfaketime first.
+/// Probes sent by every node's ferrolb speaker so far.
+fn probes(lab: &TestLab) -> f64 {
+    lab.state()
+        .nodes
+        .iter()
+        .map(|n| metric_sum(&speaker_metrics(lab, &n.name), "ferrolb_speaker_arp_probes_total"))
+        .sum()
+}
+
+/// Runs every fault on one system; `clock_step` restarts that node's speaker under libfaketime first (ferrolb
+/// only, as are the speakers' own counters it prints).
 async fn faults(system: &str, lab: &TestLab, vips: &[String], clock_step: Option<&str>) -> Vec<(String, Outcome)> {
     let mut out = Vec::new();
     let (block, heal, loss) =
@@ -106,10 +122,19 @@ async fn faults(system: &str, lab: &TestLab, vips: &[String], clock_step: Option
     );
     out.push(("healed".to_string(), healed));
     for pct in [15, 30] {
+        let counted = clock_step.map(|_| (total_takeovers(lab), probes(lab)));
         lab.ok(&["fault", "all", "--loss-percent", &pct.to_string()]);
         let lossy = watch_all(lab, vips, loss);
         lab.ok(&["fault", "all", "--clear"]);
         row(&format!("{pct} % loss on UDP 7946"), system, lossy);
+        if let Some((takeovers, probes_before)) = counted {
+            println!(
+                "{:<28} {system:<16} speakers counted {} takeovers, sent {} probes in {loss} s",
+                "",
+                total_takeovers(lab) - takeovers,
+                probes(lab) - probes_before
+            );
+        }
         out.push((format!("{pct}% loss"), lossy));
         // Let any straggling effect of the fault end before the next one.
         watch_all(lab, vips, 5);
@@ -132,7 +157,7 @@ async fn main() {
     println!("faults on UDP 7946 of all 3 nodes; 3 addresses asked for every {INTERVAL_MS} ms from the host namespace");
 
     let ours = {
-        let lab = TestLab::start(&exe, "flbq", 3, false);
+        let lab = TestLab::start(&exe, "flbz", 3, false);
         let vips = workload(&lab).await;
         println!("ferrolb: addresses {vips:?}");
         faults("ferrolb", &lab, &vips, Some("node-1")).await

@@ -12,6 +12,15 @@ use std::time::{Duration, Instant};
 /// The pool and advertisement most lab suites start with: 198.19.0.1-254 (routed on-link by `host`), every node.
 pub const LAB_POOL: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab, namespace: metallb-system}\nspec: {addresses: [198.19.0.1-198.19.0.254]}\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: lab, namespace: metallb-system}\n";
 
+/// Serialises the tests of one test binary that bring up labs: take it before `TestLab::start` and hold it to the
+/// end (declared first, it is dropped after the lab, so the next test starts once this lab is down). Labs are
+/// cheap to bring up (seconds), but two at once share the machine's two cores, and the speakers' liveness
+/// timings (50 ms heartbeats) are what several tests watch.
+pub async fn one_lab_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LABS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LABS.lock().await
+}
+
 /// A lab owned by one test.
 pub struct TestLab {
     /// Lab name (namespace prefix).
@@ -294,11 +303,17 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
 }
 
 /// Takeovers summed over every node's speaker: how often any address changed hands, as the speakers count it.
+/// Every node's speaker must be running: a scrape without the counter fails the test rather than counting 0
+/// (which would make "no takeover happened" pass without evidence).
 pub fn total_takeovers(lab: &TestLab) -> f64 {
     lab.state()
         .nodes
         .iter()
-        .map(|n| metric_sum(&speaker_metrics(lab, &n.name), "ferrolb_speaker_takeovers_total"))
+        .map(|n| {
+            let text = speaker_metrics(lab, &n.name);
+            assert!(text.contains("ferrolb_speaker_takeovers_total"), "{}'s speaker offered no takeover count", n.name);
+            metric_sum(&text, "ferrolb_speaker_takeovers_total")
+        })
         .sum()
 }
 

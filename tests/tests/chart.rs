@@ -1,5 +1,6 @@
 //! The chart: its README documents every value in values.yaml (and nothing that is not there), and its optional
-//! Prometheus Operator objects render, parse as PromQL and query only series the binaries expose.
+//! Prometheus Operator objects render, parse as PromQL and query only series the binaries expose. The tests
+//! in `helm` render the chart with the cached helm (`make test`); the rest is pure (`make check`).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -37,37 +38,6 @@ fn every_value_is_documented() {
     for key in &documented {
         assert!(keys.iter().any(|k| k == key), "README documents {key}, which values.yaml does not have");
     }
-}
-
-/// `helm template` of the chart with extra `--set` values, as the lab's helm renders it; documents by kind.
-fn render(sets: &[&str]) -> Vec<serde_yaml::Value> {
-    let helm = ferrolb_tests::lab::control_plane::ensure_binaries().expect("helm").join("helm");
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/ferrolb");
-    let home = std::env::temp_dir().join("ferrolb-chart-test-helm");
-    let mut cmd = std::process::Command::new(helm);
-    cmd.args(["template", "ferrolb"]).arg(&chart).args([
-        "-n",
-        "metallb-system",
-        "--kube-version",
-        ferrolb_tests::lab::control_plane::K8S_VERSION,
-    ]);
-    for set in sets {
-        cmd.args(["--set", set]);
-    }
-    for var in ["HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"] {
-        cmd.env(var, home.join(var));
-    }
-    let out = cmd.output().expect("helm runs");
-    assert!(out.status.success(), "helm template {sets:?}: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.split("\n---")
-        .filter_map(|doc| serde_yaml::from_str::<serde_yaml::Value>(doc).ok())
-        .filter(|doc| doc.get("kind").is_some())
-        .collect()
-}
-
-fn of_kind<'a>(docs: &'a [serde_yaml::Value], kind: &str) -> Vec<&'a serde_yaml::Value> {
-    docs.iter().filter(|d| d["kind"].as_str() == Some(kind)).collect()
 }
 
 /// Every series name an exposition text offers: sample names, and the names its `# TYPE` lines imply (a counter
@@ -142,53 +112,6 @@ fn selected(expr: &promql_parser::parser::Expr) -> Vec<String> {
 }
 
 #[test]
-fn monitoring_objects_are_off_by_default() {
-    let docs = render(&[]);
-    assert!(of_kind(&docs, "ServiceMonitor").is_empty());
-    assert!(of_kind(&docs, "PrometheusRule").is_empty());
-    assert_eq!(of_kind(&docs, "Service").len(), 2, "the metrics Services are there for a scrape config");
-}
-
-#[test]
-fn every_alert_parses_as_promql_and_queries_only_series_the_binaries_expose() {
-    let docs =
-        render(&["metrics.prometheusRule.enabled=true", "metrics.prometheusRule.poolNearlyExhausted.threshold=0.75"]);
-    let rules = of_kind(&docs, "PrometheusRule");
-    assert_eq!(rules.len(), 1);
-    let exposed = binaries_expose();
-    assert!(exposed.contains("ferrolb_speaker_arp_replies_total"), "the renderers were read: {exposed:?}");
-    let mut alerts = BTreeSet::new();
-    for rule in rules[0]["spec"]["groups"][0]["rules"].as_sequence().expect("rules") {
-        let alert = rule["alert"].as_str().expect("alert name");
-        let expr = rule["expr"].as_str().expect("expr");
-        let parsed = promql_parser::parser::parse(expr).unwrap_or_else(|e| panic!("{alert}: {expr}: {e}"));
-        let names = selected(&parsed);
-        assert!(!names.is_empty(), "{alert} selects no series");
-        for name in names {
-            assert!(exposed.contains(&name), "{alert} queries {name}, which neither binary exposes");
-        }
-        let duration = rule["for"].as_str().expect("for");
-        promql_parser::util::parse_duration(duration).unwrap_or_else(|e| panic!("{alert}: for {duration:?}: {e}"));
-        assert!(rule["labels"]["severity"].as_str().is_some(), "{alert} has a severity");
-        alerts.insert(alert.to_string());
-        if alert == "FerrolbAddressPoolNearlyExhausted" {
-            assert!(expr.trim_end().ends_with("> 0.75"), "the threshold is the chart value: {expr}");
-        }
-    }
-    // The signals issue 10 asks for: exhaustion, pending, two answerers, strictARP, liveness channel.
-    for wanted in [
-        "FerrolbAddressPoolNearlyExhausted",
-        "FerrolbServicePending",
-        "FerrolbAddressClaimedByStranger",
-        "FerrolbTwoNodesAnswering",
-        "FerrolbStrictARPDisabled",
-        "FerrolbLivenessChannelBroken",
-    ] {
-        assert!(alerts.contains(wanted), "{wanted} missing: {alerts:?}");
-    }
-}
-
-#[test]
 fn the_name_check_catches_a_series_nobody_exposes() {
     let exposed = binaries_expose();
     let parsed = promql_parser::parser::parse("sum(rate(ferrolb_speaker_arp_replys_total[5m])) > 0").expect("parses");
@@ -197,58 +120,146 @@ fn the_name_check_catches_a_series_nobody_exposes() {
     assert!(exposed.contains("ferrolb_pending_services") && exposed.contains("metallb_allocator_addresses_total"));
 }
 
-#[test]
-fn the_service_monitor_selects_both_metrics_services_by_their_port() {
-    let docs = render(&["metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prom"]);
-    let monitors = of_kind(&docs, "ServiceMonitor");
-    assert_eq!(monitors.len(), 1);
-    let monitor = monitors[0];
-    assert_eq!(monitor["metadata"]["labels"]["release"].as_str(), Some("prom"), "extra labels for the selector");
-    let port = monitor["spec"]["endpoints"][0]["port"].as_str().expect("endpoint port");
-    let match_labels = monitor["spec"]["selector"]["matchLabels"].as_mapping().expect("matchLabels");
-    let components: Vec<&str> = monitor["spec"]["selector"]["matchExpressions"][0]["values"]
-        .as_sequence()
-        .expect("components")
-        .iter()
-        .filter_map(|v| v.as_str())
-        .collect();
-    let mut selected = Vec::new();
-    for svc in of_kind(&docs, "Service") {
-        let labels = svc["metadata"]["labels"].as_mapping().expect("labels");
-        let matches = match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-            && labels
-                .get("app.kubernetes.io/component")
-                .and_then(|c| c.as_str())
-                .is_some_and(|c| components.contains(&c));
-        if matches {
-            let ports = svc["spec"]["ports"].as_sequence().expect("ports");
-            assert!(ports.iter().any(|p| p["name"].as_str() == Some(port)), "{svc:?} has no port {port}");
-            selected.push(svc["metadata"]["name"].as_str().unwrap_or_default().to_string());
+/// What needs `helm template` (helm from the control-plane cache, /var/cache/ferrolb): run by `make test`, left
+/// out of `make check` (`--skip helm::`).
+mod helm {
+    use super::*;
+
+    /// `helm template` of the chart with extra `--set` values, as the lab's helm renders it; documents by kind.
+    fn render(sets: &[&str]) -> Vec<serde_yaml::Value> {
+        let helm = ferrolb_tests::lab::control_plane::ensure_binaries().expect("helm").join("helm");
+        let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/ferrolb");
+        let home = std::env::temp_dir().join("ferrolb-chart-test-helm");
+        let mut cmd = std::process::Command::new(helm);
+        cmd.args(["template", "ferrolb"]).arg(&chart).args([
+            "-n",
+            "metallb-system",
+            "--kube-version",
+            ferrolb_tests::lab::control_plane::K8S_VERSION,
+        ]);
+        for set in sets {
+            cmd.args(["--set", set]);
+        }
+        for var in ["HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"] {
+            cmd.env(var, home.join(var));
+        }
+        let out = cmd.output().expect("helm runs");
+        assert!(out.status.success(), "helm template {sets:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split("\n---")
+            .filter_map(|doc| serde_yaml::from_str::<serde_yaml::Value>(doc).ok())
+            .filter(|doc| doc.get("kind").is_some())
+            .collect()
+    }
+
+    fn of_kind<'a>(docs: &'a [serde_yaml::Value], kind: &str) -> Vec<&'a serde_yaml::Value> {
+        docs.iter().filter(|d| d["kind"].as_str() == Some(kind)).collect()
+    }
+
+    #[test]
+    fn monitoring_objects_are_off_by_default() {
+        let docs = render(&[]);
+        assert!(of_kind(&docs, "ServiceMonitor").is_empty());
+        assert!(of_kind(&docs, "PrometheusRule").is_empty());
+        assert_eq!(of_kind(&docs, "Service").len(), 2, "the metrics Services are there for a scrape config");
+    }
+
+    #[test]
+    fn every_alert_parses_as_promql_and_queries_only_series_the_binaries_expose() {
+        let docs = render(&[
+            "metrics.prometheusRule.enabled=true",
+            "metrics.prometheusRule.poolNearlyExhausted.threshold=0.75",
+        ]);
+        let rules = of_kind(&docs, "PrometheusRule");
+        assert_eq!(rules.len(), 1);
+        let exposed = binaries_expose();
+        assert!(exposed.contains("ferrolb_speaker_arp_replies_total"), "the renderers were read: {exposed:?}");
+        let mut alerts = BTreeSet::new();
+        for rule in rules[0]["spec"]["groups"][0]["rules"].as_sequence().expect("rules") {
+            let alert = rule["alert"].as_str().expect("alert name");
+            let expr = rule["expr"].as_str().expect("expr");
+            let parsed = promql_parser::parser::parse(expr).unwrap_or_else(|e| panic!("{alert}: {expr}: {e}"));
+            let names = selected(&parsed);
+            assert!(!names.is_empty(), "{alert} selects no series");
+            for name in names {
+                assert!(exposed.contains(&name), "{alert} queries {name}, which neither binary exposes");
+            }
+            let duration = rule["for"].as_str().expect("for");
+            promql_parser::util::parse_duration(duration).unwrap_or_else(|e| panic!("{alert}: for {duration:?}: {e}"));
+            assert!(rule["labels"]["severity"].as_str().is_some(), "{alert} has a severity");
+            alerts.insert(alert.to_string());
+            if alert == "FerrolbAddressPoolNearlyExhausted" {
+                assert!(expr.trim_end().ends_with("> 0.75"), "the threshold is the chart value: {expr}");
+            }
+        }
+        // The signals issue 10 asks for: exhaustion, pending, two answerers, strictARP, liveness channel.
+        for wanted in [
+            "FerrolbAddressPoolNearlyExhausted",
+            "FerrolbServicePending",
+            "FerrolbAddressClaimedByStranger",
+            "FerrolbTwoNodesAnswering",
+            "FerrolbStrictARPDisabled",
+            "FerrolbLivenessChannelBroken",
+        ] {
+            assert!(alerts.contains(wanted), "{wanted} missing: {alerts:?}");
         }
     }
-    selected.sort();
-    assert_eq!(selected, ["ferrolb-controller-metrics", "ferrolb-speaker-metrics"]);
-}
 
-/// The speaker's container arguments as the chart renders them with these values.
-fn speaker_args(sets: &[&str]) -> Vec<String> {
-    let docs = render(sets);
-    let daemonset = of_kind(&docs, "DaemonSet");
-    let args = daemonset.first().expect("the speaker DaemonSet")["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_sequence()
-        .cloned()
-        .unwrap_or_default();
-    args.iter().filter_map(|a| a.as_str().map(String::from)).collect()
-}
+    #[test]
+    fn the_service_monitor_selects_both_metrics_services_by_their_port() {
+        let docs = render(&["metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prom"]);
+        let monitors = of_kind(&docs, "ServiceMonitor");
+        assert_eq!(monitors.len(), 1);
+        let monitor = monitors[0];
+        assert_eq!(monitor["metadata"]["labels"]["release"].as_str(), Some("prom"), "extra labels for the selector");
+        let port = monitor["spec"]["endpoints"][0]["port"].as_str().expect("endpoint port");
+        let match_labels = monitor["spec"]["selector"]["matchLabels"].as_mapping().expect("matchLabels");
+        let components: Vec<&str> = monitor["spec"]["selector"]["matchExpressions"][0]["values"]
+            .as_sequence()
+            .expect("components")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        let mut selected = Vec::new();
+        for svc in of_kind(&docs, "Service") {
+            let labels = svc["metadata"]["labels"].as_mapping().expect("labels");
+            let matches = match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+                && labels
+                    .get("app.kubernetes.io/component")
+                    .and_then(|c| c.as_str())
+                    .is_some_and(|c| components.contains(&c));
+            if matches {
+                let ports = svc["spec"]["ports"].as_sequence().expect("ports");
+                assert!(ports.iter().any(|p| p["name"].as_str() == Some(port)), "{svc:?} has no port {port}");
+                selected.push(svc["metadata"]["name"].as_str().unwrap_or_default().to_string());
+            }
+        }
+        selected.sort();
+        assert_eq!(selected, ["ferrolb-controller-metrics", "ferrolb-speaker-metrics"]);
+    }
 
-/// The chart's default exclusion list is the speaker's own default (so a speaker run outside the chart behaves
-/// the same), and a value given with `--set` replaces it, also as an empty list.
-#[test]
-fn interface_exclusions_reach_the_speaker_from_the_chart_value() {
-    let default = format!("--exclude-interfaces={}", ferrolb_speaker::model::interfaces::DEFAULT_EXCLUDED.join(" "));
-    assert!(speaker_args(&[]).contains(&default), "{:?}", speaker_args(&[]));
-    let custom = speaker_args(&["speaker.excludeInterfaces={^eth1$,^vlan[0-9]+$}"]);
-    assert!(custom.iter().any(|a| a == "--exclude-interfaces=^eth1$ ^vlan[0-9]+$"), "{custom:?}");
-    let none = speaker_args(&["speaker.excludeInterfaces=null"]);
-    assert!(none.iter().any(|a| a == "--exclude-interfaces="), "an empty list excludes nothing: {none:?}");
+    /// The speaker's container arguments as the chart renders them with these values.
+    fn speaker_args(sets: &[&str]) -> Vec<String> {
+        let docs = render(sets);
+        let daemonset = of_kind(&docs, "DaemonSet");
+        let args =
+            daemonset.first().expect("the speaker DaemonSet")["spec"]["template"]["spec"]["containers"][0]["args"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default();
+        args.iter().filter_map(|a| a.as_str().map(String::from)).collect()
+    }
+
+    /// The chart's default exclusion list is the speaker's own default (so a speaker run outside the chart behaves
+    /// the same), and a value given with `--set` replaces it, also as an empty list.
+    #[test]
+    fn interface_exclusions_reach_the_speaker_from_the_chart_value() {
+        let default =
+            format!("--exclude-interfaces={}", ferrolb_speaker::model::interfaces::DEFAULT_EXCLUDED.join(" "));
+        assert!(speaker_args(&[]).contains(&default), "{:?}", speaker_args(&[]));
+        let custom = speaker_args(&["speaker.excludeInterfaces={^eth1$,^vlan[0-9]+$}"]);
+        assert!(custom.iter().any(|a| a == "--exclude-interfaces=^eth1$ ^vlan[0-9]+$"), "{custom:?}");
+        let none = speaker_args(&["speaker.excludeInterfaces=null"]);
+        assert!(none.iter().any(|a| a == "--exclude-interfaces="), "an empty list excludes nothing: {none:?}");
+    }
 }

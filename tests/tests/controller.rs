@@ -1,7 +1,9 @@
 //! ferrolb-controller against the real API server, installed with Helm and running with its chart
 //! ServiceAccount token (so the chart's RBAC is what is tested). Needs root (it brings up a lab).
 
-use ferrolb_tests::harness::{TestLab, apply_users_services, create_yaml, eventually, ingress, seed, wait_ingress};
+use ferrolb_tests::harness::{
+    TestLab, apply_users_services, create_yaml, eventually, ingress, one_lab_at_a_time, seed, wait_ingress,
+};
 use ferrolb_tests::lab::{State, control_plane::alive, lifecycle};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Service};
@@ -51,6 +53,7 @@ fn lb_service(namespace: &str, name: &str, port: u16, extra_metadata: &str, extr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_users_scenario_and_every_allocation_rule() {
+    let _serial = one_lab_at_a_time().await;
     let lab = TestLab::start(EXE, "flbe", 1, false);
     let client = lab.admin().await;
 
@@ -163,7 +166,16 @@ async fn the_users_scenario_and_every_allocation_rule() {
     let cell =
         |name: &str| row[columns.iter().position(|c| c == name).unwrap_or_else(|| panic!("column {name}"))].clone();
     assert_eq!((cell("Assigned v4"), cell("Available v4"), cell("Valid")), (json!(4), json!(251), json!("True")));
+}
 
+/// Pools and advertisements the controller cannot use say so on themselves: a pool overlapping the user's, and
+/// configuration outside the configuration namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misplaced_or_overlapping_configuration_is_reported_on_itself() {
+    let _serial = one_lab_at_a_time().await;
+    let lab = TestLab::start(EXE, "flbe", 1, false);
+    let client = lab.admin().await;
+    create_yaml(&client, &seed("ipaddresspool.yaml")).await.expect("pool");
     // A pool overlapping an existing one is reported, not used, and the first one keeps working.
     let overlap = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: overlap, namespace: metallb-system}\nspec: {addresses: [172.17.255.200/29]}\n";
     create_yaml(&client, overlap).await.expect("overlapping pool is accepted by the schema");

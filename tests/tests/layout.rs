@@ -139,3 +139,33 @@ fn the_speaker_does_not_depend_on_the_controller() {
     assert!(!manifest.contains("ferrolb-controller"), "speaker/Cargo.toml names ferrolb-controller");
     assert!(manifest.contains("ferrolb-runtime"), "the shared plumbing comes from ferrolb-runtime");
 }
+
+/// The words of a `NAME := a b c` line of the Makefile.
+fn make_list(makefile: &str, name: &str) -> BTreeSet<String> {
+    let line = makefile.lines().find_map(|l| l.strip_prefix(name)?.trim_start().strip_prefix(":="));
+    line.unwrap_or_else(|| panic!("Makefile has no {name} := line")).split_whitespace().map(String::from).collect()
+}
+
+/// Every end-to-end suite is in exactly one of the Makefile's tiers: `make check` (PURE_SUITES, no root) or
+/// `make test` (LAB_SUITES), so a new file in tests/tests/ is never silently left out of both.
+#[test]
+fn every_test_file_is_in_exactly_one_make_tier() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let makefile = std::fs::read_to_string(root.join("../Makefile")).expect("Makefile");
+    let (pure, lab) = (make_list(&makefile, "PURE_SUITES"), make_list(&makefile, "LAB_SUITES"));
+    assert!(pure.contains("layout"), "this file is pure: {pure:?}");
+    let files: BTreeSet<String> = std::fs::read_dir(root.join("tests"))
+        .expect("tests dir")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".rs").map(String::from))
+        .collect();
+    for file in &files {
+        assert!(
+            pure.contains(file) != lab.contains(file),
+            "tests/tests/{file}.rs: in PURE_SUITES or LAB_SUITES, not both"
+        );
+    }
+    for listed in pure.union(&lab) {
+        assert!(files.contains(listed), "the Makefile lists {listed}, which tests/tests/ does not have");
+    }
+}

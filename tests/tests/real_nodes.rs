@@ -1,14 +1,15 @@
 //! The chart under real kubelets: containerd and a kubelet per node namespace, kube-scheduler, and the
 //! Deployment/ReplicaSet/DaemonSet controllers, so `helm install` runs ferrolb as pods from the images
 //! `make images` built. The user's scenario, served by the speaker pods; node, pod and leader failures;
-//! `helm upgrade` and `helm uninstall`; and a single node labelled the way minikube/kubeadm label it.
+//! `helm upgrade` and `helm uninstall`; and a single node labelled the way minikube/kubeadm label it. Each test
+//! brings up its own lab (about 16 s for 3 real nodes), one at a time.
 //! Needs root and `make images`. Timings are printed, never asserted.
 
 use ferrolb_crds::IPAddressPool;
 use ferrolb_speaker::model::election;
 use ferrolb_tests::harness::{
-    TestLab, answering_nodes, apply_users_services, assert_dns_served_by, create_yaml, eventually, ingress, seed,
-    wait_answered_by, wait_event, wait_ingress,
+    TestLab, answering_nodes, apply_users_services, assert_dns_served_by, create_yaml, eventually, ingress,
+    one_lab_at_a_time, seed, wait_answered_by, wait_event, wait_ingress,
 };
 use ferrolb_tests::lab::{lifecycle, realnode};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -58,29 +59,83 @@ async fn backends(client: &kube::Client, app: &str, nodes: &[&str]) {
 
 const LAB_POOL: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab, namespace: metallb-system}\nspec: {addresses: [198.19.0.1-198.19.0.254]}\n";
 
-/// Probes `addr` from the host every 10 ms for `ms` while `during` runs; returns the prober's JSON report.
+/// Probes `addr` from the host every 10 ms for `ms` and runs `during` once the prober has had its first answer
+/// (it says so on stderr); returns the prober's JSON report.
 fn probe_while(lab: &TestLab, protocol: &str, addr: &str, ms: u64, during: impl FnOnce()) -> serde_json::Value {
+    use std::io::BufRead;
     let dir = lab.dir.display().to_string();
     let duration = ms.to_string();
-    let prober = Command::new(EXE)
+    let mut prober = Command::new(EXE)
         .args(["--name", &lab.name, "--dir", &dir, "exec", "host", "--", EXE, "prober", protocol, addr])
         .args(["--duration-ms", &duration])
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("prober");
-    std::thread::sleep(Duration::from_millis(300));
+    let stderr = std::io::BufReader::new(prober.stderr.take().expect("prober stderr"));
+    let mut lines = stderr.lines();
+    let first = lines.by_ref().map_while(Result::ok).find(|l| l.starts_with("first answer from "));
+    assert!(first.is_some(), "the prober never had an answer from {addr}");
     during();
+    // Keep reading stderr so the prober never blocks on a full pipe.
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
     let out = prober.wait_with_output().expect("prober output");
+    let _ = drain.join();
     serde_json::from_slice(&out.stdout).expect("prober report")
+}
+
+const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
+
+/// A 3-node lab of real nodes with the chart installed (pods Ready), one at a time.
+fn real_lab() -> TestLab {
+    let started = Instant::now();
+    let lab = TestLab::start_with(EXE, "flbk", 3, &["--kubelets"]);
+    println!("real-node lab (3 nodes, chart installed, pods Ready) up in {:.1?}", started.elapsed());
+    lab
+}
+
+/// The user's scenario on a real-node lab: their manifests unchanged, then the pool swapped for the lab's range
+/// with kube-dns backends on node-1 and node-3. Returns the DNS Service's address and its owner, answering.
+async fn users_scenario(lab: &TestLab, client: &kube::Client) -> (String, IpAddr, String) {
+    let nodes = NODES;
+    // The user's manifests, unchanged: .1, .2 and the shared .10.
+    apply_users_services(client).await;
+    create_yaml(client, &seed("shared-ip.yaml")).await.expect("shared");
+    wait_ingress(client, "kube-system", "dns-svc-tcp", &["172.17.255.10"]).await;
+    wait_ingress(client, "kube-system", "dns-svc-udp", &["172.17.255.10"]).await;
+
+    // Packets may only use the lab's range: swap the pool, as the demo does; the DNS Service moves to it.
+    create_yaml(client, LAB_POOL).await.expect("lab pool");
+    Api::<IPAddressPool>::namespaced(client.clone(), NS)
+        .delete("default", &DeleteParams::default())
+        .await
+        .expect("delete");
+    backends(client, "kube-dns", &["node-1", "node-3"]).await;
+    let vip = eventually("dns-svc-lb on the lab pool", Duration::from_secs(30), || async {
+        ingress(client, "kube-system", "dns-svc-lb").await.into_iter().find(|a| a.starts_with("198.19.0."))
+    })
+    .await;
+    let ip: IpAddr = vip.parse().expect("ip");
+    let owner = election::owner(ip, nodes).expect("an owner").to_string();
+    wait_answered_by(lab, &vip, &[&owner]).await;
+    assert_dns_served_by(lab, &vip, &owner);
+    wait_event(
+        client,
+        "kube-system",
+        "dns-svc-lb",
+        &format!("announcing from node \"{owner}\" with protocol \"layer2\": {vip}"),
+    )
+    .await;
+
+    (vip, ip, owner)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_runs_under_real_kubelets_and_serves_the_users_scenario() {
-    let started = Instant::now();
-    let lab = TestLab::start_with(EXE, "flbk", 3, &["--kubelets"]);
-    println!("real-node lab (3 nodes, chart installed, pods Ready) up in {:.1?}", started.elapsed());
+    let _serial = one_lab_at_a_time().await;
+    let lab = real_lab();
     let client = lab.admin().await;
-    let nodes = ["node-1", "node-2", "node-3"];
+    let nodes = NODES;
     assert!(lab.state().procs.iter().all(|p| !p.role.starts_with("speaker") && !p.role.starts_with("controller")));
 
     // helm install → 2 controller pods and one hostNetwork speaker pod per node, from the built images.
@@ -100,40 +155,14 @@ async fn the_chart_runs_under_real_kubelets_and_serves_the_users_scenario() {
         assert!(image.contains("ferrolb/speaker:"), "speaker runs the built image, got {image}");
     }
 
-    // The user's manifests, unchanged: .1, .2 and the shared .10.
-    apply_users_services(&client).await;
-    create_yaml(&client, &seed("shared-ip.yaml")).await.expect("shared");
-    wait_ingress(&client, "kube-system", "dns-svc-tcp", &["172.17.255.10"]).await;
-    wait_ingress(&client, "kube-system", "dns-svc-udp", &["172.17.255.10"]).await;
-
-    // Packets may only use the lab's range: swap the pool, as the demo does; the DNS Service moves to it.
-    create_yaml(&client, LAB_POOL).await.expect("lab pool");
-    Api::<IPAddressPool>::namespaced(client.clone(), NS)
-        .delete("default", &DeleteParams::default())
-        .await
-        .expect("delete");
-    backends(&client, "kube-dns", &["node-1", "node-3"]).await;
-    let vip = eventually("dns-svc-lb on the lab pool", Duration::from_secs(30), || async {
-        ingress(&client, "kube-system", "dns-svc-lb").await.into_iter().find(|a| a.starts_with("198.19.0."))
-    })
-    .await;
-    let ip: IpAddr = vip.parse().expect("ip");
-    let owner = election::owner(ip, nodes).expect("an owner").to_string();
-    wait_answered_by(&lab, &vip, &[&owner]).await;
-    assert_dns_served_by(&lab, &vip, &owner);
-    wait_event(
-        &client,
-        "kube-system",
-        "dns-svc-lb",
-        &format!("announcing from node \"{owner}\" with protocol \"layer2\": {vip}"),
-    )
-    .await;
+    let (vip, ip, owner) = users_scenario(&lab, &client).await;
 
     // Hard kill of the owner node: the address moves to one other node, measured by a prober on the host.
     let report = probe_while(&lab, "udp", &format!("{vip}:53"), 4000, || {
         lab.ok(&["kill", &owner]);
     });
     println!("hard kill of {owner} under real kubelets: longest UDP outage {} ms ({report})", report["max_gap_ms"]);
+    assert_eq!(report["first"].as_str(), Some(owner.as_str()), "the prober started on the owner");
     let survivors: Vec<&str> = nodes.iter().copied().filter(|n| *n != owner).collect();
     let next = election::owner(ip, survivors.iter().copied()).expect("next owner").to_string();
     wait_answered_by(&lab, &vip, &[&next]).await;
@@ -142,8 +171,15 @@ async fn the_chart_runs_under_real_kubelets_and_serves_the_users_scenario() {
     // Revive: the kubelet comes back and restarts the speaker pod; the address returns and stays.
     lab.ok(&["revive", &owner]);
     wait_answered_by(&lab, &vip, &[&owner]).await;
+}
 
-    // Deleting the owner's speaker pod: the DaemonSet makes a new one, the address comes back without flapping.
+/// Deleting the owner's speaker pod: the DaemonSet makes a new one, the address comes back without flapping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_speaker_pod_is_replaced_and_its_address_returns_without_flapping() {
+    let _serial = one_lab_at_a_time().await;
+    let lab = real_lab();
+    let client = lab.admin().await;
+    let (vip, _, owner) = users_scenario(&lab, &client).await;
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), NS);
     let old = pods(&client, NS, SPEAKERS)
         .await
@@ -168,8 +204,18 @@ async fn the_chart_runs_under_real_kubelets_and_serves_the_users_scenario() {
     for _ in 0..5 {
         assert_eq!(answering_nodes(&lab, &vip), std::slice::from_ref(&owner), "no flapping after the pod came back");
     }
+}
 
-    // Deleting the leader controller pod: the standby takes the Lease and serves new Services.
+/// Deleting the leader controller pod: the standby takes the Lease and serves new Services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_controller_takes_the_lease_when_the_leader_pod_is_deleted() {
+    let _serial = one_lab_at_a_time().await;
+    let lab = real_lab();
+    let client = lab.admin().await;
+    users_scenario(&lab, &client).await;
+    let controllers = pods(&client, NS, CONTROLLERS).await;
+    assert_eq!(controllers.len(), 2, "two controller replicas");
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), NS);
     let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
     let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity);
     let leader = eventually("a controller leader", Duration::from_secs(30), || async {
@@ -190,8 +236,16 @@ async fn the_chart_runs_under_real_kubelets_and_serves_the_users_scenario() {
         (!ingress(&client, "default", "web-after-failover").await.is_empty()).then_some(())
     })
     .await;
+}
 
-    // helm upgrade with a changed value keeps the gossip Secret and every address.
+/// helm upgrade with a changed value keeps the gossip Secret and every address; helm uninstall leaves the user's
+/// pools and Services (and their addresses) in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_upgrade_keeps_key_and_addresses_and_uninstall_leaves_the_users_objects() {
+    let _serial = one_lab_at_a_time().await;
+    let lab = real_lab();
+    let client = lab.admin().await;
+    let (vip, _, owner) = users_scenario(&lab, &client).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
     let key_before = secrets.get("ferrolb-gossip").await.expect("gossip secret").data;
     let services: Api<Service> = Api::all(client.clone());
@@ -228,6 +282,7 @@ async fn the_chart_runs_under_real_kubelets_and_serves_the_users_scenario() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_kubeadm_labelled_node_says_why_and_answers_with_ignore_exclude_lb() {
+    let _serial = one_lab_at_a_time().await;
     let lab = TestLab::start_with(EXE, "flb1", 1, &["--kubelets", "--kubeadm-labels"]);
     let client = lab.admin().await;
     create_yaml(&client, LAB_POOL).await.expect("lab pool");

@@ -4,10 +4,12 @@
 //! selectors: nobody announces it), several `nodeSelectors` (their union), a node that starts matching later,
 //! and `loadBalancerClass` given as a chart value to the lab's controller and speakers. Every Service here has a
 //! ready endpoint on every node, so where one is answered is decided by the advertisements alone. Needs root.
+//! One test per rule, each on a fresh lab with the same pools and advertisements, one lab at a time.
 
 use ferrolb_speaker::model::election;
 use ferrolb_tests::harness::{
-    TestLab, answering_nodes, create_yaml, eventually, ingress, wait_answered_by, wait_event, wait_ingress,
+    TestLab, answering_nodes, create_yaml, eventually, ingress, one_lab_at_a_time, wait_answered_by, wait_event,
+    wait_ingress,
 };
 use k8s_openapi::api::core::v1::{Event, Node, Service};
 use kube::Api;
@@ -67,8 +69,9 @@ fn pools() -> ApiResource {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn advertisements_select_pools_services_and_nodes_as_metallb_does() {
+/// A 3-node lab with the chart's loadBalancerClass set, the pools and advertisements every test here reads, and a
+/// backend pod on every node.
+async fn selector_lab() -> (TestLab, kube::Client) {
     let lab = TestLab::start_with(EXE, "flbsel", 3, &["--set", &format!("loadBalancerClass={CLASS}")]);
     let state = lab.state();
     let class_arg = format!("--load-balancer-class={CLASS}");
@@ -84,6 +87,15 @@ async fn advertisements_select_pools_services_and_nodes_as_metallb_does() {
         create_yaml(&client, &pod).await.expect("pod");
     }
 
+    (lab, client)
+}
+
+/// loadBalancerClass: a Service of another class and one without a class are left alone; ours is served, and
+/// gives its address back when it leaves the class.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_balancer_class_decides_which_services_are_served() {
+    let _serial = one_lab_at_a_time().await;
+    let (lab, client) = selector_lab().await;
     // loadBalancerClass: a Service of another class and one without a class are left alone; ours is served.
     let foreign = "apiVersion: v1\nkind: Service\nmetadata: {name: foreign, namespace: default}\nspec:\n  type: LoadBalancer\n  loadBalancerClass: example.com/other\n  selector: {app: dns}\n  ports: [{port: 53, protocol: UDP}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: classless, namespace: default}\nspec:\n  type: LoadBalancer\n  selector: {app: dns}\n  ports: [{port: 53, protocol: UDP}]\n";
     create_yaml(&client, foreign).await.expect("Services of other classes");
@@ -109,7 +121,13 @@ async fn advertisements_select_pools_services_and_nodes_as_metallb_does() {
     services.patch("ours", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("leave");
     wait_ingress(&client, "default", "ours", &[]).await;
     wait_answered_by(&lab, &ours, &[]).await;
+}
 
+/// ipAddressPoolSelectors select pools by their labels, also a label added later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_address_pool_selectors_select_pools_by_label() {
+    let _serial = one_lab_at_a_time().await;
+    let (lab, client) = selector_lab().await;
     // ipAddressPoolSelectors: the gold pool is selected by its label (and announced by node-2 only, the
     // advertisement's node); the plain pool has no advertisement until it carries the label too.
     service(&client, "gold", "{}", "{metallb.io/address-pool: gold}").await;
@@ -120,7 +138,12 @@ async fn advertisements_select_pools_services_and_nodes_as_metallb_does() {
     wait_unannounced(&lab, &client, "plain", &plain, "no L2Advertisement applies").await;
     label(&client, pools(), Some("metallb-system"), "plain", json!({"tier": "gold"})).await;
     wait_answered_by(&lab, &plain, &["node-2"]).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_node_selectors_in_one_advertisement_are_their_union() {
+    let _serial = one_lab_at_a_time().await;
+    let (lab, client) = selector_lab().await;
     // Several nodeSelectors in one advertisement: their union. The address is one the election would give to
     // node-2 among all three, so an answer from node-1 or node-3 shows the selectors at work.
     let ip = (100..150)
@@ -131,7 +154,12 @@ async fn advertisements_select_pools_services_and_nodes_as_metallb_does() {
     wait_ingress(&client, "default", "multi", &[&ip]).await;
     let multi_owner = election::owner(ip.parse().expect("ip"), ["node-1", "node-3"]).expect("owner");
     wait_answered_by(&lab, &ip, &[multi_owner]).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_starts_matching_a_node_selector_later_answers() {
+    let _serial = one_lab_at_a_time().await;
+    let (lab, client) = selector_lab().await;
     // A node that starts matching later: nobody is selected, then node-3 gets the label and answers.
     service(&client, "late", "{}", "{metallb.io/address-pool: late}").await;
     let late = address(&client, "late").await;
@@ -139,7 +167,12 @@ async fn advertisements_select_pools_services_and_nodes_as_metallb_does() {
     let nodes = ApiResource::erase::<Node>(&());
     label(&client, nodes, None, "node-3", json!({"zone": "late"})).await;
     wait_answered_by(&lab, &late, &["node-3"]).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_selectors_pick_the_advertisement_and_a_label_change_moves_the_service() {
+    let _serial = one_lab_at_a_time().await;
+    let (lab, client) = selector_lab().await;
     // serviceSelectors: team=a goes to team-a's node, tier=b or tier=c (either selector) to tier-b's node; a
     // Service matching both advertisements may go to either node (the union, one elected); one matching neither
     // is not announced, and a label change moves a Service between advertisements.
@@ -164,7 +197,12 @@ async fn advertisements_select_pools_services_and_nodes_as_metallb_does() {
     let svc_resource = ApiResource::erase::<Service>(&());
     label(&client, svc_resource.clone(), Some("default"), "team-a", json!({"team": null, "tier": "b"})).await;
     wait_answered_by(&lab, &team_a, &["node-3"]).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_sharing_an_address_under_service_selectors_are_not_announced_as_in_metallb() {
+    let _serial = one_lab_at_a_time().await;
+    let (lab, client) = selector_lab().await;
     // Two Services sharing an address through allow-shared-ip, matched by an advertisement with serviceSelectors:
     // as in MetalLB, nobody announces them (they could otherwise be elected on different nodes). The same pair
     // from a pool whose advertisement selects no Services is announced by one node.

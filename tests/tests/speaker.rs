@@ -1,14 +1,14 @@
 //! ferrolb-speaker in the lab: real raw sockets in node namespaces, real ARP from the `host` namespace, the
 //! user's DNS Service answering over TCP and UDP through the on-link static route, and failover.
-//! Needs root. Liveness is the Node Ready fallback for now, so a hard failure takes about the lab's node grace
-//! period (6 s) to move an address; the test waits with a bound and asserts behaviour, not time.
+//! Needs root. One test per behaviour, each on a fresh 3-node lab with the user's DNS Service (`up` takes
+//! seconds), one lab at a time; the tests wait with a bound and assert behaviour, not time.
 
 use ferrolb_crds::L2AdvertisementSchema;
 use ferrolb_crds::ServiceL2Status;
 use ferrolb_speaker::model::election;
 use ferrolb_tests::harness::{
-    TestLab, answering_nodes, assert_dns_served_by, create_yaml, eventually, ingress, metric_sum, seed,
-    speaker_metrics, wait_answered_by, wait_event,
+    TestLab, answering_nodes, assert_dns_served_by, create_yaml, eventually, ingress, metric_sum, one_lab_at_a_time,
+    seed, speaker_metrics, wait_answered_by, wait_event,
 };
 use k8s_openapi::api::core::v1::{Event, Node};
 use kube::Api;
@@ -18,6 +18,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 const EXE: &str = env!("CARGO_BIN_EXE_ferrolb-lab");
+const LAB: &str = "flbs";
+const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
 
 /// The lab controller's /metrics (it listens on the machine's loopback).
 fn scrape_controller(lab: &TestLab) -> String {
@@ -45,11 +47,23 @@ async fn wait_status_nodes(client: &kube::Client, service: &str, nodes: &[&str])
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_node_answers_and_the_users_dns_service_works_through_the_static_route() {
-    let lab = TestLab::start(EXE, "flbs", 3, false);
+/// The user's DNS Service on a fresh lab.
+struct Dns {
+    lab: TestLab,
+    client: kube::Client,
+    /// Its address (198.19.0.1).
+    vip: String,
+    /// The election's owner of `vip`, answering for it.
+    owner: String,
+    /// Who owns `vip` when `owner` is out.
+    next: String,
+}
+
+/// A 3-node lab with the lab pool, kube-dns pods on node-1 and node-3, and the user's DNS Service (manifest
+/// unchanged: one address, TCP and UDP 53) answered by its election owner.
+async fn dns_lab() -> Dns {
+    let lab = TestLab::start(EXE, LAB, 3, false);
     let client = lab.admin().await;
-    let nodes = ["node-1", "node-2", "node-3"];
     create_yaml(&client, ferrolb_tests::harness::LAB_POOL).await.expect("pool");
     // kube-dns pods on two nodes, so the Service has ready endpoints.
     for (pod, node) in [("dns-a", "node-1"), ("dns-b", "node-3")] {
@@ -58,8 +72,6 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
         );
         create_yaml(&client, &yaml).await.expect("pod");
     }
-
-    // The user's DNS Service, manifest unchanged: one address, TCP and UDP 53.
     create_yaml(&client, &seed("dns-svc-lb.yaml")).await.expect("dns");
     let vip = eventually("an address for dns-svc-lb", Duration::from_secs(30), || async {
         ingress(&client, "kube-system", "dns-svc-lb").await.into_iter().next()
@@ -67,8 +79,26 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
     .await;
     assert_eq!(vip, "198.19.0.1");
     let ip: IpAddr = vip.parse().expect("ip");
-    let owner = election::owner(ip, nodes).expect("an owner").to_string();
+    let owner = election::owner(ip, NODES).expect("an owner").to_string();
+    let rest: Vec<&str> = NODES.iter().copied().filter(|n| *n != owner).collect();
+    let next = election::owner(ip, rest.iter().copied()).expect("owner").to_string();
     wait_answered_by(&lab, &vip, &[&owner]).await;
+    Dns { lab, client, vip, owner, next }
+}
+
+/// The pid of `node`'s speaker process (the newest one).
+fn speaker_pid(lab: &TestLab, node: &str) -> i32 {
+    lab.state().procs.iter().rev().find(|p| p.role == format!("speaker {node}")).expect("speaker").pid
+}
+
+fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("signal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_answers_and_the_users_dns_service_works_through_the_static_route() {
+    let _serial = one_lab_at_a_time().await;
+    let Dns { lab, client, vip, owner, .. } = dns_lab().await;
     assert_dns_served_by(&lab, &vip, &owner);
     // "Which node announces this IP?": a ServiceL2Status and an Event say so.
     wait_status_nodes(&client, "dns-svc-lb", &[&owner]).await;
@@ -94,8 +124,14 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
         (in_use == 1.0 && total == 254.0).then_some(())
     })
     .await;
+}
 
-    // A shared address has one responder for all its Services.
+/// A shared address has one responder for all its Services; `externalTrafficPolicy: Local` is announced only
+/// from a node with a ready endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_address_has_one_responder_and_a_local_policy_service_answers_from_its_endpoints_node() {
+    let _serial = one_lab_at_a_time().await;
+    let Dns { lab, client, .. } = dns_lab().await;
     let shared = seed("shared-ip.yaml").replace("172.17.255.10", "198.19.0.10");
     create_yaml(&client, &shared).await.expect("shared");
     eventually("both shared Services on .10", Duration::from_secs(30), || async {
@@ -104,10 +140,9 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
         (a == ["198.19.0.10"] && b == a).then_some(())
     })
     .await;
-    let shared_owner = election::owner("198.19.0.10".parse().expect("ip"), nodes).expect("owner").to_string();
+    let shared_owner = election::owner("198.19.0.10".parse().expect("ip"), NODES).expect("owner").to_string();
     wait_answered_by(&lab, "198.19.0.10", &[&shared_owner]).await;
 
-    // externalTrafficPolicy: Local is announced only from a node with a ready endpoint.
     let local = "apiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: kube-system}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  selector: {k8s-app: local-only}\n  ports: [{port: 8080}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: local-1, namespace: kube-system, labels: {k8s-app: local-only}}\nspec: {nodeName: node-2, containers: [{name: c, image: lab/x}]}\n";
     create_yaml(&client, local).await.expect("local");
     let local_ip = eventually("an address for local", Duration::from_secs(30), || async {
@@ -115,17 +150,20 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
     })
     .await;
     wait_answered_by(&lab, &local_ip, &["node-2"]).await;
+}
 
-    // No endpoints: not announced at all.
+/// No endpoints: not announced at all, and one speaker says why, on the Service, in the Service's namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_without_endpoints_is_not_announced_and_says_why() {
+    let _serial = one_lab_at_a_time().await;
+    let Dns { lab, client, .. } = dns_lab().await;
     let lonely = "apiVersion: v1\nkind: Service\nmetadata: {name: lonely, namespace: default}\nspec: {type: LoadBalancer, selector: {app: nobody}, ports: [{port: 9090}]}\n";
     create_yaml(&client, lonely).await.expect("lonely");
     let lonely_ip = eventually("an address for lonely", Duration::from_secs(30), || async {
         ingress(&client, "default", "lonely").await.into_iter().next()
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(answering_nodes(&lab, &lonely_ip), Vec::<String>::new(), "no endpoints: nobody answers");
-    // ...and one speaker says why, on the Service, in the Service's namespace.
+    // The speakers decided (their Event says so) before "nobody answers" is judged.
     wait_event(
         &client,
         "default",
@@ -133,20 +171,25 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
         &format!("nobody announces {lonely_ip}: the Service has no ready endpoints"),
     )
     .await;
+    assert_eq!(answering_nodes(&lab, &lonely_ip), Vec::<String>::new(), "no endpoints: nobody answers");
+}
 
-    // The exclude label takes a node out; NetworkUnavailable too.
+/// The exclude label takes a node out, and every node labelled makes the Service say why and which chart value
+/// helps; NetworkUnavailable=True takes a node out too, False brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exclude_label_and_network_unavailable_take_a_node_out() {
+    let _serial = one_lab_at_a_time().await;
+    let Dns { lab, client, vip, owner, next, .. } = dns_lab().await;
     let node_api: Api<Node> = Api::all(client.clone());
     let label = json!({"metadata": {"labels": {election::EXCLUDE_LABEL: ""}}});
     node_api.patch(&owner, &PatchParams::default(), &Patch::Merge(&label)).await.expect("label");
-    let rest: Vec<&str> = nodes.iter().copied().filter(|n| *n != owner).collect();
-    let next = election::owner(ip, rest.iter().copied()).expect("owner").to_string();
     wait_answered_by(&lab, &vip, &[&next]).await;
     let unlabel = json!({"metadata": {"labels": {election::EXCLUDE_LABEL: null}}});
     node_api.patch(&owner, &PatchParams::default(), &Patch::Merge(&unlabel)).await.expect("unlabel");
     wait_answered_by(&lab, &vip, &[&owner]).await;
     // Every node labelled (a kubeadm single-node cluster, three times over): nobody answers, and the Service
     // says why and which chart value helps, instead of silence.
-    for n in nodes {
+    for n in NODES {
         node_api.patch(n, &PatchParams::default(), &Patch::Merge(&label)).await.expect("label");
     }
     wait_answered_by(&lab, &vip, &[]).await;
@@ -155,12 +198,11 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
         election::EXCLUDE_LABEL
     );
     wait_event(&client, "kube-system", "dns-svc-lb", &why).await;
-    for n in nodes {
+    for n in NODES {
         node_api.patch(n, &PatchParams::default(), &Patch::Merge(&unlabel)).await.expect("unlabel");
     }
     wait_answered_by(&lab, &vip, &[&owner]).await;
 
-    // NetworkUnavailable=True takes a node out, like the exclude label; False brings it back.
     let unavailable = |status: &str| {
         json!({"status": {"conditions": [{"type": "NetworkUnavailable", "status": status, "reason": "Test",
             "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
@@ -172,8 +214,13 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
         .await
         .expect("cond");
     wait_answered_by(&lab, &vip, &[&owner]).await;
+}
 
-    // An L2Advertisement's nodeSelectors: a pool announced from node-3 only.
+/// An L2Advertisement's nodeSelectors: a pool announced from node-3 only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_advertisements_node_selectors_pin_its_pool_to_the_selected_node() {
+    let _serial = one_lab_at_a_time().await;
+    let Dns { lab, client, .. } = dns_lab().await;
     let selected = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: pinned, namespace: metallb-system}\nspec: {addresses: [198.19.1.1-198.19.1.10], autoAssign: false}\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: pinned, namespace: metallb-system}\nspec:\n  ipAddressPools: [pinned]\n  nodeSelectors: [{matchLabels: {kubernetes.io/hostname: node-3}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: pinned, namespace: kube-system, annotations: {metallb.io/address-pool: pinned}}\nspec: {type: LoadBalancer, selector: {k8s-app: kube-dns}, ports: [{port: 8053, protocol: UDP}]}\n";
     // The "lab" L2Advertisement (no pool list) applies to every pool; narrow it so only "pinned" speaks for it.
     let ads = ApiResource::erase::<L2AdvertisementSchema>(&());
@@ -186,14 +233,26 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
     })
     .await;
     wait_answered_by(&lab, &pinned_ip, &["node-3"]).await;
+}
 
-    // Liveness datagrams forged without the key ("owner is leaving") move nothing, and are seen and rejected.
+/// Liveness datagrams forged without the key ("owner is leaving") move nothing, and are seen and rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_leaving_datagrams_are_rejected_and_move_nothing() {
+    let _serial = one_lab_at_a_time().await;
+    let Dns { lab, vip, owner, .. } = dns_lab().await;
     let state = lab.state();
+    let bad_tag = "ferrolb_speaker_gossip_rejects_total{reason=\"bad_tag\"}";
     for n in &state.nodes {
         let to = format!("{}:7946", n.ip);
         lab.ok(&["exec", "host", "--", EXE, "gossip-forge", "--node", &owner, "--to", &to, "--kind", "leaving"]);
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Every speaker decided about its forgery (counted it as rejected) before the owner is checked.
+    for n in &state.nodes {
+        eventually(&format!("{} rejecting the forgery", n.name), Duration::from_secs(10), || async {
+            (metric_sum(&speaker_metrics(&lab, &n.name), bad_tag) >= 1.0).then_some(())
+        })
+        .await;
+    }
     assert_eq!(answering_nodes(&lab, &vip), [owner.as_str()], "a forged 'leaving' moved the address");
     let witness = state.nodes.iter().find(|n| n.name != owner).expect("another node");
     let log = std::fs::read_to_string(state.log(&format!("speaker {}", witness.name))).unwrap_or_default();
@@ -202,35 +261,51 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
         "forgery not seen by {}",
         witness.name
     );
+}
 
-    // Graceful stop (SIGTERM): the speaker says it is leaving, so its address moves without waiting.
-    let speaker = state.procs.iter().rev().find(|p| p.role == format!("speaker {owner}")).expect("speaker").pid;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(speaker), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+/// Graceful stop (SIGTERM): the speaker says it is leaving, so its address moves without waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_speaker_stopped_gracefully_says_so_and_its_address_moves() {
+    let _serial = one_lab_at_a_time().await;
+    let Dns { lab, vip, owner, next, .. } = dns_lab().await;
+    signal(speaker_pid(&lab, &owner), nix::sys::signal::Signal::SIGTERM);
     wait_answered_by(&lab, &vip, &[&next]).await;
+    let state = lab.state();
+    let witness = state.nodes.iter().find(|n| n.name != owner).expect("another node");
     let log = std::fs::read_to_string(state.log(&format!("speaker {}", witness.name))).unwrap_or_default();
     assert!(log.contains(&format!("node={owner} verdict=Dead")), "peers learnt of the leave");
     lab.ok(&["revive", &owner]);
     wait_answered_by(&lab, &vip, &[&owner]).await;
+}
 
-    // The owner's speaker crashes while its node stays Ready: the address moves. A speaker started after the
-    // crash (it never heard the dead one) must not elect it either, or nobody would answer.
-    let state = lab.state();
-    let pid_of =
-        |node: &str| state.procs.iter().rev().find(|p| p.role == format!("speaker {node}")).expect("speaker").pid;
-    let signal = |pid: i32, sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("signal");
-    signal(pid_of(&owner), nix::sys::signal::Signal::SIGKILL);
+/// The owner's speaker crashes while its node stays Ready: the address moves. A speaker started after the
+/// crash (it never heard the dead one) must not elect it either, or nobody would answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_speaker_on_a_ready_node_is_replaced_even_by_a_peer_that_never_heard_it() {
+    let _serial = one_lab_at_a_time().await;
+    let Dns { lab, vip, owner, next, .. } = dns_lab().await;
+    signal(speaker_pid(&lab, &owner), nix::sys::signal::Signal::SIGKILL);
     wait_answered_by(&lab, &vip, &[&next]).await;
-    signal(pid_of(&next), nix::sys::signal::Signal::SIGTERM);
+    let next_pid = speaker_pid(&lab, &next);
+    signal(next_pid, nix::sys::signal::Signal::SIGTERM);
     eventually("next's speaker to stop", Duration::from_secs(10), || async {
-        (!ferrolb_tests::lab::control_plane::alive(pid_of(&next))).then_some(())
+        (!ferrolb_tests::lab::control_plane::alive(next_pid)).then_some(())
     })
     .await;
     lab.ok(&["revive", &next]);
     wait_answered_by(&lab, &vip, &[&next]).await;
     lab.ok(&["revive", &owner]);
     wait_answered_by(&lab, &vip, &[&owner]).await;
+}
 
-    // Hard failure of the owner: another node answers and the host's traffic resumes.
+/// Hard failure of the owner: another node answers, the host's traffic resumes, the new owner says so; revived,
+/// ownership returns to the hash's choice and stays there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_failure_moves_the_address_and_revival_brings_it_back() {
+    let _serial = one_lab_at_a_time().await;
+    let Dns { lab, client, vip, owner, next, .. } = dns_lab().await;
+    // The owner's status object exists first, so its removal below is the new owner's doing.
+    wait_status_nodes(&client, "dns-svc-lb", &[&owner]).await;
     lab.ok(&["kill", &owner]);
     wait_answered_by(&lab, &vip, &[&next]).await;
     let resumed = eventually("UDP 53 answered again", Duration::from_secs(30), || async {
@@ -243,16 +318,28 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
     let told = format!("announcing from node \"{next}\" with protocol \"layer2\": {vip} on eth0");
     wait_event(&client, "kube-system", "dns-svc-lb", &told).await;
 
-    // Revived: ownership returns to the hash's choice and stays there.
     lab.ok(&["revive", &owner]);
     wait_answered_by(&lab, &vip, &[&owner]).await;
     for _ in 0..3 {
         assert_eq!(answering_nodes(&lab, &vip), [owner.as_str()], "ownership settled without flapping");
     }
+}
 
-    // kube-proxy IPVS without strictARP (the VIPs sit on kube-ipvs0 and arp_ignore is 0): reported loudly.
+/// kube-proxy IPVS without strictARP (the VIPs sit on kube-ipvs0 and arp_ignore is 0): reported loudly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipvs_without_strict_arp_is_reported_on_the_node() {
+    let _serial = one_lab_at_a_time().await;
+    let Dns { lab, client, .. } = dns_lab().await;
     let netns = lab.state().node("node-1").expect("node-1").netns.clone();
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    // node-1's speaker has read its interfaces (the same pass checks arp_ignore) and found strictARP in effect.
+    eventually("node-1's speaker to have checked strictARP", Duration::from_secs(30), || async {
+        let metrics = speaker_metrics(&lab, "node-1");
+        (metric_sum(&metrics, "ferrolb_speaker_interface_rescans_total") >= 1.0
+            && metrics.lines().any(|l| l == "ferrolb_speaker_strict_arp_missing 0"))
+        .then_some(())
+    })
+    .await;
     let before = events.list(&ListParams::default().fields("involvedObject.name=node-1")).await.expect("events");
     assert!(
         !before.items.iter().any(|e| e.reason.as_deref() == Some("StrictARPDisabled")),
@@ -261,6 +348,9 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
     for iface in ["all", "eth0"] {
         ferrolb_tests::lab::net::sysctl(&netns, &format!("net.ipv4.conf.{iface}.arp_ignore"), "0").expect("sysctl");
     }
+    // arp_ignore changes raise no netlink notification: the speaker reads the sysctls on its 5 s tick. The bound
+    // is well below the 60 s interface rescan (speaker --interface-rescan-secs), so a speaker that checked only
+    // on rescans would fail here most of the time.
     eventually("a StrictARPDisabled Event on node-1", Duration::from_secs(30), || async {
         let list = events.list(&ListParams::default().fields("involvedObject.name=node-1")).await.ok()?;
         list.items.iter().any(|e| e.reason.as_deref() == Some("StrictARPDisabled")).then_some(())

@@ -6,13 +6,13 @@
 
 pub mod arping;
 pub mod control_plane;
+pub mod exchange;
 pub mod kubelet;
 pub mod lifecycle;
 pub mod net;
 pub mod node;
+pub mod outage;
 pub mod pki;
-pub mod probe;
-pub mod prober;
 pub mod realnode;
 
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,7 @@
 //! A client that measures outages: probes an address every `interval` over UDP or TCP and reports the longest
-//! gap between consecutive answers, and which node answered first and last (run it in the `host` namespace).
+//! gap between consecutive answers, and which node answered first and last (run it in the `host` namespace;
+//! `ferrolb-lab prober`). The first answer is also announced on stderr (`first answer from <node>`) as it
+//! arrives, so a caller can start a fault once the prober demonstrably sees the service, not after a guess.
 
 use super::{LabError, Result};
 use serde::Serialize;
@@ -41,6 +43,13 @@ fn report(times: &[(Instant, String)], start: Instant, end: Instant, sent: u64) 
     }
 }
 
+/// Says on stderr that the first answer came, from whom.
+fn announce_first(times: &[(Instant, String)], node: &str) {
+    if times.is_empty() {
+        eprintln!("first answer from {node}");
+    }
+}
+
 /// UDP: a sender thread every `interval`, answers timestamped as they arrive.
 pub fn udp(target: SocketAddr, interval: Duration, duration: Duration) -> Result<Report> {
     let err = |e: std::io::Error| LabError::Usage(format!("prober udp {target}: {e}"));
@@ -65,6 +74,7 @@ pub fn udp(target: SocketAddr, interval: Duration, duration: Duration) -> Result
     while start.elapsed() < duration {
         if let Ok(n) = socket.recv(&mut buf) {
             let node = String::from_utf8_lossy(&buf[..n]).split_whitespace().next().unwrap_or("").to_string();
+            announce_first(&times, &node);
             times.push((Instant::now(), node));
         }
     }
@@ -89,7 +99,9 @@ pub fn tcp(target: SocketAddr, interval: Duration, duration: Duration) -> Result
             if let Ok(n) = s.read(&mut buf)
                 && n > 0
             {
-                times.push((Instant::now(), String::from_utf8_lossy(&buf[..n]).trim().to_string()));
+                let node = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+                announce_first(&times, &node);
+                times.push((Instant::now(), node));
             }
         }
         if let Some(rest) = interval.checked_sub(began.elapsed()) {

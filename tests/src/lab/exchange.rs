@@ -1,5 +1,6 @@
-//! One-shot TCP and UDP probes against the lab's echo servers, run inside a namespace
-//! (`ferrolb-lab exec host -- ferrolb-lab probe …`).
+//! One request/response exchange over TCP or UDP with the lab's echo servers, run inside a namespace
+//! (`ferrolb-lab exec host -- ferrolb-lab probe …`). Not to be confused with the outage measurement
+//! ([`super::outage`]) or the speaker's RFC 5227 ARP probes.
 
 use super::{LabError, Result};
 use std::io::{Read, Write};
