@@ -6,7 +6,7 @@ use crate::model::diagnose::{self, Cause, Problem};
 use crate::model::election::{self, Advertisement, Decision, NodeFacts, Policy, ServiceFacts};
 use crate::model::facts;
 use crate::model::interfaces::{self, InterfaceInfo};
-use crate::model::liveness::{Membership, Verdict};
+use crate::model::membership::{Membership, Verdict};
 use ferrolb_crds::service::{ServiceKey, current_ingress, current_pool, is_managed};
 use ferrolb_crds::{IPAddressPool, L2Advertisement};
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -238,6 +238,7 @@ pub fn by_address(answered: &BTreeMap<ServiceKey, Announced>) -> BTreeMap<IpAddr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::membership::Config;
     use serde_json::{Value, json};
     use std::time::Duration;
 
@@ -304,7 +305,14 @@ mod tests {
 
     fn plan_on(node: &str, s: &Snapshot, policy: Policy) -> Announcements {
         let me = Me { node, load_balancer_class: None, policy };
-        plan(&me, s, &eth0(), &Membership::new(node, Duration::from_millis(350)), false, Instant::now())
+        plan(
+            &me,
+            s,
+            &eth0(),
+            &Membership::new(node, Config::new(Duration::from_millis(350)), Instant::now()),
+            false,
+            Instant::now(),
+        )
     }
 
     const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
@@ -339,7 +347,7 @@ mod tests {
             let me = Me { node: n, load_balancer_class: None, policy: Policy::default() };
             let prepared = prepare(&me, &s);
             assert_eq!(prepared.services(), 20);
-            let membership = Membership::new(n, Duration::from_millis(350));
+            let membership = Membership::new(n, Config::new(Duration::from_millis(350)), Instant::now());
             let now = Instant::now();
             // Not listening long enough: peers count by Ready (alive). Long enough, never heard: dead, so this
             // node owns every address.
@@ -369,7 +377,7 @@ mod tests {
         let without_ipv6: Vec<InterfaceInfo> =
             eth0().into_iter().map(|i| InterfaceInfo { ipv6: vec![], ..i }).collect();
         let me = Me { node: owners[0], load_balancer_class: None, policy: Policy::default() };
-        let membership = Membership::new(owners[0], Duration::from_millis(350));
+        let membership = Membership::new(owners[0], Config::new(Duration::from_millis(350)), Instant::now());
         let a = plan(&me, &s, &without_ipv6, &membership, false, Instant::now());
         assert_eq!(a.per_ip.keys().copied().collect::<Vec<_>>(), [v4], "IPv4 still answered");
         let note = &a.failed[&ServiceKey::new("default", "dns")].note;
