@@ -21,6 +21,7 @@ pub mod model;
 mod planner;
 pub mod run;
 pub mod settings;
+pub mod simulation;
 pub mod telemetry;
 pub mod wake;
 pub mod wire;

@@ -35,6 +35,9 @@ const ASK_PER_ROUND: usize = 64;
 pub struct Config {
     /// Silence after which a watcher suspects its subject.
     pub dead_after: Duration,
+    /// A suspect is asked directly for this long before its watcher tells the others: an answer (it is only the
+    /// heartbeats that were lost) ends the suspicion.
+    pub confirm_wait: Duration,
     /// How many watchers each speaker has (fewer in clusters with fewer speakers).
     pub watchers: usize,
     /// How many watchers must suspect a subject before it is dead (fewer when fewer are alive).
@@ -52,6 +55,7 @@ impl Config {
     pub fn new(dead_after: Duration) -> Self {
         Self {
             dead_after,
+            confirm_wait: Duration::from_millis(30),
             watchers: 3,
             quorum: 2,
             ask_dead_every: Duration::from_secs(1),
@@ -174,19 +178,28 @@ struct Conviction {
     since: Instant,
 }
 
+/// A peer in trouble: suspected by this speaker or by others (rare, so kept out of line).
+#[derive(Debug, Clone, Default)]
+struct Trouble {
+    /// Other watchers' suspicions of this peer, and when they arrived.
+    suspicions: Vec<(Arc<str>, Instant)>,
+    /// When this speaker began to suspect it (this silence).
+    suspected_since: Option<Instant>,
+    /// When this speaker last told the other watchers.
+    told_at: Option<Instant>,
+}
+
+/// One peer. Small on purpose: every speaker holds one per speaker of the cluster.
 #[derive(Debug, Clone, Default)]
 struct Peer {
     /// On the ring (a speaker runs there, by discovery); an unlisted peer is known only by its messages.
     listed: bool,
+    left: bool,
     heard: Option<Word>,
     retired: Vec<u64>,
-    macs: Vec<[u8; 6]>,
-    left: bool,
-    dead: Option<Conviction>,
-    /// Other watchers' suspicions of this peer, and when they arrived.
-    suspicions: Vec<(Arc<str>, Instant)>,
-    /// When this speaker last told the other watchers it suspects this peer.
-    suspected_at: Option<Instant>,
+    macs: Box<[[u8; 6]]>,
+    dead: Option<Box<Conviction>>,
+    trouble: Option<Box<Trouble>>,
 }
 
 impl Peer {
@@ -344,13 +357,13 @@ impl Membership {
         }
         let was_heard = peer.heard.is_some();
         peer.heard = Some(Word { incarnation: msg.incarnation, counter: msg.counter, at: now });
-        if !msg.macs.is_empty() || !msg.legacy {
-            peer.macs.clone_from(&msg.macs);
+        if (!msg.macs.is_empty() || !msg.legacy) && *peer.macs != *msg.macs {
+            peer.macs = msg.macs.clone().into_boxed_slice();
         }
-        peer.suspected_at = None;
-        peer.suspicions.clear();
+        // Heard: whatever this speaker or others suspected of it, its silence (as far as this one knows) is over.
+        peer.trouble = None;
         let mut changed = !was_heard;
-        if let Some(dead) = peer.dead {
+        if let Some(dead) = peer.dead.as_deref() {
             let same = msg.incarnation == dead.incarnation;
             if !same || msg.counter > dead.counter {
                 peer.dead = None;
@@ -379,8 +392,9 @@ impl Membership {
             Kind::Suspect(subject) => {
                 // Counted only while this speaker is silent on the subject too (see `tick`).
                 if let Some(p) = self.peers.get_mut(subject.node.as_str()) {
-                    p.suspicions.retain(|(by, _)| *by != sender);
-                    p.suspicions.push((sender, now));
+                    let trouble = p.trouble.get_or_insert_with(Box::default);
+                    trouble.suspicions.retain(|(by, _)| *by != sender);
+                    trouble.suspicions.push((sender, now));
                 }
             }
             Kind::Dead(subject) if subject.node == self.me.as_ref() => {
@@ -403,7 +417,8 @@ impl Membership {
         if peer.left || peer.dead.is_some() || (recent && peer.heard_after(subject)) {
             return;
         }
-        peer.dead = Some(Conviction { incarnation: subject.incarnation, counter: subject.counter, since: now });
+        peer.dead = Some(Box::new(Conviction { incarnation: subject.incarnation, counter: subject.counter, since: now }));
+        peer.trouble = None;
         if let Some((name, _)) = self.peers.get_key_value(subject.node.as_str()) {
             self.to_ask.insert(name.clone());
         }
@@ -426,23 +441,28 @@ impl Membership {
             let since = *self.watching.entry(subject.clone()).or_insert(now);
             let others: Vec<Arc<str>> =
                 self.watchers_of(&subject).into_iter().filter(|w| w.as_ref() != self.me.as_ref()).collect();
-            let (dead_after, quorum) = (self.config.dead_after, self.config.quorum);
+            let Config { dead_after, confirm_wait, quorum, .. } = self.config;
             let Some(peer) = self.peers.get_mut(&subject) else { continue };
             let last = peer.heard.map_or(since, |w| w.at.max(since));
             let silence = now.saturating_duration_since(last);
             if silence <= dead_after {
                 continue;
             }
-            peer.suspicions.retain(|(_, at)| now.saturating_duration_since(*at) <= dead_after);
-            let told = peer.suspected_at.is_some_and(|at| now.saturating_duration_since(at) < dead_after);
             let verdict = peer.subject(&subject);
-            if !told {
-                peer.suspected_at = Some(now);
+            let trouble = peer.trouble.get_or_insert_with(Box::default);
+            trouble.suspicions.retain(|(_, at)| now.saturating_duration_since(*at) <= dead_after);
+            let suspected_since = *trouble.suspected_since.get_or_insert(now);
+            if now.saturating_duration_since(suspected_since) < confirm_wait {
+                // Only its heartbeats may have been lost: ask it directly (again) before telling anyone.
+                out.push(Say::once(To::Node(subject.clone()), Kind::Suspect(verdict)));
+                continue;
+            }
+            if trouble.told_at.is_none_or(|at| now.saturating_duration_since(at) >= dead_after) {
+                trouble.told_at = Some(now);
                 let kind = Kind::Suspect(verdict.clone());
                 out.extend(others.iter().map(|w| Say::once(To::Node(w.clone()), kind.clone())));
-                out.push(Say::once(To::Node(subject.clone()), kind));
             }
-            if 1 + peer.suspicions.len() >= quorum.min(1 + others.len()) {
+            if 1 + trouble.suspicions.len() >= quorum.min(1 + others.len()) {
                 self.declared.push((subject.to_string(), silence));
                 self.convict(&verdict, now);
                 self.watching.remove(&subject);
@@ -494,7 +514,7 @@ impl Membership {
         self.peers
             .iter()
             .filter_map(|(name, p)| {
-                let dead = p.dead.filter(|_| !p.left && p.heard.is_some())?;
+                let dead = p.dead.as_deref().filter(|_| !p.left && p.heard.is_some())?;
                 signs_of_life.get(name.as_ref()).filter(|seen| **seen > dead.since).map(|_| name.to_string())
             })
             .collect()
