@@ -55,8 +55,7 @@ fn memory_per_speaker(n: usize) -> isize {
     }
     let _ = m.tick(now);
     let change = region.change();
-    let used = change.bytes_allocated as isize - change.bytes_deallocated as isize
-        + change.bytes_reallocated;
+    let used = change.bytes_allocated as isize - change.bytes_deallocated as isize + change.bytes_reallocated;
     drop(m);
     used
 }
@@ -85,7 +84,9 @@ fn main() {
     let mesh_max = env_or("FERROLB_SIM_MESH_MAX", 1000) as usize;
     let detect_secs = Duration::from_secs(10);
     println!("## No loss, 3 hard kills in {} simulated seconds (0.1–1 ms one-way delay)\n", detect_secs.as_secs());
-    println!("| design | speakers | sent /speaker/s | received /speaker/s | max received in 1 s | detection p50 / p99 / max (ms) | never learned | wall |");
+    println!(
+        "| design | speakers | sent /speaker/s | received /speaker/s | max received in 1 s | detection p50 / p99 / max (ms) | never learned | wall |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for &n in &sizes {
         let started = Instant::now();
@@ -106,7 +107,9 @@ fn main() {
         }
     }
     println!("\n## Random loss of liveness datagrams, {loss_secs} simulated seconds, nobody killed\n");
-    println!("| design | speakers | loss | wrong convictions | wrong verdicts (speakers misled) | sent /speaker/s | received /speaker/s | wall |");
+    println!(
+        "| design | speakers | loss | wrong convictions | wrong verdicts (speakers misled) | sent /speaker/s | received /speaker/s | wall |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for &n in &sizes {
         for loss in [0.15, 0.30] {

@@ -10,7 +10,6 @@
 
 use crate::model::liveness::{Kind, Message};
 use crate::model::membership::{Config, Membership, Ring, Say, To, Verdict};
-use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -132,10 +131,44 @@ impl Random {
 enum Event {
     Beat(usize),
     Tick(usize),
-    Deliver { to: usize, msg: Rc<Message> },
+    Deliver {
+        to: usize,
+        msg: Rc<Message>,
+    },
     /// All-to-all: a heartbeat from `from`.
-    Heard { to: usize, from: usize },
+    Heard {
+        to: usize,
+        from: usize,
+    },
     Kill(usize),
+}
+
+/// An event due at `at`; the earliest (then the first scheduled) comes out of the heap first.
+struct Scheduled {
+    at: Duration,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Scheduled {}
+
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Reversed: `BinaryHeap` is a max-heap.
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
 }
 
 /// All-to-all speaker: when it last heard each peer, and which it holds dead.
@@ -164,9 +197,8 @@ struct World {
     start: Instant,
     now: Duration,
     random: Random,
-    queue: BinaryHeap<Reverse<(Duration, u64, usize)>>,
-    events: HashMap<usize, Event>,
-    next_id: usize,
+    queue: BinaryHeap<Scheduled>,
+    next_seq: u64,
     nodes: Vec<Node>,
     ids: HashMap<Arc<str>, usize>,
     sent: Vec<u64>,
@@ -180,10 +212,8 @@ struct World {
 
 impl World {
     fn schedule(&mut self, after: Duration, event: Event) {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.events.insert(id, event);
-        self.queue.push(Reverse((self.now + after, id as u64, id)));
+        self.next_seq += 1;
+        self.queue.push(Scheduled { at: self.now + after, seq: self.next_seq, event });
     }
 
     fn counting(&self) -> bool {
@@ -220,7 +250,14 @@ impl World {
     fn message(&mut self, from: usize, kind: Kind) -> Message {
         let node = &mut self.nodes[from];
         node.counter += 1;
-        Message { kind, node: node.name.to_string(), incarnation: 1, counter: node.counter, macs: vec![], legacy: false }
+        Message {
+            kind,
+            node: node.name.to_string(),
+            incarnation: 1,
+            counter: node.counter,
+            macs: vec![],
+            legacy: false,
+        }
     }
 
     fn received(&mut self, to: usize) {
@@ -258,10 +295,8 @@ impl World {
         let n = self.nodes.len();
         let tick = (self.setup.dead_after / 10).max(Duration::from_millis(10));
         for i in 0..n {
-            let (beat_phase, tick_phase) = (
-                self.random.between(Duration::ZERO, self.setup.heartbeat),
-                self.random.between(Duration::ZERO, tick),
-            );
+            let (beat_phase, tick_phase) =
+                (self.random.between(Duration::ZERO, self.setup.heartbeat), self.random.between(Duration::ZERO, tick));
             self.schedule(beat_phase, Event::Beat(i));
             self.schedule(tick_phase, Event::Tick(i));
         }
@@ -300,12 +335,11 @@ impl World {
             let at = half + half * k as u32 / kills.max(1) as u32;
             self.schedule(at, Event::Kill(victim));
         }
-        while let Some(Reverse((at, _, id))) = self.queue.pop() {
+        while let Some(Scheduled { at, event, .. }) = self.queue.pop() {
             if at > self.setup.duration {
                 break;
             }
             self.now = at;
-            let Some(event) = self.events.remove(&id) else { continue };
             self.handle(event, tick);
         }
         self.finish()
@@ -318,7 +352,8 @@ impl World {
                 self.schedule(self.setup.heartbeat, Event::Beat(i));
                 match self.setup.design {
                     Design::Ring => {
-                        let targets = self.nodes[i].ring.as_ref().map(Membership::heartbeat_targets).unwrap_or_default();
+                        let targets =
+                            self.nodes[i].ring.as_ref().map(Membership::heartbeat_targets).unwrap_or_default();
                         let msg = Rc::new(self.message(i, Kind::Alive));
                         for t in targets {
                             if let Some(&to) = self.ids.get(&t) {
@@ -457,8 +492,7 @@ pub fn simulate(setup: Setup) -> Report {
         now: Duration::ZERO,
         random: Random(setup.seed),
         queue: BinaryHeap::new(),
-        events: HashMap::new(),
-        next_id: 0,
+        next_seq: 0,
         nodes,
         ids,
         sent: vec![0; n],
@@ -489,7 +523,10 @@ mod tests {
         assert!(ring.sent_per_node_s < 70.0 && ring.received_per_node_s < 70.0, "{ring:?}");
         assert!(mesh.received_per_node_s > 900.0, "{mesh:?}");
         let p99 = ring.detection_percentile(99.0).expect("detections");
-        assert!(p99 < Duration::from_secs(1), "every survivor learns within the silence bound and a hop or two: {p99:?}");
+        assert!(
+            p99 < Duration::from_secs(1),
+            "every survivor learns within the silence bound and a hop or two: {p99:?}"
+        );
         assert_eq!(ring.wrong_verdicts + ring.wrong_convictions, 0, "no loss, no wrong verdict");
         let lossy = simulate(Setup { loss: 0.15, ..Setup::new(Design::Ring, 50, secs) });
         let lossy_mesh = simulate(Setup { loss: 0.15, ..Setup::new(Design::AllToAll, 50, secs) });

@@ -417,7 +417,8 @@ impl Membership {
         if peer.left || peer.dead.is_some() || (recent && peer.heard_after(subject)) {
             return;
         }
-        peer.dead = Some(Box::new(Conviction { incarnation: subject.incarnation, counter: subject.counter, since: now }));
+        peer.dead =
+            Some(Box::new(Conviction { incarnation: subject.incarnation, counter: subject.counter, since: now }));
         peer.trouble = None;
         if let Some((name, _)) = self.peers.get_key_value(subject.node.as_str()) {
             self.to_ask.insert(name.clone());
