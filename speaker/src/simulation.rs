@@ -408,12 +408,10 @@ impl World {
                     mesh.dead[from] = false;
                 }
             }
-            Event::Kill(victim) => {
-                if self.nodes[victim].alive {
-                    self.nodes[victim].alive = false;
-                    let learned = vec![None; self.nodes.len()];
-                    self.kills.push(Kill { victim, at: self.now, learned });
-                }
+            Event::Kill(victim) if self.nodes[victim].alive => {
+                self.nodes[victim].alive = false;
+                let learned = vec![None; self.nodes.len()];
+                self.kills.push(Kill { victim, at: self.now, learned });
             }
             _ => {}
         }
