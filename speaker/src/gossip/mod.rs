@@ -275,13 +275,16 @@ fn start(
     });
     let tick = (settings.dead_after / 10).max(Duration::from_millis(10));
     tokio::spawn(async move {
-        let mut seen = None;
+        let (mut seen, mut last) = (None, BTreeMap::new());
         loop {
             tokio::time::sleep(tick).await;
             let now = Instant::now();
-            let Ok((says, version, declared, legacy)) = membership.lock().map(|mut m| {
+            let Ok((says, version, declared, legacy, verdicts)) = membership.lock().map(|mut m| {
                 let says = m.tick(now);
-                (says, m.version(), m.take_declared(), m.legacy_peers(now))
+                let version = m.version();
+                // Only when something may have changed: listing every peer's verdict costs O(N).
+                let verdicts = (seen != Some(version)).then(|| m.verdicts(now));
+                (says, version, m.take_declared(), m.legacy_peers(now), verdicts)
             }) else {
                 return;
             };
@@ -291,11 +294,16 @@ fn start(
                 // Time from the peer's last word to the verdict: the detection latency.
                 Stats::observe(&stats.failure_detection, silent);
             }
-            if seen != Some(version) {
-                seen = Some(version);
-                if wake.send(Wake::Liveness).is_err() {
-                    return;
+            let Some(verdicts) = verdicts else { continue };
+            seen = Some(version);
+            for (node, verdict) in &verdicts {
+                if last.get(node) != Some(verdict) {
+                    tracing::info!(%node, ?verdict, "peer liveness changed");
                 }
+            }
+            last = verdicts;
+            if wake.send(Wake::Liveness).is_err() {
+                return;
             }
         }
     });

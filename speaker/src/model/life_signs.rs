@@ -76,7 +76,7 @@ pub fn unheard_but_alive(
     now: Instant,
 ) -> BTreeSet<String> {
     let node_macs: BTreeMap<Mac, String> = view.node_macs().into_iter().map(|(mac, node)| (Mac(mac), node)).collect();
-    view.unheard_but_alive(&latest(renewals.signs(), from_arp(held_back, &node_macs, now)))
+    view.unheard_but_alive(&latest(renewals.signs(), from_arp(held_back, &node_macs, now)), now)
 }
 
 #[cfg(test)]

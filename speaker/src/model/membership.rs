@@ -44,6 +44,10 @@ pub struct Config {
     pub quorum: usize,
     /// A peer believed dead is asked this often whether it is alive.
     pub ask_dead_every: Duration,
+    /// A subject silent this long without a quorum is dead to this speaker alone (not told to others): when the
+    /// liveness port is blocked everywhere no quorum forms, and a dead owner must still be replaced — by a watcher
+    /// that probes its addresses first (model/claim.rs), as any verdict only proposes a takeover.
+    pub alone_after: Duration,
     /// A peer never heard counts by its Node's `Ready` until this long after the start.
     pub settle: Duration,
     /// A verdict is sent this many times (a lost verdict delays a failover; a repeated one costs nothing).
@@ -59,6 +63,7 @@ impl Config {
             watchers: 3,
             quorum: 2,
             ask_dead_every: Duration::from_secs(1),
+            alone_after: dead_after * 10,
             settle: dead_after * 3,
             verdict_copies: 2,
         }
@@ -176,6 +181,9 @@ struct Conviction {
     incarnation: u64,
     counter: u64,
     since: Instant,
+    /// Judged by this speaker alone (no quorum, `alone_after`): it stays on this speaker's ring, so its own
+    /// watching and the others' quorums do not shift.
+    local: bool,
 }
 
 /// A peer in trouble: suspected by this speaker or by others (rare, so kept out of line).
@@ -210,7 +218,7 @@ impl Peer {
 
     /// On the ring as far as this speaker knows: listed, not gone, not convicted.
     fn on_ring(&self) -> bool {
-        self.listed && !self.left && self.dead.is_none()
+        self.listed && !self.left && self.dead.as_ref().is_none_or(|d| d.local)
     }
 
     /// What this speaker heard of the peer is later than the message `subject` names.
@@ -404,21 +412,23 @@ impl Membership {
                     out.push(Say { to: To::Everyone, kind: Kind::Alive, copies: self.config.verdict_copies });
                 }
             }
-            Kind::Dead(subject) => self.convict(subject, now),
+            Kind::Dead(subject) => self.convict(subject, now, false),
         }
         Ok(out)
     }
 
-    fn convict(&mut self, subject: &Subject, now: Instant) {
+    fn convict(&mut self, subject: &Subject, now: Instant, local: bool) {
         let Some(peer) = self.peers.get_mut(subject.node.as_str()) else { return };
         // What this speaker heard after the message the verdict is about outweighs it while it is recent (a
         // refutation, an answer); a watcher's word from before its own silence does not.
         let recent = peer.heard.is_some_and(|w| now.saturating_duration_since(w.at) <= self.config.dead_after);
-        if peer.left || peer.dead.is_some() || (recent && peer.heard_after(subject)) {
+        // A verdict of the watchers replaces this speaker's own.
+        let already = peer.dead.as_ref().is_some_and(|d| local || !d.local);
+        if peer.left || already || (recent && peer.heard_after(subject)) {
             return;
         }
-        peer.dead =
-            Some(Box::new(Conviction { incarnation: subject.incarnation, counter: subject.counter, since: now }));
+        let (incarnation, counter) = (subject.incarnation, subject.counter);
+        peer.dead = Some(Box::new(Conviction { incarnation, counter, since: now, local }));
         peer.trouble = None;
         if let Some((name, _)) = self.peers.get_key_value(subject.node.as_str()) {
             self.to_ask.insert(name.clone());
@@ -444,6 +454,9 @@ impl Membership {
                 self.watchers_of(&subject).into_iter().filter(|w| w.as_ref() != self.me.as_ref()).collect();
             let Config { dead_after, confirm_wait, quorum, .. } = self.config;
             let Some(peer) = self.peers.get_mut(&subject) else { continue };
+            if peer.dead.is_some() {
+                continue;
+            }
             let last = peer.heard.map_or(since, |w| w.at.max(since));
             let silence = now.saturating_duration_since(last);
             if silence <= dead_after {
@@ -465,9 +478,12 @@ impl Membership {
             }
             if 1 + trouble.suspicions.len() >= quorum.min(1 + others.len()) {
                 self.declared.push((subject.to_string(), silence));
-                self.convict(&verdict, now);
+                self.convict(&verdict, now, false);
                 self.watching.remove(&subject);
                 out.push(Say { to: To::Everyone, kind: Kind::Dead(verdict), copies: self.config.verdict_copies });
+            } else if silence > self.config.alone_after {
+                // No quorum for this long: held dead here only, and asked every second like any dead peer.
+                self.convict(&verdict, now, true);
             }
         }
         if self.last_ask.is_none_or(|at| now.saturating_duration_since(at) >= self.config.ask_dead_every) {
@@ -507,18 +523,33 @@ impl Membership {
         self.peers.iter().flat_map(|(name, p)| p.macs.iter().map(move |m| (*m, name.to_string()))).collect()
     }
 
-    /// Peers held dead by a verdict although something else showed them alive after the verdict: `signs_of_life`
+    /// Peers this speaker cannot hear although something else showed them alive since: held dead by a verdict
+    /// with a sign after it, or watched and silent for `dead_after` with a sign after the last word. `signs_of_life`
     /// maps a node to the latest such sign (its ARP answering for an address, its kubelet renewing its Lease).
     /// That is a broken liveness channel, not a dead node (docs/design.md §5.6). Peers never heard, or that
     /// said they were leaving, are not counted: nothing says their speaker runs.
-    pub fn unheard_but_alive(&self, signs_of_life: &BTreeMap<String, Instant>) -> BTreeSet<String> {
+    pub fn unheard_but_alive(&self, signs_of_life: &BTreeMap<String, Instant>, now: Instant) -> BTreeSet<String> {
         self.peers
             .iter()
             .filter_map(|(name, p)| {
-                let dead = p.dead.as_deref().filter(|_| !p.left && p.heard.is_some())?;
-                signs_of_life.get(name.as_ref()).filter(|seen| **seen > dead.since).map(|_| name.to_string())
+                let heard = p.heard.filter(|_| !p.left)?;
+                let silent_since = match p.dead.as_deref() {
+                    Some(dead) => dead.since,
+                    None if self.watching.contains_key(name)
+                        && now.saturating_duration_since(heard.at) > self.config.dead_after =>
+                    {
+                        heard.at
+                    }
+                    None => return None,
+                };
+                signs_of_life.get(name.as_ref()).filter(|seen| **seen > silent_since).map(|_| name.to_string())
             })
             .collect()
+    }
+
+    /// Every known peer's verdict at `now` (for the log, when the version changes).
+    pub fn verdicts(&self, now: Instant) -> BTreeMap<String, Verdict> {
+        self.peers.keys().map(|n| (n.to_string(), self.verdict(n, now))).collect()
     }
 }
 
@@ -671,8 +702,8 @@ mod tests {
         let subject = "node-3";
         let watchers = net.nodes[&Arc::from(subject)].0.heartbeat_targets();
         let deaf = watchers[0].clone();
-        // Every heartbeat from the subject to one of its watchers is lost, for two seconds.
-        net.run(2000 * MS, &|_| true, &|f, t| !(f == subject && t == deaf.as_ref()));
+        // Everything from the subject to one of its watchers is lost, for a second and a half.
+        net.run(1500 * MS, &|_| true, &|f, t| !(f == subject && t == deaf.as_ref()));
         for name in net.nodes.keys() {
             assert_eq!(net.verdict(name, subject), Verdict::Alive, "{name}");
         }
@@ -789,8 +820,30 @@ mod tests {
         let view = &net.nodes[&Arc::from("node-0")].0;
         assert_eq!(view.verdict("node-1", net.now), Verdict::Dead);
         let later = BTreeMap::from([("node-1".to_string(), net.now), ("node-2".to_string(), net.now)]);
-        assert_eq!(view.unheard_but_alive(&later), BTreeSet::from(["node-1".to_string()]));
+        assert_eq!(view.unheard_but_alive(&later, net.now), BTreeSet::from(["node-1".to_string()]));
         let earlier = BTreeMap::from([("node-1".to_string(), net.now - Duration::from_secs(1))]);
-        assert!(view.unheard_but_alive(&earlier).is_empty(), "a sign from before the verdict says nothing");
+        assert!(view.unheard_but_alive(&earlier, net.now).is_empty(), "a sign from before the verdict says nothing");
+    }
+
+    /// The liveness port blocked everywhere: no quorum can form, so nobody is convicted for `alone_after`; then
+    /// each watcher holds its silent subjects dead by itself (it will probe before taking anything), tells nobody,
+    /// and reports them unheard while they show signs of life.
+    #[test]
+    fn with_the_port_blocked_everywhere_watchers_wait_then_judge_alone() {
+        let mut net = Net::new(3);
+        net.run(300 * MS, &|_| true, &|_, _| true);
+        net.run(1000 * MS, &|_| true, &|_, _| false);
+        assert_eq!(net.verdict("node-0", "node-1"), Verdict::Alive, "no quorum yet, no verdict");
+        let signs = BTreeMap::from([("node-1".to_string(), net.now), ("node-2".to_string(), net.now)]);
+        assert_eq!(
+            net.nodes[&Arc::from("node-0")].0.unheard_but_alive(&signs, net.now).len(),
+            2,
+            "unheard while their Leases renew: the channel is broken"
+        );
+        net.run(1500 * MS, &|_| true, &|_, _| false);
+        assert_eq!(net.verdict("node-0", "node-1"), Verdict::Dead, "judged alone after alone_after");
+        assert!(net.nodes.values_mut().all(|(m, _)| m.take_declared().is_empty()), "and told nobody");
+        net.run(1500 * MS, &|_| true, &|_, _| true);
+        assert_eq!(net.verdict("node-0", "node-1"), Verdict::Alive, "healed");
     }
 }
