@@ -106,6 +106,6 @@ impl Planner {
         self.stats.announce_failed.set(diagnose::count(plan.failed.values()));
         self.tell(notices::announce_failed(&self.said.failed, &plan.failed));
         self.said.failed = plan.failed;
-        self.announcer.apply(plan.per_ip, self.host.interfaces());
+        self.announcer.apply(plan.per_ip, plan.handover, self.host.interfaces());
     }
 }
