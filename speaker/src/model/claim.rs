@@ -201,6 +201,19 @@ enum Confirmation {
     Done,
 }
 
+impl Confirmation {
+    /// Whether an address taken from its node may still wait for it: not once it is done, nor after a first
+    /// window that nobody was waiting in (the node had nothing for this node then, and anything given now was
+    /// never held by it).
+    fn open(&self, now: Instant, t: Timing) -> bool {
+        match *self {
+            Confirmation::Probing { started, .. } => now < started + t.probe_window,
+            Confirmation::HeldBack { .. } => true,
+            Confirmation::Done => false,
+        }
+    }
+}
+
 /// Addresses a confirmation probes: the first is enough; the second covers a lost frame or an address a
 /// stranger holds.
 const STAND_INS: usize = 2;
@@ -304,7 +317,7 @@ impl Claims {
                 // Otherwise (a new Service, a start-up, a node confirmed gone before this address came) it is
                 // probed on its own.
                 match handover.from.get(ip) {
-                    Some(from) if matches!(confirmations.get(from), Some(c) if *c != Confirmation::Done) => {
+                    Some(from) if confirmations.get(from).is_some_and(|c| c.open(now, t)) => {
                         State::Confirming { from: from.clone() }
                     }
                     _ => {
@@ -727,13 +740,25 @@ mod tests {
         let first = a.step(&[], t0);
         assert_eq!(first.probe.len(), 1 + 3, "{:?}", first.probe);
         assert_eq!(a.run(t0, 5, 100).answer.len(), 53);
+        // node-c, judged dead long ago with nothing for this node, would own a Service created now: it never held
+        // it, so it is probed on its own, not taken with a confirmation nobody waited for.
+        a.handover.dead.insert(Arc::from("node-c"));
+        a.step(&[], t0 + ms(200));
+        let for_c = addresses(1, 70)[0];
+        a.want.insert(for_c);
+        a.handover.from.insert(for_c, Arc::from("node-c"));
+        let asked = a.step(&[], t0 + ms(400));
+        assert_eq!(asked.probe, [for_c], "probed on its own");
+        assert!(!asked.answer.contains(&for_c), "not before its own window");
+        assert!(a.run(t0, 405, 495).answer.len() == 53);
+        assert_eq!(a.step(&[], t0 + ms(500)).answer.len(), 54);
         // node-b stays dead; a Service created now would be node-b's if it lived, but node-b never held it.
         let later = addresses(1, 60)[0];
         a.want.insert(later);
         a.handover.from.insert(later, Arc::from("node-b"));
-        let asked = a.step(&[], t0 + ms(500));
+        let asked = a.step(&[], t0 + ms(600));
         assert_eq!(asked.probe, [later], "probed on its own");
-        let answered = a.step(&[Heard { ip: later, mac: STRANGER, on: A, at: t0 + ms(501) }], t0 + ms(502));
+        let answered = a.step(&[Heard { ip: later, mac: STRANGER, on: A, at: t0 + ms(601) }], t0 + ms(602));
         assert_eq!(answered.conflicts.len(), 1, "a stranger holding it is found");
         assert!(!answered.answer.contains(&later));
     }
