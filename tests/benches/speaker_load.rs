@@ -203,8 +203,17 @@ async fn main() {
         })
         .collect();
     println!("announced addresses per node: {owned:?}");
-    for p in state.procs.iter().filter(|p| p.role.starts_with("speaker ")) {
-        println!("{:<16} {}", p.role, rss_line(p.pid));
+    // The speakers running now: the reference's hard kills left the killed ones in the process list too.
+    let speakers: Vec<(String, i32)> = state
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let role = format!("speaker {}", n.name);
+            state.procs.iter().rev().find(|p| p.role == role).map(|p| (role, p.pid))
+        })
+        .collect();
+    for (role, pid) in &speakers {
+        println!("{role:<16} {}", rss_line(*pid));
     }
     let controller = state.procs.iter().find(|p| p.role == "controller-0").map_or(0, |p| p.pid);
     println!("{:<16} {} (for comparison)", "controller-0", rss_line(controller));
@@ -223,8 +232,6 @@ async fn main() {
     line("ARP reply, kernel (198.18.0.12)", &kernel);
     println!("speaker / kernel p50: {:.2}x", percentile(&speaker, 50.0) / percentile(&kernel, 50.0));
 
-    let speakers: Vec<(String, i32)> =
-        state.procs.iter().filter(|p| p.role.starts_with("speaker ")).map(|p| (p.role.clone(), p.pid)).collect();
     let window = Duration::from_secs(20);
     let cpu_before: Vec<f64> = state
         .nodes

@@ -331,7 +331,7 @@ impl Claims {
                     waiting.entry(from.clone()).or_default().push(*ip);
                     continue;
                 }
-                // Its confirmation is gone (the node came back and died again unseen): ask on its own.
+                // Its node is no longer judged dead, yet the address is still this node's: ask on its own.
                 out.probe.push(*ip);
                 *state = State::Probing { started: now, last_probe: now, backoff: t.retry_min, held_to: None };
             }
@@ -1004,6 +1004,58 @@ mod tests {
             prop_assume!(a != b);
             let ip = IpAddr::from([198, 19, 0, octet]);
             prop_assert!(keeps(ip, Mac(a), Mac(b)) ^ keeps(ip, Mac(b), Mac(a)));
+        }
+    }
+
+    proptest! {
+        // Each case steps a few hundred addresses through half a second: fewer cases keep `make check` quick.
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Any number of nodes judged dead, each with any number of addresses for this node, some of them alive
+        /// after all (they answer probes of their addresses): exactly the really dead ones' addresses are taken,
+        /// none of a live one's ever is, and the probes sent depend on the number of nodes, not of addresses.
+        #[test]
+        fn each_node_judged_dead_costs_one_confirmation_and_only_the_dead_lose_addresses(
+            per_node in prop::collection::vec(1usize..60, 1..4),
+            alive in prop::collection::vec(any::<bool>(), 3),
+        ) {
+            let t0 = Instant::now();
+            let macs = [B, C, Mac([2, 0, 0, 0, 0, 0xd])];
+            let names = ["node-b", "node-c", "node-d"];
+            let nodes: BTreeMap<Mac, String> =
+                macs.iter().zip(names).map(|(m, n)| (*m, n.to_string())).collect();
+            let mut handover = Handover::default();
+            let mut owner_of: BTreeMap<IpAddr, usize> = BTreeMap::new();
+            let mut from = 0;
+            for (i, count) in per_node.iter().enumerate() {
+                let ips = addresses(*count, from);
+                from += count;
+                handover = merged(handover, taken_from(&ips, names[i], &[]));
+                owner_of.extend(ips.iter().map(|ip| (*ip, i)));
+            }
+            let want: BTreeSet<IpAddr> = owner_of.keys().copied().collect();
+            let (mine, asked) = (BTreeSet::from([A]), Asked::default());
+            let mut claims = Claims::new(Timing::default());
+            let mut inbox: Vec<Heard> = Vec::new();
+            let (mut probes, mut answered) = (0usize, BTreeSet::new());
+            for tick in 0..=100u64 {
+                let now = t0 + ms(tick * 5);
+                let heard = std::mem::take(&mut inbox);
+                let out = claims.step(&want, &handover, &Seen { heard: &heard, asked: &asked, mine: &mine, nodes: &nodes }, now);
+                probes += out.probe.len();
+                answered.extend(out.answer.iter().copied());
+                for ip in out.probe {
+                    let owner = owner_of[&ip];
+                    if alive[owner] {
+                        inbox.push(Heard { ip, mac: macs[owner], on: A, at: now + ms(1) });
+                    }
+                }
+            }
+            let dead_ones: BTreeSet<IpAddr> =
+                owner_of.iter().filter(|(_, o)| !alive[**o]).map(|(ip, _)| *ip).collect();
+            prop_assert_eq!(&answered, &dead_ones);
+            // In half a second: the first confirmation and the retries after 50, 100 and 200 ms, four probes each.
+            prop_assert!(probes <= 16 * per_node.len(), "{} probes for {} nodes", probes, per_node.len());
         }
     }
 }
