@@ -223,6 +223,20 @@ impl Task {
         let wanted: BTreeSet<IpAddr> = want.keys().copied().collect();
         let seen = Seen { heard: &heard, asked: &asked, mine: &mine, nodes: &nodes };
         let acts = self.claims.step(&wanted, handover, &seen, now);
+        // Newly answered addresses are answered and announced before anything else is done here: a takeover of
+        // thousands must not wait for the bookkeeping below. The burst keeps the claim rules' order (asked-for
+        // addresses first).
+        let taken: Vec<IpAddr> = if self.stopped.load(Ordering::SeqCst) {
+            Vec::new()
+        } else {
+            acts.announce.iter().copied().filter(|ip| want.contains_key(ip)).collect()
+        };
+        if !taken.is_empty() {
+            if let Ok(mut o) = self.owned.write() {
+                o.extend(taken.iter().filter_map(|ip| want.get(ip).map(|on| (*ip, on.clone()))));
+            }
+            self.burst(taken.iter().map(|ip| (*ip, self.responders_for(want, *ip))).collect());
+        }
         for (node, taken) in &acts.owners_gone {
             tracing::info!(%node, addresses = taken, "nobody answered for the addresses of a node judged dead: taking them all");
         }
@@ -275,22 +289,20 @@ impl Task {
                 }
                 self.stats.releases.inc();
             }
-            // Newly answered addresses in the claim rules' order (those clients are asking for first), then those
-            // whose interfaces changed; the burst starts before anything is logged.
-            let changed = |ip: &IpAddr| after.get(ip).is_some_and(|on| before.get(ip) != Some(on));
-            let ordered: Vec<IpAddr> = acts.announce.iter().copied().filter(changed).collect();
-            let first: BTreeSet<IpAddr> = ordered.iter().copied().collect();
-            let ordered: Vec<IpAddr> = ordered
-                .into_iter()
-                .chain(after.keys().copied().filter(|ip| changed(ip) && !first.contains(ip)))
-                .collect();
-            self.burst(ordered.iter().map(|ip| (*ip, self.responders_for(want, *ip))).collect());
-            for ip in &ordered {
+            // Answered on other interfaces than before: announced there too.
+            let moved: Vec<IpAddr> =
+                after.iter().filter(|(ip, on)| before.get(ip) != Some(*on)).map(|(ip, _)| *ip).collect();
+            self.burst(moved.iter().map(|ip| (*ip, self.responders_for(want, *ip))).collect());
+            for ip in &moved {
                 tracing::info!(%ip, interfaces = ?after.get(ip), "took ownership; announcing");
                 self.stats.takeovers.inc();
             }
         }
-        if before != after || held_changed || conflicted {
+        for ip in &taken {
+            tracing::info!(%ip, interfaces = ?want.get(ip), "took ownership; announcing");
+            self.stats.takeovers.inc();
+        }
+        if !taken.is_empty() || before != after || held_changed || conflicted {
             let _ = self.changed.send(Wake::Announcer);
         }
         acts.wake_at
