@@ -11,7 +11,7 @@ use ferrolb_controller::replay;
 use ferrolb_crds::service::{current_ingress, is_managed};
 use ferrolb_speaker::model::diagnose::{ANNOUNCE_FAILED, NO_ELIGIBLE_NODE};
 use ferrolb_speaker::model::election::Policy;
-use ferrolb_speaker::model::liveness::Membership;
+use ferrolb_speaker::model::membership::{Config, Membership};
 use ferrolb_speaker::model::plan::{self, Me, Snapshot};
 use k8s_openapi::api::core::v1::{Event, Service};
 use std::collections::BTreeMap;
@@ -191,7 +191,7 @@ pub fn why(svc: &Service, cluster: &Cluster, settings: &Settings, now: Instant) 
     let policy = Policy { ignore_exclude_label: settings.ignore_exclude_lb };
     let snap = snapshot(cluster);
     // No first-hand liveness here: every peer is Unknown and counts by its Node's Ready condition.
-    let membership = Membership::new("", Duration::from_millis(200));
+    let membership = Membership::new("", Config::new(Duration::from_millis(200)), now);
     let me = |node: &'static str| Me { node, load_balancer_class: class, policy };
     let prepared = plan::prepare(&me(""), &snap);
     let nobody = plan::decide(&me(""), &prepared, &[], &membership, false, now);

@@ -10,6 +10,7 @@
 //! - [`gossip`] (I/O): the liveness protocol's sockets.
 //! - [`kube`] (I/O): trimmed watch caches, the ServiceL2Status writer, Events.
 //! - [`telemetry`]: counters the hot paths bump, and `/metrics`.
+//! - [`simulation`] (pure): the liveness protocol of thousands of speakers on a virtual clock (tests, bench).
 //!
 //! [`run`] starts them and wires them together; `planner` is what one wake does. Neither decides anything.
 
@@ -21,6 +22,7 @@ pub mod model;
 mod planner;
 pub mod run;
 pub mod settings;
+pub mod simulation;
 pub mod telemetry;
 pub mod wake;
 pub mod wire;

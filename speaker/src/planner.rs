@@ -4,7 +4,7 @@
 
 use crate::datapath::announcer::Announcer;
 use crate::datapath::host::Host;
-use crate::gossip::Liveness;
+use crate::gossip::{self, Liveness};
 use crate::kube::events::Events;
 use crate::kube::status::StatusWriter;
 use crate::kube::stores::Stores;
@@ -56,7 +56,13 @@ impl Planner {
         let me = Me { node, load_balancer_class: s.load_balancer_class.as_deref(), policy: s.policy };
         if wakes.api {
             let snapshot = self.stores.snapshot();
-            self.liveness.set_peers(&snapshot.nodes, node, s.gossip_port);
+            self.liveness.set_peers(gossip::peer_addresses(
+                &snapshot.nodes,
+                None,
+                node,
+                s.gossip_port,
+                self.liveness.ipv6(),
+            ));
             self.prepared = plan::prepare(&me, &snapshot);
         }
         if let Some(trigger) = wakes.rescan {

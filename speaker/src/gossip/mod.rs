@@ -1,21 +1,26 @@
-//! The liveness protocol's I/O: a heartbeat sender thread, a receiver feeding [`Membership`], a watcher
-//! that wakes the speaker when a verdict changes, and the "leaving" message on shutdown. The rules (what a
-//! datagram must carry, when a peer is dead) are in the pure [`crate::model::liveness`].
+//! The liveness protocol's I/O: a heartbeat sender thread, a receiver and a ticker feeding [`Membership`], and
+//! the "leaving" message on shutdown. Who is alive, and what to say to whom, is decided by the pure
+//! [`crate::model::membership`]; the datagram format is [`crate::model::liveness`]. This module owns the
+//! socket, the key, this speaker's incarnation and counter, and the map from speaker names to addresses.
 
 use crate::error::{Error, Result};
-use crate::model::liveness::{self, Kind, Membership, Message, Verdict};
+use crate::model::liveness::{self, Kind, Message};
+use crate::model::membership::{Config, Membership, Ring, Say, To};
 use crate::settings::Settings;
 use crate::telemetry::stats::Stats;
 use crate::wake::{Wake, WakeSender};
 use k8s_openapi::api::core::v1::Node;
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// Liveness shared between the protocol tasks and the election.
-pub type SharedMembership = Arc<std::sync::Mutex<Membership>>;
+pub type SharedMembership = Arc<Mutex<Membership>>;
+
+/// Speaker name → liveness address.
+type Addresses = Arc<RwLock<BTreeMap<Arc<str>, SocketAddr>>>;
 
 /// What this speaker says about itself: its incarnation, a message counter and its MACs.
 pub struct Identity {
@@ -25,7 +30,7 @@ pub struct Identity {
     pub incarnation: u64,
     counter: std::sync::atomic::AtomicU64,
     /// This node's interface MACs (refreshed with the interface scan).
-    pub macs: std::sync::RwLock<Vec<[u8; 6]>>,
+    pub macs: RwLock<Vec<[u8; 6]>>,
 }
 
 impl Identity {
@@ -39,7 +44,7 @@ impl Identity {
             node: node.to_string(),
             incarnation,
             counter: std::sync::atomic::AtomicU64::new(0),
-            macs: std::sync::RwLock::new(Vec::new()),
+            macs: RwLock::new(Vec::new()),
         }
     }
 
@@ -51,38 +56,78 @@ impl Identity {
             incarnation: self.incarnation,
             counter: self.counter.fetch_add(1, Ordering::Relaxed) + 1,
             macs: self.macs.read().map(|m| m.clone()).unwrap_or_default(),
+            legacy: false,
         }
     }
 }
 
-/// The liveness protocol as the speaker holds it: the shared view of the peers, who to send heartbeats to, and
-/// (with a key) the socket. Without a key there is no protocol and liveness falls back to Node `Ready`.
+/// The socket side: what is needed to turn a [`Say`] into datagrams.
+struct Mouth {
+    socket: UdpSocket,
+    key: Vec<u8>,
+    identity: Arc<Identity>,
+    addresses: Addresses,
+}
+
+impl Mouth {
+    /// Sends what the protocol says. `legacy`: old speakers run, so what goes to everyone and can be said in
+    /// their format (alive, leaving) is, as new speakers read both.
+    fn say(&self, says: &[Say], legacy: bool) {
+        for say in says {
+            let targets: Vec<SocketAddr> = match &say.to {
+                To::Node(name) => self.addresses.read().ok().and_then(|a| a.get(name).copied()).into_iter().collect(),
+                To::Everyone => self.addresses.read().map(|a| a.values().copied().collect()).unwrap_or_default(),
+            };
+            if targets.is_empty() {
+                continue;
+            }
+            for _ in 0..say.copies.max(1) {
+                let msg = self.identity.message(say.kind.clone());
+                let old_format = legacy && say.to == To::Everyone && matches!(say.kind, Kind::Alive | Kind::Leaving);
+                let datagram = if old_format {
+                    liveness::encode_legacy(&self.key, &msg)
+                } else {
+                    liveness::encode(&self.key, &msg)
+                };
+                for to in &targets {
+                    let _ = self.socket.send_to(&datagram, to);
+                }
+            }
+        }
+    }
+}
+
+/// The liveness protocol as the speaker holds it: the shared view of the peers, who the speakers are and (with a
+/// key) the socket. Without a key there is no protocol and liveness falls back to Node `Ready`.
 pub struct Liveness {
     membership: SharedMembership,
-    peers: Arc<std::sync::RwLock<Vec<SocketAddr>>>,
     identity: Arc<Identity>,
-    socket: Option<(std::net::UdpSocket, Vec<u8>)>,
-    started: Instant,
-    dead_after: Duration,
+    mouth: Option<Arc<Mouth>>,
+    addresses: Addresses,
 }
 
 impl Liveness {
     /// Starts the protocol when `settings` has a key; verdict changes wake the planner.
     pub fn start(settings: &Settings, stats: Arc<Stats>, wake: WakeSender) -> Result<Self> {
+        let config = Config::new(settings.dead_after);
         let membership: SharedMembership =
-            Arc::new(std::sync::Mutex::new(Membership::new(&settings.node, settings.dead_after)));
-        let peers = Arc::new(std::sync::RwLock::new(Vec::new()));
+            Arc::new(Mutex::new(Membership::new(&settings.node, config, Instant::now())));
         let identity = Arc::new(Identity::new(&settings.node));
-        let socket = match &settings.gossip_key {
+        let addresses: Addresses = Arc::default();
+        let mouth = match &settings.gossip_key {
             Some(key) => {
-                let socket =
-                    start(settings, identity.clone(), key.clone(), membership.clone(), peers.clone(), wake, stats)
-                        .map_err(|source| Error::RawSocket {
-                            interface: format!("udp/{}", settings.gossip_port),
-                            source,
-                        })?;
-                tracing::info!(port = settings.gossip_port, heartbeat = ?settings.heartbeat, dead_after = ?settings.dead_after, "liveness protocol on");
-                Some((socket, key.clone()))
+                let mouth = Mouth {
+                    socket: bind(settings.gossip_port).map_err(|source| raw_socket_error(settings, source))?,
+                    key: key.clone(),
+                    identity: identity.clone(),
+                    addresses: addresses.clone(),
+                };
+                let mouth = Arc::new(mouth);
+                start(settings, mouth.clone(), membership.clone(), wake, stats)
+                    .map_err(|source| raw_socket_error(settings, source))?;
+                tracing::info!(port = settings.gossip_port, heartbeat = ?settings.heartbeat, dead_after = ?settings.dead_after,
+                    watchers = config.watchers, quorum = config.quorum, "liveness protocol on");
+                Some(mouth)
             }
             None => {
                 tracing::warn!(
@@ -92,12 +137,12 @@ impl Liveness {
                 None
             }
         };
-        Ok(Self { membership, peers, identity, socket, started: Instant::now(), dead_after: settings.dead_after })
+        Ok(Self { membership, identity, mouth, addresses })
     }
 
     /// Whether the protocol runs (a key was given).
     pub fn is_on(&self) -> bool {
-        self.socket.is_some()
+        self.mouth.is_some()
     }
 
     /// The view shared with the announcer (which MACs are which node's).
@@ -110,84 +155,116 @@ impl Liveness {
         self.membership.lock().map(|m| m.clone()).unwrap_or_else(|e| e.into_inner().clone())
     }
 
-    /// Three heartbeat timeouts after the protocol started, every running peer has been heard: before that a
-    /// peer never heard from may just not have spoken yet.
+    /// Long enough after the protocol started that every running peer has answered this speaker's hello: before
+    /// that a peer never heard from may just not have spoken yet.
     pub fn settled(&self) -> bool {
-        self.is_on() && self.started.elapsed() > self.dead_after * 3
+        self.is_on() && self.membership.lock().is_ok_and(|m| m.settled(Instant::now()))
     }
 
-    /// Heartbeats go to these nodes from now on.
-    pub fn set_peers(&self, nodes: &[Arc<Node>], me: &str, port: u16) {
-        let ipv6 = self.socket.as_ref().is_some_and(|(socket, _)| is_ipv6(socket));
-        if let Ok(mut p) = self.peers.write() {
-            *p = peer_addresses(nodes, me, port, ipv6);
+    /// The speakers are these (name → liveness address) from now on; the ones not heard yet are greeted.
+    pub fn set_peers(&self, peers: BTreeMap<String, SocketAddr>) {
+        let peers: BTreeMap<Arc<str>, SocketAddr> = peers.into_iter().map(|(n, a)| (Arc::from(n), a)).collect();
+        let mut names: Vec<Arc<str>> = peers.keys().cloned().collect();
+        names.push(Arc::from(self.identity.node.as_str()));
+        if let Ok(mut a) = self.addresses.write() {
+            *a = peers;
+        }
+        let (hello, legacy) = match self.membership.lock() {
+            Ok(mut m) => (m.set_ring(Arc::new(Ring::new(names))), m.legacy_peers(Instant::now())),
+            Err(_) => return,
+        };
+        if let Some(mouth) = &self.mouth {
+            mouth.say(&hello, legacy);
         }
     }
 
-    /// The MACs this node answers with, told to peers in every heartbeat.
+    /// The MACs this node answers with, told to peers in every message; a change is told to every speaker.
     pub fn set_macs(&self, macs: Vec<[u8; 6]>) {
-        if let Ok(mut m) = self.identity.macs.write() {
+        let changed = self.identity.macs.write().is_ok_and(|mut m| {
+            let changed = *m != macs;
             *m = macs;
+            changed
+        });
+        if let (true, Some(mouth)) = (changed, &self.mouth) {
+            let legacy = self.membership.lock().is_ok_and(|m| m.legacy_peers(Instant::now()));
+            mouth.say(&[Say { to: To::Everyone, kind: Kind::Alive, copies: 1 }], legacy);
         }
     }
 
-    /// Tells every peer this node is leaving.
+    /// Tells every speaker this node is leaving, a few times in case one datagram is lost.
     pub async fn leave(&self) {
-        if let Some((socket, key)) = &self.socket {
-            let targets = self.peers.read().map(|p| p.clone()).unwrap_or_default();
-            say_leaving(socket, key, &self.identity, &targets).await;
+        let Some(mouth) = &self.mouth else { return };
+        let legacy = self.membership.lock().is_ok_and(|m| m.legacy_peers(Instant::now()));
+        for _ in 0..3 {
+            mouth.say(&[Say { to: To::Everyone, kind: Kind::Leaving, copies: 1 }], legacy);
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
 
+fn raw_socket_error(settings: &Settings, source: std::io::Error) -> Error {
+    Error::RawSocket { interface: format!("udp/{}", settings.gossip_port), source }
+}
+
 /// Starts the liveness protocol: a sender thread (a plain OS thread, so heartbeats keep their rhythm when the
-/// async workers are busy), a receiver task, and a watcher that triggers re-election when a verdict changes.
+/// async workers are busy), a receiver task, and a ticker that watches the subjects and triggers re-election
+/// when a verdict may have changed.
 fn start(
     settings: &Settings,
-    identity: Arc<Identity>,
-    key: Vec<u8>,
+    mouth: Arc<Mouth>,
     membership: SharedMembership,
-    peers: Arc<std::sync::RwLock<Vec<std::net::SocketAddr>>>,
-    trigger: WakeSender,
+    wake: WakeSender,
     stats: Arc<Stats>,
-) -> std::io::Result<std::net::UdpSocket> {
-    let socket = bind(settings.gossip_port)?;
-    let sender = socket.try_clone()?;
-    let (interval, send_key, send_peers) = (settings.heartbeat, key.clone(), peers.clone());
+) -> std::io::Result<()> {
+    let interval = settings.heartbeat;
+    let (beat_mouth, beat_membership) = (mouth.clone(), membership.clone());
     std::thread::Builder::new().name("heartbeat".into()).spawn(move || {
         loop {
-            let datagram = liveness::encode(&send_key, &identity.message(Kind::Alive));
-            for peer in send_peers.read().map(|p| p.clone()).unwrap_or_default() {
-                let _ = sender.send_to(&datagram, peer);
+            let (targets, legacy) = match beat_membership.lock() {
+                Ok(m) => (m.heartbeat_targets(), m.legacy_peers(Instant::now())),
+                Err(_) => return,
+            };
+            if legacy {
+                // Old speakers expect a heartbeat from everyone, in their format (new ones read it too).
+                beat_mouth.say(&[Say { to: To::Everyone, kind: Kind::Alive, copies: 1 }], true);
+            } else {
+                let msg = beat_mouth.identity.message(Kind::Alive);
+                let datagram = liveness::encode(&beat_mouth.key, &msg);
+                let addresses = beat_mouth.addresses.read().map(|a| a.clone()).unwrap_or_default();
+                for to in targets.iter().filter_map(|t| addresses.get(t)) {
+                    let _ = beat_mouth.socket.send_to(&datagram, to);
+                }
             }
             std::thread::sleep(interval);
         }
     })?;
     let receiver = tokio::net::UdpSocket::from_std({
-        let r = socket.try_clone()?;
+        let r = mouth.socket.try_clone()?;
         r.set_nonblocking(true)?;
         r
     })?;
-    let (recv_membership, recv_trigger) = (membership.clone(), trigger.clone());
-    let stats_for_detection = stats.clone();
+    let (recv_membership, recv_wake, recv_mouth, recv_stats) =
+        (membership.clone(), wake.clone(), mouth.clone(), stats.clone());
     tokio::spawn(async move {
-        let mut buf = [0u8; 512];
+        let mut buf = [0u8; 1024];
         loop {
             let Ok((n, from)) = receiver.recv_from(&mut buf).await else { continue };
-            let now = std::time::Instant::now();
-            let verdict = liveness::decode(&key, &buf[..n]).and_then(|msg| {
+            let now = Instant::now();
+            let taken = liveness::decode(&recv_mouth.key, &buf[..n]).and_then(|msg| {
                 let mut m = recv_membership.lock().map_err(|_| liveness::Reject::Malformed)?;
-                let before = m.verdict(&msg.node, now);
-                m.accept(&msg, now)?;
-                Ok(before != m.verdict(&msg.node, now))
+                let before = m.version();
+                let says = m.receive(&msg, now)?;
+                Ok((says, m.version() != before, m.legacy_peers(now)))
             });
-            match verdict {
-                Ok(true) => {
-                    let _ = recv_trigger.send(Wake::Liveness);
+            match taken {
+                Ok((says, changed, legacy)) => {
+                    recv_mouth.say(&says, legacy);
+                    if changed {
+                        let _ = recv_wake.send(Wake::Liveness);
+                    }
                 }
-                Ok(false) => {}
                 Err(reason) => {
-                    let count = Stats::count(&stats.gossip_rejects, reason.label());
+                    let count = Stats::count(&recv_stats.gossip_rejects, reason.label());
                     // Loud but bounded: the 1st, 2nd, 4th, 8th… rejection of each kind is logged.
                     if count.is_power_of_two() {
                         tracing::warn!(%from, reason = reason.label(), count, "rejected a liveness datagram");
@@ -197,64 +274,80 @@ fn start(
         }
     });
     let tick = (settings.dead_after / 10).max(Duration::from_millis(10));
-    let detect_stats = stats_for_detection;
     tokio::spawn(async move {
-        let mut last = BTreeMap::new();
+        let (mut seen, mut last) = (None, BTreeMap::new());
         loop {
             tokio::time::sleep(tick).await;
-            let now = std::time::Instant::now();
-            let (verdicts, silences) = membership
-                .lock()
-                .map(|m| {
-                    let v = m.verdicts(now);
-                    let s: BTreeMap<String, Duration> =
-                        v.keys().filter_map(|n| Some((n.clone(), m.silence(n, now)?))).collect();
-                    (v, s)
-                })
-                .unwrap_or_default();
-            if verdicts != last {
-                for (node, v) in &verdicts {
-                    if last.get(node) != Some(v) {
-                        let silent = silences.get(node).copied().unwrap_or_default();
-                        tracing::info!(%node, verdict = ?v, silent_ms = silent.as_millis() as u64, "peer liveness changed");
-                        if *v == Verdict::Dead && last.get(node) == Some(&Verdict::Alive) {
-                            // Time from the peer's last word to our verdict: the detection latency.
-                            Stats::observe(&detect_stats.failure_detection, silent);
-                        }
-                    }
+            let now = Instant::now();
+            let Ok((says, version, declared, legacy, verdicts)) = membership.lock().map(|mut m| {
+                let says = m.tick(now);
+                let version = m.version();
+                // Only when something may have changed: listing every peer's verdict costs O(N).
+                let verdicts = (seen != Some(version)).then(|| m.verdicts(now));
+                (says, version, m.take_declared(), m.legacy_peers(now), verdicts)
+            }) else {
+                return;
+            };
+            mouth.say(&says, legacy);
+            for (node, silent) in declared {
+                tracing::info!(%node, silent_ms = silent.as_millis() as u64, "peer dead: its watchers agree");
+                // Time from the peer's last word to the verdict: the detection latency.
+                Stats::observe(&stats.failure_detection, silent);
+            }
+            let Some(verdicts) = verdicts else { continue };
+            seen = Some(version);
+            for (node, verdict) in &verdicts {
+                if last.get(node) != Some(verdict) {
+                    tracing::info!(%node, ?verdict, "peer liveness changed");
                 }
-                last = verdicts;
-                if trigger.send(Wake::Liveness).is_err() {
-                    return;
-                }
+            }
+            last = verdicts;
+            if wake.send(Wake::Liveness).is_err() {
+                return;
             }
         }
     });
-    Ok(socket)
+    Ok(())
 }
 
 /// The liveness socket: IPv6 with IPv4 mapped in (one socket for IPv4, IPv6 and dual-stack clusters), or IPv4
 /// alone where the node has IPv6 switched off.
-fn bind(port: u16) -> std::io::Result<std::net::UdpSocket> {
-    std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)).or_else(|v6_error| {
+fn bind(port: u16) -> std::io::Result<UdpSocket> {
+    UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)).or_else(|v6_error| {
         tracing::info!(error = %v6_error, "no IPv6 liveness socket; IPv4 only");
-        std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
     })
 }
 
 /// Whether the liveness socket speaks IPv6 (and so needs IPv4 peers written as IPv4-mapped addresses).
-pub fn is_ipv6(socket: &std::net::UdpSocket) -> bool {
+pub fn is_ipv6(socket: &UdpSocket) -> bool {
     socket.local_addr().is_ok_and(|a| a.is_ipv6())
 }
 
-/// Peers' liveness addresses: every other node's first InternalIP of IPv4, or of IPv6 on IPv6-only nodes.
-/// For an IPv6 socket (`ipv6_socket`), IPv4 addresses are given in their IPv4-mapped form, which such a
-/// socket can send to.
-pub fn peer_addresses(nodes: &[Arc<Node>], me: &str, port: u16, ipv6_socket: bool) -> Vec<SocketAddr> {
+impl Liveness {
+    /// Whether peers must be written as IPv6 addresses (the socket is IPv6; without a socket it does not matter).
+    pub fn ipv6(&self) -> bool {
+        self.mouth.as_ref().is_some_and(|m| is_ipv6(&m.socket))
+    }
+}
+
+/// Peers' liveness addresses: every other node's first InternalIP of IPv4, or of IPv6 on IPv6-only nodes, for the
+/// nodes in `speakers` (`None`: not known, every node). For an IPv6 socket (`ipv6_socket`), IPv4 addresses are
+/// given in their IPv4-mapped form, which such a socket can send to.
+pub fn peer_addresses(
+    nodes: &[Arc<Node>],
+    speakers: Option<&BTreeSet<String>>,
+    me: &str,
+    port: u16,
+    ipv6_socket: bool,
+) -> BTreeMap<String, SocketAddr> {
     nodes
         .iter()
-        .filter(|n| n.metadata.name.as_deref() != Some(me))
         .filter_map(|n| {
+            let name = n.metadata.name.as_deref()?;
+            if name == me || speakers.is_some_and(|s| !s.contains(name)) {
+                return None;
+            }
             let addrs = n.status.as_ref()?.addresses.as_ref()?;
             let internal: Vec<IpAddr> =
                 addrs.iter().filter(|a| a.type_ == "InternalIP").filter_map(|a| a.address.parse().ok()).collect();
@@ -264,20 +357,9 @@ pub fn peer_addresses(nodes: &[Arc<Node>], me: &str, port: u16, ipv6_socket: boo
                 IpAddr::V6(_) if !ipv6_socket => return None,
                 other => *other,
             };
-            Some(SocketAddr::new(ip, port))
+            Some((name.to_string(), SocketAddr::new(ip, port)))
         })
         .collect()
-}
-
-/// Tells every peer this node is leaving, a few times in case one datagram is lost.
-async fn say_leaving(socket: &std::net::UdpSocket, key: &[u8], identity: &Identity, peers: &[std::net::SocketAddr]) {
-    for _ in 0..3 {
-        let leaving = liveness::encode(key, &identity.message(Kind::Leaving));
-        for peer in peers {
-            let _ = socket.send_to(&leaving, peer);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[cfg(test)]
@@ -302,17 +384,20 @@ mod tests {
             node("v4-only", &["198.18.0.14"]),
             node("no-address", &[]),
         ];
-        let peers = |v6: bool| peer_addresses(&nodes, "me", 7946, v6);
+        let peers = |v6: bool| peer_addresses(&nodes, None, "me", 7946, v6).into_values().collect::<Vec<_>>();
         let expect = |list: &[&str]| list.iter().map(|a| a.parse::<SocketAddr>().expect("addr")).collect::<Vec<_>>();
         assert_eq!(
             peers(true),
-            expect(&["[::ffff:198.18.0.12]:7946", "[2001:db8:18::13]:7946", "[::ffff:198.18.0.14]:7946"])
+            expect(&["[::ffff:198.18.0.12]:7946", "[::ffff:198.18.0.14]:7946", "[2001:db8:18::13]:7946"])
         );
         assert_eq!(
             peers(false),
             expect(&["198.18.0.12:7946", "198.18.0.14:7946"]),
             "an IPv4 socket cannot reach an IPv6-only peer"
         );
+        let speakers = BTreeSet::from(["v4-only".to_string(), "me".to_string()]);
+        let only = peer_addresses(&nodes, Some(&speakers), "me", 7946, false);
+        assert_eq!(only.keys().collect::<Vec<_>>(), ["v4-only"], "nodes without a speaker get no heartbeat");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! Lease, and its speaker answering ARP for an address. A peer unheard on the channel but showing such signs
 //! means the channel is broken, not the node dead (docs/design.md §5.6). Pure: `now` is passed in.
 
-use crate::model::liveness::Membership;
+use crate::model::membership::Membership;
 use crate::wire::Mac;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;

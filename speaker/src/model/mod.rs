@@ -9,6 +9,7 @@ pub mod facts;
 pub mod interfaces;
 pub mod life_signs;
 pub mod liveness;
+pub mod membership;
 pub mod notices;
 pub mod plan;
 pub mod status;

@@ -7,7 +7,7 @@ use crate::model::diagnose::{self, Cause, Problem};
 use crate::model::election::{self, Advertisement, Decision, NodeFacts, Policy, ServiceFacts};
 use crate::model::facts;
 use crate::model::interfaces::{self, InterfaceInfo};
-use crate::model::liveness::{Membership, Verdict};
+use crate::model::membership::{Membership, Verdict};
 use ferrolb_crds::service::{ServiceKey, current_ingress, current_pool, is_managed};
 use ferrolb_crds::{IPAddressPool, L2Advertisement};
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -271,6 +271,7 @@ pub fn by_address(answered: &BTreeMap<ServiceKey, Announced>) -> BTreeMap<IpAddr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::membership::Config;
     use serde_json::{Value, json};
     use std::time::Duration;
 
@@ -337,7 +338,14 @@ mod tests {
 
     fn plan_on(node: &str, s: &Snapshot, policy: Policy) -> Announcements {
         let me = Me { node, load_balancer_class: None, policy };
-        plan(&me, s, &eth0(), &Membership::new(node, Duration::from_millis(350)), false, Instant::now())
+        plan(
+            &me,
+            s,
+            &eth0(),
+            &Membership::new(node, Config::new(Duration::from_millis(350)), Instant::now()),
+            false,
+            Instant::now(),
+        )
     }
 
     const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
@@ -372,7 +380,7 @@ mod tests {
             let me = Me { node: n, load_balancer_class: None, policy: Policy::default() };
             let prepared = prepare(&me, &s);
             assert_eq!(prepared.services(), 20);
-            let membership = Membership::new(n, Duration::from_millis(350));
+            let membership = Membership::new(n, Config::new(Duration::from_millis(350)), Instant::now());
             let now = Instant::now();
             // Not listening long enough: peers count by Ready (alive). Long enough, never heard: dead, so this
             // node owns every address.
@@ -389,18 +397,27 @@ mod tests {
     /// its addresses); an address nobody dead would own names nobody, and is probed on its own.
     #[test]
     fn addresses_taken_from_a_node_judged_dead_name_it() {
-        use crate::model::liveness::{Kind, Message};
+        use crate::model::liveness::{Kind, Message, Subject};
         let services: Vec<_> =
             (1..=60).map(|i| service(&format!("s{i}"), &format!("198.19.0.{i}"), Some("lab"))).collect();
         let slices: Vec<_> = (1..=60).map(|i| slice(&format!("s{i}"), &NODES)).collect();
         let s = snapshot(services, slices, &[]);
         let me = Me { node: "node-1", load_balancer_class: None, policy: Policy::default() };
         let t0 = Instant::now();
-        let mut membership = Membership::new("node-1", Duration::from_millis(200));
-        let heard =
-            |node: &str| Message { kind: Kind::Alive, node: node.into(), incarnation: 1, counter: 1, macs: vec![] };
-        membership.accept(&heard("node-2"), t0).expect("node-2 heard");
-        membership.accept(&heard("node-3"), t0 + Duration::from_millis(900)).expect("node-3 heard");
+        let mut membership = Membership::new("node-1", Config::new(Duration::from_millis(200)), t0);
+        let said = |node: &str, counter: u64, kind: Kind| Message {
+            kind,
+            node: node.into(),
+            incarnation: 1,
+            counter,
+            macs: vec![],
+            legacy: false,
+        };
+        membership.receive(&said("node-2", 1, Kind::Alive), t0).expect("node-2 heard");
+        membership.receive(&said("node-3", 1, Kind::Alive), t0).expect("node-3 heard");
+        let before_verdict = membership.clone();
+        let verdict = Kind::Dead(Subject { node: "node-2".into(), incarnation: 1, counter: 1 });
+        membership.receive(&said("node-3", 2, verdict), t0 + Duration::from_millis(900)).expect("verdict");
         let now = t0 + Duration::from_millis(1000);
         let a = plan(&me, &s, &eth0(), &membership, true, now);
         assert_eq!(a.handover.dead, BTreeSet::from([Arc::from("node-2")]));
@@ -414,7 +431,7 @@ mod tests {
         assert!(taken > 0 && taken < a.per_ip.len(), "some taken from node-2, some held all along: {taken}");
         assert!(a.handover.from.keys().all(|ip| a.per_ip.contains_key(ip)));
         // Nobody judged dead: nothing is taken from anyone.
-        let alive = plan(&me, &s, &eth0(), &membership, false, t0);
+        let alive = plan(&me, &s, &eth0(), &before_verdict, false, t0);
         assert!(alive.handover.from.is_empty() && alive.handover.dead.is_empty());
     }
 
@@ -435,7 +452,7 @@ mod tests {
         let without_ipv6: Vec<InterfaceInfo> =
             eth0().into_iter().map(|i| InterfaceInfo { ipv6: vec![], ..i }).collect();
         let me = Me { node: owners[0], load_balancer_class: None, policy: Policy::default() };
-        let membership = Membership::new(owners[0], Duration::from_millis(350));
+        let membership = Membership::new(owners[0], Config::new(Duration::from_millis(350)), Instant::now());
         let a = plan(&me, &s, &without_ipv6, &membership, false, Instant::now());
         assert_eq!(a.per_ip.keys().copied().collect::<Vec<_>>(), [v4], "IPv4 still answered");
         let note = &a.failed[&ServiceKey::new("default", "dns")].note;

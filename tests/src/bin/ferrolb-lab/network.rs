@@ -149,8 +149,14 @@ pub async fn run(command: Cmd, dir: &Path) -> anyhow::Result<()> {
             let end = std::time::Instant::now() + std::time::Duration::from_millis(flood_ms);
             let mut counter = 1;
             loop {
-                let message =
-                    Message { kind, node: node.clone(), incarnation: u64::MAX / 2, counter, macs: Vec::new() };
+                let message = Message {
+                    kind: kind.clone(),
+                    node: node.clone(),
+                    incarnation: u64::MAX / 2,
+                    counter,
+                    macs: Vec::new(),
+                    legacy: false,
+                };
                 socket.send_to(&encode(key.as_bytes(), &message), to)?;
                 counter += 1;
                 if std::time::Instant::now() >= end {
