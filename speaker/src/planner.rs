@@ -79,7 +79,10 @@ impl Planner {
             self.tell(notices::strict_arp(before, missing));
         }
         let (view, settled) = (self.liveness.view(), self.liveness.settled());
-        let plan = plan::decide(&me, &self.prepared, self.host.interfaces(), &view, settled, started);
+        let mut plan = plan::decide(&me, &self.prepared, self.host.interfaces(), &view, settled, started);
+        // The announcer first: at a failover it probes and takes over while the rest of the pass reports.
+        let (per_ip, handover) = (std::mem::take(&mut plan.per_ip), std::mem::take(&mut plan.handover));
+        self.announcer.apply(per_ip, handover, self.host.interfaces());
         Stats::observe(&self.stats.plan, started.elapsed());
         let answered = plan::answered_only(&plan.services, &self.announcer.answering());
         // The first pass hands its answer over even when it is "nothing": this node's objects from before a
@@ -112,6 +115,5 @@ impl Planner {
         self.stats.announce_failed.set(diagnose::count(plan.failed.values()));
         self.tell(notices::announce_failed(&self.said.failed, &plan.failed));
         self.said.failed = plan.failed;
-        self.announcer.apply(plan.per_ip, self.host.interfaces());
     }
 }

@@ -4,12 +4,13 @@
 //! gratuitous ARP / unsolicited advertisement bursts on takeover and the optional periodic refresh. It runs as its own task so that probe
 //! windows and retries keep their timing whatever the planner is doing; its API is one call,
 //! [`Announcer::apply`] the desired state. Which wanted addresses are actually answered is decided by the
-//! pure [`crate::model::claim`] rules from what the responders hear (docs/design.md §6.5).
+//! pure [`crate::model::claim`] rules from what the responders hear and from whom the plan says each address is
+//! taken (one confirmation per dead node, docs/design.md §6.5).
 
 use crate::datapath::claims::{ClaimSink, Owned};
 use crate::datapath::responder::Responder;
 use crate::gossip::SharedMembership;
-use crate::model::claim::{Claims, Conflict, Timing};
+use crate::model::claim::{Claims, Conflict, Handover, Seen, Timing};
 use crate::model::interfaces::InterfaceInfo;
 use crate::telemetry::stats::Stats;
 use crate::wake::{Wake, WakeSender};
@@ -37,7 +38,7 @@ pub struct Schedule {
 
 /// The handle the planner holds: desired state in; what is answered, held back and contested out.
 pub struct Announcer {
-    desired: watch::Sender<(Desired, Vec<InterfaceInfo>)>,
+    desired: watch::Sender<(Desired, Handover, Vec<InterfaceInfo>)>,
     owned: Owned,
     held_back: Arc<Mutex<BTreeMap<IpAddr, Mac>>>,
     conflicts: Arc<Mutex<Vec<Conflict>>>,
@@ -48,7 +49,7 @@ impl Announcer {
     /// Starts the announcer task. `changed` is poked whenever what is answered changes or a conflict is seen;
     /// `membership` tells which MACs belong to which node.
     pub fn spawn(stats: Arc<Stats>, schedule: Schedule, membership: SharedMembership, changed: WakeSender) -> Self {
-        let (desired, desired_rx) = watch::channel((Desired::new(), Vec::new()));
+        let (desired, desired_rx) = watch::channel((Desired::new(), Handover::default(), Vec::new()));
         let me = Self {
             desired,
             owned: Owned::default(),
@@ -74,13 +75,14 @@ impl Announcer {
         me
     }
 
-    /// Makes the wire match `want` (probing first what is new), on these interfaces.
-    pub fn apply(&self, want: Desired, interfaces: &[InterfaceInfo]) {
+    /// Makes the wire match `want` (probing first what is new, once per node it is taken from, as `handover`
+    /// says), on these interfaces.
+    pub fn apply(&self, want: Desired, handover: Handover, interfaces: &[InterfaceInfo]) {
         self.desired.send_if_modified(|current| {
-            if current.0 == want && current.1 == interfaces {
+            if current.0 == want && current.1 == handover && current.2 == interfaces {
                 return false;
             }
-            *current = (want, interfaces.to_vec());
+            *current = (want, handover, interfaces.to_vec());
             true
         });
     }
@@ -125,7 +127,7 @@ struct Task {
 }
 
 impl Task {
-    async fn run(mut self, mut desired: watch::Receiver<(Desired, Vec<InterfaceInfo>)>) {
+    async fn run(mut self, mut desired: watch::Receiver<(Desired, Handover, Vec<InterfaceInfo>)>) {
         let mut wake_at: Option<Instant> = None;
         loop {
             let deadline = [wake_at, self.schedule.refresh.map(|every| self.last_refresh + every)]
@@ -141,8 +143,8 @@ impl Task {
                 () = self.sink.notify.notified() => false,
                 () = tokio::time::sleep_until(deadline) => false,
             };
-            let (want, interfaces) = desired.borrow_and_update().clone();
-            wake_at = self.step(&want, &interfaces, desired_changed);
+            let (want, handover, interfaces) = desired.borrow_and_update().clone();
+            wake_at = self.step(&want, &handover, &interfaces, desired_changed);
         }
     }
 
@@ -193,7 +195,13 @@ impl Task {
         self.sink.watch(want.keys().copied().collect());
     }
 
-    fn step(&mut self, want: &Desired, interfaces: &[InterfaceInfo], desired_changed: bool) -> Option<Instant> {
+    fn step(
+        &mut self,
+        want: &Desired,
+        handover: &Handover,
+        interfaces: &[InterfaceInfo],
+        desired_changed: bool,
+    ) -> Option<Instant> {
         if self.stopped.load(Ordering::SeqCst) {
             return None;
         }
@@ -204,6 +212,7 @@ impl Task {
             self.listen(want);
         }
         let heard = self.sink.drain();
+        let asked = self.sink.asked();
         let mine: BTreeSet<Mac> = self.responders.values().map(|r| r.mac).collect();
         let nodes: BTreeMap<Mac, String> = self
             .membership
@@ -212,7 +221,28 @@ impl Task {
             .unwrap_or_default();
         let now = Instant::now();
         let wanted: BTreeSet<IpAddr> = want.keys().copied().collect();
-        let acts = self.claims.step(&wanted, &heard, &mine, &nodes, now);
+        let seen = Seen { heard: &heard, asked: &asked, mine: &mine, nodes: &nodes };
+        let acts = self.claims.step(&wanted, handover, &seen, now);
+        // Newly answered addresses are answered and announced before anything else is done here: a takeover of
+        // thousands must not wait for the bookkeeping below. The burst keeps the claim rules' order (asked-for
+        // addresses first).
+        let taken: Vec<IpAddr> = if self.stopped.load(Ordering::SeqCst) {
+            Vec::new()
+        } else {
+            acts.announce.iter().copied().filter(|ip| want.contains_key(ip)).collect()
+        };
+        if !taken.is_empty() {
+            if let Ok(mut o) = self.owned.write() {
+                o.extend(taken.iter().filter_map(|ip| want.get(ip).map(|on| (*ip, on.clone()))));
+            }
+            self.burst(taken.iter().map(|ip| (*ip, self.responders_for(want, *ip))).collect());
+        }
+        for (node, taken) in &acts.owners_gone {
+            tracing::info!(%node, addresses = taken, "nobody answered for the addresses of a node judged dead: taking them all");
+        }
+        for (node, mac) in &acts.owners_answered {
+            tracing::warn!(%node, %mac, "a node judged dead still answers for its addresses: holding them all back");
+        }
         for ip in &acts.probe {
             for r in self.responders_for(want, *ip) {
                 r.probe(*ip, &self.stats);
@@ -259,30 +289,43 @@ impl Task {
                 }
                 self.stats.releases.inc();
             }
-            for (ip, on) in after.iter().filter(|(ip, on)| before.get(ip) != Some(on)) {
-                tracing::info!(%ip, interfaces = ?on, "took ownership; announcing");
+            // Answered on other interfaces than before: announced there too.
+            let moved: Vec<IpAddr> =
+                after.iter().filter(|(ip, on)| before.get(ip) != Some(*on)).map(|(ip, _)| *ip).collect();
+            self.burst(moved.iter().map(|ip| (*ip, self.responders_for(want, *ip))).collect());
+            for ip in &moved {
+                tracing::info!(%ip, interfaces = ?after.get(ip), "took ownership; announcing");
                 self.stats.takeovers.inc();
-                self.burst(*ip, self.responders_for(want, *ip));
             }
         }
-        if before != after || held_changed || conflicted {
+        for ip in &taken {
+            tracing::info!(%ip, interfaces = ?want.get(ip), "took ownership; announcing");
+            self.stats.takeovers.inc();
+        }
+        if !taken.is_empty() || before != after || held_changed || conflicted {
             let _ = self.changed.send(Wake::Announcer);
         }
         acts.wake_at
     }
 
-    /// The gratuitous ARP burst on takeover; it stops the moment this node stops answering.
-    fn burst(&self, ip: IpAddr, targets: Vec<Arc<Responder>>) {
+    /// The gratuitous ARP burst on takeover, for addresses taken together, in their order (one task however many
+    /// they are); an address's burst stops the moment this node stops answering for it.
+    fn burst(&self, addresses: Vec<(IpAddr, Vec<Arc<Responder>>)>) {
+        if addresses.is_empty() {
+            return;
+        }
         let (owned, stats, schedule) = (self.owned.clone(), self.stats.clone(), self.schedule.garp.clone());
         tokio::spawn(async move {
             let start = tokio::time::Instant::now();
             for at in schedule {
                 tokio::time::sleep_until(start + at).await;
-                if !owned.read().is_ok_and(|o| o.contains_key(&ip)) {
-                    return;
-                }
-                for r in &targets {
-                    r.announce(ip, &stats);
+                for (ip, targets) in &addresses {
+                    if !owned.read().is_ok_and(|o| o.contains_key(ip)) {
+                        continue;
+                    }
+                    for r in targets {
+                        r.announce(*ip, &stats);
+                    }
                 }
             }
         });

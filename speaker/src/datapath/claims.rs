@@ -1,7 +1,7 @@
-//! What the responders hand the announcer: the addresses answered (and on which interfaces), and the claims
-//! they hear from others for the addresses the announcer watches.
+//! What the responders hand the announcer: the addresses answered (and on which interfaces), the claims
+//! they hear from others for the addresses the announcer watches, and the addresses clients asked for lately.
 
-use crate::model::claim::Heard;
+use crate::model::claim::{Asked, Heard};
 use crate::wire::{self, Mac};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
@@ -18,6 +18,7 @@ pub type Owned = Arc<RwLock<BTreeMap<IpAddr, BTreeSet<String>>>>;
 pub struct ClaimSink {
     watched: RwLock<BTreeSet<IpAddr>>,
     heard: Mutex<VecDeque<Heard>>,
+    asked: Mutex<Asked>,
     /// Signalled when a claim arrives.
     pub notify: tokio::sync::Notify,
 }
@@ -33,6 +34,19 @@ impl ClaimSink {
     /// The claims heard since the last call.
     pub fn drain(&self) -> Vec<Heard> {
         self.heard.lock().map(|mut h| std::mem::take(&mut *h).into()).unwrap_or_default()
+    }
+
+    /// What clients asked for lately (a copy: it is small).
+    pub fn asked(&self) -> Asked {
+        self.asked.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// Remembers that a client asked for `ip`, which this node does not answer: if it is taken over, it is
+    /// confirmed and announced first (docs/design.md §6.5).
+    pub fn saw_asked(&self, ip: IpAddr) {
+        if let Ok(mut a) = self.asked.lock() {
+            a.record(ip, std::time::Instant::now());
+        }
     }
 
     /// Keeps a claim `frame` makes, heard on the interface with MAC `on`, if it is for a watched address.

@@ -59,6 +59,11 @@ impl Responder {
                     stats.frames.inc();
                     claims.offer(frame, mac);
                     let owns = |ip: IpAddr| owned.read().is_ok_and(|o| o.get(&ip).is_some_and(|on| on.contains(&name)));
+                    if let Some(ip) = wire::asked(frame, mac)
+                        && !owns(ip)
+                    {
+                        claims.saw_asked(ip);
+                    }
                     match wire::answer(frame, mac, owns) {
                         Answer::Reply { reply, ip } => {
                             let sent = thread_sender

@@ -2,6 +2,7 @@
 //! interfaces and its view of the peers' liveness — the speaker's desired state. The announcer makes it so,
 //! the reporter tells the cluster; neither decides anything.
 
+use crate::model::claim::Handover;
 use crate::model::diagnose::{self, Cause, Problem};
 use crate::model::election::{self, Advertisement, Decision, NodeFacts, Policy, ServiceFacts};
 use crate::model::facts;
@@ -67,6 +68,10 @@ pub struct Announcements {
     pub failed: BTreeMap<ServiceKey, Problem>,
     /// This node is the one that tells users about `unannounced`.
     pub reporter: bool,
+    /// From whom the addresses this node is to answer are taken (nodes judged dead that would own them if they
+    /// were alive): the claim rules confirm each such node once instead of probing every address
+    /// (docs/design.md §6.5).
+    pub handover: Handover,
 }
 
 /// A Service as the election sees it, derived from the API state alone.
@@ -135,6 +140,8 @@ pub fn decide(
     heard_long_enough: bool,
     now: Instant,
 ) -> Announcements {
+    // The nodes judged dead first-hand, as they would be alive: who held what until now.
+    let mut judged_dead: Vec<NodeFacts> = Vec::new();
     let nodes: Vec<NodeFacts> = prepared
         .nodes
         .iter()
@@ -145,15 +152,23 @@ pub fn decide(
             // start, or no speaker on that node), and electing it would leave its addresses unanswered.
             match membership.verdict(&facts.name, now) {
                 Verdict::Alive => facts.speaker_alive = true,
-                Verdict::Dead => facts.speaker_alive = false,
+                Verdict::Dead => {
+                    judged_dead.push(NodeFacts { speaker_alive: true, ..facts.clone() });
+                    facts.speaker_alive = false;
+                }
                 Verdict::Unknown if heard_long_enough => facts.speaker_alive = false,
                 Verdict::Unknown => {}
             }
             facts
         })
         .collect();
+    let dead_names: Vec<Arc<str>> = judged_dead.iter().map(|n| Arc::from(n.name.as_str())).collect();
     let my_facts = nodes.iter().find(|n| n.name == me.node);
-    let mut out = Announcements { reporter: diagnose::reporter(&nodes) == Some(me.node), ..Default::default() };
+    let mut out = Announcements {
+        reporter: diagnose::reporter(&nodes) == Some(me.node),
+        handover: Handover { dead: dead_names.iter().cloned().collect(), ..Handover::default() },
+        ..Default::default()
+    };
     for svc in &prepared.services {
         let (mut nobody, mut failed): (Vec<Cause>, Vec<Cause>) = (Vec::new(), Vec::new());
         // Every address of a Service goes to one node, elected on its first address (docs/design.md §4.1): the
@@ -168,6 +183,9 @@ pub fn decide(
                 }
                 Decision::Owner(owner) if owner == me.node => {}
                 Decision::Owner(_) => continue,
+            }
+            if let Some(from) = held_until_now(first, svc, &judged_dead, me) {
+                out.handover.from.insert(ip, dead_names[from].clone());
             }
             let allowed = my_facts.map(|n| election::allowed_interfaces(n, &svc.applicable)).unwrap_or_default();
             let family = interfaces::Family::of(ip);
@@ -194,6 +212,21 @@ pub fn decide(
         }
     }
     out
+}
+
+/// Which of `judged_dead` (as if alive) would own the Service's addresses instead of this node, which the
+/// election gave them to: the node they are taken from. Only those nodes can outrank this node, so this costs
+/// one score per node judged dead, not a second election.
+fn held_until_now(first: IpAddr, svc: &PreparedService, judged_dead: &[NodeFacts], me: &Me<'_>) -> Option<usize> {
+    let mine = (election::score(me.node, first), me.node);
+    judged_dead
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| election::eligibility(n, &svc.facts, &svc.applicable, me.policy).is_ok())
+        .map(|(i, n)| ((election::score(&n.name, first), n.name.as_str()), i))
+        .filter(|(rank, _)| *rank < mine)
+        .min()
+        .map(|(_, i)| i)
 }
 
 /// What this node announces, from one snapshot of the API state, this node's interfaces and its view of
@@ -358,6 +391,48 @@ mod tests {
             assert_eq!(alone.per_ip.len(), 20, "{n} alone owns every address");
             assert!(by_ready.per_ip.len() < 20, "with live peers {n} owns only its share");
         }
+    }
+
+    /// An address taken from a node judged dead names that node (the one owner the claim rules confirm for all
+    /// its addresses); an address nobody dead would own names nobody, and is probed on its own.
+    #[test]
+    fn addresses_taken_from_a_node_judged_dead_name_it() {
+        use crate::model::liveness::{Kind, Message, Subject};
+        let services: Vec<_> =
+            (1..=60).map(|i| service(&format!("s{i}"), &format!("198.19.0.{i}"), Some("lab"))).collect();
+        let slices: Vec<_> = (1..=60).map(|i| slice(&format!("s{i}"), &NODES)).collect();
+        let s = snapshot(services, slices, &[]);
+        let me = Me { node: "node-1", load_balancer_class: None, policy: Policy::default() };
+        let t0 = Instant::now();
+        let mut membership = Membership::new("node-1", Config::new(Duration::from_millis(200)), t0);
+        let said = |node: &str, counter: u64, kind: Kind| Message {
+            kind,
+            node: node.into(),
+            incarnation: 1,
+            counter,
+            macs: vec![],
+            legacy: false,
+        };
+        membership.receive(&said("node-2", 1, Kind::Alive), t0).expect("node-2 heard");
+        membership.receive(&said("node-3", 1, Kind::Alive), t0).expect("node-3 heard");
+        let before_verdict = membership.clone();
+        let verdict = Kind::Dead(Subject { node: "node-2".into(), incarnation: 1, counter: 1 });
+        membership.receive(&said("node-3", 2, verdict), t0 + Duration::from_millis(900)).expect("verdict");
+        let now = t0 + Duration::from_millis(1000);
+        let a = plan(&me, &s, &eth0(), &membership, true, now);
+        assert_eq!(a.handover.dead, BTreeSet::from([Arc::from("node-2")]));
+        let mut taken = 0;
+        for ip in a.per_ip.keys() {
+            let held_by = election::owner(*ip, NODES).expect("owner");
+            let from = a.handover.from.get(ip).map(AsRef::as_ref);
+            assert_eq!(from, (held_by != "node-1").then_some(held_by), "{ip}");
+            taken += usize::from(from.is_some());
+        }
+        assert!(taken > 0 && taken < a.per_ip.len(), "some taken from node-2, some held all along: {taken}");
+        assert!(a.handover.from.keys().all(|ip| a.per_ip.contains_key(ip)));
+        // Nobody judged dead: nothing is taken from anyone.
+        let alive = plan(&me, &s, &eth0(), &before_verdict, false, t0);
+        assert!(alive.handover.from.is_empty() && alive.handover.dead.is_empty());
     }
 
     #[test]

@@ -82,6 +82,33 @@ pub fn claim(frame: &[u8], our_mac: Mac) -> Option<(IpAddr, Mac)> {
     }
 }
 
+/// The address a host asks for in `frame`, when it asks someone else to answer (an ARP request or a neighbour
+/// solicitation, not ours): a client that wants to reach it now. Probes (sender 0.0.0.0 or `::`), which other
+/// speakers send before answering, and gratuitous announcements (sender = target) ask nobody.
+pub fn asked(frame: &[u8], our_mac: Mac) -> Option<IpAddr> {
+    match ethertype(frame)? {
+        arp::ETHERTYPE_ARP => {
+            let f = arp::ArpFrame::parse(frame).ok()?;
+            let asks = f.operation == arp::Operation::Request
+                && !f.spa.is_unspecified()
+                && f.spa != f.tpa
+                && f.sha != our_mac
+                && f.eth_src != our_mac;
+            asks.then_some(IpAddr::V4(f.tpa))
+        }
+        ndp::ETHERTYPE_IPV6 => {
+            let f = ndp::NdpFrame::parse(frame).ok()?;
+            let asks = f.kind == ndp::Kind::Solicitation
+                && !f.src.is_unspecified()
+                && f.src != f.target
+                && f.eth_src != our_mac
+                && f.link_layer != Some(our_mac);
+            asks.then_some(IpAddr::V6(f.target))
+        }
+        _ => None,
+    }
+}
+
 /// The probe asked before answering for `ip`: an RFC 5227 ARP probe, or an RFC 4862 duplicate-address probe.
 pub fn probe(mac: Mac, ip: IpAddr) -> Vec<u8> {
     match ip {
@@ -145,6 +172,39 @@ mod tests {
     }
 
     #[test]
+    fn a_clients_question_is_asking_and_probes_announcements_and_our_own_frames_are_not() {
+        let client_v4 = arp::ArpFrame {
+            eth_dst: Mac::BROADCAST,
+            eth_src: PEER,
+            operation: arp::Operation::Request,
+            sha: PEER,
+            spa: Ipv4Addr::new(198, 18, 0, 1),
+            tha: Mac::ZERO,
+            tpa: V4,
+        }
+        .to_bytes();
+        assert_eq!(asked(&client_v4, OURS), Some(IpAddr::V4(V4)));
+        assert_eq!(asked(&client_v4, PEER), None, "our own question");
+        let client_v6 = ndp::NdpFrame {
+            eth_dst: ndp::multicast_mac(ndp::solicited_node(V6)),
+            eth_src: PEER,
+            src: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1),
+            dst: ndp::solicited_node(V6),
+            kind: ndp::Kind::Solicitation,
+            target: V6,
+            link_layer: Some(PEER),
+        }
+        .to_bytes();
+        assert_eq!(asked(&client_v6, OURS), Some(IpAddr::V6(V6)));
+        for ip in [IpAddr::V4(V4), IpAddr::V6(V6)] {
+            assert_eq!(asked(&probe(PEER, ip), OURS), None, "{ip}: a probe asks nobody");
+            for frame in announcements(PEER, ip) {
+                assert_eq!(asked(&frame, OURS), None, "{ip}: an announcement asks nobody");
+            }
+        }
+    }
+
+    #[test]
     fn ordinary_traffic_is_ignored_and_garbage_is_not_a_panic() {
         let mut ipv6_udp = vec![0u8; 14 + 40 + 8];
         ipv6_udp[12..14].copy_from_slice(&ndp::ETHERTYPE_IPV6.to_be_bytes());
@@ -157,6 +217,7 @@ mod tests {
             let junk = vec![0x86u8; len];
             let _ = answer(&junk, OURS, |_| true);
             let _ = claim(&junk, OURS);
+            let _ = asked(&junk, OURS);
             let _ = is_request(&junk);
         }
     }
