@@ -56,7 +56,7 @@ impl Planner {
         let me = Me { node, load_balancer_class: s.load_balancer_class.as_deref(), policy: s.policy };
         if wakes.api {
             let snapshot = self.stores.snapshot();
-            self.liveness.set_peers(&snapshot.nodes, node, s.gossip_port);
+            self.liveness.set_peers(&snapshot.nodes, snapshot.speaker_nodes.as_ref(), node, s.gossip_port);
             self.prepared = plan::prepare(&me, &snapshot);
         }
         if let Some(trigger) = wakes.rescan {

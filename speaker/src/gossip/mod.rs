@@ -3,12 +3,13 @@
 //! datagram must carry, when a peer is dead) are in the pure [`crate::model::liveness`].
 
 use crate::error::{Error, Result};
+use crate::model::facts::has_speaker;
 use crate::model::liveness::{self, Kind, Membership, Message, Verdict};
 use crate::settings::Settings;
 use crate::telemetry::stats::Stats;
 use crate::wake::{Wake, WakeSender};
 use k8s_openapi::api::core::v1::Node;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -116,11 +117,11 @@ impl Liveness {
         self.is_on() && self.started.elapsed() > self.dead_after * 3
     }
 
-    /// Heartbeats go to these nodes from now on.
-    pub fn set_peers(&self, nodes: &[Arc<Node>], me: &str, port: u16) {
+    /// Heartbeats go to these nodes from now on, to those of them that run a speaker when that is known.
+    pub fn set_peers(&self, nodes: &[Arc<Node>], speaker_nodes: Option<&BTreeSet<String>>, me: &str, port: u16) {
         let ipv6 = self.socket.as_ref().is_some_and(|(socket, _)| is_ipv6(socket));
         if let Ok(mut p) = self.peers.write() {
-            *p = peer_addresses(nodes, me, port, ipv6);
+            *p = peer_addresses(nodes, speaker_nodes, me, port, ipv6);
         }
     }
 
@@ -247,13 +248,21 @@ pub fn is_ipv6(socket: &std::net::UdpSocket) -> bool {
     socket.local_addr().is_ok_and(|a| a.is_ipv6())
 }
 
-/// Peers' liveness addresses: every other node's first InternalIP of IPv4, or of IPv6 on IPv6-only nodes.
-/// For an IPv6 socket (`ipv6_socket`), IPv4 addresses are given in their IPv4-mapped form, which such a
-/// socket can send to.
-pub fn peer_addresses(nodes: &[Arc<Node>], me: &str, port: u16, ipv6_socket: bool) -> Vec<SocketAddr> {
+/// Peers' liveness addresses: every other node's that runs a speaker (all when `speaker_nodes` is unknown) first
+/// InternalIP of IPv4, or of IPv6 on IPv6-only nodes. For an IPv6 socket (`ipv6_socket`), IPv4 addresses are
+/// given in their IPv4-mapped form, which such a socket can send to.
+pub fn peer_addresses(
+    nodes: &[Arc<Node>],
+    speaker_nodes: Option<&BTreeSet<String>>,
+    me: &str,
+    port: u16,
+    ipv6_socket: bool,
+) -> Vec<SocketAddr> {
     nodes
         .iter()
         .filter(|n| n.metadata.name.as_deref() != Some(me))
+        // Nothing listens where no speaker runs: a datagram there is wasted on both ends.
+        .filter(|n| n.metadata.name.as_deref().is_some_and(|name| has_speaker(name, speaker_nodes)))
         .filter_map(|n| {
             let addrs = n.status.as_ref()?.addresses.as_ref()?;
             let internal: Vec<IpAddr> =
@@ -302,7 +311,7 @@ mod tests {
             node("v4-only", &["198.18.0.14"]),
             node("no-address", &[]),
         ];
-        let peers = |v6: bool| peer_addresses(&nodes, "me", 7946, v6);
+        let peers = |v6: bool| peer_addresses(&nodes, None, "me", 7946, v6);
         let expect = |list: &[&str]| list.iter().map(|a| a.parse::<SocketAddr>().expect("addr")).collect::<Vec<_>>();
         assert_eq!(
             peers(true),
@@ -312,6 +321,12 @@ mod tests {
             peers(false),
             expect(&["198.18.0.12:7946", "198.18.0.14:7946"]),
             "an IPv4 socket cannot reach an IPv6-only peer"
+        );
+        let speakers = BTreeSet::from(["me".to_string(), "v6-only".to_string(), "no-address".to_string()]);
+        assert_eq!(
+            peer_addresses(&nodes, Some(&speakers), "me", 7946, true),
+            expect(&["[2001:db8:18::13]:7946"]),
+            "only nodes that run a speaker hear heartbeats"
         );
     }
 
