@@ -267,7 +267,7 @@ mod helm {
     /// exactly the DaemonSet's pods (its template labels), and its Role must let it list and watch pods there.
     #[test]
     fn speakers_find_each_other_by_their_own_pod_labels() {
-        for release_values in [&[][..], &["speaker.nodeSelector.edge=true"][..]] {
+        for release_values in [&[][..], &["speaker.nodeSelector.tier=edge"][..]] {
             let docs = render(release_values);
             let daemonset = of_kind(&docs, "DaemonSet")[0];
             let template = &daemonset["spec"]["template"];
