@@ -4,7 +4,7 @@ use crate::error::Error;
 use crate::model::{Cluster, Settings};
 use ferrolb_crds::{IPAddressPool, L2Advertisement, ServiceL2Status};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Event, Namespace, Node, Service};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -72,8 +72,20 @@ pub async fn service(client: &Client, namespace: &str, name: &str) -> Result<Ser
         .ok_or_else(|| Error::ServiceNotFound { namespace: namespace.to_string(), name: name.to_string() })
 }
 
+/// The speaker pods `settings` select in `namespace`; `None` when there is no selector or the user may not list
+/// pods there (then `why` does not know where speakers run, and says nothing about it).
+async fn speaker_pods(client: &Client, namespace: &str, settings: &Settings) -> Result<Option<Vec<Pod>>, Error> {
+    let Some(selector) = &settings.speaker_pod_selector else { return Ok(None) };
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    match api.list(&ListParams::default().labels(selector)).await {
+        Ok(list) => Ok(Some(list.items)),
+        Err(kube::Error::Api(e)) if e.code == 403 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Everything the controller and the speakers decide from, and the Events on one Service (`why`).
-pub async fn for_why(client: &Client, namespace: &str, svc: &Service) -> Result<Cluster, Error> {
+pub async fn for_why(client: &Client, namespace: &str, svc: &Service, settings: &Settings) -> Result<Cluster, Error> {
     let svc_ns = svc.metadata.namespace.clone().unwrap_or_default();
     let svc_name = svc.metadata.name.clone().unwrap_or_default();
     let events: Api<Event> = Api::namespaced(client.clone(), &svc_ns);
@@ -87,5 +99,6 @@ pub async fn for_why(client: &Client, namespace: &str, svc: &Service) -> Result<
         namespaces: list(Api::<Namespace>::all(client.clone())).await?,
         statuses: list(Api::<ServiceL2Status>::namespaced(client.clone(), namespace)).await?,
         events: events.list(&ListParams::default().fields(&fields)).await?.items,
+        speaker_pods: speaker_pods(client, namespace, settings).await?,
     })
 }

@@ -74,7 +74,7 @@ async fn run(args: Args) -> anyhow::Result<String> {
                 settings.load_balancer_class = load_balancer_class;
             }
             settings.ignore_exclude_lb |= ignore_exclude_lb;
-            let c = cluster::for_why(&client, ns, &svc).await?;
+            let c = cluster::for_why(&client, ns, &svc, &settings).await?;
             Ok(why::render(&why::why(&svc, &c, &settings, std::time::Instant::now())))
         }
     }

@@ -3,7 +3,7 @@
 
 use ferrolb_crds::{IPAddressPool, L2Advertisement, ServiceL2Status};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Event, Namespace, Node, Service};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 /// What ferrolb runs with, as far as the answers depend on it.
@@ -13,6 +13,9 @@ pub struct Settings {
     pub load_balancer_class: Option<String>,
     /// The speakers let nodes with the exclude label announce (`speaker.ignoreExcludeLB`).
     pub ignore_exclude_lb: bool,
+    /// Label selector of the speaker pods (the DaemonSet's `spec.selector.matchLabels`); `None` without a
+    /// DaemonSet: where speakers run is then not known.
+    pub speaker_pod_selector: Option<String>,
 }
 
 impl Settings {
@@ -32,6 +35,11 @@ impl Settings {
                 .filter(|c| !c.is_empty())
                 .map(str::to_string),
             ignore_exclude_lb: args.iter().any(|a| a == "--ignore-exclude-lb" || a == "--ignore-exclude-lb=true"),
+            speaker_pod_selector: ds
+                .and_then(|d| d.spec.as_ref())
+                .and_then(|s| s.selector.match_labels.as_ref())
+                .filter(|labels| !labels.is_empty())
+                .map(|labels| labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")),
         }
     }
 }
@@ -55,6 +63,8 @@ pub struct Cluster {
     pub statuses: Vec<ServiceL2Status>,
     /// Events on the Service asked about (`why` only).
     pub events: Vec<Event>,
+    /// The speaker pods (`why` only); `None` when unknown (no DaemonSet, or not readable).
+    pub speaker_pods: Option<Vec<Pod>>,
 }
 
 #[cfg(test)]
@@ -64,13 +74,18 @@ mod tests {
 
     #[test]
     fn the_speaker_daemonsets_arguments_give_the_settings() {
-        let ds: DaemonSet = serde_json::from_value(json!({"spec": {"selector": {}, "template": {"spec": {
+        let ds: DaemonSet = serde_json::from_value(json!({"spec": {"selector": {"matchLabels": {
+            "app.kubernetes.io/instance": "ferrolb", "app.kubernetes.io/component": "speaker"}}, "template": {"spec": {
             "containers": [{"name": "speaker", "args": ["--namespace=metallb-system", "--ignore-exclude-lb",
                 "--load-balancer-class=example.com/l2"]}]}}}}))
         .expect("daemonset");
         let s = Settings::from_daemonset(Some(&ds));
         assert_eq!(s.load_balancer_class.as_deref(), Some("example.com/l2"));
         assert!(s.ignore_exclude_lb);
+        assert_eq!(
+            s.speaker_pod_selector.as_deref(),
+            Some("app.kubernetes.io/component=speaker,app.kubernetes.io/instance=ferrolb")
+        );
         assert_eq!(Settings::from_daemonset(None), Settings::default());
     }
 }

@@ -11,6 +11,7 @@ use ferrolb_controller::replay;
 use ferrolb_crds::service::{current_ingress, is_managed};
 use ferrolb_speaker::model::diagnose::{ANNOUNCE_FAILED, NO_ELIGIBLE_NODE};
 use ferrolb_speaker::model::election::Policy;
+use ferrolb_speaker::model::facts;
 use ferrolb_speaker::model::membership::{Config, Membership};
 use ferrolb_speaker::model::plan::{self, Me, Snapshot};
 use k8s_openapi::api::core::v1::{Event, Service};
@@ -120,6 +121,7 @@ fn snapshot(c: &Cluster) -> Snapshot {
         nodes: arcs(&c.nodes),
         ads: arcs(&c.ads),
         pools: arcs(&c.pools),
+        speaker_nodes: c.speaker_pods.as_ref().and_then(|pods| facts::speaker_nodes(pods, None)),
     }
 }
 
@@ -352,6 +354,26 @@ mod tests {
         let a = why(&web, &c, &ignoring, Instant::now());
         assert_eq!(a.reasons.len(), 1);
         assert!(a.reasons[0].text.starts_with("node node-1 is elected but reports no ServiceL2Status"), "{a:?}");
+    }
+
+    #[test]
+    fn a_node_without_a_speaker_pod_is_named_as_such() {
+        let web = service("web", json!({}), Some("198.19.0.1"));
+        let mut c = cluster(vec![web.clone()], json!({}));
+        let a = why(&web, &c, &Settings::default(), Instant::now());
+        assert!(a.reasons[0].text.starts_with("node node-1 is elected"), "pods unknown: node-1 may run one: {a:?}");
+        let elsewhere: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+            "metadata": {"name": "ferrolb-speaker-x", "namespace": "metallb-system"},
+            "spec": {"nodeName": "node-9", "containers": []}, "status": {"phase": "Running"}}))
+        .expect("pod");
+        c.speaker_pods = Some(vec![elsewhere]);
+        let a = why(&web, &c, &Settings::default(), Instant::now());
+        assert_eq!(
+            a.reasons[0].text,
+            "nobody announces 198.19.0.1: the only node, node-1, is not eligible (no ferrolb speaker runs there: the \
+             speaker DaemonSet's nodeSelector/tolerations leave it out)"
+        );
+        assert_eq!(a.reasons[0].source, Source::Election);
     }
 
     #[test]

@@ -31,9 +31,27 @@ where
     F: Fn(&watcher::Event<K>) -> Option<T> + Send + 'static,
     M: Fn(&mut K) + Send + 'static,
 {
+    watch_selected(api, watcher::Config::default(), tx, to_trigger, trim)
+}
+
+/// [`watch_trimmed`] of only the objects `config` selects (e.g. a label selector).
+pub fn watch_selected<K, T, F, M>(
+    api: Api<K>,
+    config: watcher::Config,
+    tx: mpsc::UnboundedSender<T>,
+    to_trigger: F,
+    trim: M,
+) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    T: Send + 'static,
+    F: Fn(&watcher::Event<K>) -> Option<T> + Send + 'static,
+    M: Fn(&mut K) + Send + 'static,
+{
     let (reader, writer) = reflector::store();
     // managedFields and kubectl's last-applied copy are often most of an object's size, and nothing reads them.
-    let trimmed = watcher(api, watcher::Config::default()).default_backoff().modify(move |obj| {
+    let trimmed = watcher(api, config).default_backoff().modify(move |obj| {
         obj.managed_fields_mut().clear();
         obj.annotations_mut().remove(LAST_APPLIED);
         trim(obj);

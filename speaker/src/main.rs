@@ -21,6 +21,11 @@ struct Args {
     /// Namespace of IPAddressPools and L2Advertisements.
     #[arg(long, env = "FERROLB_NAMESPACE", default_value = "metallb-system")]
     namespace: String,
+    /// Label selector of this release's speaker pods (in --namespace), e.g.
+    /// app.kubernetes.io/instance=ferrolb,app.kubernetes.io/component=speaker: heartbeats go to, and addresses
+    /// to, only nodes where one runs. Unset: every node counts (the chart sets it).
+    #[arg(long, env = "FERROLB_SPEAKER_POD_SELECTOR")]
+    speaker_pod_selector: Option<String>,
     /// Only Services with this loadBalancerClass (default: only Services without a class).
     #[arg(long, env = "FERROLB_LOAD_BALANCER_CLASS")]
     load_balancer_class: Option<String>,
@@ -78,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings {
         node: args.node.clone(),
         namespace: args.namespace.clone(),
+        speaker_pod_selector: args.speaker_pod_selector.clone().filter(|s| !s.trim().is_empty()),
         load_balancer_class: args.load_balancer_class.clone(),
         garp_schedule: [0, 250, 1100, 2200].into_iter().map(Duration::from_millis).collect(),
         garp_refresh: (args.garp_refresh_secs > 0).then(|| Duration::from_secs(args.garp_refresh_secs)),

@@ -58,7 +58,7 @@ impl Planner {
             let snapshot = self.stores.snapshot();
             self.liveness.set_peers(gossip::peer_addresses(
                 &snapshot.nodes,
-                None,
+                snapshot.speaker_nodes.as_ref(),
                 node,
                 s.gossip_port,
                 self.liveness.ipv6(),

@@ -41,7 +41,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let (wake, mut wakes) = tokio::sync::mpsc::unbounded_channel();
-    let stores = Stores::start(&client, &settings.namespace, &wake).await?;
+    let stores = Stores::start(&client, &settings, &wake).await?;
     ready.store(true, Ordering::Relaxed);
     tracing::info!(node = %settings.node, "caches synced");
     // Interfaces come and go: the kernel says when (netlink), and a slow rescan is the safety net for a missed

@@ -9,8 +9,11 @@ use std::time::Duration;
 pub struct Settings {
     /// This node's name.
     pub node: String,
-    /// Namespace of the pools and advertisements.
+    /// Namespace of the pools and advertisements (and of the speaker pods).
     pub namespace: String,
+    /// Label selector of this release's speaker pods, which say which nodes run a speaker; `None`: not known,
+    /// every node may.
+    pub speaker_pod_selector: Option<String>,
     /// Only Services of this class (none: only Services without a class).
     pub load_balancer_class: Option<String>,
     /// Gratuitous ARP on takeover at these offsets.

@@ -262,4 +262,52 @@ mod helm {
         let none = speaker_args(&["speaker.excludeInterfaces=null"]);
         assert!(none.iter().any(|a| a == "--exclude-interfaces="), "an empty list excludes nothing: {none:?}");
     }
+
+    /// Each speaker learns where speakers run from its release's pods: the selector it is given must select
+    /// exactly the DaemonSet's pods (its template labels), and its Role must let it list and watch pods there.
+    #[test]
+    fn speakers_find_each_other_by_their_own_pod_labels() {
+        for release_values in [&[][..], &["speaker.nodeSelector.tier=edge"][..]] {
+            let docs = render(release_values);
+            let daemonset = of_kind(&docs, "DaemonSet")[0];
+            let template = &daemonset["spec"]["template"];
+            let env = template["spec"]["containers"][0]["env"].as_sequence().cloned().unwrap_or_default();
+            let selector = env
+                .iter()
+                .find(|e| e["name"].as_str() == Some("FERROLB_SPEAKER_POD_SELECTOR"))
+                .and_then(|e| e["value"].as_str())
+                .expect("the speaker is told its pods' selector")
+                .to_string();
+            let labels: BTreeSet<String> = template["metadata"]["labels"]
+                .as_mapping()
+                .expect("pod labels")
+                .iter()
+                .filter_map(|(k, v)| Some(format!("{}={}", k.as_str()?, v.as_str()?)))
+                .collect();
+            let wanted: BTreeSet<String> = selector.split(',').map(String::from).collect();
+            assert_eq!(wanted, labels, "the selector is the pod template's labels");
+            let selected: BTreeSet<String> = daemonset["spec"]["selector"]["matchLabels"]
+                .as_mapping()
+                .expect("matchLabels")
+                .iter()
+                .filter_map(|(k, v)| Some(format!("{}={}", k.as_str()?, v.as_str()?)))
+                .collect();
+            assert_eq!(wanted, selected, "and the DaemonSet's own selector");
+            let role = of_kind(&docs, "Role")
+                .into_iter()
+                .find(|r| r["metadata"]["name"].as_str() == Some("ferrolb-speaker"))
+                .expect("the speaker's Role in the release namespace");
+            let pods_rule = role["rules"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .find(|r| {
+                    r["resources"].as_sequence().is_some_and(|res| res.iter().any(|x| x.as_str() == Some("pods")))
+                })
+                .expect("a rule for pods");
+            let verbs: BTreeSet<&str> =
+                pods_rule["verbs"].as_sequence().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+            assert_eq!(verbs, BTreeSet::from(["get", "list", "watch"]), "read-only");
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! ferrolb-speaker in the lab: real raw sockets in node namespaces, real ARP from the `host` namespace, the
 //! user's DNS Service answering over TCP and UDP through the on-link static route, and failover.
 //! Needs root. One test per behaviour, each on a fresh 3-node lab with the user's DNS Service (`up` takes
-//! seconds), one lab at a time; the tests wait with a bound and assert behaviour, not time.
+//! seconds; one on 12 nodes with speakers on 3, `speaker.nodeSelector`), one lab at a time; the tests wait with a
+//! bound and assert behaviour, not time.
 
 use ferrolb_crds::L2AdvertisementSchema;
 use ferrolb_crds::ServiceL2Status;
@@ -10,6 +11,7 @@ use ferrolb_tests::harness::{
     TestLab, answering_nodes, assert_dns_served_by, create_yaml, eventually, ingress, metric_sum, one_lab_at_a_time,
     seed, speaker_metrics, wait_answered_by, wait_event,
 };
+use ferrolb_tests::lab::net;
 use k8s_openapi::api::core::v1::{Event, Node};
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
@@ -20,6 +22,8 @@ use std::time::Duration;
 const EXE: &str = env!("CARGO_BIN_EXE_ferrolb-lab");
 const LAB: &str = "flbs";
 const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
+/// The chart's `speaker.gossipPort`.
+const LIVENESS_PORT: u16 = 7946;
 
 /// The lab controller's /metrics (it listens on the machine's loopback).
 fn scrape_controller(lab: &TestLab) -> String {
@@ -359,4 +363,59 @@ async fn ipvs_without_strict_arp_is_reported_on_the_node() {
     for iface in ["all", "eth0"] {
         ferrolb_tests::lab::net::sysctl(&netns, &format!("net.ipv4.conf.{iface}.arp_ignore"), "1").expect("sysctl");
     }
+}
+
+/// `speaker.nodeSelector` on 3 of 12 nodes (`up --speaker-nodes 3`): heartbeats reach only the nodes that run a
+/// speaker (an nftables counter on the liveness port in every node namespace), and every address goes to one
+/// of the three, also addresses whose owner among all twelve Ready nodes would be a node without a speaker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_speakers_on_three_of_twelve_nodes_heartbeats_and_addresses_stay_among_them() {
+    let _serial = one_lab_at_a_time().await;
+    let lab = TestLab::start_with(EXE, LAB, 12, &["--speaker-nodes", "3"]);
+    let state = lab.state();
+    let speakers = ["node-1", "node-2", "node-3"];
+    let running: Vec<String> =
+        state.procs.iter().filter_map(|p| p.role.strip_prefix("speaker ").map(String::from)).collect();
+    assert_eq!(running, speakers, "the chart's nodeSelector places the speakers");
+    for node in &state.nodes {
+        net::count_udp(&node.netns, LIVENESS_PORT).expect("count liveness datagrams");
+    }
+    let client = lab.admin().await;
+    create_yaml(&client, ferrolb_tests::harness::LAB_POOL).await.expect("pool");
+    let backend = "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: default, labels: {app: web}}\nspec: {nodeName: node-12, containers: [{name: c, image: lab/x}]}\n";
+    create_yaml(&client, backend).await.expect("pod");
+    let all: Vec<&str> = state.nodes.iter().map(|n| n.name.as_str()).collect();
+    let mut away = 0;
+    for i in 1..=3 {
+        let svc = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web-{i}, namespace: default}}\nspec: {{type: LoadBalancer, selector: {{app: web}}, ports: [{{port: 80}}]}}\n"
+        );
+        create_yaml(&client, &svc).await.expect("service");
+        let ip = eventually(&format!("an address for web-{i}"), Duration::from_secs(30), || async {
+            ingress(&client, "default", &format!("web-{i}")).await.into_iter().next()
+        })
+        .await;
+        let addr: IpAddr = ip.parse().expect("ip");
+        let owner = election::owner(addr, speakers).expect("owner");
+        if !speakers.contains(&election::owner(addr, all.iter().copied()).expect("owner among all")) {
+            away += 1;
+        }
+        wait_answered_by(&lab, &ip, &[owner]).await;
+    }
+    assert!(away > 0, "no address would have gone to a node without a speaker: the test proves nothing");
+    // Heartbeats flow between the three; counted again from here, after every speaker has long listed the pods
+    // (until then a speaker sends to every Node, by design).
+    for node in &state.nodes {
+        net::counted_udp(&node.netns, true).expect("reset");
+    }
+    let heard = eventually("heartbeats counted at every speaker's node", Duration::from_secs(30), || async {
+        let counts: Vec<u64> =
+            state.nodes[..3].iter().map(|n| net::counted_udp(&n.netns, false).expect("count")).collect();
+        counts.iter().all(|c| *c >= 40).then_some(counts)
+    })
+    .await;
+    let unheard: Vec<u64> =
+        state.nodes[3..].iter().map(|n| net::counted_udp(&n.netns, false).expect("count")).collect();
+    println!("liveness datagrams counted: speaker nodes {heard:?}, the other nine {unheard:?}");
+    assert_eq!(unheard, [0; 9], "nodes without a speaker hear no heartbeat");
 }

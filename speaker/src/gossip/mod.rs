@@ -386,6 +386,12 @@ mod tests {
         ];
         let peers = |v6: bool| peer_addresses(&nodes, None, "me", 7946, v6).into_values().collect::<Vec<_>>();
         let expect = |list: &[&str]| list.iter().map(|a| a.parse::<SocketAddr>().expect("addr")).collect::<Vec<_>>();
+        let speakers = BTreeSet::from(["me".to_string(), "v6-only".to_string(), "no-address".to_string()]);
+        assert_eq!(
+            peer_addresses(&nodes, Some(&speakers), "me", 7946, true).into_values().collect::<Vec<_>>(),
+            expect(&["[2001:db8:18::13]:7946"]),
+            "only nodes that run a speaker hear heartbeats"
+        );
         assert_eq!(
             peers(true),
             expect(&["[::ffff:198.18.0.12]:7946", "[::ffff:198.18.0.14]:7946", "[2001:db8:18::13]:7946"])

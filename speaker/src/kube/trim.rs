@@ -4,7 +4,7 @@
 
 use crate::model::facts::SLICE_SERVICE_LABEL;
 use ferrolb_crds::annotations::{ALLOW_SHARED_IP, IP_ALLOCATED_FROM_POOL};
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 /// Keeps a Service's name, namespace, uid, labels (serviceSelectors), the pool and sharing annotations (the
@@ -91,6 +91,27 @@ pub fn node(node: &mut Node) {
             ..Default::default()
         };
     }
+}
+
+/// Keeps a speaker pod's name, namespace, deletion mark, node and phase: what says which node runs a speaker
+/// ([`crate::model::facts::speaker_node`]).
+pub fn pod(pod: &mut Pod) {
+    let meta = &mut pod.metadata;
+    *meta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        resource_version: meta.resource_version.take(),
+        deletion_timestamp: meta.deletion_timestamp.take(),
+        ..Default::default()
+    };
+    pod.spec = pod
+        .spec
+        .take()
+        .map(|spec| k8s_openapi::api::core::v1::PodSpec { node_name: spec.node_name, ..Default::default() });
+    pod.status = pod
+        .status
+        .take()
+        .map(|status| k8s_openapi::api::core::v1::PodStatus { phase: status.phase, ..Default::default() });
 }
 
 #[cfg(test)]
@@ -197,6 +218,31 @@ mod tests {
                 "status": {"conditions": [{"type": "Ready", "status": "True"}],
                     "addresses": [{"type": "InternalIP", "address": "198.18.0.11"}]}
             })
+        );
+    }
+
+    #[test]
+    fn speaker_pods_keep_their_node_phase_and_deletion_mark() {
+        let mut p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "ferrolb-speaker-x", "namespace": "metallb-system", "resourceVersion": "7",
+                "labels": {"app.kubernetes.io/component": "speaker"}, "annotations": {"a": "b"},
+                "deletionTimestamp": "2026-12-04T00:00:00Z"},
+            "spec": {"nodeName": "node-1", "hostNetwork": true,
+                "containers": [{"name": "speaker", "image": "ferrolb/speaker:0.1.0", "args": ["--x"]}]},
+            "status": {"phase": "Running", "podIP": "198.18.0.11", "containerStatuses": [{"name": "speaker",
+                "image": "i", "imageID": "", "ready": true, "restartCount": 0}]}
+        }))
+        .expect("pod");
+        let before = crate::model::facts::speaker_node(&p).map(str::to_string);
+        pod(&mut p);
+        assert_eq!(crate::model::facts::speaker_node(&p).map(str::to_string), before);
+        assert_eq!(
+            serde_json::to_value(&p).expect("json"),
+            json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "ferrolb-speaker-x", "namespace": "metallb-system", "resourceVersion": "7",
+                    "deletionTimestamp": "2026-12-04T00:00:00Z"},
+                "spec": {"nodeName": "node-1", "containers": []},
+                "status": {"phase": "Running"}})
         );
     }
 }

@@ -27,12 +27,15 @@ const NAMES_SHOWN: usize = 5;
 /// disagree (a speaker just died or joined) two speakers may briefly both report, which costs one duplicate
 /// Event, never a missing one for long.
 pub fn reporter(nodes: &[NodeFacts]) -> Option<&str> {
-    nodes.iter().filter(|n| n.speaker_alive).map(|n| n.name.as_str()).min()
+    nodes.iter().filter(|n| n.has_speaker && n.speaker_alive).map(|n| n.name.as_str()).min()
 }
 
 /// A node's reason, as a noun phrase.
 fn phrase(reason: Ineligible) -> &'static str {
     match reason {
+        Ineligible::NoSpeaker => {
+            "no ferrolb speaker runs there: the speaker DaemonSet's nodeSelector/tolerations leave it out"
+        }
         Ineligible::SpeakerDown => "no live speaker",
         Ineligible::Excluded => "label node.kubernetes.io/exclude-from-external-load-balancers",
         Ineligible::NetworkUnavailable => "NetworkUnavailable",
@@ -210,7 +213,7 @@ pub const CHANNEL_HEALED: &str = "every peer speaker whose node is alive is hear
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::election::Ineligible::{Excluded, NetworkUnavailable, NoLocalEndpoint, SpeakerDown};
+    use crate::model::election::Ineligible::{Excluded, NetworkUnavailable, NoLocalEndpoint, NoSpeaker, SpeakerDown};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
@@ -220,6 +223,7 @@ mod tests {
         NodeFacts {
             name: name.into(),
             labels: BTreeMap::new(),
+            has_speaker: true,
             speaker_alive: alive,
             network_unavailable: false,
             out_of_service: false,
@@ -257,6 +261,22 @@ mod tests {
         assert_eq!(
             no_label,
             "no node is eligible (a: no live speaker; b: no ready endpoint on it (externalTrafficPolicy: Local))"
+        );
+    }
+
+    #[test]
+    fn nodes_without_a_speaker_are_named_with_the_daemonsets_placement_to_blame() {
+        let why = explain(&Nobody::Ineligible(vec![("node-4", NoSpeaker), ("node-5", NoSpeaker)]));
+        assert_eq!(
+            why,
+            "all 2 nodes are not eligible (no ferrolb speaker runs there: the speaker DaemonSet's \
+             nodeSelector/tolerations leave it out)"
+        );
+        let mixed = explain(&Nobody::Ineligible(vec![("node-1", SpeakerDown), ("node-2", NoSpeaker)]));
+        assert_eq!(
+            mixed,
+            "no node is eligible (node-1: no live speaker; node-2: no ferrolb speaker runs there: the speaker \
+             DaemonSet's nodeSelector/tolerations leave it out)"
         );
     }
 
@@ -302,6 +322,9 @@ mod tests {
         let nodes = [node("node-2", true), node("node-1", false), node("node-3", true)];
         assert_eq!(reporter(&nodes), Some("node-2"), "node-1's speaker is down: node-2 speaks");
         assert_eq!(reporter(&[node("a", false)]), None);
+        // A Ready node without a speaker counts as alive by the fallback, yet nobody there would ever report.
+        let speakerless = NodeFacts { has_speaker: false, ..node("node-0", true) };
+        assert_eq!(reporter(&[speakerless, node("node-2", true)]), Some("node-2"));
         // Every speaker computes the same from the same view, in any order.
         let mut reversed = nodes.to_vec();
         reversed.reverse();

@@ -1,7 +1,7 @@
 //! Who answers for an address: every speaker computes this from the same inputs and gets the same answer, so
 //! no write to the API server is needed to elect.
 //!
-//! Candidates are the nodes that run a live speaker, are selected by an L2Advertisement that applies to the
+//! Candidates are the nodes that run a speaker of this release, whose speaker is alive, are selected by an L2Advertisement that applies to the
 //! Service, are not excluded (label — unless [`Policy::ignore_exclude_label`] —, `NetworkUnavailable`,
 //! out-of-service taint), have an interface the advertisement allows, and — for `externalTrafficPolicy: Local`
 //! — host a ready endpoint. The owner is the candidate with the lowest `hash(node, address)` (rendezvous
@@ -26,6 +26,9 @@ pub struct NodeFacts {
     pub name: String,
     /// Node labels.
     pub labels: BTreeMap<String, String>,
+    /// A speaker of this release runs on it (its pod is listed), or the speaker pods are unknown: a node without
+    /// one (the DaemonSet's nodeSelector or tolerations leave it out) is never a candidate, whatever its `Ready`.
+    pub has_speaker: bool,
     /// Its speaker is alive (liveness protocol, or the Node/Lease fallback).
     pub speaker_alive: bool,
     /// `NetworkUnavailable=True`.
@@ -72,6 +75,8 @@ pub struct Policy {
 /// Why a node is not a candidate (what `kubectl describe` should be able to say).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Ineligible {
+    /// No speaker of this release runs on it.
+    NoSpeaker,
     /// Its speaker is not alive.
     SpeakerDown,
     /// Labelled out of external load balancing.
@@ -92,6 +97,7 @@ impl Ineligible {
     /// Metric label.
     pub fn label(self) -> &'static str {
         match self {
+            Ineligible::NoSpeaker => "no_speaker",
             Ineligible::SpeakerDown => "speaker_down",
             Ineligible::Excluded => "excluded",
             Ineligible::NetworkUnavailable => "network_unavailable",
@@ -128,6 +134,9 @@ pub fn eligibility(
     ads: &[Advertisement],
     policy: Policy,
 ) -> Result<(), Ineligible> {
+    if !node.has_speaker {
+        return Err(Ineligible::NoSpeaker);
+    }
     if !node.speaker_alive {
         return Err(Ineligible::SpeakerDown);
     }
@@ -277,6 +286,7 @@ mod tests {
         NodeFacts {
             name: name.into(),
             labels: BTreeMap::from([("kubernetes.io/hostname".to_string(), name.to_string())]),
+            has_speaker: true,
             speaker_alive: true,
             network_unavailable: false,
             out_of_service: false,
@@ -312,6 +322,15 @@ mod tests {
         };
         assert_eq!(check(&|_| {}), Ok(()));
         assert_eq!(check(&|n| n.speaker_alive = false), Err(Ineligible::SpeakerDown));
+        assert_eq!(check(&|n| n.has_speaker = false), Err(Ineligible::NoSpeaker));
+        assert_eq!(
+            check(&|n| {
+                n.has_speaker = false;
+                n.speaker_alive = false;
+            }),
+            Err(Ineligible::NoSpeaker),
+            "the more telling reason: no speaker at all, not a speaker down"
+        );
         assert_eq!(
             check(&|n| {
                 n.labels.insert(EXCLUDE_LABEL.into(), String::new());
@@ -413,6 +432,32 @@ mod tests {
         let mut nodes = nodes.to_vec();
         nodes.push(node("d"));
         assert_eq!(decide(ip("198.19.0.1"), &served(), &nodes, &[all_nodes()], Policy::default()).owner(), Some("d"));
+    }
+
+    #[test]
+    fn a_ready_node_without_a_speaker_never_wins_an_address() {
+        // Twelve Ready nodes, three of them running a speaker (the DaemonSet's nodeSelector): every address goes
+        // to one of the three, also those whose rendezvous winner among all twelve is a node without one.
+        let nodes: Vec<NodeFacts> = (1..=12)
+            .map(|i| NodeFacts { has_speaker: [2, 7, 11].contains(&i), ..node(&format!("node-{i}")) })
+            .collect();
+        let with_speaker = ["node-11", "node-2", "node-7"];
+        let mut moved = 0;
+        for i in 1..=60 {
+            let addr = IpAddr::from([198, 19, 0, i]);
+            let owner = decide(addr, &served(), &nodes, &[all_nodes()], Policy::default()).owner();
+            assert!(owner.is_some_and(|o| with_speaker.contains(&o)), "{addr}: {owner:?}");
+            if owner != super::owner(addr, nodes.iter().map(|n| n.name.as_str())) {
+                moved += 1;
+            }
+        }
+        assert!(moved > 30, "most addresses would have gone to a node without a speaker: {moved}");
+        let none: Vec<NodeFacts> = nodes.iter().map(|n| NodeFacts { has_speaker: false, ..n.clone() }).collect();
+        let Decision::Nobody(why) = decide(ip("198.19.0.1"), &served(), &none, &[all_nodes()], Policy::default())
+        else {
+            panic!("no speaker anywhere: nobody announces")
+        };
+        assert_eq!(why.label(), "no_speaker");
     }
 
     #[test]

@@ -5,11 +5,12 @@ use ferrolb_crds::annotations::ALLOW_SHARED_IP;
 use ferrolb_crds::selector::Selector;
 use ferrolb_crds::service::ServiceKey;
 use ferrolb_crds::{IPAddressPool, L2Advertisement};
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::{BTreeSet, HashMap};
 
-/// Facts about a Node, with liveness from the fallback signal (`Ready=True`) unless the caller knows better.
+/// Facts about a Node, with liveness from the fallback signal (`Ready=True`) and a speaker on it, unless the
+/// caller knows better.
 pub fn node_facts(node: &Node) -> NodeFacts {
     let conditions = node.status.as_ref().and_then(|s| s.conditions.as_ref());
     let is = |kind: &str| conditions.into_iter().flatten().any(|c| c.type_ == kind && c.status == "True");
@@ -17,11 +18,39 @@ pub fn node_facts(node: &Node) -> NodeFacts {
     NodeFacts {
         name: node.metadata.name.clone().unwrap_or_default(),
         labels: node.metadata.labels.clone().unwrap_or_default(),
+        has_speaker: true,
         speaker_alive: is("Ready"),
         network_unavailable: is("NetworkUnavailable"),
         out_of_service: taints.into_iter().flatten().any(|t| t.key == OUT_OF_SERVICE_TAINT),
         interfaces: None,
     }
+}
+
+/// The node a speaker pod runs its speaker on, if it does or is about to: bound to a node and not finished.
+/// `Pending` (starting), `Running`, `Unknown` (its node unreachable) and a pod being deleted (its speaker runs
+/// until it exits, and says it is leaving) all count, since liveness, not the pod, says whether that speaker is
+/// alive; `Failed` and `Succeeded` pods run nothing any more.
+pub fn speaker_node(pod: &Pod) -> Option<&str> {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Failed" | "Succeeded")) {
+        return None;
+    }
+    pod.spec.as_ref()?.node_name.as_deref().filter(|n| !n.is_empty())
+}
+
+/// The nodes that run a speaker, from the speaker pods of this release; `None` (unknown: every node counts, as
+/// before speakers were discovered) when `me` — the asking speaker, which certainly runs — is not among them:
+/// then the list is not what it seems (a selector matching other pods than ours, or a cache behind), and
+/// trusting it would silence heartbeats and leave addresses unanswered. `me: None` (the plugin, no speaker of
+/// its own) trusts the list.
+pub fn speaker_nodes<'a>(pods: impl IntoIterator<Item = &'a Pod>, me: Option<&str>) -> Option<BTreeSet<String>> {
+    let nodes: BTreeSet<String> = pods.into_iter().filter_map(speaker_node).map(str::to_string).collect();
+    me.is_none_or(|me| nodes.contains(me)).then_some(nodes)
+}
+
+/// Whether `node` runs a speaker, given the speaker nodes if known (`None`: unknown, so it may).
+pub fn has_speaker(node: &str, speaker_nodes: Option<&BTreeSet<String>>) -> bool {
+    speaker_nodes.is_none_or(|nodes| nodes.contains(node))
 }
 
 /// Endpoint facts of a Service from its EndpointSlices (an endpoint can serve when ready is unset or true, or
@@ -238,12 +267,54 @@ mod tests {
         assert_eq!(facts.name, "n1");
         assert_eq!(facts.labels.get("zone").map(String::as_str), Some("a"));
         assert!(facts.speaker_alive && facts.network_unavailable && facts.out_of_service);
+        assert!(facts.has_speaker, "until the speaker pods say otherwise");
         assert_eq!(facts.interfaces, None, "interfaces are not published (docs/design.md §10.2)");
         let bare: Node = serde_json::from_value(json!({"metadata": {"name": "n2"},
             "status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}))
         .expect("node");
         let facts = node_facts(&bare);
         assert!(!facts.speaker_alive && !facts.network_unavailable && !facts.out_of_service);
+    }
+
+    fn speaker_pod(node: Option<&str>, phase: Option<&str>, deleting: bool) -> Pod {
+        let deletion = deleting.then_some("2026-12-04T00:00:00Z");
+        serde_json::from_value(json!({
+            "metadata": {"name": "ferrolb-speaker-x", "namespace": "metallb-system", "deletionTimestamp": deletion},
+            "spec": {"nodeName": node, "containers": []},
+            "status": {"phase": phase}}))
+        .expect("pod")
+    }
+
+    #[test]
+    fn a_speaker_pod_counts_for_its_node_until_it_has_finished() {
+        let on = |phase: Option<&str>, deleting: bool| {
+            speaker_node(&speaker_pod(Some("n1"), phase, deleting)).map(str::to_string)
+        };
+        for phase in [None, Some("Pending"), Some("Running"), Some("Unknown")] {
+            assert_eq!(on(phase, false).as_deref(), Some("n1"), "{phase:?}");
+        }
+        assert_eq!(on(Some("Running"), true).as_deref(), Some("n1"), "being deleted: its speaker runs until it exits");
+        assert_eq!(on(Some("Failed"), false), None);
+        assert_eq!(on(Some("Succeeded"), true), None);
+        assert_eq!(speaker_node(&speaker_pod(None, Some("Pending"), false)), None, "not scheduled: no node yet");
+        assert_eq!(speaker_node(&speaker_pod(Some(""), Some("Pending"), false)), None);
+    }
+
+    #[test]
+    fn speaker_nodes_are_trusted_only_when_they_include_the_asking_speaker() {
+        let pods = [
+            speaker_pod(Some("n1"), Some("Running"), false),
+            speaker_pod(Some("n2"), Some("Pending"), false),
+            speaker_pod(Some("n2"), Some("Running"), false),
+            speaker_pod(Some("n3"), Some("Failed"), false),
+        ];
+        let both = BTreeSet::from(["n1".to_string(), "n2".to_string()]);
+        assert_eq!(speaker_nodes(&pods, Some("n1")), Some(both.clone()));
+        assert_eq!(speaker_nodes(&pods, None), Some(both.clone()), "the plugin has no speaker of its own");
+        assert_eq!(speaker_nodes(&pods, Some("n3")), None, "n3 runs this very speaker: the list is off");
+        assert_eq!(speaker_nodes(&[], Some("n1")), None, "an empty list (wrong selector?) is not believed");
+        assert!(has_speaker("n2", Some(&both)) && !has_speaker("n3", Some(&both)));
+        assert!(has_speaker("n3", None), "unknown: every node may run one");
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub struct Snapshot {
     pub ads: Vec<Arc<L2Advertisement>>,
     /// IPAddressPools of the configuration namespace.
     pub pools: Vec<Arc<IPAddressPool>>,
+    /// The nodes a speaker of this release runs on ([`facts::speaker_nodes`]); `None` when not known (no
+    /// permission to list pods, not listed yet): then every node may run one, as before speakers were
+    /// discovered.
+    pub speaker_nodes: Option<BTreeSet<String>>,
 }
 
 /// A Service this node announces.
@@ -84,7 +88,8 @@ struct PreparedService {
     applicable: Vec<Advertisement>,
 }
 
-/// The half of a plan that depends only on the API state: node facts (liveness from `Ready`), and per managed
+/// The half of a plan that depends only on the API state: node facts (liveness from `Ready`, speakers from the
+/// speaker pods), and per managed
 /// Service its endpoint facts, addresses and applicable advertisements. It is the expensive half (every
 /// Service, every EndpointSlice, every selector), so the speaker keeps it until the API state changes and a
 /// liveness change — a failover — only runs [`decide`].
@@ -127,7 +132,16 @@ pub fn prepare(me: &Me<'_>, s: &Snapshot) -> Prepared {
             })
         })
         .collect();
-    Prepared { nodes: s.nodes.iter().map(|n| facts::node_facts(n)).collect(), services }
+    let nodes = s
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut node = facts::node_facts(n);
+            node.has_speaker = facts::has_speaker(&node.name, s.speaker_nodes.as_ref());
+            node
+        })
+        .collect();
+    Prepared { nodes, services }
 }
 
 /// What this node announces, from the API half of a plan, this node's interfaces and its view of the peers'
@@ -321,6 +335,7 @@ mod tests {
             ads: vec![obj(json!({"metadata": {"name": "l2", "namespace": "metallb-system"}}))],
             pools: vec![obj(json!({"metadata": {"name": "lab", "namespace": "metallb-system"},
                 "spec": {"addresses": ["198.19.0.0/24"]}}))],
+            speaker_nodes: None,
         }
     }
 
@@ -457,6 +472,27 @@ mod tests {
         assert_eq!(a.per_ip.keys().copied().collect::<Vec<_>>(), [v4], "IPv4 still answered");
         let note = &a.failed[&ServiceKey::new("default", "dns")].note;
         assert!(note.contains("2001:db8:19::1") && note.contains("IPv6 address"), "{note}");
+    }
+
+    #[test]
+    fn a_ready_node_without_a_speaker_is_never_elected_even_before_liveness_settles() {
+        let services: Vec<_> =
+            (1..=20).map(|i| service(&format!("s{i}"), &format!("198.19.0.{i}"), Some("lab"))).collect();
+        let slices: Vec<_> = (1..=20).map(|i| slice(&format!("s{i}"), &NODES)).collect();
+        let mut s = snapshot(services, slices, &[]);
+        let owned_by = |s: &Snapshot, n: &str| plan_on(n, s, Policy::default()).per_ip.len();
+        assert!(owned_by(&s, "node-2") > 0, "unknown speakers: node-2 counts by Ready and owns its share");
+        s.speaker_nodes = Some(BTreeSet::from(["node-1".to_string(), "node-3".to_string()]));
+        assert_eq!(owned_by(&s, "node-2"), 0, "node-2 runs no speaker");
+        assert_eq!(owned_by(&s, "node-1") + owned_by(&s, "node-3"), 20, "the two speakers share every address");
+        // The only speaker's node is labelled out: nobody announces, and the note names each node's reason.
+        let mut excluded =
+            snapshot(vec![service("dns", "198.19.0.1", Some("lab"))], vec![slice("dns", &NODES)], &["node-1"]);
+        excluded.speaker_nodes = Some(BTreeSet::from(["node-1".to_string()]));
+        let a = plan_on("node-1", &excluded, Policy::default());
+        assert!(a.per_ip.is_empty() && a.reporter);
+        let note = &a.unannounced[&ServiceKey::new("default", "dns")].note;
+        assert!(note.contains("node-2, node-3: no ferrolb speaker runs there"), "{note}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -32,6 +33,27 @@ pub struct UpOptions {
     pub ipv6_nodes: bool,
     /// A second LAN segment: every node and the host get `eth1` on it (see [`net::create`]).
     pub second_lan: bool,
+    /// Only the first N nodes run a speaker: they get [`SPEAKER_NODE_LABEL`]=[`SPEAKER_NODE_VALUE`], and the
+    /// chart is installed with `speaker.nodeSelector` on it (real nodes: the DaemonSet places its pods by it; process mode: the lab
+    /// starts speakers where the rendered DaemonSet's nodeSelector matches).
+    pub speaker_nodes: Option<usize>,
+}
+
+/// Label `up --speaker-nodes N` gives the nodes that run a speaker, with value [`SPEAKER_NODE_VALUE`].
+pub const SPEAKER_NODE_LABEL: &str = "ferrolb.io/lab-tier";
+/// Its value: not `true`, which `helm --set` would turn into a boolean (a nodeSelector holds strings only).
+pub const SPEAKER_NODE_VALUE: &str = "edge";
+
+/// What process mode takes from the installed chart's speaker DaemonSet besides its arguments, so the speaker
+/// processes run as its pods would and can find each other as the pods do.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct SpeakerTemplate {
+    /// The container's literal environment (`value`, not `valueFrom`), e.g. the speaker pod selector.
+    pub env: Vec<(String, String)>,
+    /// The pod template's labels: the lab creates a Pod with them for every speaker process it runs.
+    pub pod_labels: BTreeMap<String, String>,
+    /// The pod template's nodeSelector: speakers run only on nodes whose labels match it.
+    pub node_selector: BTreeMap<String, String>,
 }
 
 /// Labels kubeadm puts on a control-plane node; minikube and kind nodes carry them too.
@@ -57,7 +79,10 @@ pub fn is_running(dir: &Path) -> bool {
 pub async fn up(opts: &UpOptions) -> Result<State> {
     if is_running(&opts.dir) {
         let state = State::load(&opts.dir)?;
-        if state.nodes.len() == opts.nodes && state.second_lan == opts.second_lan {
+        if state.nodes.len() == opts.nodes
+            && state.second_lan == opts.second_lan
+            && state.speaker_nodes == opts.speaker_nodes
+        {
             step(format!("lab {:?} is already up", state.name));
             return Ok(state);
         }
@@ -73,6 +98,9 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
     down(&opts.name, &opts.dir)?;
     if opts.nodes == 0 || opts.nodes > 200 {
         return Err(LabError::Usage(format!("--nodes must be 1..=200, got {}", opts.nodes)));
+    }
+    if opts.speaker_nodes.is_some_and(|n| n == 0 || n > opts.nodes) {
+        return Err(LabError::Usage(format!("--speaker-nodes must be 1..=--nodes ({})", opts.nodes)));
     }
     let started = Instant::now();
     let bin_dir = control_plane::ensure_binaries()?;
@@ -94,6 +122,7 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
         real_nodes: opts.real_nodes,
         ipv6_nodes: opts.ipv6_nodes,
         second_lan: opts.second_lan,
+        speaker_nodes: opts.speaker_nodes,
         ..State::default()
     };
     state.save()?;
@@ -143,16 +172,22 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
     if opts.kubeadm_labels {
         label_like_kubeadm(&state).await?;
     }
+    let mut helm_set = opts.helm_set.clone();
+    if let Some(count) = opts.speaker_nodes {
+        label_speaker_nodes(&state, count).await?;
+        helm_set.push(format!("speaker.nodeSelector.{}={SPEAKER_NODE_VALUE}", SPEAKER_NODE_LABEL.replace('.', "\\.")));
+    }
     if !opts.bare {
-        install_chart(&state, &opts.helm_set)?;
+        install_chart(&state, &helm_set)?;
         if opts.real_nodes {
             realnode::wait_chart_ready(&state, Duration::from_secs(180)).await?;
         } else {
             (state.controller_args, state.speaker_args) = chart_args(&state)?;
+            state.speaker_template = speaker_template(&state)?;
             state.save()?;
             start_controller(&mut state, 0).await?;
-            for node in state.nodes.clone() {
-                start_speaker(&mut state, &node.name).await?;
+            for node in speaker_nodes(&state).await? {
+                start_speaker(&mut state, &node).await?;
             }
         }
     }
@@ -170,6 +205,33 @@ async fn label_like_kubeadm(state: &State) -> Result<()> {
         nodes.patch(&node.name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await?;
     }
     Ok(())
+}
+
+async fn label_speaker_nodes(state: &State, count: usize) -> Result<()> {
+    let nodes: Api<Node> = Api::all(kubelet::client(&state.kubeconfig()).await?);
+    for node in state.nodes.iter().take(count) {
+        step(format!(
+            "labelling {} {SPEAKER_NODE_LABEL}={SPEAKER_NODE_VALUE}: it runs a speaker (speaker.nodeSelector)",
+            node.name
+        ));
+        let patch = serde_json::json!({"metadata": {"labels": {SPEAKER_NODE_LABEL: SPEAKER_NODE_VALUE}}});
+        nodes.patch(&node.name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await?;
+    }
+    Ok(())
+}
+
+/// The nodes the chart's speaker DaemonSet would run on, by its nodeSelector and the Nodes' labels (process mode
+/// has no DaemonSet controller; the lab's nodes have no taints, so tolerations change nothing here).
+pub async fn speaker_nodes(state: &State) -> Result<Vec<String>> {
+    let nodes: Api<Node> = Api::all(kubelet::client(&state.kubeconfig()).await?);
+    let mut selected = Vec::new();
+    for node in &state.nodes {
+        let labels = nodes.get(&node.name).await?.metadata.labels.unwrap_or_default();
+        if state.speaker_template.node_selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            selected.push(node.name.clone());
+        }
+    }
+    Ok(selected)
 }
 
 async fn wait_ready(state: &State) -> Result<()> {
@@ -346,6 +408,58 @@ pub fn chart_args(state: &State) -> Result<(Vec<String>, Vec<String>)> {
     Ok((args_of("Deployment"), args_of("DaemonSet")))
 }
 
+/// The rest of what the installed chart gives the speaker DaemonSet's pods: literal environment, pod labels and
+/// nodeSelector (see [`SpeakerTemplate`]).
+pub fn speaker_template(state: &State) -> Result<SpeakerTemplate> {
+    let manifest = helm(state, &["get", "manifest", RELEASE])?;
+    let Some(daemonset) = manifest
+        .split("\n---")
+        .filter_map(|doc| serde_yaml::from_str::<serde_yaml::Value>(doc).ok())
+        .find(|doc| doc["kind"].as_str() == Some("DaemonSet"))
+    else {
+        return Ok(SpeakerTemplate::default());
+    };
+    let pod = &daemonset["spec"]["template"];
+    let strings = |map: &serde_yaml::Value| -> BTreeMap<String, String> {
+        map.as_mapping()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string())))
+            .collect()
+    };
+    let env = pod["spec"]["containers"][0]["env"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].as_str()?.to_string())))
+        .collect();
+    Ok(SpeakerTemplate {
+        env,
+        pod_labels: strings(&pod["metadata"]["labels"]),
+        node_selector: strings(&pod["spec"]["nodeSelector"]),
+    })
+}
+
+/// A Pod object for a process-mode speaker, as the DaemonSet would have made it (its labels, bound to the node),
+/// so the speakers discover each other from the API as they do in a cluster; the lab agent marks it Running.
+/// Tolerating every taint, like a DaemonSet's pod, it is not evicted while its node is down.
+async fn ensure_speaker_pod(state: &State, node: &str) -> Result<()> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(kubelet::client(&state.kubeconfig()).await?, RELEASE_NAMESPACE);
+    let name = format!("{RELEASE}-speaker-{node}");
+    if pods.get_opt(&name).await?.is_some() {
+        return Ok(());
+    }
+    let pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": state.speaker_template.pod_labels},
+        "spec": {"nodeName": node, "hostNetwork": true, "serviceAccountName": format!("{RELEASE}-speaker"),
+            "automountServiceAccountToken": false, "tolerations": [{"operator": "Exists"}],
+            "containers": [{"name": "speaker", "image": "ferrolb-lab/process-mode"}]}}))
+    .map_err(|e| LabError::Usage(e.to_string()))?;
+    pods.create(&kube::api::PostParams::default(), &pod).await?;
+    Ok(())
+}
+
 /// `helm uninstall` of the release: the CRDs, pools, advertisements and Services stay (helm never deletes CRDs).
 pub fn uninstall_chart(state: &State) -> Result<()> {
     step(format!("helm uninstall {RELEASE} -n {RELEASE_NAMESPACE}"));
@@ -470,6 +584,7 @@ async fn start_speaker_with(state: &mut State, node: &str, env: &[(String, Strin
         .and_then(|d| d.get("key").map(|k| String::from_utf8_lossy(&k.0).into_owned()))
         .unwrap_or_default();
     let key = if state.speaker_gossip { key } else { String::new() };
+    ensure_speaker_pod(state, &info.name).await?;
     let metrics_port = control_plane::free_port()?;
     step(format!(
         "starting ferrolb-speaker on {} (chart ServiceAccount token, raw ARP socket in {})",
@@ -481,6 +596,7 @@ async fn start_speaker_with(state: &mut State, node: &str, env: &[(String, Strin
         .env("KUBECONFIG", kubeconfig)
         .env("FERROLB_GOSSIP_KEY", key)
         .env_remove("RUST_BACKTRACE")
+        .envs(state.speaker_template.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .args(["--node", &info.name, "--namespace", RELEASE_NAMESPACE])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])

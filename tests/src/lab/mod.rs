@@ -194,6 +194,13 @@ pub struct State {
     /// The same for the controller Deployment's container.
     #[serde(default)]
     pub controller_args: Vec<String>,
+    /// What else process mode takes from the chart's speaker DaemonSet (see [`lifecycle::SpeakerTemplate`]).
+    #[serde(default)]
+    pub speaker_template: lifecycle::SpeakerTemplate,
+    /// `up --speaker-nodes N`: only the first N nodes are labelled to run a speaker (the chart's
+    /// `speaker.nodeSelector`); `None`: every node runs one.
+    #[serde(default)]
+    pub speaker_nodes: Option<usize>,
 }
 
 fn yes() -> bool {

@@ -5,7 +5,7 @@
 use super::addresses::{
     HOST_IP, HOST_IP6, HOST2_IP, HOST2_IP6, LAN_BITS, LAN6_BITS, POOL_CIDR, POOL6_CIDR, node2_ip, node2_ip6,
 };
-use super::{NodeInfo, Result, run};
+use super::{LabError, NodeInfo, Result, run};
 
 /// Name of the kube-proxy stand-in's VIP interface, as kube-proxy IPVS names it.
 pub const IPVS_INTERFACE: &str = "kube-ipvs0";
@@ -170,4 +170,35 @@ pub fn clear_fault(ns: &str) -> Result<()> {
         run("ip", &["netns", "exec", ns, "nft", "delete", "table", "inet", FAULT_TABLE])?;
     }
     Ok(())
+}
+
+/// Name of the nftables table in which the lab counts datagrams (inside a node namespace only).
+const COUNT_TABLE: &str = "ferrolb_lab_count";
+
+/// Starts counting incoming UDP datagrams to `port` inside a node namespace (nftables named counter; nothing is
+/// dropped). Replaces an earlier count, starting from 0.
+pub fn count_udp(ns: &str, port: u16) -> Result<()> {
+    let tables = run("ip", &["netns", "exec", ns, "nft", "list", "tables"]).unwrap_or_default();
+    if tables.contains(COUNT_TABLE) {
+        run("ip", &["netns", "exec", ns, "nft", "delete", "table", "inet", COUNT_TABLE])?;
+    }
+    let rules = format!(
+        "table inet {COUNT_TABLE} {{\n  counter udp_in {{}}\n  chain input {{\n    type filter hook input priority -20; policy accept;\n    udp dport {port} counter name udp_in\n  }}\n}}\n"
+    );
+    let file = std::env::temp_dir().join(format!("{ns}-count.nft"));
+    std::fs::write(&file, rules).map_err(|e| super::io_err(&file, e))?;
+    let applied = run("ip", &["netns", "exec", ns, "nft", "-f", &file.display().to_string()]);
+    let _ = std::fs::remove_file(&file);
+    applied.map(|_| ())
+}
+
+/// The datagrams counted since [`count_udp`] (or the last reset), and with `reset` starts again from 0.
+pub fn counted_udp(ns: &str, reset: bool) -> Result<u64> {
+    let verb = if reset { "reset" } else { "list" };
+    let text = run("ip", &["netns", "exec", ns, "nft", verb, "counter", "inet", COUNT_TABLE, "udp_in"])?;
+    text.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| LabError::Usage(format!("no packet count in {text:?}")))
 }

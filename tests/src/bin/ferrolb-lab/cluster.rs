@@ -31,6 +31,10 @@ pub enum Cmd {
         /// it, so `arping --iface eth1` from host asks there.
         #[arg(long)]
         second_lan: bool,
+        /// Only the first N nodes run a speaker: they are labelled ferrolb.io/lab-tier=edge and the chart is
+        /// installed with speaker.nodeSelector on that label.
+        #[arg(long, value_name = "N")]
+        speaker_nodes: Option<usize>,
     },
     /// What runs, and where.
     Status,
@@ -80,7 +84,7 @@ pub enum Cmd {
 pub async fn run(command: Cmd, name: String, dir: &Path) -> anyhow::Result<()> {
     let load = || State::load(dir).with_context(|| format!("no lab at {} (run `ferrolb-lab up`)", dir.display()));
     match command {
-        Cmd::Up { nodes, bare, kubelets, kubeadm_labels, helm_set, ipv6_nodes, second_lan } => {
+        Cmd::Up { nodes, bare, kubelets, kubeadm_labels, helm_set, ipv6_nodes, second_lan, speaker_nodes } => {
             let options = lifecycle::UpOptions {
                 name,
                 dir: dir.to_path_buf(),
@@ -91,6 +95,7 @@ pub async fn run(command: Cmd, name: String, dir: &Path) -> anyhow::Result<()> {
                 helm_set,
                 ipv6_nodes,
                 second_lan,
+                speaker_nodes,
             };
             let state = lifecycle::up(&options).await?;
             println!("{}", state.kubeconfig().display());
