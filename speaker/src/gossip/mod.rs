@@ -279,19 +279,21 @@ fn start(
         loop {
             tokio::time::sleep(tick).await;
             let now = Instant::now();
-            let Ok((says, version, declared, legacy, verdicts)) = membership.lock().map(|mut m| {
+            let Ok((says, version, declared, detected, legacy, verdicts)) = membership.lock().map(|mut m| {
                 let says = m.tick(now);
                 let version = m.version();
                 // Only when something may have changed: listing every peer's verdict costs O(N).
                 let verdicts = (seen != Some(version)).then(|| m.verdicts(now));
-                (says, version, m.take_declared(), m.legacy_peers(now), verdicts)
+                (says, version, m.take_declared(), m.take_detected(), m.legacy_peers(now), verdicts)
             }) else {
                 return;
             };
             mouth.say(&says, legacy);
             for (node, silent) in declared {
                 tracing::info!(%node, silent_ms = silent.as_millis() as u64, "peer dead: its watchers agree");
-                // Time from the peer's last word to the verdict: the detection latency.
+            }
+            for (_, silent) in detected {
+                // Time from a watched peer's last word to this speaker holding it dead: the detection latency.
                 Stats::observe(&stats.failure_detection, silent);
             }
             let Some(verdicts) = verdicts else { continue };

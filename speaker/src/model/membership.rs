@@ -248,6 +248,7 @@ pub struct Membership {
     legacy_heard: Option<Instant>,
     version: u64,
     declared: Vec<(String, Duration)>,
+    detected: Vec<(String, Duration)>,
 }
 
 impl Membership {
@@ -267,6 +268,7 @@ impl Membership {
             legacy_heard: None,
             version: 0,
             declared: Vec::new(),
+            detected: Vec::new(),
         }
     }
 
@@ -428,6 +430,12 @@ impl Membership {
             return;
         }
         let (incarnation, counter) = (subject.incarnation, subject.counter);
+        if !local && let Some(since) = self.watching.get(subject.node.as_str()) {
+            // A subject this speaker watched: how long it had been silent here is the detection latency, whether
+            // this speaker declared the death or heard another watcher's verdict first.
+            let last = peer.heard.map_or(*since, |w| w.at.max(*since));
+            self.detected.push((subject.node.clone(), now.saturating_duration_since(last)));
+        }
         peer.dead = Some(Box::new(Conviction { incarnation, counter, since: now, local }));
         peer.trouble = None;
         if let Some((name, _)) = self.peers.get_key_value(subject.node.as_str()) {
@@ -502,6 +510,12 @@ impl Membership {
     /// The deaths this speaker declared since the last call, with how long each subject had been silent.
     pub fn take_declared(&mut self) -> Vec<(String, Duration)> {
         std::mem::take(&mut self.declared)
+    }
+
+    /// The deaths of subjects this speaker watched, learned since the last call (declared here or by another
+    /// watcher's verdict), with how long each had been silent here: the detection latency.
+    pub fn take_detected(&mut self) -> Vec<(String, Duration)> {
+        std::mem::take(&mut self.detected)
     }
 
     /// A peer's verdict at `now`. This speaker is always alive to itself.
@@ -685,6 +699,11 @@ mod tests {
         }
         let declared: usize = net.nodes.values_mut().map(|(m, _)| m.take_declared().len()).sum();
         assert!((1..=3).contains(&declared), "its watchers declared it: {declared}");
+        // Every watcher counts the detection, also one that heard another's verdict before declaring.
+        let detected: Vec<Duration> =
+            net.nodes.values_mut().flat_map(|(m, _)| m.take_detected()).map(|(_, silence)| silence).collect();
+        assert_eq!(detected.len(), 3, "{detected:?}");
+        assert!(detected.iter().all(|d| *d > 200 * MS), "{detected:?}");
         // The ring closes over the hole: someone else now gets the heartbeats the victim got.
         for (name, (m, _)) in &net.nodes {
             if name.as_ref() != victim {
