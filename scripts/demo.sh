@@ -129,8 +129,9 @@ run "$LAB" exec host -- "$LAB" probe tcp "$VIP:53"
 OWNER=$("$LAB" exec host -- "$LAB" probe tcp "$VIP:53")
 
 say "11. Hard failure of $OWNER: SIGKILL its kubelet, containerd and pods (the speaker pod too), pull its cable."
-note "Speakers hear each other every 50 ms (HMAC-signed); a peer silent for 200 ms is counted dead, each of its"
-note "addresses is probed with ARP for 100 ms and taken if nobody answers, and the new owner sends gratuitous ARP."
+note "Each speaker heartbeats its three watchers every 50 ms (HMAC-signed); when two of them have not heard it for 200 ms"
+note "and it does not answer them, every speaker counts it dead; the new owner probes its addresses with ARP for"
+note "100 ms, takes them all if nobody answers, and sends gratuitous ARP."
 run "$LAB" kill "$OWNER"
 start=$(date +%s.%N)
 until answer=$("$LAB" exec host -- "$LAB" probe udp "$VIP:53" --timeout-ms 200 2>/dev/null); do :; done
