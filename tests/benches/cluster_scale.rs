@@ -87,7 +87,9 @@ async fn service(lab: &TestLab) -> String {
 /// One hard kill of the Service's owner while the host probes it; the longest gap in ms.
 async fn hard_kill(lab: &TestLab, exe: &str, vip: &str) -> f64 {
     let target = format!("{vip}:53");
-    let Ok(owner) = lab.probe("host", "udp", &target, 2000) else { return f64::NAN };
+    // The lab's echo answers with the node's name first.
+    let Ok(answer) = lab.probe("host", "udp", &target, 2000) else { return f64::NAN };
+    let Some(owner) = answer.split_whitespace().next().map(str::to_string) else { return f64::NAN };
     let prober = Command::new(exe)
         .args(["--name", &lab.name, "--dir"])
         .arg(&lab.dir)
@@ -103,7 +105,7 @@ async fn hard_kill(lab: &TestLab, exe: &str, vip: &str) -> f64 {
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap_or_default();
     lab.ok(&["revive", &owner]);
     for _ in 0..300 {
-        if lab.probe("host", "udp", &target, 500).as_deref() == Ok(owner.as_str()) {
+        if lab.probe("host", "udp", &target, 500).is_ok_and(|a| a.split_whitespace().next() == Some(owner.as_str())) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
