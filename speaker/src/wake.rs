@@ -76,12 +76,35 @@ pub fn spawn_ticks(wake: WakeSender, every: Duration, rescan_every: Duration) {
     });
 }
 
-/// Waits for the next wake, then gathers every wake that arrives until `quiet_until`; `None` once every
-/// sender is gone.
+impl Wake {
+    /// A wake that must not wait for the gathering window: a peer's verdict changed, so a failover may be due,
+    /// and the pacing that protects the API's bursts would only add to the outage (docs/design.md §4.6).
+    pub fn is_urgent(self) -> bool {
+        matches!(self, Wake::Liveness)
+    }
+}
+
+/// Waits for the next wake, then gathers every wake that arrives until `quiet_until`, or until an urgent one
+/// arrives; `None` once every sender is gone.
 pub async fn gather(rx: &mut mpsc::UnboundedReceiver<Wake>, quiet_until: tokio::time::Instant) -> Option<Wakes> {
     let mut wakes = Wakes::default();
-    wakes.add(rx.recv().await?);
-    tokio::time::sleep_until(quiet_until).await;
+    let first = rx.recv().await?;
+    wakes.add(first);
+    let mut urgent = first.is_urgent();
+    let window = tokio::time::sleep_until(quiet_until);
+    tokio::pin!(window);
+    while !urgent {
+        tokio::select! {
+            () = &mut window => break,
+            wake = rx.recv() => match wake {
+                Some(wake) => {
+                    wakes.add(wake);
+                    urgent = wake.is_urgent();
+                }
+                None => break,
+            },
+        }
+    }
     while let Ok(wake) = rx.try_recv() {
         wakes.add(wake);
     }
@@ -105,5 +128,28 @@ mod tests {
         assert_eq!(fold(&[Wake::Tick { rescan: true }]).rescan, Some("timer"));
         assert_eq!(fold(&[Wake::Tick { rescan: true }, Wake::Interfaces]).rescan, Some("netlink"));
         assert_eq!(fold(&[Wake::Interfaces, Wake::Tick { rescan: true }]).rescan, Some("netlink"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_liveness_wake_ends_the_gathering_window_at_once() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let start = tokio::time::Instant::now();
+        let window = start + Duration::from_millis(250);
+        tx.send(Wake::Api).expect("send");
+        let sender = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            sender.send(Wake::Liveness).expect("send");
+        });
+        let wakes = gather(&mut rx, window).await.expect("wakes");
+        assert!(wakes.api, "the wakes before the urgent one are kept");
+        let waited = start.elapsed();
+        assert!(waited < Duration::from_millis(250), "waited {waited:?}: the whole window, not up to the verdict");
+
+        tx.send(Wake::Api).expect("send");
+        let start = tokio::time::Instant::now();
+        let wakes = gather(&mut rx, start + Duration::from_millis(250)).await.expect("wakes");
+        assert!(wakes.api);
+        assert_eq!(start.elapsed(), Duration::from_millis(250), "an API wake waits for the window (pacing)");
     }
 }
