@@ -215,7 +215,7 @@ mod tests {
     use super::*;
     use crate::telemetry::stats::Reason;
     use crate::wire::Mac;
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
     use std::net::{IpAddr, Ipv4Addr};
 
     fn sample(text: &str, series: &str) -> Option<f64> {
@@ -280,5 +280,24 @@ mod tests {
         assert_eq!(sample(&text, "metallb_layer2_responses_sent{ip=\"198.19.0.1\"}"), Some(2.0));
         assert_eq!(sample(&text, "metallb_layer2_gratuitous_sent{ip=\"198.19.0.1\"}"), Some(4.0));
         assert!(!text.contains("ferrolb_speaker_metallb"), "MetalLB names carry no ferrolb prefix");
+    }
+
+    #[test]
+    fn per_address_series_go_when_the_node_stops_answering_for_the_address() {
+        let stats = Arc::new(Stats::default());
+        let (kept, handed_over) =
+            (IpAddr::from(Ipv4Addr::new(198, 19, 0, 1)), IpAddr::from(Ipv4Addr::new(198, 19, 0, 2)));
+        let service = |name: &str| BTreeSet::from([name.to_string()]);
+        stats.set_announced(BTreeMap::from([(kept, service("a/one")), (handed_over, service("a/two"))]));
+        stats.count_for(kept, |c| c.requests += 1);
+        stats.count_for(handed_over, |c| c.requests += 5);
+        let registry = registry(stats.clone(), "node-1");
+        let handed_over_series = "metallb_layer2_requests_received{ip=\"198.19.0.2\"}";
+        assert_eq!(sample(&render(&registry), handed_over_series), Some(5.0), "counted while answered");
+        stats.set_announced(BTreeMap::from([(kept, service("a/one"))]));
+        let text = render(&registry);
+        assert_eq!(sample(&text, handed_over_series), None, "{text}");
+        assert_eq!(sample(&text, "metallb_layer2_requests_received{ip=\"198.19.0.1\"}"), Some(1.0), "{text}");
+        assert_eq!(stats.per_address.lock().map(|m| m.len()).ok(), Some(1), "nothing kept of the address handed over");
     }
 }

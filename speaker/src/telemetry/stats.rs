@@ -167,8 +167,13 @@ impl Stats {
         family.get_or_create(&Reason { reason }).inc() + 1
     }
 
-    /// The Services (`namespace/name`) this node answers for, per address.
+    /// The Services (`namespace/name`) this node answers for, per address. The per-address counters of the
+    /// addresses it no longer answers for go with them: like MetalLB's, the series exist only on the node that
+    /// announces, and a speaker that handed over thousands of addresses keeps no memory of them.
     pub fn set_announced(&self, per_address: BTreeMap<IpAddr, BTreeSet<String>>) {
+        if let Ok(mut counters) = self.per_address.lock() {
+            counters.retain(|ip, _| per_address.contains_key(ip));
+        }
         if let Ok(mut announced) = self.announced.lock() {
             *announced = per_address;
         }
