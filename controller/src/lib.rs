@@ -19,6 +19,7 @@ pub mod service;
 /// Label selectors, shared with the speaker.
 pub use ferrolb_crds::selector;
 pub mod status;
+pub mod trim;
 
 pub use allocator::{Allocator, Assignment, Outcome, PoolUsage, Refusal};
 pub use pool::{AddrRange, Family, PoolConfig, PoolProblem, resolve_pools};

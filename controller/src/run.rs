@@ -12,7 +12,7 @@ use crate::status::{pool_status, service_writes};
 use ferrolb_crds::IPAddressPool;
 use ferrolb_crds::annotations::IP_ALLOCATED_FROM_POOL;
 use ferrolb_runtime::events::EventKind;
-use ferrolb_runtime::watch::watch;
+use ferrolb_runtime::watch::{watch, watch_trimmed};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -415,11 +415,16 @@ pub async fn run(
     leader: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let services = watch(Api::<Service>::all(client.clone()), tx.clone(), |ev| match ev {
-        watcher::Event::Apply(s) | watcher::Event::Delete(s) => Some(Trigger::Service(ServiceKey::of(s))),
-        watcher::Event::InitDone => Some(Trigger::AllServices),
-        _ => None,
-    });
+    let services = watch_trimmed(
+        Api::<Service>::all(client.clone()),
+        tx.clone(),
+        |ev| match ev {
+            watcher::Event::Apply(s) | watcher::Event::Delete(s) => Some(Trigger::Service(ServiceKey::of(s))),
+            watcher::Event::InitDone => Some(Trigger::AllServices),
+            _ => None,
+        },
+        crate::trim::service,
+    );
     let pools =
         watch(Api::<IPAddressPool>::namespaced(client.clone(), &settings.namespace), tx.clone(), |ev| match ev {
             watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone => Some(Trigger::Config),
