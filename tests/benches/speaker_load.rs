@@ -1,7 +1,7 @@
 //! The speaker under load, in the lab (3 nodes, chart installed, speakers on chart tokens):
 //! - ARP reply latency of the speaker (userspace, raw socket) beside the kernel's own responder (a node's
 //!   InternalIP), measured from the host namespace in the same run: p50 / p99;
-//! - speaker RSS with 1,000 announced addresses (1,000 LoadBalancer Services);
+//! - speaker and controller RSS with 1 Service and with N, and their own (anonymous) memory per Service added;
 //! - ownership changes while both cores are busy for FERROLB_STRESS_SECS (default 300) — must be 0;
 //! - with FERROLB_SERVICES=N (default 1,000): the speakers' idle CPU (nothing changes but node heartbeats),
 //!   their planning time per wake (`ferrolb_speaker_plan_seconds`), and the hard-kill failover of one probed
@@ -87,6 +87,13 @@ fn rss_line(pid: i32) -> String {
     )
 }
 
+/// The speakers and the controller running now, by role (killed processes stay in the lab's list: the newest of
+/// each role is the running one).
+fn running(state: &ferrolb_tests::lab::State) -> Vec<(String, i32)> {
+    let roles = state.nodes.iter().map(|n| format!("speaker {}", n.name)).chain(["controller-0".to_string()]);
+    roles.filter_map(|role| state.procs.iter().rev().find(|p| p.role == role).map(|p| (role, p.pid))).collect()
+}
+
 /// Service `web-NNNN` of the load namespace. The first one created gets the pool's first address, inside the
 /// host's static route (198.19.0.0/24), so the prober reaches it.
 fn web_service(i: usize) -> String {
@@ -164,6 +171,16 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // Memory with one Service, before any kill (a revived speaker starts afresh): the idle RSS and the base the
+    // per-Service figure is taken from.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let one_service_own: Vec<(String, f64)> = running(&lab.state())
+        .into_iter()
+        .map(|(role, pid)| {
+            println!("{role:<16} with 1 Service: {}", rss_line(pid));
+            (role, status_mib(pid, "RssAnon"))
+        })
+        .collect();
     let trials = env_or("FERROLB_FAILOVER_TRIALS", 5);
     let alone = hard_kills(&lab, &exe, &vip, trials, 1);
     println!("creating {} more LoadBalancer Services with ready endpoints on all three nodes", services - 1);
@@ -203,20 +220,24 @@ async fn main() {
         })
         .collect();
     println!("announced addresses per node: {owned:?}");
-    // The speakers running now: the reference's hard kills left the killed ones in the process list too.
-    let speakers: Vec<(String, i32)> = state
-        .nodes
-        .iter()
-        .filter_map(|n| {
-            let role = format!("speaker {}", n.name);
-            state.procs.iter().rev().find(|p| p.role == role).map(|p| (role, p.pid))
-        })
-        .collect();
-    for (role, pid) in &speakers {
-        println!("{role:<16} {}", rss_line(*pid));
+    let now_running = running(&state);
+    let speakers: Vec<(String, i32)> = now_running.iter().filter(|(r, _)| r.starts_with("speaker")).cloned().collect();
+    let own_mib = |pid: i32| status_mib(pid, "RssAnon");
+    for (role, pid) in &now_running {
+        println!("{role:<16} with {services} Services: {}", rss_line(*pid));
     }
-    let controller = state.procs.iter().find(|p| p.role == "controller-0").map_or(0, |p| p.pid);
-    println!("{:<16} {} (for comparison)", "controller-0", rss_line(controller));
+    // Own memory per Service: what the process's anonymous memory grew by from one Service to N, per Service
+    // added. The base is the mean of the one-Service readings (a speaker killed in the reference trials was
+    // restarted, so a per-process base would not be its own).
+    for (prefix, goal) in [("speaker", 4.0), ("controller", 3.0)] {
+        let base: Vec<f64> =
+            one_service_own.iter().filter(|(r, _)| r.starts_with(prefix)).map(|(_, mib)| *mib).collect();
+        let base = base.iter().sum::<f64>() / base.len().max(1) as f64;
+        for (role, pid) in now_running.iter().filter(|(r, _)| r.starts_with(prefix)) {
+            let per = (own_mib(*pid) - base) * 1024.0 / (services.saturating_sub(1).max(1)) as f64;
+            println!("{role:<16} own memory per Service: {per:.2} KiB (goal: at most {goal} KiB)");
+        }
+    }
 
     let speaker = rtts(&lab, &exe, &vip);
     let kernel = rtts(&lab, &exe, "198.18.0.12");
