@@ -10,6 +10,7 @@ use crate::model::{Cluster, Settings};
 use ferrolb_controller::replay;
 use ferrolb_crds::service::{current_ingress, is_managed};
 use ferrolb_speaker::model::diagnose::{ANNOUNCE_FAILED, NO_ELIGIBLE_NODE};
+use ferrolb_speaker::model::digest;
 use ferrolb_speaker::model::election::Policy;
 use ferrolb_speaker::model::facts;
 use ferrolb_speaker::model::membership::{Config, Membership};
@@ -116,8 +117,8 @@ fn snapshot(c: &Cluster) -> Snapshot {
         v.iter().cloned().map(Arc::new).collect()
     }
     Snapshot {
-        services: arcs(&c.services),
-        slices: arcs(&c.slices),
+        services: c.services.iter().map(|s| Arc::new(digest::service(s))).collect(),
+        slices: c.slices.iter().map(|s| Arc::new(digest::endpoint_slice(s))).collect(),
         nodes: arcs(&c.nodes),
         ads: arcs(&c.ads),
         pools: arcs(&c.pools),

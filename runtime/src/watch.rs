@@ -74,3 +74,104 @@ where
     });
     reader
 }
+
+/// A watch cache that keeps of each object only its digest: a small value of the owner's own type made by a
+/// pure function, instead of the whole typed object. With thousands of objects the typed structs are most of a
+/// process's memory even when trimmed (a `Service` is about a kilobyte of mostly empty fields before any string),
+/// so the speaker and the controller keep only what their decisions read (docs/design.md §4.6).
+pub struct Digests<D> {
+    objects: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<D>>>>,
+    ready: tokio::sync::watch::Receiver<bool>,
+}
+
+impl<D> Clone for Digests<D> {
+    fn clone(&self) -> Self {
+        Self { objects: self.objects.clone(), ready: self.ready.clone() }
+    }
+}
+
+impl<D> Digests<D> {
+    /// The digests of every object now (in no particular order).
+    pub fn state(&self) -> Vec<std::sync::Arc<D>> {
+        self.objects.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Waits until the first complete list has been stored; `false` if the watch ended before.
+    pub async fn wait_until_ready(&self) -> bool {
+        let mut ready = self.ready.clone();
+        ready.wait_for(|r| *r).await.is_ok()
+    }
+}
+
+/// The key a digest is stored under: `namespace/name` (`/name` for cluster-scoped objects).
+fn object_key<K: Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// [`watch_selected`], keeping of each object only `digest(obj)`. Follows the watcher's relist protocol as the
+/// reflector does: a relist is gathered aside and replaces the stored set only once complete.
+pub fn watch_digested<K, D, T, F, M>(
+    api: Api<K>,
+    config: watcher::Config,
+    tx: mpsc::UnboundedSender<T>,
+    to_trigger: F,
+    digest: M,
+) -> Digests<D>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    D: Send + Sync + 'static,
+    T: Send + 'static,
+    F: Fn(&watcher::Event<K>) -> Option<T> + Send + 'static,
+    M: Fn(&K) -> D + Send + 'static,
+{
+    let (ready_tx, ready) = tokio::sync::watch::channel(false);
+    let cache = Digests { objects: Default::default(), ready };
+    let objects = cache.objects.clone();
+    let stream = watcher(api, config).default_backoff();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        let mut relisted: Option<std::collections::HashMap<String, std::sync::Arc<D>>> = None;
+        while let Some(event) = stream.next().await {
+            let ev = match event {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch error; retrying with backoff");
+                    continue;
+                }
+            };
+            match &ev {
+                watcher::Event::Init => relisted = Some(Default::default()),
+                watcher::Event::InitApply(obj) => {
+                    relisted.get_or_insert_default().insert(object_key(obj), std::sync::Arc::new(digest(obj)));
+                }
+                watcher::Event::InitDone => {
+                    if let Ok(mut stored) = objects.write() {
+                        *stored = relisted.take().unwrap_or_default();
+                    }
+                    let _ = ready_tx.send(true);
+                }
+                watcher::Event::Apply(obj) => {
+                    if let Ok(mut stored) = objects.write() {
+                        stored.insert(object_key(obj), std::sync::Arc::new(digest(obj)));
+                    }
+                }
+                watcher::Event::Delete(obj) => {
+                    if let Ok(mut stored) = objects.write() {
+                        stored.remove(&object_key(obj));
+                    }
+                }
+            }
+            if let Some(t) = to_trigger(&ev)
+                && tx.send(t).is_err()
+            {
+                return;
+            }
+        }
+    });
+    cache
+}

@@ -9,10 +9,9 @@ use crate::model::plan::Announced;
 use crate::model::status::{Content, Listed, NODE_LABEL, SERVICE_NAME_LABEL, SERVICE_NAMESPACE_LABEL, Write, writes};
 use ferrolb_crds::ServiceL2Status;
 use ferrolb_crds::service::ServiceKey;
+use ferrolb_runtime::watch::Digests;
+use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::Store;
-use kube::{Api, ResourceExt};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -192,7 +191,7 @@ pub struct KubeStatusApi {
     /// The status objects' API in the speaker's namespace.
     pub api: Api<ServiceL2Status>,
     /// Their metadata, as watched.
-    pub listing: Store<PartialObjectMeta<ServiceL2Status>>,
+    pub listing: Digests<Listed>,
 }
 
 fn classify(error: kube::Error) -> WriteError {
@@ -205,18 +204,7 @@ fn classify(error: kube::Error) -> WriteError {
 
 impl StatusApi for KubeStatusApi {
     fn listed(&self) -> Vec<Listed> {
-        self.listing
-            .state()
-            .iter()
-            .map(|o| {
-                let l = o.labels();
-                let service = match (l.get(SERVICE_NAMESPACE_LABEL), l.get(SERVICE_NAME_LABEL)) {
-                    (Some(namespace), Some(name)) => Some(ServiceKey::new(namespace, name)),
-                    _ => None,
-                };
-                Listed { name: o.name_any(), node: l.get(NODE_LABEL).cloned(), service }
-            })
-            .collect()
+        self.listing.state().iter().map(|listed| Listed::clone(listed)).collect()
     }
 
     async fn create(&self, name: &str, labels: BTreeMap<String, String>) -> Result<(), WriteError> {

@@ -4,14 +4,16 @@
 
 use crate::error::{Error, Result};
 use crate::kube::trim;
+use crate::model::digest::{self, ServiceDigest, SliceDigest};
 use crate::model::facts;
 use crate::model::plan::Snapshot;
+use crate::model::status::Listed;
 use crate::settings::Settings;
 use crate::wake::{Wake, WakeSender};
 use ferrolb_crds::{IPAddressPool, L2Advertisement, ServiceL2Status};
+use ferrolb_runtime::watch::Digests;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
@@ -27,15 +29,15 @@ const SPEAKER_PODS_PATIENCE: Duration = Duration::from_secs(10);
 
 /// The watch caches.
 pub struct Stores {
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
+    services: Digests<ServiceDigest>,
+    slices: Digests<SliceDigest>,
     nodes: Store<Node>,
     ads: Store<L2Advertisement>,
     pools: Store<IPAddressPool>,
     /// Node Leases (kube-node-lease): a sign of life that does not travel over the liveness port.
     pub leases: Store<Lease>,
-    /// Metadata of the ServiceL2Status objects of every node.
-    pub statuses: Store<PartialObjectMeta<ServiceL2Status>>,
+    /// The ServiceL2Status objects of every node, as the status writer lists them.
+    pub statuses: Digests<Listed>,
     /// Notified when the status objects change.
     pub statuses_changed: Arc<Notify>,
     speakers: SpeakerPods,
@@ -129,6 +131,16 @@ where
     ferrolb_runtime::watch::watch_trimmed(api, wake.clone(), |_| Some(Wake::Api), trim)
 }
 
+/// A cache of digests of `K` that wakes the planner on every change.
+fn digested<K, D>(api: Api<K>, wake: &WakeSender, digest: fn(&K) -> D) -> Digests<D>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    D: Send + Sync + 'static,
+{
+    ferrolb_runtime::watch::watch_digested(api, watcher::Config::default(), wake.clone(), |_| Some(Wake::Api), digest)
+}
+
 /// A cache of `K` that wakes nobody.
 fn quiet<K>(api: Api<K>) -> Store<K>
 where
@@ -154,8 +166,8 @@ impl Stores {
             }
         });
         let stores = Self {
-            services: planned(Api::all(client.clone()), wake, trim::service),
-            slices: planned(Api::all(client.clone()), wake, trim::endpoint_slice),
+            services: digested(Api::all(client.clone()), wake, digest::service),
+            slices: digested(Api::all(client.clone()), wake, digest::endpoint_slice),
             nodes: planned(Api::all(client.clone()), wake, trim::node),
             ads: planned(Api::namespaced(client.clone(), namespace), wake, |_| {}),
             pools: planned(Api::namespaced(client.clone(), namespace), wake, |_| {}),
@@ -164,17 +176,21 @@ impl Stores {
             // cost a thousand-Service speaker 3 % of a core at idle; renewals are read on the wakes that happen
             // anyway.
             leases: quiet(Api::namespaced(client.clone(), "kube-node-lease")),
-            // Only names and labels (every node's, to delete stale ones): with thousands of Services the whole
-            // objects were the speaker's largest cache.
-            statuses: ferrolb_runtime::watch::watch(Api::namespaced(client.clone(), namespace), status_events, |_| {
-                Some(())
-            }),
+            // Only names and labels (every node's, to delete stale ones), as metadata, digested: with thousands of
+            // Services the whole objects were the speaker's largest cache.
+            statuses: ferrolb_runtime::watch::watch_digested(
+                Api::<PartialObjectMeta<ServiceL2Status>>::namespaced(client.clone(), namespace),
+                watcher::Config::default(),
+                status_events,
+                |_| Some(()),
+                digest::listed,
+            ),
             statuses_changed,
             speakers: SpeakerPods::start(client, settings, wake),
         };
         for (what, ready) in [
-            ("Services", stores.services.wait_until_ready().await.is_ok()),
-            ("EndpointSlices", stores.slices.wait_until_ready().await.is_ok()),
+            ("Services", stores.services.wait_until_ready().await),
+            ("EndpointSlices", stores.slices.wait_until_ready().await),
             ("Nodes", stores.nodes.wait_until_ready().await.is_ok()),
             ("L2Advertisements", stores.ads.wait_until_ready().await.is_ok()),
             ("IPAddressPools", stores.pools.wait_until_ready().await.is_ok()),

@@ -1,13 +1,12 @@
 //! Turning Kubernetes objects into the election's plain inputs (pure: objects in, facts out).
 
+use crate::model::digest::{ServiceDigest, SliceDigest};
 use crate::model::election::{Advertisement, NodeFacts, OUT_OF_SERVICE_TAINT, ServiceFacts};
-use ferrolb_crds::annotations::ALLOW_SHARED_IP;
 use ferrolb_crds::selector::Selector;
 use ferrolb_crds::service::ServiceKey;
 use ferrolb_crds::{IPAddressPool, L2Advertisement};
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use std::collections::{BTreeSet, HashMap};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Facts about a Node, with liveness from the fallback signal (`Ready=True`) and a speaker on it, unless the
 /// caller knows better.
@@ -53,22 +52,12 @@ pub fn has_speaker(node: &str, speaker_nodes: Option<&BTreeSet<String>>) -> bool
     speaker_nodes.is_none_or(|nodes| nodes.contains(node))
 }
 
-/// Endpoint facts of a Service from its EndpointSlices (an endpoint can serve when ready is unset or true, or
-/// when it is serving, as MetalLB counts them).
-pub fn service_facts(svc: &Service, slices: &[&EndpointSlice]) -> ServiceFacts {
-    let local = svc.spec.as_ref().and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local");
-    // Present at all counts, as in MetalLB: even an empty key says the Service is meant to share.
-    let allows_sharing = svc.metadata.annotations.as_ref().is_some_and(|a| ALLOW_SHARED_IP.get(a).is_some());
-    let mut facts = ServiceFacts { local, allows_sharing, ..ServiceFacts::default() };
-    for ep in slices.iter().flat_map(|s| s.endpoints.iter()) {
-        let c = ep.conditions.as_ref();
-        let can_serve = c.is_none_or(|c| c.ready.is_none_or(|r| r) || c.serving == Some(true));
-        if can_serve {
-            facts.any_ready_endpoint = true;
-            if let Some(node) = &ep.node_name {
-                facts.ready_endpoint_nodes.insert(node.clone());
-            }
-        }
+/// Endpoint facts of a Service from the digests of its EndpointSlices.
+pub fn service_facts(svc: &ServiceDigest, slices: &[&SliceDigest]) -> ServiceFacts {
+    let mut facts = ServiceFacts { local: svc.local, allows_sharing: svc.allows_sharing, ..ServiceFacts::default() };
+    for slice in slices {
+        facts.any_ready_endpoint |= slice.any_serving;
+        facts.ready_endpoint_nodes.extend(slice.serving_nodes.iter().cloned());
     }
     facts
 }
@@ -106,10 +95,13 @@ pub fn parse_advertisements(ads: &[&L2Advertisement]) -> Vec<ParsedAdvertisement
 
 /// The L2Advertisements that apply to a Service whose address comes from `pool`: those naming the pool or
 /// selecting it by label (or naming none: every pool), and whose service selectors match (or are empty).
-pub fn advertisements_for(pool: &IPAddressPool, svc: &Service, ads: &[ParsedAdvertisement]) -> Vec<Advertisement> {
+pub fn advertisements_for(
+    pool: &IPAddressPool,
+    svc_labels: &BTreeMap<String, String>,
+    ads: &[ParsedAdvertisement],
+) -> Vec<Advertisement> {
     let pool_name = pool.metadata.name.clone().unwrap_or_default();
     let pool_labels = pool.metadata.labels.clone().unwrap_or_default();
-    let svc_labels = svc.metadata.labels.clone().unwrap_or_default();
     ads.iter()
         .filter(|ad| {
             let names_none = ad.pools.is_empty() && ad.pool_selectors.is_empty();
@@ -117,37 +109,33 @@ pub fn advertisements_for(pool: &IPAddressPool, svc: &Service, ads: &[ParsedAdve
                 || ad.pools.contains(&pool_name)
                 || ad.pool_selectors.iter().any(|s| s.matches(&pool_labels));
             let service_ok =
-                ad.service_selectors.is_empty() || ad.service_selectors.iter().any(|s| s.matches(&svc_labels));
+                ad.service_selectors.is_empty() || ad.service_selectors.iter().any(|s| s.matches(svc_labels));
             pool_ok && service_ok
         })
         .map(|ad| ad.advertisement.clone())
         .collect()
 }
 
-/// EndpointSlices grouped by the Service they belong to (`namespace`, `kubernetes.io/service-name`), built
-/// once per wake so that finding a Service's slices costs a lookup instead of a scan of every slice.
+/// EndpointSlice digests grouped by the Service they belong to, built once per wake so that finding a Service's
+/// slices costs a lookup instead of a scan of every slice.
 pub fn slices_by_service<'a>(
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
-) -> HashMap<ServiceKey, Vec<&'a EndpointSlice>> {
-    let mut index: HashMap<ServiceKey, Vec<&EndpointSlice>> = HashMap::new();
+    slices: impl IntoIterator<Item = &'a SliceDigest>,
+) -> HashMap<&'a ServiceKey, Vec<&'a SliceDigest>> {
+    let mut index: HashMap<&ServiceKey, Vec<&SliceDigest>> = HashMap::new();
     for slice in slices {
-        let (Some(namespace), Some(service)) = (
-            slice.metadata.namespace.as_ref(),
-            slice.metadata.labels.as_ref().and_then(|l| l.get(SLICE_SERVICE_LABEL)),
-        ) else {
-            continue;
-        };
-        index.entry(ServiceKey::new(namespace, service)).or_default().push(slice);
+        if let Some(service) = &slice.service {
+            index.entry(service).or_default().push(slice);
+        }
     }
     index
 }
 
-/// Label that ties an EndpointSlice to its Service.
-pub const SLICE_SERVICE_LABEL: &str = "kubernetes.io/service-name";
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::digest::{self, SLICE_SERVICE_LABEL};
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
     use serde_json::json;
 
     fn ad(spec: serde_json::Value) -> L2Advertisement {
@@ -160,9 +148,11 @@ mod tests {
             .expect("pool")
     }
 
-    fn service(labels: serde_json::Value) -> Service {
-        serde_json::from_value(json!({"metadata": {"name": "s", "namespace": "default", "labels": labels}}))
-            .expect("service")
+    fn service(labels: serde_json::Value) -> ServiceDigest {
+        let svc: Service = serde_json::from_value(json!({"metadata": {"name": "s", "namespace": "default",
+            "labels": labels}, "spec": {"type": "LoadBalancer"}}))
+        .expect("service");
+        digest::service(&svc)
     }
 
     #[test]
@@ -177,8 +167,8 @@ mod tests {
         let refs: Vec<&L2Advertisement> = ads.iter().collect();
         let parsed = parse_advertisements(&refs);
         assert_eq!(parsed.len(), 4, "the malformed selector matches nothing");
-        let interfaces = |p: &IPAddressPool, s: &Service| -> Vec<Vec<String>> {
-            advertisements_for(p, s, &parsed).into_iter().map(|a| a.interfaces.into_iter().collect()).collect()
+        let interfaces = |p: &IPAddressPool, s: &ServiceDigest| -> Vec<Vec<String>> {
+            advertisements_for(p, &s.labels, &parsed).into_iter().map(|a| a.interfaces.into_iter().collect()).collect()
         };
         let plain = service(json!({}));
         assert_eq!(interfaces(&pool("red", json!({})), &plain), vec![Vec::<String>::new()]);
@@ -200,8 +190,8 @@ mod tests {
         ];
         let refs: Vec<&L2Advertisement> = ads.iter().collect();
         let parsed = parse_advertisements(&refs);
-        let applying = |p: &IPAddressPool, s: &Service| -> Vec<(Vec<String>, bool)> {
-            advertisements_for(p, s, &parsed)
+        let applying = |p: &IPAddressPool, s: &ServiceDigest| -> Vec<(Vec<String>, bool)> {
+            advertisements_for(p, &s.labels, &parsed)
                 .into_iter()
                 .map(|a| (a.interfaces.into_iter().collect(), a.selects_services))
                 .collect()
@@ -224,7 +214,7 @@ mod tests {
         let with = |annotations: serde_json::Value| -> bool {
             let svc: Service = serde_json::from_value(json!({"metadata": {"name": "s", "annotations": annotations}}))
                 .expect("service");
-            service_facts(&svc, &[]).allows_sharing
+            service_facts(&digest::service(&svc), &[]).allows_sharing
         };
         assert!(with(json!({"metallb.io/allow-shared-ip": "dns"})));
         assert!(with(json!({"metallb.universe.tf/allow-shared-ip": "dns"})));
@@ -247,7 +237,7 @@ mod tests {
         let local: Service = serde_json::from_value(json!({"metadata": {"name": "s"},
             "spec": {"externalTrafficPolicy": "Local"}}))
         .expect("service");
-        let facts = service_facts(&local, &[&slice]);
+        let facts = service_facts(&digest::service(&local), &[&digest::endpoint_slice(&slice)]);
         assert!(facts.local && facts.any_ready_endpoint);
         let nodes: Vec<&str> = facts.ready_endpoint_nodes.iter().map(String::as_str).collect();
         assert_eq!(nodes, ["ready", "terminating", "unset"], "not-ready and not serving does not count");
@@ -331,15 +321,10 @@ mod tests {
             slice("b", Some("dns"), "3"),
             slice("a", None, "4"),
         ];
-        let index = slices_by_service(slices.iter());
-        let names = |ns: &str, svc: &str| -> Vec<String> {
-            index
-                .get(&ServiceKey::new(ns, svc))
-                .map(|v| v.iter().filter_map(|s| s.metadata.name.clone()).collect())
-                .unwrap_or_default()
-        };
-        assert_eq!(names("a", "dns"), ["1", "2"]);
-        assert_eq!(names("b", "dns"), ["3"]);
-        assert_eq!(index.len(), 2);
+        let digests: Vec<SliceDigest> = slices.iter().map(digest::endpoint_slice).collect();
+        let index = slices_by_service(digests.iter());
+        let count = |ns: &str, svc: &str| index.get(&ServiceKey::new(ns, svc)).map_or(0, Vec::len);
+        assert_eq!((count("a", "dns"), count("b", "dns")), (2, 1));
+        assert_eq!(index.len(), 2, "the unlabelled slice belongs to no Service");
     }
 }

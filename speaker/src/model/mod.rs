@@ -4,6 +4,7 @@
 
 pub mod claim;
 pub mod diagnose;
+pub mod digest;
 pub mod election;
 pub mod facts;
 pub mod interfaces;

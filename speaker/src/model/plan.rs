@@ -4,14 +4,14 @@
 
 use crate::model::claim::Handover;
 use crate::model::diagnose::{self, Cause, Problem};
+use crate::model::digest::{ServiceDigest, SliceDigest};
 use crate::model::election::{self, Advertisement, Decision, NodeFacts, Policy, ServiceFacts};
 use crate::model::facts;
 use crate::model::interfaces::{self, InterfaceInfo};
 use crate::model::membership::{Membership, Verdict};
-use ferrolb_crds::service::{ServiceKey, current_ingress, current_pool, is_managed};
+use ferrolb_crds::service::ServiceKey;
 use ferrolb_crds::{IPAddressPool, L2Advertisement};
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -32,10 +32,10 @@ pub struct Me<'a> {
 /// The API state a plan is made from: the watch caches' contents at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// Every Service.
-    pub services: Vec<Arc<Service>>,
-    /// Every EndpointSlice.
-    pub slices: Vec<Arc<EndpointSlice>>,
+    /// Every Service, digested.
+    pub services: Vec<Arc<ServiceDigest>>,
+    /// Every EndpointSlice, digested.
+    pub slices: Vec<Arc<SliceDigest>>,
     /// Every Node.
     pub nodes: Vec<Arc<Node>>,
     /// L2Advertisements of the configuration namespace.
@@ -117,18 +117,16 @@ pub fn prepare(me: &Me<'_>, s: &Snapshot) -> Prepared {
     let services = s
         .services
         .iter()
-        .filter(|svc| is_managed(svc, me.load_balancer_class))
+        .filter(|svc| svc.is_managed(me.load_balancer_class))
         .filter_map(|svc| {
-            let pool = current_pool(svc).and_then(|name| pools.get(name))?;
-            let key = ServiceKey::of(svc);
-            let own_slices = slices_of.get(&key).map(Vec::as_slice).unwrap_or_default();
-            let ips = current_ingress(svc);
+            let pool = svc.pool.as_deref().and_then(|name| pools.get(name))?;
+            let own_slices = slices_of.get(&svc.key).map(Vec::as_slice).unwrap_or_default();
             Some(PreparedService {
                 facts: facts::service_facts(svc, own_slices),
-                uid: svc.metadata.uid.clone().unwrap_or_default(),
-                applicable: facts::advertisements_for(pool, svc, &ads),
-                ips,
-                key,
+                uid: svc.uid.clone(),
+                applicable: facts::advertisements_for(pool, &svc.labels, &ads),
+                ips: svc.ingress.clone(),
+                key: svc.key.clone(),
             })
         })
         .collect();
@@ -298,15 +296,22 @@ mod tests {
             "status": {"conditions": [{"type": "Ready", "status": "True"}]}}))
     }
 
-    fn service(name: &str, ip: &str, pool: Option<&str>) -> Arc<Service> {
+    fn service(name: &str, ip: &str, pool: Option<&str>) -> Arc<ServiceDigest> {
         let annotations = pool.map_or(json!({}), |p| json!({"metallb.io/ip-allocated-from-pool": p}));
-        obj(json!({"metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+        digested(
+            crate::model::digest::service,
+            json!({"metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
                 "annotations": annotations},
             "spec": {"type": "LoadBalancer", "ports": [{"port": 53, "protocol": "UDP"}]},
-            "status": {"loadBalancer": {"ingress": [{"ip": ip}]}}}))
+            "status": {"loadBalancer": {"ingress": [{"ip": ip}]}}}),
+        )
     }
 
-    fn slice(service: &str, ready_on: &[&str]) -> Arc<EndpointSlice> {
+    fn digested<K: serde::de::DeserializeOwned, D>(digest: fn(&K) -> D, object: Value) -> Arc<D> {
+        Arc::new(digest(&serde_json::from_value(object).expect("object")))
+    }
+
+    fn slice(service: &str, ready_on: &[&str]) -> Arc<SliceDigest> {
         let endpoints: Vec<Value> = ready_on
             .iter()
             .enumerate()
@@ -315,12 +320,15 @@ mod tests {
                 "conditions": {"ready": true}})
             })
             .collect();
-        obj(json!({"metadata": {"name": format!("{service}-x"), "namespace": "default",
+        digested(
+            crate::model::digest::endpoint_slice,
+            json!({"metadata": {"name": format!("{service}-x"), "namespace": "default",
                 "labels": {"kubernetes.io/service-name": service}},
-            "addressType": "IPv4", "endpoints": endpoints}))
+            "addressType": "IPv4", "endpoints": endpoints}),
+        )
     }
 
-    fn snapshot(services: Vec<Arc<Service>>, slices: Vec<Arc<EndpointSlice>>, exclude: &[&str]) -> Snapshot {
+    fn snapshot(services: Vec<Arc<ServiceDigest>>, slices: Vec<Arc<SliceDigest>>, exclude: &[&str]) -> Snapshot {
         let label = |n: &str| {
             if exclude.contains(&n) {
                 json!({"node.kubernetes.io/exclude-from-external-load-balancers": ""})
@@ -452,7 +460,7 @@ mod tests {
 
     #[test]
     fn both_addresses_of_a_dual_stack_service_go_to_one_node_and_need_an_interface_of_their_family() {
-        let dual = obj(json!({"metadata": {"name": "dns", "namespace": "default", "uid": "uid-dns",
+        let dual = digested(crate::model::digest::service, json!({"metadata": {"name": "dns", "namespace": "default", "uid": "uid-dns",
                 "annotations": {"metallb.io/ip-allocated-from-pool": "lab"}},
             "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv4", "IPv6"], "ports": [{"port": 53, "protocol": "UDP"}]},
             "status": {"loadBalancer": {"ingress": [{"ip": "198.19.0.1"}, {"ip": "2001:db8:19::1"}]}}}));
@@ -522,7 +530,7 @@ mod tests {
     }
 
     #[test]
-    fn trimming_the_caches_changes_no_plan() {
+    fn trimming_the_node_cache_changes_no_plan() {
         let services = vec![
             service("dns", "198.19.0.1", Some("lab")),
             service("web", "198.19.0.2", Some("lab")),
@@ -541,8 +549,6 @@ mod tests {
                 .collect()
         }
         let trimmed_copy = |mut s: Snapshot| {
-            s.services = trimmed_all(&s.services, crate::kube::trim::service);
-            s.slices = trimmed_all(&s.slices, crate::kube::trim::endpoint_slice);
             s.nodes = trimmed_all(&s.nodes, crate::kube::trim::node);
             s
         };
