@@ -140,15 +140,17 @@ impl PoolState {
     }
 }
 
-/// Who uses one address.
+/// Who uses one address. Usually one Service with a port or two: short vectors, not maps, whose smallest node
+/// alone is hundreds of bytes (docs/design.md §4.6).
 #[derive(Debug, Clone)]
 struct AddressUse {
-    pool: String,
     index: u128,
     sharing_key: Option<String>,
     backend_key: String,
-    ports: BTreeMap<PortKey, ServiceKey>,
-    holders: BTreeSet<ServiceKey>,
+    /// Each port in use on the address and its holder, sorted by port.
+    ports: Vec<(PortKey, ServiceKey)>,
+    /// The Services holding the address, sorted.
+    holders: Vec<ServiceKey>,
 }
 
 #[derive(Debug, Clone)]
@@ -156,7 +158,7 @@ struct Held {
     assignment: Assignment,
     sharing_key: Option<String>,
     backend_key: String,
-    ports: BTreeSet<PortKey>,
+    ports: Vec<PortKey>,
 }
 
 /// All pools and who holds which address. Plain data: no client, no clock.
@@ -305,8 +307,10 @@ impl Allocator {
         if used.backend_key != intent.backend_key {
             return Err(Refusal::BackendMismatch { ip, holder });
         }
-        if let Some((port, holder)) =
-            intent.ports.iter().find_map(|p| used.ports.get(p).filter(|h| **h != intent.key).map(|h| (p, h)))
+        if let Some((port, holder)) = intent
+            .ports
+            .iter()
+            .find_map(|p| used.ports.iter().find(|(q, h)| q == p && *h != intent.key).map(|(_, h)| (p, h)))
         {
             return Err(Refusal::PortInUse { port: port.clone(), holder: holder.clone(), ip });
         }
@@ -467,7 +471,7 @@ impl Allocator {
     }
 
     fn register_intent(&mut self, intent: &ServiceIntent, assignment: Assignment) {
-        let ports = intent.ports.clone();
+        let ports = intent.ports.iter().cloned().collect();
         self.register(&intent.key, assignment, intent.sharing_key.clone(), intent.backend_key.clone(), ports);
     }
 
@@ -477,7 +481,7 @@ impl Allocator {
         assignment: Assignment,
         sharing_key: Option<String>,
         backend_key: String,
-        ports: BTreeSet<PortKey>,
+        ports: Vec<PortKey>,
     ) {
         for &ip in &assignment.ips {
             let family = Family::of(ip);
@@ -495,19 +499,25 @@ impl Allocator {
                         state.shareable.entry((sk.clone(), backend_key.clone())).or_default().insert((family, index));
                     }
                     self.addresses.entry(ip).or_insert(AddressUse {
-                        pool: assignment.pool.clone(),
                         index,
                         sharing_key: sharing_key.clone(),
                         backend_key: backend_key.clone(),
-                        ports: BTreeMap::new(),
-                        holders: BTreeSet::new(),
+                        ports: Vec::new(),
+                        holders: Vec::new(),
                     })
                 }
             };
-            used.holders.insert(key.clone());
-            for p in &ports {
-                used.ports.insert(p.clone(), key.clone());
+            if let Err(at) = used.holders.binary_search(key) {
+                used.holders.insert(at, key.clone());
             }
+            for p in &ports {
+                match used.ports.binary_search_by(|(q, _)| q.cmp(p)) {
+                    Ok(at) => used.ports[at].1 = key.clone(),
+                    Err(at) => used.ports.insert(at, (p.clone(), key.clone())),
+                }
+            }
+            used.ports.shrink_to_fit();
+            used.holders.shrink_to_fit();
         }
         self.services.insert(key.clone(), Held { assignment, sharing_key, backend_key, ports });
     }
@@ -518,15 +528,15 @@ impl Allocator {
             let Some(used) = self.addresses.get_mut(ip) else {
                 continue;
             };
-            used.holders.remove(key);
-            used.ports.retain(|_, holder| holder != key);
+            used.holders.retain(|holder| holder != key);
+            used.ports.retain(|(_, holder)| holder != key);
             if !used.holders.is_empty() {
                 continue;
             }
             let Some(used) = self.addresses.remove(ip) else {
                 continue;
             };
-            if let Some(state) = self.pools.get_mut(&used.pool) {
+            if let Some(state) = self.pools.get_mut(&held.assignment.pool) {
                 let family = Family::of(*ip);
                 state.family_mut(family).free.give_back(used.index);
                 if let Some(sk) = &used.sharing_key {

@@ -460,10 +460,13 @@ mod tests {
 
     #[test]
     fn both_addresses_of_a_dual_stack_service_go_to_one_node_and_need_an_interface_of_their_family() {
-        let dual = digested(crate::model::digest::service, json!({"metadata": {"name": "dns", "namespace": "default", "uid": "uid-dns",
+        let dual = digested(
+            crate::model::digest::service,
+            json!({"metadata": {"name": "dns", "namespace": "default", "uid": "uid-dns",
                 "annotations": {"metallb.io/ip-allocated-from-pool": "lab"}},
             "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv4", "IPv6"], "ports": [{"port": 53, "protocol": "UDP"}]},
-            "status": {"loadBalancer": {"ingress": [{"ip": "198.19.0.1"}, {"ip": "2001:db8:19::1"}]}}}));
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.19.0.1"}, {"ip": "2001:db8:19::1"}]}}}),
+        );
         let s = snapshot(vec![dual], vec![slice("dns", &NODES)], &[]);
         let (v4, v6): (IpAddr, IpAddr) = ("198.19.0.1".parse().expect("ip"), "2001:db8:19::1".parse().expect("ip"));
         assert_ne!(election::owner(v4, NODES), election::owner(v6, NODES), "elected one by one, these two would part");
