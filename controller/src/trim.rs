@@ -10,7 +10,8 @@ use k8s_openapi::api::core::v1::{
 
 /// Keeps the name, namespace, uid, resource version and timestamps (Events and the replay's order), labels
 /// (serviceSelectors), MetalLB's annotations, what the allocator reads of the spec (type, class, requested
-/// address, families, traffic policy, selector, protocols and ports) and the ingress addresses.
+/// address, families, traffic policy, the selector of a `Local` Service, protocols and ports) and the ingress
+/// addresses.
 pub fn service(svc: &mut Service) {
     let meta = &mut svc.metadata;
     meta.annotations = meta
@@ -23,6 +24,9 @@ pub fn service(svc: &mut Service) {
     meta.generate_name = None;
     if let Some(spec) = svc.spec.as_mut() {
         let families_known = spec.ip_families.as_ref().is_some_and(|f| !f.is_empty());
+        // The selector matters only to Services that may share an address under `Local` (same backends); a
+        // one-entry map costs hundreds of bytes.
+        let local = spec.external_traffic_policy.as_deref() == Some("Local");
         *spec = ServiceSpec {
             type_: spec.type_.take(),
             load_balancer_class: spec.load_balancer_class.take(),
@@ -33,7 +37,7 @@ pub fn service(svc: &mut Service) {
             cluster_ips: spec.cluster_ips.take().filter(|_| !families_known),
             cluster_ip: spec.cluster_ip.take().filter(|_| !families_known),
             external_traffic_policy: spec.external_traffic_policy.take(),
-            selector: spec.selector.take(),
+            selector: spec.selector.take().filter(|_| local),
             ports: spec.ports.take().map(|ports| {
                 ports
                     .into_iter()
@@ -110,6 +114,11 @@ status:
         let spec = trimmed.spec.clone().unwrap_or_default();
         assert_eq!((spec.health_check_node_port, spec.cluster_ip, spec.session_affinity), (None, None, None));
         assert!(spec.ports.iter().flatten().all(|p| p.node_port.is_none() && p.name.is_none()));
+        let cluster = svc(&FULL.replace("externalTrafficPolicy: Local", "externalTrafficPolicy: Cluster"));
+        let mut trimmed = cluster.clone();
+        service(&mut trimmed);
+        assert_eq!(trimmed.spec.as_ref().and_then(|s| s.selector.clone()), None, "Cluster: the selector is not read");
+        assert_eq!(ServiceIntent::from_service(&trimmed, &labels), ServiceIntent::from_service(&cluster, &labels));
     }
 
     #[test]
