@@ -386,7 +386,7 @@ impl Membership {
         if peer.dead.is_none() && !peer.left {
             self.to_ask.remove(&sender);
         }
-        if msg.legacy {
+        if msg.from_old_speaker() {
             self.legacy_heard = Some(now);
         }
         if changed {
@@ -828,6 +828,27 @@ mod tests {
         m.receive(&old, t0).expect("accepted");
         assert!(m.legacy_peers(t0 + Duration::from_secs(9)));
         assert!(!m.legacy_peers(t0 + Duration::from_secs(11)), "gone once the last old speaker is");
+    }
+
+    /// A message in the old format (`FLB2`) from `node`: from an old speaker, or with `READS_FLB3` in its
+    /// incarnation the copy a new speaker sends while old ones run.
+    fn flb2(node: &str, incarnation: u64, counter: u64) -> Message {
+        Message { kind: Kind::Alive, node: node.into(), incarnation, counter, macs: vec![], legacy: true }
+    }
+
+    #[test]
+    fn new_speakers_copies_in_the_old_format_do_not_keep_the_old_format_on() {
+        let t0 = Instant::now();
+        let mut m = Membership::new("me", Config::new(200 * MS), t0);
+        // Every new speaker sends its heartbeats in the old format while it hears an old one: if those copies
+        // counted as old speakers, new speakers would keep each other on it forever after the upgrade.
+        for i in 1..=200 {
+            m.receive(&flb2("new", crate::model::liveness::READS_FLB3 | 7, i), t0 + i as u32 * 50 * MS)
+                .expect("accepted");
+        }
+        assert!(!m.legacy_peers(t0 + Duration::from_secs(10)), "only new speakers run");
+        m.receive(&flb2("old", 7, 1), t0 + Duration::from_secs(10)).expect("accepted");
+        assert!(m.legacy_peers(t0 + Duration::from_secs(10)), "an old speaker runs");
     }
 
     #[test]
