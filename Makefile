@@ -4,15 +4,17 @@ CARGO ?= cargo
 
 HELM_KUBE_VERSION := 1.35.4
 
-.PHONY: check test fmt-check clippy pure e2e chart crds bench-alloc soak demo lab-up lab-down fuzz images deps
+.PHONY: check test fmt-check clippy pure e2e chart crds bench-alloc soak upgrade-test demo lab-up lab-down fuzz images deps
 
-# Test binaries of ferrolb-tests (tests/tests/*.rs) in two tiers; tests/tests/layout.rs fails when a file is in
-# neither list or in both. PURE_SUITES read sources and render values (no root, no helm, no network);
+# Test binaries of ferrolb-tests (tests/tests/*.rs) in three tiers; tests/tests/layout.rs fails when a file is in
+# none of the lists or in several. PURE_SUITES read sources and render values (no root, no helm, no network);
 # LAB_SUITES need root: they bring up the lab (network namespaces, the cached control plane; real_nodes also the
 # images), or, for solicited_node_groups, a network namespace of their own.
 # chart.rs is in both: its `helm::` tests run `helm template` from the control-plane cache, so only the rest is pure.
+# UPGRADE_SUITES need root and an old speaker's binary too: only `make upgrade-test` runs them.
 PURE_SUITES := layout chart
 LAB_SUITES := controller crds faults interfaces ipv6 lab plugin real_nodes selectors solicited_node_groups speaker
+UPGRADE_SUITES := rolling_upgrade
 
 # The quick tier: formatting, clippy, every unit, property and pure test. Needs no root, no images, no control
 # plane and no helm.
@@ -72,6 +74,15 @@ SOAK_LOSS_SECS ?= 300
 soak:
 	$(CARGO) build --release --workspace --bins
 	FERROLB_LOSS_SECS=$(SOAK_LOSS_SECS) $(CARGO) bench -p ferrolb-tests --bench faults
+
+# A rolling upgrade in the lab (root, a few minutes): speakers of OLD_SPEAKER_COMMIT (the last with liveness format
+# FLB2) replaced node by node with this build, ARP asked throughout (tests/tests/rolling_upgrade.rs). The old
+# speaker is built once from this repository's history into a cache outside it (tests/lab/build-old-speaker.sh).
+OLD_SPEAKER_COMMIT ?= 7c38fcf
+upgrade-test:
+	@old="$$(FERROLB_OLD_COMMIT=$(OLD_SPEAKER_COMMIT) bash tests/lab/build-old-speaker.sh)" && \
+	  $(CARGO) build --workspace --bins && \
+	  FERROLB_OLD_SPEAKER="$$old" $(CARGO) test -p ferrolb-tests $(UPGRADE_SUITES:%=--test %) -- --nocapture
 
 # Builds, brings up the lab and walks through the user's scenario; leaves the lab running.
 demo:

@@ -147,13 +147,18 @@ fn make_list(makefile: &str, name: &str) -> BTreeSet<String> {
     line.unwrap_or_else(|| panic!("Makefile has no {name} := line")).split_whitespace().map(String::from).collect()
 }
 
-/// Every end-to-end suite is in exactly one of the Makefile's tiers: `make check` (PURE_SUITES, no root) or
-/// `make test` (LAB_SUITES), so a new file in tests/tests/ is never silently left out of both.
+/// Every end-to-end suite is in exactly one of the Makefile's tiers: `make check` (PURE_SUITES, no root),
+/// `make test` (LAB_SUITES) or `make upgrade-test` (UPGRADE_SUITES, which need an old build too), so a new file
+/// in tests/tests/ is never silently left out of all of them.
 #[test]
 fn every_test_file_is_in_exactly_one_make_tier() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let makefile = std::fs::read_to_string(root.join("../Makefile")).expect("Makefile");
-    let (pure, lab) = (make_list(&makefile, "PURE_SUITES"), make_list(&makefile, "LAB_SUITES"));
+    let (pure, lab, upgrade) = (
+        make_list(&makefile, "PURE_SUITES"),
+        make_list(&makefile, "LAB_SUITES"),
+        make_list(&makefile, "UPGRADE_SUITES"),
+    );
     assert!(pure.contains("layout"), "this file is pure: {pure:?}");
     let files: BTreeSet<String> = std::fs::read_dir(root.join("tests"))
         .expect("tests dir")
@@ -161,12 +166,16 @@ fn every_test_file_is_in_exactly_one_make_tier() {
         .filter_map(|e| e.file_name().to_str()?.strip_suffix(".rs").map(String::from))
         .collect();
     for file in &files {
-        assert!(
-            pure.contains(file) != lab.contains(file),
-            "tests/tests/{file}.rs: in PURE_SUITES or LAB_SUITES, not both"
-        );
+        let tiers = [&pure, &lab, &upgrade].iter().filter(|tier| tier.contains(file)).count();
+        assert_eq!(tiers, 1, "tests/tests/{file}.rs: in one of PURE_SUITES, LAB_SUITES and UPGRADE_SUITES");
     }
-    for listed in pure.union(&lab) {
+    // Suites outside `make test` must not run under a plain `cargo test` either (they need what CI lacks).
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("tests/Cargo.toml");
+    for suite in &upgrade {
+        let target = format!("[[test]]\nname = \"{suite}\"\npath = \"tests/{suite}.rs\"\ntest = false\n");
+        assert!(manifest.contains(&target), "tests/Cargo.toml must declare {suite} with `test = false`");
+    }
+    for listed in pure.iter().chain(&lab).chain(&upgrade) {
         assert!(files.contains(listed), "the Makefile lists {listed}, which tests/tests/ does not have");
     }
 }

@@ -34,12 +34,13 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// A fresh incarnation: start time and process id, so a restart, even after a clock step, differs.
+    /// A fresh incarnation: start time and process id, so a restart, even after a clock step, differs; marked
+    /// [`liveness::READS_FLB3`], so peers never take this speaker's `FLB2` copies for an old speaker's.
     pub fn new(node: &str) -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        let incarnation = nanos ^ (u64::from(std::process::id()) << 40);
+        let incarnation = (nanos ^ (u64::from(std::process::id()) << 40)) | liveness::READS_FLB3;
         Self {
             node: node.to_string(),
             incarnation,
@@ -375,6 +376,16 @@ mod tests {
             serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "status": {"addresses": addresses}}))
                 .expect("node"),
         )
+    }
+
+    #[test]
+    fn this_speakers_old_format_copies_are_not_taken_for_an_old_speakers() {
+        let identity = Identity::new("me");
+        let copy = Message { legacy: true, ..identity.message(Kind::Alive) };
+        assert!(!copy.from_old_speaker(), "incarnation {:#x}", identity.incarnation);
+        // An old speaker's incarnation, from the same clock and pid: below the mark.
+        let old = Message { incarnation: identity.incarnation & !liveness::READS_FLB3, ..copy };
+        assert!(old.from_old_speaker());
     }
 
     #[test]

@@ -21,6 +21,10 @@ const LEGACY_MAGIC: &[u8; 4] = b"FLB2";
 const TAG: usize = 32;
 /// At most this many MACs travel in one message.
 pub const MAX_MACS: usize = 8;
+/// Set in the incarnation of every speaker that reads `FLB3`, so the `FLB2` copies it sends while old speakers
+/// run are told from an old speaker's own: an old speaker's incarnation (start time in ns since 1970 XOR its pid
+/// shifted left 40) stays below 2^63 until the year 2262.
+pub const READS_FLB3: u64 = 1 << 63;
 
 /// A peer and the last message of it a watcher heard: what a suspicion or a death verdict is about.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -61,8 +65,16 @@ pub struct Message {
     pub counter: u64,
     /// The sender's interface MACs (at most [`MAX_MACS`]).
     pub macs: Vec<[u8; 6]>,
-    /// It came in the format of the speakers before this one (`FLB2`): an old speaker is running.
+    /// It came in the format of the speakers before this one (`FLB2`): from an old speaker, or a new speaker's copy
+    /// for them ([`Message::from_old_speaker`] tells which).
     pub legacy: bool,
+}
+
+impl Message {
+    /// Sent by a speaker that only knows `FLB2`, not by a new one writing `FLB2` for it (see [`READS_FLB3`]).
+    pub fn from_old_speaker(&self) -> bool {
+        self.legacy && self.incarnation & READS_FLB3 == 0
+    }
 }
 
 /// Why a datagram was not accepted (a metric label each).

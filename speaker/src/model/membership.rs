@@ -330,7 +330,8 @@ impl Membership {
         self.watchers_of(&self.me)
     }
 
-    /// Old speakers (the previous format) were heard lately: heartbeats must go to everyone in their format.
+    /// Old speakers (the previous format) were heard lately: heartbeats must go to everyone in their format, and
+    /// every peer is judged first-hand (see [`Membership::tick`]).
     pub fn legacy_peers(&self, now: Instant) -> bool {
         self.legacy_heard.is_some_and(|at| now.saturating_duration_since(at) < LEGACY_MEMORY)
     }
@@ -386,7 +387,7 @@ impl Membership {
         if peer.dead.is_none() && !peer.left {
             self.to_ask.remove(&sender);
         }
-        if msg.legacy {
+        if msg.from_old_speaker() {
             self.legacy_heard = Some(now);
         }
         if changed {
@@ -445,6 +446,11 @@ impl Membership {
     }
 
     /// Time passes: watch the subjects, convict the ones the watchers agree on, ask the ones believed dead.
+    ///
+    /// While old speakers run, every speaker sends its heartbeats to every other, and old speakers neither send nor
+    /// read suspicions and verdicts: a quorum of watchers may never form, and a speaker that watches nobody whose
+    /// watchers are old would never hear a verdict. So then every peer is this speaker's subject and its own
+    /// silence convicts it, as the old speakers judge (each verdict still only makes the new owner probe).
     pub fn tick(&mut self, now: Instant) -> Vec<Say> {
         let mut out = Vec::new();
         if !self.settled_told && self.settled(now) {
@@ -454,8 +460,15 @@ impl Membership {
                 self.peers.iter().filter(|(_, p)| p.listed && p.heard.is_none()).map(|(n, _)| n.clone()).collect();
             self.to_ask.extend(unheard);
         }
-        let subjects = self.subjects();
-        self.watching.retain(|n, _| subjects.contains(n));
+        let first_hand = self.legacy_peers(now);
+        let subjects: Vec<Arc<str>> = if first_hand {
+            self.ring.walk(&self.me, false).filter(|n| self.on_ring(n)).cloned().collect()
+        } else {
+            self.subjects()
+        };
+        // A set: with old speakers running, the subjects are every peer.
+        let watched: BTreeSet<&Arc<str>> = subjects.iter().collect();
+        self.watching.retain(|n, _| watched.contains(n));
         for subject in subjects {
             let since = *self.watching.entry(subject.clone()).or_insert(now);
             let others: Vec<Arc<str>> =
@@ -484,7 +497,8 @@ impl Membership {
                 let kind = Kind::Suspect(verdict.clone());
                 out.extend(others.iter().map(|w| Say::once(To::Node(w.clone()), kind.clone())));
             }
-            if 1 + trouble.suspicions.len() >= quorum.min(1 + others.len()) {
+            let votes = if first_hand { 1 } else { quorum.min(1 + others.len()) };
+            if 1 + trouble.suspicions.len() >= votes {
                 self.declared.push((subject.to_string(), silence));
                 self.convict(&verdict, now, false);
                 self.watching.remove(&subject);
@@ -828,6 +842,65 @@ mod tests {
         m.receive(&old, t0).expect("accepted");
         assert!(m.legacy_peers(t0 + Duration::from_secs(9)));
         assert!(!m.legacy_peers(t0 + Duration::from_secs(11)), "gone once the last old speaker is");
+    }
+
+    /// A message in the old format (`FLB2`) from `node`: from an old speaker, or with `READS_FLB3` in its
+    /// incarnation the copy a new speaker sends while old ones run.
+    fn flb2(node: &str, incarnation: u64, counter: u64) -> Message {
+        Message { kind: Kind::Alive, node: node.into(), incarnation, counter, macs: vec![], legacy: true }
+    }
+
+    #[test]
+    fn new_speakers_copies_in_the_old_format_do_not_keep_the_old_format_on() {
+        let t0 = Instant::now();
+        let mut m = Membership::new("me", Config::new(200 * MS), t0);
+        // Every new speaker sends its heartbeats in the old format while it hears an old one: if those copies
+        // counted as old speakers, new speakers would keep each other on it forever after the upgrade.
+        for i in 1..=200 {
+            m.receive(&flb2("new", crate::model::liveness::READS_FLB3 | 7, i), t0 + i as u32 * 50 * MS)
+                .expect("accepted");
+        }
+        assert!(!m.legacy_peers(t0 + Duration::from_secs(10)), "only new speakers run");
+        m.receive(&flb2("old", 7, 1), t0 + Duration::from_secs(10)).expect("accepted");
+        assert!(m.legacy_peers(t0 + Duration::from_secs(10)), "an old speaker runs");
+    }
+
+    /// Old speakers (all-to-all, `FLB2`) neither send nor read suspicions and verdicts, but while they run every
+    /// speaker hears every other: a new speaker judges each peer first-hand then, as they do. Here a new speaker
+    /// that is not on the dead speaker's ring of watchers, whose watchers are all old, and one whose only
+    /// co-watcher is old: both hold it dead after `dead_after` and a direct ask, not never or after `alone_after`.
+    #[test]
+    fn while_old_speakers_run_a_new_one_judges_every_peer_first_hand() {
+        for size in [5, 3] {
+            let t0 = Instant::now();
+            let ring = Ring::new(names(size));
+            let me: Arc<str> = Arc::from("node-0");
+            let victim = ring.walk(&me, true).next().expect("a peer").clone();
+            let mut m = Membership::new(&me, Config::new(200 * MS), t0);
+            let _hello = m.set_ring(Arc::new(ring.clone()));
+            let watches = m.subjects().contains(&victim);
+            assert_eq!(watches, size == 3, "{size} speakers: node-0 watches {victim}: {watches}");
+            let mut now = t0;
+            let mut counter = 0;
+            let mut run = |m: &mut Membership, until: Duration, victim_alive: bool| {
+                while now < t0 + until {
+                    now += 10 * MS;
+                    counter += 1;
+                    if counter % 5 == 0 {
+                        for peer in ring.names().filter(|n| **n != me && (victim_alive || **n != victim)) {
+                            m.receive(&flb2(peer, 1, counter), now).expect("accepted");
+                        }
+                    }
+                    let _ = m.tick(now);
+                }
+            };
+            run(&mut m, 500 * MS, true);
+            assert_eq!(m.verdict(&victim, t0 + 500 * MS), Verdict::Alive);
+            run(&mut m, 800 * MS, false);
+            let end = t0 + 800 * MS;
+            assert_eq!(m.verdict(&victim, end), Verdict::Dead, "{size} speakers: {victim} silent for 300 ms");
+            assert!(m.legacy_peers(end));
+        }
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct UpOptions {
     /// chart is installed with `speaker.nodeSelector` on it (real nodes: the DaemonSet places its pods by it; process mode: the lab
     /// starts speakers where the rendered DaemonSet's nodeSelector matches).
     pub speaker_nodes: Option<usize>,
+    /// Process mode: every speaker runs this binary instead of the one built beside `ferrolb-lab` (e.g. an older
+    /// release, to upgrade it with `restart-speaker --binary`).
+    pub speaker_binary: Option<PathBuf>,
 }
 
 /// Label `up --speaker-nodes N` gives the nodes that run a speaker, with value [`SPEAKER_NODE_VALUE`].
@@ -77,11 +80,22 @@ pub fn is_running(dir: &Path) -> bool {
 
 /// Brings the lab up (idempotent: a running lab is left alone; a broken one is taken down first).
 pub async fn up(opts: &UpOptions) -> Result<State> {
+    if opts.speaker_binary.is_some() && (opts.real_nodes || opts.bare) {
+        return Err(LabError::Usage(
+            "--speaker-binary is for process mode with the chart (no --kubelets, --bare)".into(),
+        ));
+    }
+    let speaker_binary = opts.speaker_binary.as_deref().map(speaker_binary_at).transpose()?;
+    let speaker_binaries = |nodes: &[NodeInfo]| -> BTreeMap<String, PathBuf> {
+        let Some(binary) = &speaker_binary else { return BTreeMap::new() };
+        nodes.iter().map(|n| (n.name.clone(), binary.clone())).collect()
+    };
     if is_running(&opts.dir) {
         let state = State::load(&opts.dir)?;
         if state.nodes.len() == opts.nodes
             && state.second_lan == opts.second_lan
             && state.speaker_nodes == opts.speaker_nodes
+            && state.speaker_binaries == speaker_binaries(&state.nodes)
         {
             step(format!("lab {:?} is already up", state.name));
             return Ok(state);
@@ -105,7 +119,7 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
     let started = Instant::now();
     let bin_dir = control_plane::ensure_binaries()?;
     std::fs::create_dir_all(opts.dir.join("killed")).map_err(|e| io_err(&opts.dir, e))?;
-    let nodes = (1..=opts.nodes)
+    let nodes: Vec<NodeInfo> = (1..=opts.nodes)
         .map(|i| NodeInfo {
             name: format!("node-{i}"),
             netns: format!("{}-node-{i}", opts.name),
@@ -117,12 +131,13 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
         name: opts.name.clone(),
         dir: opts.dir.clone(),
         bin_dir,
-        nodes,
         speaker_gossip: true,
         real_nodes: opts.real_nodes,
         ipv6_nodes: opts.ipv6_nodes,
         second_lan: opts.second_lan,
         speaker_nodes: opts.speaker_nodes,
+        speaker_binaries: speaker_binaries(&nodes),
+        nodes,
         ..State::default()
     };
     state.save()?;
@@ -552,12 +567,20 @@ pub async fn start_speaker(state: &mut State, node: &str) -> Result<()> {
 }
 
 /// Stops a node's speaker process (SIGTERM: it says it is leaving) and starts it again with extra environment,
-/// e.g. libfaketime's to step its wall clock. Process-mode labs only.
-pub async fn restart_speaker(state: &mut State, node: &str, env: &[(String, String)]) -> Result<()> {
+/// e.g. libfaketime's to step its wall clock, and from `binary` if given (kept for later restarts and `revive`:
+/// one node of a rolling upgrade). Process-mode labs only.
+pub async fn restart_speaker(
+    state: &mut State,
+    node: &str,
+    env: &[(String, String)],
+    binary: Option<&Path>,
+) -> Result<()> {
     if state.real_nodes {
         return Err(LabError::Usage("restart-speaker needs a process-mode lab (speakers as pods here)".into()));
     }
     let name = state.node(node)?.name.clone();
+    // Checked before the running speaker is stopped: a wrong path must not leave the node without one.
+    let binary = binary.map(speaker_binary_at).transpose()?;
     let role = format!("speaker {name}");
     if let Some(pid) = state.procs.iter().rev().find(|p| p.role == role).map(|p| p.pid) {
         let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
@@ -567,12 +590,30 @@ pub async fn restart_speaker(state: &mut State, node: &str, env: &[(String, Stri
         }
         let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
+    if let Some(binary) = binary {
+        state.speaker_binaries.insert(name.clone(), binary);
+    }
     start_speaker_with(state, &name, env).await
 }
 
+/// An absolute path to an executable speaker binary given by the user (the speaker starts in another namespace,
+/// from another working directory).
+fn speaker_binary_at(path: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let binary = std::fs::canonicalize(path).map_err(|e| io_err(path, e))?;
+    let mode = std::fs::metadata(&binary).map_err(|e| io_err(&binary, e))?.permissions().mode();
+    if !binary.is_file() || mode & 0o111 == 0 {
+        return Err(LabError::Usage(format!("speaker binary {} is not an executable file", binary.display())));
+    }
+    Ok(binary)
+}
+
 async fn start_speaker_with(state: &mut State, node: &str, env: &[(String, String)]) -> Result<()> {
-    let binary = sibling_binary("ferrolb-speaker")?;
     let info = state.node(node)?.clone();
+    let binary = match state.speaker_binaries.get(&info.name) {
+        Some(binary) => binary.clone(),
+        None => sibling_binary("ferrolb-speaker")?,
+    };
     let kubeconfig = service_account_kubeconfig(state, "ferrolb-speaker").await?;
     // The chart's generated gossip key, handed over the way the DaemonSet's secretKeyRef would.
     let secrets: Api<k8s_openapi::api::core::v1::Secret> =
@@ -587,12 +628,14 @@ async fn start_speaker_with(state: &mut State, node: &str, env: &[(String, Strin
     ensure_speaker_pod(state, &info.name).await?;
     let metrics_port = control_plane::free_port()?;
     step(format!(
-        "starting ferrolb-speaker on {} (chart ServiceAccount token, raw ARP socket in {})",
-        info.name, info.netns
+        "starting ferrolb-speaker on {} (chart ServiceAccount token, raw ARP socket in {}) from {}",
+        info.name,
+        info.netns,
+        binary.display()
     ));
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &info.netns])
-        .arg(binary)
+        .arg(&binary)
         .env("KUBECONFIG", kubeconfig)
         .env("FERROLB_GOSSIP_KEY", key)
         .env_remove("RUST_BACKTRACE")

@@ -201,6 +201,11 @@ pub struct State {
     /// `speaker.nodeSelector`); `None`: every node runs one.
     #[serde(default)]
     pub speaker_nodes: Option<usize>,
+    /// Process mode: the speaker binary a node runs when it is not the one built beside `ferrolb-lab`
+    /// (`up --speaker-binary`, `restart-speaker --binary`, e.g. an older release during a rolling upgrade);
+    /// `revive` and `restart-speaker` start the same one again.
+    #[serde(default)]
+    pub speaker_binaries: std::collections::BTreeMap<String, PathBuf>,
 }
 
 fn yes() -> bool {

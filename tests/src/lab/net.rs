@@ -192,6 +192,42 @@ pub fn count_udp(ns: &str, port: u16) -> Result<()> {
     applied.map(|_| ())
 }
 
+/// Name of the nftables table in which the lab counts liveness datagrams by format (inside a node namespace).
+const FORMAT_TABLE: &str = "ferrolb_lab_formats";
+
+/// Starts counting incoming UDP datagrams to `port` inside a node namespace by the liveness format their payload
+/// starts with: `FLB2` (the speakers before the ring of watchers) or `FLB3`. Nothing is dropped; replaces an
+/// earlier count, starting from 0.
+pub fn count_liveness_formats(ns: &str, port: u16) -> Result<()> {
+    let tables = run("ip", &["netns", "exec", ns, "nft", "list", "tables"]).unwrap_or_default();
+    if tables.contains(FORMAT_TABLE) {
+        run("ip", &["netns", "exec", ns, "nft", "delete", "table", "inet", FORMAT_TABLE])?;
+    }
+    // @th,64,32: the 32 bits after the 8-byte UDP header, the magic ("FLB2" = 0x464c4232).
+    let rules = format!(
+        "table inet {FORMAT_TABLE} {{\n  counter flb2 {{}}\n  counter flb3 {{}}\n  chain input {{\n    type filter hook input priority -20; policy accept;\n    udp dport {port} @th,64,32 0x464c4232 counter name flb2\n    udp dport {port} @th,64,32 0x464c4233 counter name flb3\n  }}\n}}\n"
+    );
+    let file = std::env::temp_dir().join(format!("{ns}-formats.nft"));
+    std::fs::write(&file, rules).map_err(|e| super::io_err(&file, e))?;
+    let applied = run("ip", &["netns", "exec", ns, "nft", "-f", &file.display().to_string()]);
+    let _ = std::fs::remove_file(&file);
+    applied.map(|_| ())
+}
+
+/// The `FLB2` and `FLB3` datagrams counted since [`count_liveness_formats`] or the last call, and starts again
+/// from 0 (both counters are read and reset by one nft command).
+pub fn take_liveness_formats(ns: &str) -> Result<(u64, u64)> {
+    let text = run("ip", &["netns", "exec", ns, "nft", "reset", "counters", "table", "inet", FORMAT_TABLE])?;
+    let packets = |name: &str| {
+        let after = text.split(&format!("counter {name} ")).nth(1)?;
+        after.split_whitespace().skip_while(|w| *w != "packets").nth(1)?.parse::<u64>().ok()
+    };
+    match (packets("flb2"), packets("flb3")) {
+        (Some(flb2), Some(flb3)) => Ok((flb2, flb3)),
+        _ => Err(LabError::Usage(format!("no FLB2 and FLB3 packet counts in {text:?}"))),
+    }
+}
+
 /// The datagrams counted since [`count_udp`] (or the last reset), and with `reset` starts again from 0.
 pub fn counted_udp(ns: &str, reset: bool) -> Result<u64> {
     let verb = if reset { "reset" } else { "list" };

@@ -35,6 +35,10 @@ pub enum Cmd {
         /// installed with speaker.nodeSelector on that label.
         #[arg(long, value_name = "N")]
         speaker_nodes: Option<usize>,
+        /// Process mode: run this speaker binary on every node instead of the one built beside ferrolb-lab (e.g.
+        /// an older release, to upgrade node by node with `restart-speaker --binary`).
+        #[arg(long, value_name = "PATH")]
+        speaker_binary: Option<std::path::PathBuf>,
     },
     /// What runs, and where.
     Status,
@@ -60,13 +64,17 @@ pub enum Cmd {
     },
     /// Removes every process, namespace and file the lab made.
     Down,
-    /// Restarts a node's speaker (process-mode lab) with extra environment (KEY=VALUE, repeatable).
+    /// Restarts a node's speaker (process-mode lab) with extra environment (KEY=VALUE, repeatable), or from
+    /// another binary.
     RestartSpeaker {
         /// Node name.
         node: String,
         /// Environment for the new process.
         #[arg(long = "env", value_name = "KEY=VALUE")]
         env: Vec<String>,
+        /// Start this speaker binary from now on (also when the node is revived), e.g. a newer release.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<std::path::PathBuf>,
     },
     /// (internal) fake kubelets and the API relay, run by `up`.
     #[command(hide = true)]
@@ -84,7 +92,17 @@ pub enum Cmd {
 pub async fn run(command: Cmd, name: String, dir: &Path) -> anyhow::Result<()> {
     let load = || State::load(dir).with_context(|| format!("no lab at {} (run `ferrolb-lab up`)", dir.display()));
     match command {
-        Cmd::Up { nodes, bare, kubelets, kubeadm_labels, helm_set, ipv6_nodes, second_lan, speaker_nodes } => {
+        Cmd::Up {
+            nodes,
+            bare,
+            kubelets,
+            kubeadm_labels,
+            helm_set,
+            ipv6_nodes,
+            second_lan,
+            speaker_nodes,
+            speaker_binary,
+        } => {
             let options = lifecycle::UpOptions {
                 name,
                 dir: dir.to_path_buf(),
@@ -96,6 +114,7 @@ pub async fn run(command: Cmd, name: String, dir: &Path) -> anyhow::Result<()> {
                 ipv6_nodes,
                 second_lan,
                 speaker_nodes,
+                speaker_binary,
             };
             let state = lifecycle::up(&options).await?;
             println!("{}", state.kubeconfig().display());
@@ -124,6 +143,9 @@ pub async fn run(command: Cmd, name: String, dir: &Path) -> anyhow::Result<()> {
             if !state.speaker_args.is_empty() {
                 println!("speaker args (from the chart) {}", state.speaker_args.join(" "));
             }
+            for (node, binary) in &state.speaker_binaries {
+                println!("speaker binary of {node} {}", binary.display());
+            }
             for p in &state.procs {
                 let up = if ferrolb_tests::lab::control_plane::alive(p.pid) { "running" } else { "DEAD" };
                 println!("proc {:<24} pid {:<8} {up}", p.role, p.pid);
@@ -147,13 +169,13 @@ pub async fn run(command: Cmd, name: String, dir: &Path) -> anyhow::Result<()> {
             lifecycle::down(&name, dir)?;
             eprintln!("[ferrolb-lab] lab {name:?} removed");
         }
-        Cmd::RestartSpeaker { node, env } => {
+        Cmd::RestartSpeaker { node, env, binary } => {
             let env: Vec<(String, String)> = env
                 .iter()
                 .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
                 .collect::<Option<_>>()
                 .context("--env takes KEY=VALUE")?;
-            lifecycle::restart_speaker(&mut load()?, &node, &env).await?;
+            lifecycle::restart_speaker(&mut load()?, &node, &env, binary.as_deref()).await?;
         }
         Cmd::Agent => kubelet::run(load()?).await?,
         Cmd::NodeAgent { node: name } => node::run(load()?, &name).await?,
