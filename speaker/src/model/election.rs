@@ -13,6 +13,7 @@
 use ferrolb_crds::selector::Selector;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Label that keeps a node out of external load balancing (a Kubernetes convention MetalLB honours too).
 pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
@@ -55,8 +56,9 @@ pub struct Advertisement {
 pub struct ServiceFacts {
     /// `externalTrafficPolicy: Local`.
     pub local: bool,
-    /// Nodes hosting a ready (or serving) endpoint.
-    pub ready_endpoint_nodes: BTreeSet<String>,
+    /// Nodes hosting a ready (or serving) endpoint; one set shared by every Service whose endpoints sit on the
+    /// same nodes (the plan interns them: with thousands of Services most sets repeat).
+    pub ready_endpoint_nodes: Arc<BTreeSet<String>>,
     /// Whether any endpoint anywhere is ready (nodeless endpoints included).
     pub any_ready_endpoint: bool,
     /// It carries `allow-shared-ip` (any value, either prefix): it may share its address with other Services.
@@ -301,7 +303,7 @@ mod tests {
     fn served() -> ServiceFacts {
         ServiceFacts {
             local: false,
-            ready_endpoint_nodes: BTreeSet::new(),
+            ready_endpoint_nodes: Arc::default(),
             any_ready_endpoint: true,
             allows_sharing: false,
         }
@@ -372,7 +374,7 @@ mod tests {
         let nodes = [node("a"), node("b"), node("c")];
         let svc = ServiceFacts {
             local: true,
-            ready_endpoint_nodes: BTreeSet::from(["b".to_string()]),
+            ready_endpoint_nodes: Arc::new(BTreeSet::from(["b".to_string()])),
             any_ready_endpoint: true,
             allows_sharing: false,
         };

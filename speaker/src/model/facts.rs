@@ -6,7 +6,8 @@ use ferrolb_crds::selector::Selector;
 use ferrolb_crds::service::ServiceKey;
 use ferrolb_crds::{IPAddressPool, L2Advertisement};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 /// Facts about a Node, with liveness from the fallback signal (`Ready=True`) and a speaker on it, unless the
 /// caller knows better.
@@ -54,12 +55,29 @@ pub fn has_speaker(node: &str, speaker_nodes: Option<&BTreeSet<String>>) -> bool
 
 /// Endpoint facts of a Service from the digests of its EndpointSlices.
 pub fn service_facts(svc: &ServiceDigest, slices: &[&SliceDigest]) -> ServiceFacts {
-    let mut facts = ServiceFacts { local: svc.local, allows_sharing: svc.allows_sharing, ..ServiceFacts::default() };
-    for slice in slices {
-        facts.any_ready_endpoint |= slice.any_serving;
-        facts.ready_endpoint_nodes.extend(slice.serving_nodes.iter().cloned());
+    service_facts_interned(svc, slices, &mut NodeSets::default())
+}
+
+/// Sets of endpoint nodes already built, so that Services whose endpoints sit on the same nodes share one.
+pub type NodeSets = HashSet<Arc<BTreeSet<String>>>;
+
+/// [`service_facts`], taking the endpoint node set from `interned` when an equal one was built before.
+pub fn service_facts_interned(svc: &ServiceDigest, slices: &[&SliceDigest], interned: &mut NodeSets) -> ServiceFacts {
+    let nodes: BTreeSet<String> = slices.iter().flat_map(|s| s.serving_nodes.iter().cloned()).collect();
+    let ready_endpoint_nodes = match interned.get(&nodes) {
+        Some(shared) => shared.clone(),
+        None => {
+            let shared = Arc::new(nodes);
+            interned.insert(shared.clone());
+            shared
+        }
+    };
+    ServiceFacts {
+        local: svc.local,
+        allows_sharing: svc.allows_sharing,
+        any_ready_endpoint: slices.iter().any(|s| s.any_serving),
+        ready_endpoint_nodes,
     }
-    facts
 }
 
 /// An L2Advertisement with its selectors parsed once per wake, not once per Service.
@@ -68,7 +86,8 @@ pub struct ParsedAdvertisement {
     pools: Vec<String>,
     pool_selectors: Vec<Selector>,
     service_selectors: Vec<Selector>,
-    advertisement: Advertisement,
+    /// What the election reads of it.
+    pub advertisement: Advertisement,
 }
 
 /// Parses every advertisement's selectors; one with a malformed selector matches nothing, so it is left out.
@@ -100,19 +119,31 @@ pub fn advertisements_for(
     svc_labels: &BTreeMap<String, String>,
     ads: &[ParsedAdvertisement],
 ) -> Vec<Advertisement> {
-    let pool_name = pool.metadata.name.clone().unwrap_or_default();
-    let pool_labels = pool.metadata.labels.clone().unwrap_or_default();
+    applying(pool, svc_labels, ads).into_iter().filter_map(|i| ads.get(i)).map(|ad| ad.advertisement.clone()).collect()
+}
+
+/// The positions in `ads` of the advertisements [`advertisements_for`] returns: a key to share one list among
+/// the many Services it is the same for.
+pub fn applying(
+    pool: &IPAddressPool,
+    svc_labels: &BTreeMap<String, String>,
+    ads: &[ParsedAdvertisement],
+) -> Vec<usize> {
+    let pool_name = pool.metadata.name.as_deref().unwrap_or_default();
+    let empty = BTreeMap::new();
+    let pool_labels = pool.metadata.labels.as_ref().unwrap_or(&empty);
     ads.iter()
-        .filter(|ad| {
+        .enumerate()
+        .filter(|(_, ad)| {
             let names_none = ad.pools.is_empty() && ad.pool_selectors.is_empty();
             let pool_ok = names_none
-                || ad.pools.contains(&pool_name)
-                || ad.pool_selectors.iter().any(|s| s.matches(&pool_labels));
+                || ad.pools.iter().any(|p| p == pool_name)
+                || ad.pool_selectors.iter().any(|s| s.matches(pool_labels));
             let service_ok =
                 ad.service_selectors.is_empty() || ad.service_selectors.iter().any(|s| s.matches(svc_labels));
             pool_ok && service_ok
         })
-        .map(|ad| ad.advertisement.clone())
+        .map(|(i, _)| i)
         .collect()
 }
 

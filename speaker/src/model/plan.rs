@@ -85,7 +85,8 @@ struct PreparedService {
     uid: String,
     facts: ServiceFacts,
     ips: Vec<IpAddr>,
-    applicable: Vec<Advertisement>,
+    /// Shared by every Service the same advertisements apply to.
+    applicable: Arc<[Advertisement]>,
 }
 
 /// The half of a plan that depends only on the API state: node facts (liveness from `Ready`, speakers from the
@@ -114,6 +115,9 @@ pub fn prepare(me: &Me<'_>, s: &Snapshot) -> Prepared {
     let ad_refs: Vec<&L2Advertisement> = s.ads.iter().map(AsRef::as_ref).collect();
     let ads = facts::parse_advertisements(&ad_refs);
     let slices_of = facts::slices_by_service(s.slices.iter().map(AsRef::as_ref));
+    // With thousands of Services most have the same endpoint nodes and advertisements: one copy each.
+    let mut node_sets = facts::NodeSets::default();
+    let mut applicable_lists: HashMap<Vec<usize>, Arc<[Advertisement]>> = HashMap::new();
     let services = s
         .services
         .iter()
@@ -121,10 +125,16 @@ pub fn prepare(me: &Me<'_>, s: &Snapshot) -> Prepared {
         .filter_map(|svc| {
             let pool = svc.pool.as_deref().and_then(|name| pools.get(name))?;
             let own_slices = slices_of.get(&svc.key).map(Vec::as_slice).unwrap_or_default();
+            let applicable = applicable_lists
+                .entry(facts::applying(pool, &svc.labels, &ads))
+                .or_insert_with_key(|which| {
+                    which.iter().filter_map(|i| ads.get(*i)).map(|a| a.advertisement.clone()).collect()
+                })
+                .clone();
             Some(PreparedService {
-                facts: facts::service_facts(svc, own_slices),
+                facts: facts::service_facts_interned(svc, own_slices, &mut node_sets),
                 uid: svc.uid.clone(),
-                applicable: facts::advertisements_for(pool, &svc.labels, &ads),
+                applicable,
                 ips: svc.ingress.clone(),
                 key: svc.key.clone(),
             })
