@@ -110,6 +110,31 @@ impl TestLab {
         }
     }
 
+    /// Probes `addr` (`protocol` `tcp` or `udp`) from the host every 10 ms for `ms`, runs `during` once the
+    /// prober has had its first answer (it says so on stderr), and returns the prober's JSON report (longest gap,
+    /// who answered first and last).
+    pub fn probe_while(&self, protocol: &str, addr: &str, ms: u64, during: impl FnOnce()) -> serde_json::Value {
+        use std::io::BufRead;
+        let (dir, duration) = (self.dir.display().to_string(), ms.to_string());
+        let mut prober = Command::new(&self.exe)
+            .args(["--name", &self.name, "--dir", &dir, "exec", "host", "--", &self.exe, "prober", protocol, addr])
+            .args(["--duration-ms", &duration])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("prober");
+        let stderr = std::io::BufReader::new(prober.stderr.take().expect("prober stderr"));
+        let mut lines = stderr.lines();
+        let first = lines.by_ref().map_while(Result::ok).find(|l| l.starts_with("first answer from "));
+        assert!(first.is_some(), "the prober never had an answer from {addr}");
+        during();
+        // Keep reading stderr so the prober never blocks on a full pipe.
+        let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+        let out = prober.wait_with_output().expect("prober output");
+        let _ = drain.join();
+        serde_json::from_slice(&out.stdout).expect("prober report")
+    }
+
     /// The lab's recorded state.
     pub fn state(&self) -> State {
         State::load(&self.dir).expect("lab state")

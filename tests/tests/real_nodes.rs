@@ -59,31 +59,6 @@ async fn backends(client: &kube::Client, app: &str, nodes: &[&str]) {
 
 const LAB_POOL: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab, namespace: metallb-system}\nspec: {addresses: [198.19.0.1-198.19.0.254]}\n";
 
-/// Probes `addr` from the host every 10 ms for `ms` and runs `during` once the prober has had its first answer
-/// (it says so on stderr); returns the prober's JSON report.
-fn probe_while(lab: &TestLab, protocol: &str, addr: &str, ms: u64, during: impl FnOnce()) -> serde_json::Value {
-    use std::io::BufRead;
-    let dir = lab.dir.display().to_string();
-    let duration = ms.to_string();
-    let mut prober = Command::new(EXE)
-        .args(["--name", &lab.name, "--dir", &dir, "exec", "host", "--", EXE, "prober", protocol, addr])
-        .args(["--duration-ms", &duration])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("prober");
-    let stderr = std::io::BufReader::new(prober.stderr.take().expect("prober stderr"));
-    let mut lines = stderr.lines();
-    let first = lines.by_ref().map_while(Result::ok).find(|l| l.starts_with("first answer from "));
-    assert!(first.is_some(), "the prober never had an answer from {addr}");
-    during();
-    // Keep reading stderr so the prober never blocks on a full pipe.
-    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
-    let out = prober.wait_with_output().expect("prober output");
-    let _ = drain.join();
-    serde_json::from_slice(&out.stdout).expect("prober report")
-}
-
 const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
 
 /// A 3-node lab of real nodes with the chart installed (pods Ready), one at a time.
@@ -158,7 +133,7 @@ async fn the_chart_runs_under_real_kubelets_and_serves_the_users_scenario() {
     let (vip, ip, owner) = users_scenario(&lab, &client).await;
 
     // Hard kill of the owner node: the address moves to one other node, measured by a prober on the host.
-    let report = probe_while(&lab, "udp", &format!("{vip}:53"), 4000, || {
+    let report = lab.probe_while("udp", &format!("{vip}:53"), 4000, || {
         lab.ok(&["kill", &owner]);
     });
     println!("hard kill of {owner} under real kubelets: longest UDP outage {} ms ({report})", report["max_gap_ms"]);

@@ -206,31 +206,6 @@ async fn replace_speaker(lab: &TestLab, node: &str, binary: &Path, owners: &BTre
     println!("{node}: now {}; every address with its owner again", binary.display());
 }
 
-/// Probes `addr` over TCP from `host` every 10 ms for `ms`, runs `during` once the prober has had its first
-/// answer (it says so on stderr), and returns the prober's report (longest gap, who answered first and last).
-fn probe_while(lab: &TestLab, addr: &str, ms: u64, during: impl FnOnce()) -> serde_json::Value {
-    use std::io::BufRead;
-    let duration = ms.to_string();
-    let mut prober = Command::new(EXE)
-        .args(["--name", &lab.name, "--dir"])
-        .arg(&lab.dir)
-        .args(["exec", "host", "--", EXE, "prober", "tcp", addr, "--duration-ms", &duration])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("prober");
-    let stderr = std::io::BufReader::new(prober.stderr.take().expect("prober stderr"));
-    let mut lines = stderr.lines();
-    let first = lines.by_ref().map_while(Result::ok).find(|l| l.starts_with("first answer from "));
-    assert!(first.is_some(), "the prober never had an answer from {addr}");
-    during();
-    // Keep reading stderr so the prober never blocks on a full pipe.
-    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
-    let out = prober.wait_with_output().expect("prober output");
-    let _ = drain.join();
-    serde_json::from_slice(&out.stdout).expect("prober report")
-}
-
 /// `old` or `new`: which build a node's speaker runs.
 fn build_of(lab: &TestLab, node: &str, old: &Path) -> &'static str {
     if running_binary(lab, node) == old { "old" } else { "new" }
@@ -274,7 +249,7 @@ async fn kill_an_owner(
     let victim_named = describe(victim);
     println!("{phase}: killing {victim_named}; its addresses go to {moved:?}");
     let survivors: Vec<String> = NODES.iter().filter(|n| **n != victim).map(|n| describe(n)).collect();
-    let report = probe_while(lab, &format!("{probed}:80"), 10_000, || {
+    let report = lab.probe_while("tcp", &format!("{probed}:80"), 10_000, || {
         lab.ok(&["kill", victim]);
     });
     for (ip, to) in &moved {
