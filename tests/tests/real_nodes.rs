@@ -17,7 +17,6 @@ use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams};
 use std::net::IpAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const EXE: &str = env!("CARGO_BIN_EXE_ferrolb-lab");
