@@ -163,7 +163,13 @@ impl Liveness {
     }
 
     /// The speakers are these (name → liveness address) from now on; the ones not heard yet are greeted.
+    /// Without the protocol there is no ring: a peer on it that is never heard would count as dead once the view
+    /// settles, so every speaker would plan every address (held back only by the owner's ARP answers, and
+    /// reported as a clash with a stranger); without it, every peer counts by its Node's `Ready`.
     pub fn set_peers(&self, peers: BTreeMap<String, SocketAddr>) {
+        if self.mouth.is_none() {
+            return;
+        }
         let peers: BTreeMap<Arc<str>, SocketAddr> = peers.into_iter().map(|(n, a)| (Arc::from(n), a)).collect();
         let mut names: Vec<Arc<str>> = peers.keys().cloned().collect();
         names.push(Arc::from(self.identity.node.as_str()));
@@ -376,6 +382,33 @@ mod tests {
             serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "status": {"addresses": addresses}}))
                 .expect("node"),
         )
+    }
+
+    #[test]
+    fn without_a_key_no_peer_is_ever_judged_so_the_node_ready_fallback_decides() {
+        let settings = Settings {
+            node: "node-1".into(),
+            namespace: "metallb-system".into(),
+            speaker_pod_selector: None,
+            load_balancer_class: None,
+            garp_schedule: vec![],
+            garp_refresh: None,
+            gossip_port: 7946,
+            gossip_key: None,
+            heartbeat: Duration::from_millis(50),
+            dead_after: Duration::from_millis(200),
+            policy: crate::model::election::Policy::default(),
+            exclusions: crate::model::interfaces::Exclusions::default(),
+            interface_rescan: Duration::from_secs(60),
+        };
+        let (wake, _woken) = tokio::sync::mpsc::unbounded_channel();
+        let liveness = Liveness::start(&settings, Arc::new(Stats::default()), wake).expect("no socket without a key");
+        assert!(!liveness.is_on());
+        let peer: SocketAddr = "198.18.0.12:7946".parse().expect("address");
+        liveness.set_peers(BTreeMap::from([("node-2".to_string(), peer)]));
+        let much_later = Instant::now() + Duration::from_secs(60);
+        let verdict = liveness.view().verdict("node-2", much_later);
+        assert_eq!(verdict, crate::model::membership::Verdict::Unknown, "never heard, never judged");
     }
 
     #[test]
