@@ -53,16 +53,12 @@ pub fn has_speaker(node: &str, speaker_nodes: Option<&BTreeSet<String>>) -> bool
     speaker_nodes.is_none_or(|nodes| nodes.contains(node))
 }
 
-/// Endpoint facts of a Service from the digests of its EndpointSlices.
-pub fn service_facts(svc: &ServiceDigest, slices: &[&SliceDigest]) -> ServiceFacts {
-    service_facts_interned(svc, slices, &mut NodeSets::default())
-}
-
 /// Sets of endpoint nodes already built, so that Services whose endpoints sit on the same nodes share one.
 pub type NodeSets = HashSet<Arc<BTreeSet<String>>>;
 
-/// [`service_facts`], taking the endpoint node set from `interned` when an equal one was built before.
-pub fn service_facts_interned(svc: &ServiceDigest, slices: &[&SliceDigest], interned: &mut NodeSets) -> ServiceFacts {
+/// Endpoint facts of a Service from the digests of its EndpointSlices, taking the endpoint node set from
+/// `interned` when an equal one was built before.
+pub fn service_facts(svc: &ServiceDigest, slices: &[&SliceDigest], interned: &mut NodeSets) -> ServiceFacts {
     let nodes: BTreeSet<String> = slices.iter().flat_map(|s| s.serving_nodes.iter().cloned()).collect();
     let ready_endpoint_nodes = match interned.get(&nodes) {
         Some(shared) => shared.clone(),
@@ -113,17 +109,8 @@ pub fn parse_advertisements(ads: &[&L2Advertisement]) -> Vec<ParsedAdvertisement
 }
 
 /// The L2Advertisements that apply to a Service whose address comes from `pool`: those naming the pool or
-/// selecting it by label (or naming none: every pool), and whose service selectors match (or are empty).
-pub fn advertisements_for(
-    pool: &IPAddressPool,
-    svc_labels: &BTreeMap<String, String>,
-    ads: &[ParsedAdvertisement],
-) -> Vec<Advertisement> {
-    applying(pool, svc_labels, ads).into_iter().filter_map(|i| ads.get(i)).map(|ad| ad.advertisement.clone()).collect()
-}
-
-/// The positions in `ads` of the advertisements [`advertisements_for`] returns: a key to share one list among
-/// the many Services it is the same for.
+/// selecting it by label (or naming none: every pool), and whose service selectors match (or are empty). Returned
+/// as positions in `ads`: a key to share one list among the many Services it is the same for.
 pub fn applying(
     pool: &IPAddressPool,
     svc_labels: &BTreeMap<String, String>,
@@ -179,6 +166,28 @@ mod tests {
             .expect("pool")
     }
 
+    fn advertisements_for(p: &IPAddressPool, s: &ServiceDigest, ads: &[ParsedAdvertisement]) -> Vec<Advertisement> {
+        applying(p, &s.labels, ads).into_iter().map(|i| ads[i].advertisement.clone()).collect()
+    }
+
+    #[test]
+    fn services_with_the_same_endpoint_nodes_share_one_set() {
+        let svc = service(json!({}));
+        let slice = |nodes: &[&str]| SliceDigest {
+            service: Some(svc.key.clone()),
+            serving_nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            any_serving: true,
+        };
+        let (a, b, c) = (slice(&["n1", "n2"]), slice(&["n2", "n1"]), slice(&["n3"]));
+        let mut interned = NodeSets::default();
+        let first = service_facts(&svc, &[&a], &mut interned).ready_endpoint_nodes;
+        let same = service_facts(&svc, &[&b], &mut interned).ready_endpoint_nodes;
+        let other = service_facts(&svc, &[&c], &mut interned).ready_endpoint_nodes;
+        assert!(Arc::ptr_eq(&first, &same), "one set for the same nodes in another order");
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(interned.len(), 2);
+    }
+
     fn service(labels: serde_json::Value) -> ServiceDigest {
         let svc: Service = serde_json::from_value(json!({"metadata": {"name": "s", "namespace": "default",
             "labels": labels}, "spec": {"type": "LoadBalancer"}}))
@@ -199,7 +208,7 @@ mod tests {
         let parsed = parse_advertisements(&refs);
         assert_eq!(parsed.len(), 4, "the malformed selector matches nothing");
         let interfaces = |p: &IPAddressPool, s: &ServiceDigest| -> Vec<Vec<String>> {
-            advertisements_for(p, &s.labels, &parsed).into_iter().map(|a| a.interfaces.into_iter().collect()).collect()
+            advertisements_for(p, s, &parsed).into_iter().map(|a| a.interfaces.into_iter().collect()).collect()
         };
         let plain = service(json!({}));
         assert_eq!(interfaces(&pool("red", json!({})), &plain), vec![Vec::<String>::new()]);
@@ -222,7 +231,7 @@ mod tests {
         let refs: Vec<&L2Advertisement> = ads.iter().collect();
         let parsed = parse_advertisements(&refs);
         let applying = |p: &IPAddressPool, s: &ServiceDigest| -> Vec<(Vec<String>, bool)> {
-            advertisements_for(p, &s.labels, &parsed)
+            advertisements_for(p, s, &parsed)
                 .into_iter()
                 .map(|a| (a.interfaces.into_iter().collect(), a.selects_services))
                 .collect()
@@ -245,13 +254,13 @@ mod tests {
         let with = |annotations: serde_json::Value| -> bool {
             let svc: Service = serde_json::from_value(json!({"metadata": {"name": "s", "annotations": annotations}}))
                 .expect("service");
-            service_facts(&digest::service(&svc), &[]).allows_sharing
+            service_facts(&digest::service(&svc), &[], &mut NodeSets::default()).allows_sharing
         };
         assert!(with(json!({"metallb.io/allow-shared-ip": "dns"})));
         assert!(with(json!({"metallb.universe.tf/allow-shared-ip": "dns"})));
         assert!(with(json!({"metallb.io/allow-shared-ip": ""})), "present counts, as in MetalLB");
         assert!(!with(json!({"metallb.io/address-pool": "lab"})));
-        assert!(!service_facts(&service(json!({})), &[]).allows_sharing);
+        assert!(!service_facts(&service(json!({})), &[], &mut NodeSets::default()).allows_sharing);
     }
 
     #[test]
@@ -268,11 +277,12 @@ mod tests {
         let local: Service = serde_json::from_value(json!({"metadata": {"name": "s"},
             "spec": {"externalTrafficPolicy": "Local"}}))
         .expect("service");
-        let facts = service_facts(&digest::service(&local), &[&digest::endpoint_slice(&slice)]);
+        let facts =
+            service_facts(&digest::service(&local), &[&digest::endpoint_slice(&slice)], &mut NodeSets::default());
         assert!(facts.local && facts.any_ready_endpoint);
         let nodes: Vec<&str> = facts.ready_endpoint_nodes.iter().map(String::as_str).collect();
         assert_eq!(nodes, ["ready", "terminating", "unset"], "not-ready and not serving does not count");
-        let none = service_facts(&service(json!({})), &[]);
+        let none = service_facts(&service(json!({})), &[], &mut NodeSets::default());
         assert!(!none.local && !none.any_ready_endpoint && none.ready_endpoint_nodes.is_empty());
     }
 

@@ -132,7 +132,7 @@ pub fn prepare(me: &Me<'_>, s: &Snapshot) -> Prepared {
                 })
                 .clone();
             Some(PreparedService {
-                facts: facts::service_facts_interned(svc, own_slices, &mut node_sets),
+                facts: facts::service_facts(svc, own_slices, &mut node_sets),
                 uid: svc.uid.clone(),
                 applicable,
                 ips: svc.ingress.clone(),
