@@ -322,7 +322,7 @@ impl Allocator {
     fn validate_held(&self, intent: &ServiceIntent, ips: &[IpAddr], extend: bool) -> Result<Assignment, Refusal> {
         let requested_changed = !intent.requested.is_empty()
             && ips.iter().collect::<BTreeSet<_>>() != intent.requested.iter().collect::<BTreeSet<_>>();
-        let first = *ips.first().ok_or(Refusal::NoEligiblePool { namespace: intent.key.namespace.clone() })?;
+        let first = *ips.first().ok_or(Refusal::NoEligiblePool { namespace: intent.key.namespace.to_string() })?;
         if requested_changed {
             return Err(Refusal::RequestedIpNotInPool { ip: first });
         }
@@ -368,7 +368,7 @@ impl Allocator {
             }
         }
         let Some((pool, _)) = pool else {
-            return Err(Refusal::NoEligiblePool { namespace: intent.key.namespace.clone() });
+            return Err(Refusal::NoEligiblePool { namespace: intent.key.namespace.to_string() });
         };
         if let Some(named) = &intent.pool
             && named != pool
@@ -421,7 +421,7 @@ impl Allocator {
         let general = self.pools.values().filter(|p| p.config.auto_assign && p.config.allocation.is_none());
         let order: Vec<&PoolState> = pinned.into_iter().chain(general).collect();
         if order.is_empty() {
-            return Err(Refusal::NoEligiblePool { namespace: intent.key.namespace.clone() });
+            return Err(Refusal::NoEligiblePool { namespace: intent.key.namespace.to_string() });
         }
         self.first_fitting_pool(intent, &order)
     }

@@ -220,7 +220,7 @@ impl PoolConfig {
             return true;
         };
         let namespace_ok = (a.namespaces.is_empty() && a.namespace_selectors.is_empty())
-            || a.namespaces.contains(&svc.key.namespace)
+            || a.namespaces.contains(svc.key.namespace.as_ref())
             || a.namespace_selectors.iter().any(|s| s.matches(&svc.namespace_labels));
         let service_ok = a.service_selectors.is_empty() || a.service_selectors.iter().any(|s| s.matches(&svc.labels));
         namespace_ok && service_ok

@@ -385,7 +385,7 @@ fn shrinking_or_deleting_a_pool_reassigns_its_services() {
     assert_eq!(a.assignment(&ServiceKey::new("default", "s4")).map(|x| x.pool.as_str()), Some("b"));
     let dropped =
         a.set_pools(vec![pool("a", spec(&["10.0.0.0/31"])), pool("b", spec(&["10.1.0.0/30"]))], BTreeMap::new());
-    let dropped: Vec<String> = dropped.iter().map(|(k, _)| k.name.clone()).collect();
+    let dropped: Vec<String> = dropped.iter().map(|(k, _)| k.name.to_string()).collect();
     assert_eq!(dropped, ["s2", "s3"]);
     for n in names {
         got(&mut a, &svc(n, &[80]));

@@ -5,6 +5,7 @@ use crate::annotations::IP_ALLOCATED_FROM_POOL;
 use k8s_openapi::api::core::v1::Service;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Whether ferrolb handles the Service: `type: LoadBalancer` and the configured class (none by default).
 pub fn is_managed(svc: &Service, load_balancer_class: Option<&str>) -> bool {
@@ -24,26 +25,29 @@ pub fn current_pool(svc: &Service) -> Option<&str> {
 }
 
 /// `namespace/name` of a Service: the key the controller allocates by and the speaker announces by.
+///
+/// The parts are shared strings: with thousands of Services one key is held by the watch cache, the plan, what
+/// was said and the status writer, and a clone costs a reference count, not two allocations (docs/design.md §4.6).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceKey {
     /// Namespace.
-    pub namespace: String,
+    pub namespace: Arc<str>,
     /// Name.
-    pub name: String,
+    pub name: Arc<str>,
 }
 
 impl ServiceKey {
     /// A key from its parts.
     pub fn new(namespace: &str, name: &str) -> Self {
-        Self { namespace: namespace.to_string(), name: name.to_string() }
+        Self { namespace: Arc::from(namespace), name: Arc::from(name) }
     }
 
     /// The key of a Service object (empty parts where its metadata lacks them).
     pub fn of(svc: &Service) -> Self {
-        Self {
-            namespace: svc.metadata.namespace.clone().unwrap_or_default(),
-            name: svc.metadata.name.clone().unwrap_or_default(),
-        }
+        Self::new(
+            svc.metadata.namespace.as_deref().unwrap_or_default(),
+            svc.metadata.name.as_deref().unwrap_or_default(),
+        )
     }
 }
 

@@ -9,6 +9,7 @@
 //!   the same run before the other N - 1 were created (the 1-Service reference; the ratio of the p50s is printed).
 //!
 //! Run (root): `cargo build --release --workspace --bins && cargo bench -p ferrolb-tests --bench speaker_load`
+//! (`FERROLB_KEEP_LOGS=DIR` keeps the speakers' and the controller's logs after the failover trials).
 //! To compare with an older speaker, run the same command on that commit: the figures are absolute.
 
 use ferrolb_tests::harness::{TestLab, create_yaml, ingress};
@@ -288,6 +289,15 @@ async fn main() {
         "hard-kill TCP outage p50, {services} Services / 1 Service: {:.2}x (goal: at most 1.1x)",
         percentile(&crowded, 50.0) / percentile(&alone, 50.0)
     );
+    // The lab's logs go with the lab; FERROLB_KEEP_LOGS=DIR keeps a copy to read the takeovers' timelines.
+    if let Ok(dir) = std::env::var("FERROLB_KEEP_LOGS") {
+        let state = lab.state();
+        let _ = std::fs::create_dir_all(&dir);
+        for role in state.nodes.iter().map(|n| format!("speaker {}", n.name)).chain(["controller".to_string()]) {
+            let copied = std::fs::copy(state.log(&role), format!("{dir}/{}.log", role.replace(' ', "-")));
+            println!("log of {role} kept in {dir}: {}", if copied.is_ok() { "yes" } else { "no" });
+        }
+    }
 
     let secs = env_or("FERROLB_STRESS_SECS", 300);
     println!("both cores busy for {secs} s (two spinning threads at normal priority) ...");

@@ -12,6 +12,7 @@ use crate::datapath::responder::Responder;
 use crate::gossip::SharedMembership;
 use crate::model::claim::{Claims, Conflict, Handover, Seen, Timing};
 use crate::model::interfaces::InterfaceInfo;
+use crate::model::plan::Interfaces;
 use crate::telemetry::stats::Stats;
 use crate::wake::{Wake, WakeSender};
 use crate::wire::Mac;
@@ -22,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// Address → interfaces answering for it.
-pub type Desired = BTreeMap<IpAddr, BTreeSet<String>>;
+/// Address → interfaces answering for it (sets shared between addresses, so cloning this costs no string).
+pub type Desired = BTreeMap<IpAddr, Interfaces>;
 
 /// How the announcer sends gratuitous ARP and probes.
 #[derive(Debug, Clone)]
@@ -151,7 +152,7 @@ impl Task {
     /// Opens responders on interfaces newly needed, closes those of interfaces gone; says whether any changed.
     fn open_responders(&mut self, want: &Desired, interfaces: &[InterfaceInfo]) -> bool {
         let before = self.responders.len();
-        let needed: BTreeSet<&String> = want.values().flatten().collect();
+        let needed: BTreeSet<&String> = want.values().flat_map(|on| on.iter()).collect();
         // A responder lives while its interface does: same name and index (a NIC removed and added again gets
         // a new index, and the old socket would hear nothing).
         self.responders.retain(|name, r| interfaces.iter().any(|i| &i.name == name && i.index == r.index));
@@ -175,7 +176,7 @@ impl Task {
 
     /// The responders of the interfaces `ip` is wanted on.
     fn responders_for(&self, want: &Desired, ip: IpAddr) -> Vec<Arc<Responder>> {
-        want.get(&ip).into_iter().flatten().filter_map(|n| self.responders.get(n).cloned()).collect()
+        want.get(&ip).into_iter().flat_map(|on| on.iter()).filter_map(|n| self.responders.get(n).cloned()).collect()
     }
 
     /// Joins each responder to the solicited-node groups of the IPv6 addresses it may answer, and has the

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 const MAX_HEARD: usize = 4096;
 
 /// Addresses owned, and the interfaces each is answered on.
-pub type Owned = Arc<RwLock<BTreeMap<IpAddr, BTreeSet<String>>>>;
+pub type Owned = Arc<RwLock<BTreeMap<IpAddr, crate::model::plan::Interfaces>>>;
 
 /// Where responders leave the claims they hear for addresses the announcer watches, and how they wake it.
 #[derive(Default)]

@@ -61,8 +61,8 @@ fn regarding(subject: &Subject, node: &str) -> Option<ObjectReference> {
         Subject::Service { key, uid } => ObjectReference {
             api_version,
             kind,
-            name: Some(key.name.clone()),
-            namespace: Some(key.namespace.clone()),
+            name: Some(key.name.to_string()),
+            namespace: Some(key.namespace.to_string()),
             uid: Some(uid.clone()),
             ..ObjectReference::default()
         },

@@ -174,15 +174,15 @@ async fn apply<A: StatusApi>(
 fn labels(node: &str, service: &ServiceKey) -> BTreeMap<String, String> {
     BTreeMap::from([
         (NODE_LABEL.to_string(), node.to_string()),
-        (SERVICE_NAME_LABEL.to_string(), service.name.clone()),
-        (SERVICE_NAMESPACE_LABEL.to_string(), service.namespace.clone()),
+        (SERVICE_NAME_LABEL.to_string(), service.name.to_string()),
+        (SERVICE_NAMESPACE_LABEL.to_string(), service.namespace.to_string()),
     ])
 }
 
 /// The status of one of this node's objects: the node, the Service, and the interfaces answering.
 fn status_of(node: &str, (service, announced): &Content) -> serde_json::Value {
     let interfaces: Vec<_> = announced.interfaces.iter().map(|i| json!({"name": i})).collect();
-    json!({"status": {"node": node, "serviceName": service.name, "serviceNamespace": service.namespace,
+    json!({"status": {"node": node, "serviceName": &*service.name, "serviceNamespace": &*service.namespace,
         "interfaces": interfaces}})
 }
 
@@ -332,7 +332,7 @@ mod tests {
         Announced {
             uid: uid.into(),
             ips: BTreeSet::from([ip.parse().expect("ip")]),
-            interfaces: BTreeSet::from([interface.to_string()]),
+            interfaces: Arc::new(BTreeSet::from([interface.to_string()])),
         }
     }
 

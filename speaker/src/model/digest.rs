@@ -11,6 +11,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Resource;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SLICE_SERVICE_LABEL: &str = "kubernetes.io/service-name";
@@ -20,8 +21,8 @@ pub const SLICE_SERVICE_LABEL: &str = "kubernetes.io/service-name";
 pub struct ServiceDigest {
     /// `namespace/name`.
     pub key: ServiceKey,
-    /// The Service's uid (names its ServiceL2Status).
-    pub uid: String,
+    /// The Service's uid (names its ServiceL2Status; shared with the plan and the status writer).
+    pub uid: Arc<str>,
     /// `type: LoadBalancer`.
     pub load_balancer: bool,
     /// `spec.loadBalancerClass`.
@@ -52,7 +53,7 @@ pub fn service(svc: &Service) -> ServiceDigest {
     let annotations = svc.metadata.annotations.as_ref();
     ServiceDigest {
         key: ServiceKey::of(svc),
-        uid: svc.metadata.uid.clone().unwrap_or_default(),
+        uid: Arc::from(svc.metadata.uid.as_deref().unwrap_or_default()),
         load_balancer,
         class: spec.and_then(|s| s.load_balancer_class.clone()),
         local: spec.and_then(|s| s.external_traffic_policy.as_deref()) == Some("Local"),
@@ -128,7 +129,7 @@ mod tests {
         .expect("service");
         let d = service(&svc);
         assert_eq!(d.key, ServiceKey::new("kube-system", "dns"));
-        assert_eq!((d.uid.as_str(), d.local, d.allows_sharing, d.pool.as_deref()), ("u-1", true, true, Some("edge")));
+        assert_eq!((&*d.uid, d.local, d.allows_sharing, d.pool.as_deref()), ("u-1", true, true, Some("edge")));
         assert!(d.is_managed(Some("x")) && !d.is_managed(None), "the class decides");
         assert_eq!(d.labels.get("app").map(String::as_str), Some("dns"));
         let ingress: Vec<IpAddr> = vec!["198.19.0.10".parse().expect("ip"), "2001:db8::10".parse().expect("ip")];

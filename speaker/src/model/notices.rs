@@ -242,7 +242,7 @@ mod tests {
         let a = ServiceKey::new("ns", "a");
         let services = BTreeMap::from([(
             a.clone(),
-            Announced { uid: "ua".into(), ips: BTreeSet::from([ip]), interfaces: BTreeSet::new() },
+            Announced { uid: "ua".into(), ips: BTreeSet::from([ip]), interfaces: Default::default() },
         )]);
         let stranger = Conflict { ip, mac: Mac([2, 0, 0, 0, 0, 9]), node: None, kept: false };
         let node = Conflict { ip, mac: Mac([2, 0, 0, 0, 0, 8]), node: Some("node-2".into()), kept: true };

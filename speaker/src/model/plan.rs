@@ -52,18 +52,21 @@ pub struct Snapshot {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Announced {
     /// The Service's uid (names its ServiceL2Status).
-    pub uid: String,
+    pub uid: Arc<str>,
     /// Addresses announced.
     pub ips: BTreeSet<IpAddr>,
-    /// Interfaces they are announced on.
-    pub interfaces: BTreeSet<String>,
+    /// Interfaces they are announced on (one copy per set of interfaces, shared by every Service and address on it).
+    pub interfaces: Interfaces,
 }
+
+/// A set of interface names, shared: thousands of addresses are answered on the same one or two interfaces.
+pub type Interfaces = Arc<BTreeSet<String>>;
 
 /// What this node should announce: per address the interfaces, per Service `(namespace, name)` a summary.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Announcements {
     /// Address → interfaces answering for it.
-    pub per_ip: BTreeMap<IpAddr, BTreeSet<String>>,
+    pub per_ip: BTreeMap<IpAddr, Interfaces>,
     /// Service → what is announced for it.
     pub services: BTreeMap<ServiceKey, Announced>,
     /// Service → why nobody may announce some of its addresses (every speaker sees the same).
@@ -82,7 +85,7 @@ pub struct Announcements {
 #[derive(Debug, Clone)]
 struct PreparedService {
     key: ServiceKey,
-    uid: String,
+    uid: Arc<str>,
     facts: ServiceFacts,
     ips: Vec<IpAddr>,
     /// Shared by every Service the same advertisements apply to.
@@ -191,6 +194,7 @@ pub fn decide(
         handover: Handover { dead: dead_names.iter().cloned().collect(), ..Handover::default() },
         ..Default::default()
     };
+    let mut sets = InterfaceSets::default();
     for svc in &prepared.services {
         let (mut nobody, mut failed): (Vec<Cause>, Vec<Cause>) = (Vec::new(), Vec::new());
         // Every address of a Service goes to one node, elected on its first address (docs/design.md §4.1): the
@@ -217,14 +221,21 @@ pub fn decide(
             }
             let usable = interfaces::usable(interfaces, &allowed, family);
             let on: BTreeSet<String> = interfaces::for_address(&usable, ip).iter().map(|i| i.name.clone()).collect();
-            out.per_ip.entry(ip).or_default().extend(on.clone());
+            let per_ip = match out.per_ip.get(&ip) {
+                // Services sharing the address: answered on every interface any of them is.
+                Some(already) => already.union(&on).cloned().collect(),
+                None => on.clone(),
+            };
+            out.per_ip.insert(ip, sets.intern(per_ip));
             let entry = out.services.entry(svc.key.clone()).or_insert_with(|| Announced {
                 uid: svc.uid.clone(),
                 ips: BTreeSet::new(),
-                interfaces: BTreeSet::new(),
+                interfaces: Interfaces::default(),
             });
             entry.ips.insert(ip);
-            entry.interfaces.extend(on);
+            if !on.is_subset(&entry.interfaces) {
+                entry.interfaces = sets.intern(entry.interfaces.union(&on).cloned().collect());
+            }
         }
         if !nobody.is_empty() {
             out.unannounced.insert(svc.key.clone(), diagnose::nobody(&svc.uid, &nobody));
@@ -234,6 +245,21 @@ pub fn decide(
         }
     }
     out
+}
+
+/// One shared copy of each set of interfaces a plan names.
+#[derive(Default)]
+struct InterfaceSets(BTreeSet<Interfaces>);
+
+impl InterfaceSets {
+    fn intern(&mut self, set: BTreeSet<String>) -> Interfaces {
+        if let Some(shared) = self.0.get(&set) {
+            return shared.clone();
+        }
+        let shared = Arc::new(set);
+        self.0.insert(shared.clone());
+        shared
+    }
 }
 
 /// Which of `judged_dead` (as if alive) would own the Service's addresses instead of this node, which the
@@ -391,9 +417,9 @@ mod tests {
         for n in NODES {
             let a = plan_on(n, &s, Policy::default());
             if n == owner {
-                assert_eq!(a.per_ip.get(&ip), Some(&BTreeSet::from(["eth0".to_string()])));
+                assert_eq!(a.per_ip.get(&ip), Some(&Arc::new(BTreeSet::from(["eth0".to_string()]))));
                 let announced = &a.services[&ServiceKey::new("default", "dns")];
-                assert_eq!(announced.uid, "uid-dns");
+                assert_eq!(&*announced.uid, "uid-dns");
             } else {
                 assert!(a.per_ip.is_empty(), "{n} must not announce");
             }

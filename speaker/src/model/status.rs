@@ -117,7 +117,7 @@ mod tests {
         Announced {
             uid: uid.into(),
             ips: BTreeSet::from([ip.parse().expect("ip")]),
-            interfaces: BTreeSet::from(["eth0".to_string()]),
+            interfaces: BTreeSet::from(["eth0".to_string()]).into(),
         }
     }
 
@@ -157,7 +157,8 @@ mod tests {
     #[test]
     fn rewrites_what_changed_or_was_never_confirmed_and_nothing_else() {
         let objects = [listed(status_name("ua", "n1"), "n1", key("a"))];
-        let moved = Announced { interfaces: BTreeSet::from(["eth1".to_string()]), ..announced("ua", "10.0.0.1") };
+        let moved =
+            Announced { interfaces: BTreeSet::from(["eth1".to_string()]).into(), ..announced("ua", "10.0.0.1") };
         let now = BTreeMap::from([(key("a"), moved.clone())]);
         let written = BTreeMap::from([(status_name("ua", "n1"), (key("a"), announced("ua", "10.0.0.1")))]);
         assert_eq!(
@@ -188,13 +189,14 @@ mod tests {
     #[test]
     fn takeovers_are_new_services_or_new_addresses_only() {
         let before = BTreeMap::from([(key("a"), announced("ua", "10.0.0.1")), (key("b"), announced("ub", "10.0.0.2"))]);
-        let moved = Announced { interfaces: BTreeSet::from(["eth1".to_string()]), ..announced("ua", "10.0.0.1") };
+        let moved =
+            Announced { interfaces: BTreeSet::from(["eth1".to_string()]).into(), ..announced("ua", "10.0.0.1") };
         let now = BTreeMap::from([
             (key("a"), moved),
             (key("b"), announced("ub", "10.0.0.9")),
             (key("c"), announced("uc", "10.0.0.3")),
         ]);
-        let names: Vec<&str> = takeovers(&before, &now).iter().map(|(k, _)| k.name.as_str()).collect();
+        let names: Vec<&str> = takeovers(&before, &now).iter().map(|(k, _)| &*k.name).collect();
         assert_eq!(names, ["b", "c"], "a only moved interface: no Event");
     }
 }
