@@ -154,7 +154,7 @@ impl Collector for MetallbCollector {
                             ip: ip.to_string(),
                             node: self.node.clone(),
                             protocol: "layer2".into(),
-                            service: service.clone(),
+                            service: service.to_string(),
                         })
                     })
                     .collect()
@@ -214,8 +214,9 @@ pub fn render(registry: &Registry) -> String {
 mod tests {
     use super::*;
     use crate::telemetry::stats::Reason;
+    use ferrolb_crds::service::ServiceKey;
     use crate::wire::Mac;
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeMap;
     use std::net::{IpAddr, Ipv4Addr};
 
     fn sample(text: &str, series: &str) -> Option<f64> {
@@ -266,7 +267,7 @@ mod tests {
             c.responses += 2;
             c.gratuitous += 4;
         });
-        stats.announced.lock().map(|mut a| a.insert(ip, ["kube-system/dns".to_string()].into())).ok();
+        stats.announced.lock().map(|mut a| a.insert(ip, vec![ServiceKey::new("kube-system", "dns")])).ok();
         let text = render(&registry(stats, "node-1"));
         assert_eq!(
             sample(
@@ -287,14 +288,14 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let (kept, handed_over) =
             (IpAddr::from(Ipv4Addr::new(198, 19, 0, 1)), IpAddr::from(Ipv4Addr::new(198, 19, 0, 2)));
-        let service = |name: &str| BTreeSet::from([name.to_string()]);
-        stats.set_announced(BTreeMap::from([(kept, service("a/one")), (handed_over, service("a/two"))]));
+        let service = |name: &str| vec![ServiceKey::new("a", name)];
+        stats.set_announced(BTreeMap::from([(kept, service("one")), (handed_over, service("two"))]));
         stats.count_for(kept, |c| c.requests += 1);
         stats.count_for(handed_over, |c| c.requests += 5);
         let registry = registry(stats.clone(), "node-1");
         let handed_over_series = "metallb_layer2_requests_received{ip=\"198.19.0.2\"}";
         assert_eq!(sample(&render(&registry), handed_over_series), Some(5.0), "counted while answered");
-        stats.set_announced(BTreeMap::from([(kept, service("a/one"))]));
+        stats.set_announced(BTreeMap::from([(kept, service("one"))]));
         let text = render(&registry);
         assert_eq!(sample(&text, handed_over_series), None, "{text}");
         assert_eq!(sample(&text, "metallb_layer2_requests_received{ip=\"198.19.0.1\"}"), Some(1.0), "{text}");

@@ -3,6 +3,7 @@
 //! few tables that are rendered at scrape time instead (MetalLB's per-address series, strangers seen lately).
 
 use crate::wire::Mac;
+use ferrolb_crds::service::ServiceKey;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -109,8 +110,8 @@ pub struct Stats {
     pub strangers: Mutex<BTreeMap<(IpAddr, Mac), std::time::Instant>>,
     /// Per address this node answered for: MetalLB's per-address ARP/NDP counters.
     pub per_address: Mutex<BTreeMap<IpAddr, AddressCounters>>,
-    /// The Services (`namespace/name`) this node answers for, per address.
-    pub announced: Mutex<BTreeMap<IpAddr, BTreeSet<String>>>,
+    /// The Services this node answers for, per address.
+    pub announced: Mutex<BTreeMap<IpAddr, Vec<ServiceKey>>>,
 }
 
 impl Default for Stats {
@@ -170,7 +171,7 @@ impl Stats {
     /// The Services (`namespace/name`) this node answers for, per address. The per-address counters of the
     /// addresses it no longer answers for go with them: like MetalLB's, the series exist only on the node that
     /// announces, and a speaker that handed over thousands of addresses keeps no memory of them.
-    pub fn set_announced(&self, per_address: BTreeMap<IpAddr, BTreeSet<String>>) {
+    pub fn set_announced(&self, per_address: BTreeMap<IpAddr, Vec<ServiceKey>>) {
         if let Ok(mut counters) = self.per_address.lock() {
             counters.retain(|ip, _| per_address.contains_key(ip));
         }
