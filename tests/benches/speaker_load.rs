@@ -9,7 +9,9 @@
 //!   the same run before the other N - 1 were created (the 1-Service reference; the ratio of the p50s is printed).
 //!
 //! Run (root): `cargo build --release --workspace --bins && cargo bench -p ferrolb-tests --bench speaker_load`
-//! (`FERROLB_KEEP_LOGS=DIR` keeps the speakers' and the controller's logs after the failover trials).
+//! (`FERROLB_KEEP_LOGS=DIR` keeps the speakers' and the controller's logs after the failover trials;
+//! `FERROLB_SPEAKER_BINARY=PATH` runs that speaker build instead, e.g. `make images`' static
+//! `target/x86_64-unknown-linux-gnu/release/ferrolb-speaker`, the one the image ships).
 //! To compare with an older speaker, run the same command on that commit: the figures are absolute.
 
 use ferrolb_tests::harness::{TestLab, create_yaml, ingress};
@@ -103,8 +105,29 @@ fn web_service(i: usize) -> String {
     )
 }
 
+/// Waits until the lab's processes (control plane, controller, speakers) together use less than a quarter of a
+/// core over two seconds (idle, with heartbeats, they use well under that), at most `QUIET_WAIT`; returns how long that took. After a revived node takes its addresses
+/// back, thousands of status writes and Events keep the API server busy for a while; a trial started then would
+/// measure a failover on a saturated machine, and the 1-Service reference never sees one. Every trial, with 1
+/// Service or N, starts from a quiet lab.
+fn wait_until_quiet(lab: &TestLab) -> Duration {
+    const QUIET_WAIT: Duration = Duration::from_secs(120);
+    let started = Instant::now();
+    let pids: Vec<i32> = lab.state().procs.iter().map(|p| p.pid).collect();
+    let total = || pids.iter().map(|pid| cpu_seconds(*pid)).sum::<f64>();
+    while started.elapsed() < QUIET_WAIT {
+        let before = total();
+        std::thread::sleep(Duration::from_secs(2));
+        if total() - before < 0.5 {
+            break;
+        }
+    }
+    started.elapsed()
+}
+
 /// Hard-kills the node answering `vip` `trials` times (reviving it in between) while a prober connects over TCP
-/// every 10 ms; prints each client-seen outage and a summary, and returns the outages (ms), sorted.
+/// every 10 ms, each from a quiet lab; prints each client-seen outage and a summary, and returns the outages (ms),
+/// sorted.
 fn hard_kills(lab: &TestLab, exe: &str, vip: &str, trials: u64, services: usize) -> Vec<f64> {
     let target = format!("{vip}:80");
     // The owner must answer before it can be killed (the first Service may still be being announced).
@@ -116,6 +139,7 @@ fn hard_kills(lab: &TestLab, exe: &str, vip: &str, trials: u64, services: usize)
     }
     let mut gaps = Vec::new();
     for trial in 1..=trials {
+        let waited = wait_until_quiet(lab);
         let owner = lab.probe("host", "tcp", &target, 2000).expect("owner answers");
         let prober = std::process::Command::new(exe)
             .args(["--name", &lab.name, "--dir"])
@@ -129,7 +153,10 @@ fn hard_kills(lab: &TestLab, exe: &str, vip: &str, trials: u64, services: usize)
         let out = prober.wait_with_output().expect("prober");
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         let gap = report["max_gap_ms"].as_f64().unwrap_or(f64::NAN);
-        println!("hard kill {trial}/{trials} of {owner} with {services} Services: TCP outage {gap:.0} ms");
+        println!(
+            "hard kill {trial}/{trials} of {owner} with {services} Services: TCP outage {gap:.0} ms (lab quiet after {:.0?})",
+            waited
+        );
         gaps.push(gap);
         lab.ok(&["revive", &owner]);
         for _ in 0..300 {
@@ -153,7 +180,10 @@ fn hard_kills(lab: &TestLab, exe: &str, vip: &str, trials: u64, services: usize)
 #[tokio::main]
 async fn main() {
     let exe = lifecycle::sibling_binary("ferrolb-lab").expect("build the binaries first").display().to_string();
-    let lab = TestLab::start(&exe, "flbl", 3, false);
+    // FERROLB_SPEAKER_BINARY: run another speaker build on every node, e.g. the static one `make images` ships.
+    let speaker_binary = std::env::var("FERROLB_SPEAKER_BINARY").ok();
+    let flags: Vec<&str> = speaker_binary.iter().flat_map(|path| ["--speaker-binary", path.as_str()]).collect();
+    let lab = TestLab::start_with(&exe, "flbl", 3, &flags);
     let client = lab.admin().await;
     let services = usize::try_from(env_or("FERROLB_SERVICES", 1000)).unwrap_or(1000).max(1);
     let setup = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab, namespace: metallb-system}\nspec: {addresses: [198.19.0.0/18], avoidBuggyIPs: true}\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: lab, namespace: metallb-system}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: load}\n";
