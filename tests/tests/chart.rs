@@ -81,7 +81,11 @@ fn binaries_expose() -> BTreeSet<String> {
         gauges.set([("some_reason", 1)].into());
     }
     stats.strangers.lock().map(|mut m| m.insert((ip, mac), std::time::Instant::now())).ok();
-    stats.announced.lock().map(|mut m| m.insert(ip, ["default/web".to_string()].into())).ok();
+    stats
+        .announced
+        .lock()
+        .map(|mut m| m.insert(ip, vec![ferrolb_crds::service::ServiceKey::new("default", "web")]))
+        .ok();
     stats.count_for(ip, |c| c.requests += 1);
     let speaker =
         ferrolb_speaker::telemetry::metrics::render(&ferrolb_speaker::telemetry::metrics::registry(stats, "node-1"));

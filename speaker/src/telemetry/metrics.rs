@@ -214,8 +214,8 @@ pub fn render(registry: &Registry) -> String {
 mod tests {
     use super::*;
     use crate::telemetry::stats::Reason;
-    use ferrolb_crds::service::ServiceKey;
     use crate::wire::Mac;
+    use ferrolb_crds::service::ServiceKey;
     use std::collections::BTreeMap;
     use std::net::{IpAddr, Ipv4Addr};
 
