@@ -520,28 +520,44 @@ mod tests {
         }
     }
 
-    /// What a plan readies for a peer's death is exactly what the plan made after the verdict takes from that
-    /// peer, with the same interfaces: the announcer may start the confirmation on it before the full decision.
-    #[test]
-    fn the_contingency_for_a_peer_is_what_the_plan_after_its_death_takes_from_it() {
-        use crate::model::liveness::{Kind, Message, Subject};
+    /// Sixty Services with endpoints on every node.
+    fn sixty_services() -> Snapshot {
         let services: Vec<_> =
             (1..=60).map(|i| service(&format!("s{i}"), &format!("198.19.0.{i}"), Some("lab"))).collect();
         let slices: Vec<_> = (1..=60).map(|i| slice(&format!("s{i}"), &NODES)).collect();
-        let s = snapshot(services, slices, &[]);
-        let me = Me { node: "node-1", load_balancer_class: None, policy: Policy::default() };
-        let t0 = Instant::now();
-        let said = |node: &str, counter: u64, kind: Kind| Message {
+        snapshot(services, slices, &[])
+    }
+
+    /// A liveness message from `node`.
+    fn said(node: &str, counter: u64, kind: crate::model::liveness::Kind) -> crate::model::liveness::Message {
+        crate::model::liveness::Message {
             kind,
             node: node.into(),
             incarnation: 1,
             counter,
             macs: vec![],
             legacy: false,
-        };
-        let mut alive = Membership::new("node-1", Config::new(Duration::from_millis(200)), t0);
-        alive.receive(&said("node-2", 1, Kind::Alive), t0).expect("node-2 heard");
-        alive.receive(&said("node-3", 1, Kind::Alive), t0).expect("node-3 heard");
+        }
+    }
+
+    /// node-1's view at `t0` with node-2 and node-3 heard.
+    fn all_heard(t0: Instant) -> Membership {
+        use crate::model::liveness::Kind;
+        let mut m = Membership::new("node-1", Config::new(Duration::from_millis(200)), t0);
+        m.receive(&said("node-2", 1, Kind::Alive), t0).expect("node-2 heard");
+        m.receive(&said("node-3", 1, Kind::Alive), t0).expect("node-3 heard");
+        m
+    }
+
+    /// What a plan readies for a peer's death is exactly what the plan made after the verdict takes from that
+    /// peer, with the same interfaces: the announcer may start the confirmation on it before the full decision.
+    #[test]
+    fn the_contingency_for_a_peer_is_what_the_plan_after_its_death_takes_from_it() {
+        use crate::model::liveness::{Kind, Subject};
+        let s = sixty_services();
+        let me = Me { node: "node-1", load_balancer_class: None, policy: Policy::default() };
+        let t0 = Instant::now();
+        let alive = all_heard(t0);
         let before = plan(&me, &s, &eth0(), &alive, true, t0);
         assert_eq!(before.contingency.peers().collect::<Vec<_>>(), ["node-2", "node-3"]);
         for (dead, witness) in [("node-2", "node-3"), ("node-3", "node-2")] {
@@ -563,24 +579,11 @@ mod tests {
     /// its addresses); an address nobody dead would own names nobody, and is probed on its own.
     #[test]
     fn addresses_taken_from_a_node_judged_dead_name_it() {
-        use crate::model::liveness::{Kind, Message, Subject};
-        let services: Vec<_> =
-            (1..=60).map(|i| service(&format!("s{i}"), &format!("198.19.0.{i}"), Some("lab"))).collect();
-        let slices: Vec<_> = (1..=60).map(|i| slice(&format!("s{i}"), &NODES)).collect();
-        let s = snapshot(services, slices, &[]);
+        use crate::model::liveness::{Kind, Subject};
+        let s = sixty_services();
         let me = Me { node: "node-1", load_balancer_class: None, policy: Policy::default() };
         let t0 = Instant::now();
-        let mut membership = Membership::new("node-1", Config::new(Duration::from_millis(200)), t0);
-        let said = |node: &str, counter: u64, kind: Kind| Message {
-            kind,
-            node: node.into(),
-            incarnation: 1,
-            counter,
-            macs: vec![],
-            legacy: false,
-        };
-        membership.receive(&said("node-2", 1, Kind::Alive), t0).expect("node-2 heard");
-        membership.receive(&said("node-3", 1, Kind::Alive), t0).expect("node-3 heard");
+        let mut membership = all_heard(t0);
         let before_verdict = membership.clone();
         let verdict = Kind::Dead(Subject { node: "node-2".into(), incarnation: 1, counter: 1 });
         membership.receive(&said("node-3", 2, verdict), t0 + Duration::from_millis(900)).expect("verdict");
