@@ -12,11 +12,12 @@ use crate::status::{pool_status, service_writes};
 use ferrolb_crds::IPAddressPool;
 use ferrolb_crds::annotations::IP_ALLOCATED_FROM_POOL;
 use ferrolb_runtime::events::EventKind;
-use ferrolb_runtime::watch::{watch, watch_trimmed};
+use ferrolb_runtime::watch::{Digests, watch, watch_digested};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use crate::trim::CompactService;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -51,7 +52,7 @@ enum Trigger {
 struct Controller {
     client: Client,
     settings: Settings,
-    services: Store<Service>,
+    services: Digests<CompactService>,
     pools: Store<IPAddressPool>,
     namespaces: Store<Namespace>,
     allocator: Allocator,
@@ -131,16 +132,12 @@ impl Controller {
 
     /// Re-registers every address Services already show, before anything new is handed out.
     fn restore_all(&mut self) {
-        let services = self.services.state();
+        let services: Vec<Service> = self.services.state().iter().map(|c| c.service()).collect();
         let namespaces = self.namespaces.clone();
         let labels =
             |ns: &str| namespaces.get(&ObjectRef::new(ns)).and_then(|n| n.metadata.labels.clone()).unwrap_or_default();
-        let (restored, refused) = replay::restore(
-            &mut self.allocator,
-            services.iter().map(AsRef::as_ref),
-            labels,
-            self.settings.load_balancer_class.as_deref(),
-        );
+        let (restored, refused) =
+            replay::restore(&mut self.allocator, services.iter(), labels, self.settings.load_balancer_class.as_deref());
         for (key, refusal) in refused {
             tracing::info!(service = %key, %refusal, "cannot keep the current address");
         }
@@ -148,7 +145,7 @@ impl Controller {
     }
 
     async fn reconcile_all(&mut self) {
-        let mut keys: BTreeSet<ServiceKey> = self.services.state().iter().map(|s| ServiceKey::of(s)).collect();
+        let mut keys: BTreeSet<ServiceKey> = self.services.state().iter().map(|s| s.key()).collect();
         keys.extend(self.allocator.assignments().map(|(k, _)| k.clone()));
         self.reconcile(keys).await;
     }
@@ -220,7 +217,7 @@ impl Controller {
     /// Decides one Service (allocator and bookkeeping, no I/O); `None` when nothing is to be written.
     fn decide(&mut self, key: ServiceKey) -> Option<Work> {
         let started = Instant::now();
-        let svc = self.services.get(&ObjectRef::new(&key.name).within(&key.namespace));
+        let svc = self.services.get(&key.namespace, &key.name).map(|compact| Arc::new(compact.service()));
         let Some(svc) = svc else {
             if let Some(a) = self.allocator.release(&key) {
                 tracing::info!(service = %key, ips = ?a.ips, "Service deleted; address freed");
@@ -415,15 +412,16 @@ pub async fn run(
     leader: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let services = watch_trimmed(
+    let services = watch_digested(
         Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
         tx.clone(),
         |ev| match ev {
             watcher::Event::Apply(s) | watcher::Event::Delete(s) => Some(Trigger::Service(ServiceKey::of(s))),
             watcher::Event::InitDone => Some(Trigger::AllServices),
             _ => None,
         },
-        crate::trim::service,
+        CompactService::of,
     );
     let pools =
         watch(Api::<IPAddressPool>::namespaced(client.clone(), &settings.namespace), tx.clone(), |ev| match ev {
@@ -435,7 +433,7 @@ pub async fn run(
         _ => None,
     });
     for (what, ready) in [
-        ("Services", services.wait_until_ready().await.is_ok()),
+        ("Services", services.wait_until_ready().await),
         ("IPAddressPools", pools.wait_until_ready().await.is_ok()),
         ("Namespaces", namespaces.wait_until_ready().await.is_ok()),
     ] {

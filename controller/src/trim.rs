@@ -56,6 +56,217 @@ pub fn service(svc: &mut Service) {
     });
 }
 
+/// Text that is usually one of a few well-known values (`LoadBalancer`, `IPv4`, `TCP`, …): those are kept as a
+/// static string, anything else as its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Text {
+    Known(&'static str),
+    Other(Box<str>),
+}
+
+/// The values Kubernetes gives most Services' enum-like fields.
+const KNOWN: [&str; 14] = [
+    "LoadBalancer",
+    "ClusterIP",
+    "NodePort",
+    "ExternalName",
+    "Cluster",
+    "Local",
+    "SingleStack",
+    "PreferDualStack",
+    "RequireDualStack",
+    "IPv4",
+    "IPv6",
+    "TCP",
+    "UDP",
+    "SCTP",
+];
+
+impl Text {
+    fn of(s: String) -> Self {
+        KNOWN.iter().find(|k| **k == s).map_or_else(|| Text::Other(s.into_boxed_str()), |k| Text::Known(k))
+    }
+
+    fn string(&self) -> String {
+        match self {
+            Text::Known(s) => (*s).to_string(),
+            Text::Other(s) => s.to_string(),
+        }
+    }
+}
+
+/// A string map as a boxed slice of pairs: a one-entry `BTreeMap` allocates a whole leaf (about 540 bytes for
+/// string pairs), and the controller holds one per Service (the pool annotation).
+type Pairs = Option<Box<[(Box<str>, Box<str>)]>>;
+
+fn pairs(map: Option<std::collections::BTreeMap<String, String>>) -> Pairs {
+    map.map(|m| m.into_iter().map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str())).collect())
+}
+
+fn map(pairs: &Pairs) -> Option<std::collections::BTreeMap<String, String>> {
+    pairs.as_ref().map(|p| p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+}
+
+fn text(s: Option<String>) -> Option<Text> {
+    s.map(Text::of)
+}
+
+fn texts(v: Option<Vec<String>>) -> Option<Box<[Text]>> {
+    v.map(|v| v.into_iter().map(Text::of).collect())
+}
+
+/// What the controller's Service cache holds per Service: exactly what [`service`] keeps (but managed fields,
+/// which the watch drops anyway), stored compactly
+/// (a typed `Service` is about a kilobyte of mostly empty fields before any string). [`CompactService::service`]
+/// gives the trimmed typed object back, identical to trimming the original (a test checks it), so the allocator,
+/// replay, status writer and Events read what they read before (docs/design.md §4.6).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompactService {
+    name: Option<Box<str>>,
+    namespace: Option<Box<str>>,
+    uid: Option<Box<str>>,
+    resource_version: Option<Box<str>>,
+    creation_timestamp: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    deletion_timestamp: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    deletion_grace_period_seconds: Option<i64>,
+    generation: Option<i64>,
+    labels: Pairs,
+    annotations: Pairs,
+    spec: Option<Box<CompactSpec>>,
+    /// `None`: no status; otherwise the ingress addresses (each `ip` of an entry).
+    ingress: Option<Box<[Option<Box<str>>]>>,
+}
+
+/// A port as [`service`] keeps it: protocol and number.
+type Port = (Option<Text>, i32);
+
+/// The spec fields [`service`] keeps.
+#[derive(Debug, Clone, PartialEq)]
+struct CompactSpec {
+    type_: Option<Text>,
+    load_balancer_class: Option<Box<str>>,
+    load_balancer_ip: Option<Box<str>>,
+    ip_family_policy: Option<Text>,
+    ip_families: Option<Box<[Text]>>,
+    cluster_ips: Option<Box<[Box<str>]>>,
+    cluster_ip: Option<Box<str>>,
+    external_traffic_policy: Option<Text>,
+    selector: Pairs,
+    ports: Option<Box<[Port]>>,
+}
+
+fn boxed(s: Option<String>) -> Option<Box<str>> {
+    s.map(String::into_boxed_str)
+}
+
+fn unboxed(s: &Option<Box<str>>) -> Option<String> {
+    s.as_deref().map(str::to_string)
+}
+
+impl CompactService {
+    /// Trims `svc` ([`service`]) and keeps the rest compactly.
+    pub fn of(svc: &Service) -> Self {
+        let mut svc = svc.clone();
+        service(&mut svc);
+        let meta = svc.metadata;
+        Self {
+            name: boxed(meta.name),
+            namespace: boxed(meta.namespace),
+            uid: boxed(meta.uid),
+            resource_version: boxed(meta.resource_version),
+            creation_timestamp: meta.creation_timestamp,
+            deletion_timestamp: meta.deletion_timestamp,
+            deletion_grace_period_seconds: meta.deletion_grace_period_seconds,
+            generation: meta.generation,
+            labels: pairs(meta.labels),
+            annotations: pairs(meta.annotations),
+            spec: svc.spec.map(|spec| {
+                Box::new(CompactSpec {
+                    type_: text(spec.type_),
+                    load_balancer_class: boxed(spec.load_balancer_class),
+                    load_balancer_ip: boxed(spec.load_balancer_ip),
+                    ip_family_policy: text(spec.ip_family_policy),
+                    ip_families: texts(spec.ip_families),
+                    cluster_ips: spec.cluster_ips.map(|v| v.into_iter().map(String::into_boxed_str).collect()),
+                    cluster_ip: boxed(spec.cluster_ip),
+                    external_traffic_policy: text(spec.external_traffic_policy),
+                    selector: pairs(spec.selector),
+                    ports: spec.ports.map(|ports| ports.into_iter().map(|p| (text(p.protocol), p.port)).collect()),
+                })
+            }),
+            ingress: svc.status.map(|status| {
+                status
+                    .load_balancer
+                    .and_then(|lb| lb.ingress)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|i| boxed(i.ip))
+                    .collect()
+            }),
+        }
+    }
+
+    /// `namespace/name`.
+    pub fn key(&self) -> ferrolb_crds::service::ServiceKey {
+        ferrolb_crds::service::ServiceKey::new(
+            self.namespace.as_deref().unwrap_or_default(),
+            self.name.as_deref().unwrap_or_default(),
+        )
+    }
+
+    /// The trimmed typed Service, as [`service`] leaves it.
+    pub fn service(&self) -> Service {
+        Service {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: unboxed(&self.name),
+                namespace: unboxed(&self.namespace),
+                uid: unboxed(&self.uid),
+                resource_version: unboxed(&self.resource_version),
+                creation_timestamp: self.creation_timestamp.clone(),
+                deletion_timestamp: self.deletion_timestamp.clone(),
+                deletion_grace_period_seconds: self.deletion_grace_period_seconds,
+                generation: self.generation,
+                labels: map(&self.labels),
+                annotations: map(&self.annotations),
+                ..Default::default()
+            },
+            spec: self.spec.as_ref().map(|spec| ServiceSpec {
+                type_: spec.type_.as_ref().map(Text::string),
+                load_balancer_class: unboxed(&spec.load_balancer_class),
+                load_balancer_ip: unboxed(&spec.load_balancer_ip),
+                ip_family_policy: spec.ip_family_policy.as_ref().map(Text::string),
+                ip_families: spec.ip_families.as_ref().map(|f| f.iter().map(Text::string).collect()),
+                cluster_ips: spec.cluster_ips.as_ref().map(|ips| ips.iter().map(|ip| ip.to_string()).collect()),
+                cluster_ip: unboxed(&spec.cluster_ip),
+                external_traffic_policy: spec.external_traffic_policy.as_ref().map(Text::string),
+                selector: map(&spec.selector),
+                ports: spec.ports.as_ref().map(|ports| {
+                    ports
+                        .iter()
+                        .map(|(protocol, port)| ServicePort {
+                            protocol: protocol.as_ref().map(Text::string),
+                            port: *port,
+                            ..Default::default()
+                        })
+                        .collect()
+                }),
+                ..Default::default()
+            }),
+            status: self.ingress.as_ref().map(|ingress| ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(
+                        ingress
+                            .iter()
+                            .map(|ip| LoadBalancerIngress { ip: unboxed(ip), ..Default::default() })
+                            .collect(),
+                    ),
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +330,29 @@ status:
         service(&mut trimmed);
         assert_eq!(trimmed.spec.as_ref().and_then(|s| s.selector.clone()), None, "Cluster: the selector is not read");
         assert_eq!(ServiceIntent::from_service(&trimmed, &labels), ServiceIntent::from_service(&cluster, &labels));
+    }
+
+    /// The cache keeps a compact form and gives the typed object back: it must be exactly the trimmed one, for
+    /// every shape of Service the allocator reads (Local with a selector, Cluster, no status, unknown values).
+    #[test]
+    fn a_compact_service_gives_back_exactly_the_trimmed_one() {
+        let shapes = [
+            FULL.to_string(),
+            FULL.replace("externalTrafficPolicy: Local", "externalTrafficPolicy: Cluster"),
+            FULL.replace("  ipFamilies: [IPv4]\n", "").replace("10.96.0.10", "fd00::10"),
+            FULL.replace("protocol: UDP", "protocol: SCTP").replace("type: LoadBalancer", "type: Weird"),
+            FULL.split("status:").next().unwrap_or_default().to_string(),
+            "apiVersion: v1\nkind: Service\nmetadata: {name: bare, namespace: n, labels: {}}\n".to_string(),
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: n, deletionGracePeriodSeconds: 5, generation: 2}\nspec: {type: LoadBalancer, ports: [{port: 80}]}\nstatus: {loadBalancer: {}}\n".to_string(),
+        ];
+        for yaml in shapes {
+            let whole = svc(&yaml);
+            let mut trimmed = whole.clone();
+            service(&mut trimmed);
+            let compact = CompactService::of(&whole);
+            assert_eq!(compact.service(), trimmed, "{yaml}");
+            assert_eq!(compact.key(), ferrolb_crds::service::ServiceKey::of(&whole));
+        }
     }
 
     #[test]

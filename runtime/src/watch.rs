@@ -96,6 +96,11 @@ impl<D> Digests<D> {
         self.objects.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
     }
 
+    /// The digest of the object `namespace/name` (`""` as the namespace of a cluster-scoped one).
+    pub fn get(&self, namespace: &str, name: &str) -> Option<std::sync::Arc<D>> {
+        self.objects.read().ok()?.get(&format!("{namespace}/{name}")).cloned()
+    }
+
     /// Waits until the first complete list has been stored; `false` if the watch ended before.
     pub async fn wait_until_ready(&self) -> bool {
         let mut ready = self.ready.clone();
