@@ -8,12 +8,10 @@ use crate::gossip::{self, Liveness};
 use crate::kube::events::Events;
 use crate::kube::status::StatusWriter;
 use crate::kube::stores::Stores;
-use crate::model::claim::Handover;
 use crate::model::diagnose::{self, Problem};
 use crate::model::life_signs::{self, LeaseRenewals};
-use crate::model::membership::Verdict;
 use crate::model::notices::{self, ConflictMemory, Notice};
-use crate::model::plan::{self, Announced, Contingency, Interfaces, Me};
+use crate::model::plan::{self, Announced, Me};
 use crate::settings::Settings;
 use crate::telemetry::stats::Stats;
 use crate::wake::Wakes;
@@ -45,16 +43,6 @@ pub(crate) struct Planner {
     pub(crate) renewals: LeaseRenewals,
     pub(crate) conflicts: ConflictMemory,
     pub(crate) said: Said,
-    /// What the last pass handed the announcer, and what it would take from each peer next.
-    pub(crate) applied: Applied,
-}
-
-/// The announcer's desired state as last applied, and the contingency of the plan it came from.
-#[derive(Default)]
-pub(crate) struct Applied {
-    per_ip: BTreeMap<std::net::IpAddr, Interfaces>,
-    handover: Handover,
-    contingency: Contingency,
 }
 
 impl Planner {
@@ -91,24 +79,10 @@ impl Planner {
             self.tell(notices::strict_arp(before, missing));
         }
         let (view, settled) = (self.liveness.view(), self.liveness.settled());
-        // A peer judged dead since the last pass: what this node succeeds to goes to the announcer now, so its
-        // confirmation runs while the full decision below is made (docs/design.md §6.5).
-        let newly_dead: Vec<&str> = (self.applied.contingency.peers())
-            .filter(|peer| view.verdict(peer, started) == Verdict::Dead && !self.applied.handover.dead.contains(*peer))
-            .collect();
-        if let Some((per_ip, handover)) =
-            self.applied.contingency.on_death(&newly_dead, &self.applied.per_ip, &self.applied.handover)
-        {
-            self.announcer.apply(per_ip, handover, self.host.interfaces());
-        }
         let mut plan = plan::decide(&me, &self.prepared, self.host.interfaces(), &view, settled, started);
         // The announcer first: at a failover it probes and takes over while the rest of the pass reports.
-        self.applied = Applied {
-            per_ip: std::mem::take(&mut plan.per_ip),
-            handover: std::mem::take(&mut plan.handover),
-            contingency: std::mem::take(&mut plan.contingency),
-        };
-        self.announcer.apply(self.applied.per_ip.clone(), self.applied.handover.clone(), self.host.interfaces());
+        let (per_ip, handover) = (std::mem::take(&mut plan.per_ip), std::mem::take(&mut plan.handover));
+        self.announcer.apply(per_ip, handover, self.host.interfaces());
         Stats::observe(&self.stats.plan, started.elapsed());
         let answered = plan::answered_only(&plan.services, &self.announcer.answering());
         // The first pass hands its answer over even when it is "nothing": this node's objects from before a

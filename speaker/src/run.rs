@@ -80,7 +80,6 @@ pub async fn run(
         renewals: LeaseRenewals::default(),
         conflicts: ConflictMemory::default(),
         said: Default::default(),
-        applied: Default::default(),
     };
     let main_loop = async {
         let mut next = Some(Wakes::everything());

@@ -252,44 +252,29 @@ pub fn decide<'a>(
     ads: &[Advertisement],
     policy: Policy,
 ) -> Decision<'a> {
-    decide_with_successor(ip, svc, nodes, ads, policy).0
-}
-
-/// Who announces `ip` (or why nobody does), and its successor: the eligible node that would announce it if the
-/// owner's speaker died and nothing else changed (the next lowest score). A speaker readies what it would take
-/// from each peer with this, so a death verdict starts the takeover before the next full plan
-/// (docs/design.md §6.5).
-pub fn decide_with_successor<'a>(
-    ip: IpAddr,
-    svc: &ServiceFacts,
-    nodes: &'a [NodeFacts],
-    ads: &[Advertisement],
-    policy: Policy,
-) -> (Decision<'a>, Option<&'a str>) {
     if ads.is_empty() {
-        return (Decision::Nobody(Nobody::NoAdvertisement), None);
+        return Decision::Nobody(Nobody::NoAdvertisement);
     }
     if !svc.any_ready_endpoint {
-        return (Decision::Nobody(Nobody::NoReadyEndpoints), None);
+        return Decision::Nobody(Nobody::NoReadyEndpoints);
     }
     // MetalLB's rule (speaker/layer2_controller.go, `sharedIPWithServiceSelector`): the Services sharing an
     // address are elected one by one, and with service selectors their candidate nodes could differ.
     if svc.allows_sharing && ads.iter().any(|a| a.selects_services) {
-        return (Decision::Nobody(Nobody::SharedIpWithServiceSelectors), None);
+        return Decision::Nobody(Nobody::SharedIpWithServiceSelectors);
     }
     if nodes.is_empty() {
-        return (Decision::Nobody(Nobody::NoNodes), None);
+        return Decision::Nobody(Nobody::NoNodes);
     }
     let verdicts: Vec<(&str, Result<(), Ineligible>)> =
         nodes.iter().map(|n| (n.name.as_str(), eligibility(n, svc, ads, policy))).collect();
-    let eligible = || verdicts.iter().filter(|(_, v)| v.is_ok()).map(|(name, _)| *name);
-    match owner(ip, eligible()) {
-        Some(node) => (Decision::Owner(node), owner(ip, eligible().filter(|n| *n != node))),
+    match owner(ip, verdicts.iter().filter(|(_, v)| v.is_ok()).map(|(name, _)| *name)) {
+        Some(node) => Decision::Owner(node),
         None => {
             let mut reasons: Vec<(&str, Ineligible)> =
                 verdicts.into_iter().filter_map(|(name, v)| v.err().map(|r| (name, r))).collect();
             reasons.sort();
-            (Decision::Nobody(Nobody::Ineligible(reasons)), None)
+            Decision::Nobody(Nobody::Ineligible(reasons))
         }
     }
 }

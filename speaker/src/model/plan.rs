@@ -79,48 +79,6 @@ pub struct Announcements {
     /// were alive): the claim rules confirm each such node once instead of probing every address
     /// (docs/design.md §6.5).
     pub handover: Handover,
-    /// What this node would take from each peer judged dead next (nothing else changing).
-    pub contingency: Contingency,
-}
-
-/// Per peer, the addresses it owns of which this node is the successor ([`election::decide_with_successor`]),
-/// with the interfaces this node would answer them on: what this node takes if that peer's speaker is judged
-/// dead and nothing else changes. The planner hands them to the announcer the moment a verdict arrives, so the
-/// one confirmation of the dead peer starts before the next full decision, which then confirms or corrects it
-/// (docs/design.md §6.5).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Contingency(BTreeMap<String, Vec<(IpAddr, Interfaces)>>);
-
-impl Contingency {
-    /// The peers this node would take something from.
-    pub fn peers(&self) -> impl Iterator<Item = &str> {
-        self.0.keys().map(String::as_str)
-    }
-
-    /// The announcer's desired state and handover once `dead` peers are judged dead, from the ones applied now:
-    /// their addresses this node succeeds to are added, taken from them. `None` when it would take nothing new.
-    pub fn on_death(
-        &self,
-        dead: &[&str],
-        per_ip: &BTreeMap<IpAddr, Interfaces>,
-        handover: &Handover,
-    ) -> Option<(BTreeMap<IpAddr, Interfaces>, Handover)> {
-        let (mut per_ip, mut handover) = (per_ip.clone(), handover.clone());
-        let mut added = false;
-        for node in dead {
-            let Some(taken) = self.0.get(*node) else { continue };
-            let node: Arc<str> = Arc::from(*node);
-            handover.dead.insert(node.clone());
-            for (ip, on) in taken {
-                if !per_ip.contains_key(ip) {
-                    per_ip.insert(*ip, on.clone());
-                    handover.from.insert(*ip, node.clone());
-                    added = true;
-                }
-            }
-        }
-        added.then_some((per_ip, handover))
-    }
 }
 
 /// A Service as the election sees it, derived from the API state alone.
@@ -243,35 +201,26 @@ pub fn decide(
         // two addresses of a dual-stack Service are answered by the same node, as with MetalLB, and Services
         // sharing an address still agree on its node.
         let Some(&first) = svc.ips.first() else { continue };
-        let (decision, successor) =
-            election::decide_with_successor(first, &svc.facts, &nodes, &svc.applicable, me.policy);
         for &ip in &svc.ips {
-            let place = || placement(my_facts, svc, interfaces, ip);
-            match &decision {
+            match election::decide(first, &svc.facts, &nodes, &svc.applicable, me.policy) {
                 Decision::Nobody(why) => {
-                    nobody.push((ip, why.label(), diagnose::explain(why)));
+                    nobody.push((ip, why.label(), diagnose::explain(&why)));
                     continue;
                 }
-                Decision::Owner(owner) if *owner == me.node => {}
-                Decision::Owner(owner) => {
-                    if successor == Some(me.node)
-                        && let Ok(on) = place()
-                    {
-                        out.contingency.0.entry(owner.to_string()).or_default().push((ip, sets.intern(on)));
-                    }
-                    continue;
-                }
+                Decision::Owner(owner) if owner == me.node => {}
+                Decision::Owner(_) => continue,
             }
             if let Some(from) = held_until_now(first, svc, &judged_dead, me) {
                 out.handover.from.insert(ip, dead_names[from].clone());
             }
-            let on = match place() {
-                Ok(on) => on,
-                Err(why) => {
-                    failed.push((ip, why.label(), why.describe()));
-                    continue;
-                }
-            };
+            let allowed = my_facts.map(|n| election::allowed_interfaces(n, &svc.applicable)).unwrap_or_default();
+            let family = interfaces::Family::of(ip);
+            if let Some(why) = interfaces::why_unusable(interfaces, &allowed, family) {
+                failed.push((ip, why.label(), why.describe()));
+                continue;
+            }
+            let usable = interfaces::usable(interfaces, &allowed, family);
+            let on: BTreeSet<String> = interfaces::for_address(&usable, ip).iter().map(|i| i.name.clone()).collect();
             let per_ip = match out.per_ip.get(&ip) {
                 // Services sharing the address: answered on every interface any of them is.
                 Some(already) => already.union(&on).cloned().collect(),
@@ -296,22 +245,6 @@ pub fn decide(
         }
     }
     out
-}
-
-/// The interfaces this node answers `ip` of `svc` on, or why it cannot.
-fn placement(
-    my_facts: Option<&NodeFacts>,
-    svc: &PreparedService,
-    interfaces: &[InterfaceInfo],
-    ip: IpAddr,
-) -> Result<BTreeSet<String>, interfaces::Unusable> {
-    let allowed = my_facts.map(|n| election::allowed_interfaces(n, &svc.applicable)).unwrap_or_default();
-    let family = interfaces::Family::of(ip);
-    if let Some(why) = interfaces::why_unusable(interfaces, &allowed, family) {
-        return Err(why);
-    }
-    let usable = interfaces::usable(interfaces, &allowed, family);
-    Ok(interfaces::for_address(&usable, ip).iter().map(|i| i.name.clone()).collect())
 }
 
 /// One shared copy of each set of interfaces a plan names.
@@ -547,32 +480,6 @@ mod tests {
         m.receive(&said("node-2", 1, Kind::Alive), t0).expect("node-2 heard");
         m.receive(&said("node-3", 1, Kind::Alive), t0).expect("node-3 heard");
         m
-    }
-
-    /// What a plan readies for a peer's death is exactly what the plan made after the verdict takes from that
-    /// peer, with the same interfaces: the announcer may start the confirmation on it before the full decision.
-    #[test]
-    fn the_contingency_for_a_peer_is_what_the_plan_after_its_death_takes_from_it() {
-        use crate::model::liveness::{Kind, Subject};
-        let s = sixty_services();
-        let me = Me { node: "node-1", load_balancer_class: None, policy: Policy::default() };
-        let t0 = Instant::now();
-        let alive = all_heard(t0);
-        let before = plan(&me, &s, &eth0(), &alive, true, t0);
-        assert_eq!(before.contingency.peers().collect::<Vec<_>>(), ["node-2", "node-3"]);
-        for (dead, witness) in [("node-2", "node-3"), ("node-3", "node-2")] {
-            let mut m = alive.clone();
-            let verdict = Kind::Dead(Subject { node: dead.into(), incarnation: 1, counter: 1 });
-            m.receive(&said(witness, 2, verdict), t0 + Duration::from_millis(50)).expect("verdict");
-            let after = plan(&me, &s, &eth0(), &m, true, t0 + Duration::from_millis(60));
-            let (per_ip, handover) =
-                before.contingency.on_death(&[dead], &before.per_ip, &before.handover).expect("something to take");
-            assert_eq!(per_ip, after.per_ip, "readied for {dead}'s death");
-            assert_eq!(handover, after.handover, "taken from {dead}");
-            assert!(handover.from.values().all(|from| &**from == dead) && !handover.from.is_empty());
-        }
-        // A peer whose death gives this node nothing readies nothing.
-        assert_eq!(before.contingency.on_death(&["node-9"], &before.per_ip, &before.handover), None);
     }
 
     /// An address taken from a node judged dead names that node (the one owner the claim rules confirm for all
