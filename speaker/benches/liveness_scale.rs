@@ -2,9 +2,11 @@
 //! (`ferrolb_speaker::simulation`: the real state machines, a simulated network, a virtual clock), beside the
 //! all-to-all design it replaced, in the same run:
 //! - datagrams sent and received per speaker per second (no loss);
-//! - how long after a hard kill every surviving speaker holds the victim dead (p50 / p99 / max);
+//! - how long after a hard kill every surviving speaker holds the victim dead (p50 / p99 / max), and how long
+//!   until each of the victim's addresses is answered again by the survivor the claim state machines give it to;
 //! - wrong verdicts (a speaker coming to hold a live one dead) and wrong convictions (verdicts declared about
-//!   live speakers) under 15 % and 30 % random loss of liveness datagrams;
+//!   live speakers) under 15 % and 30 % random loss of liveness datagrams, and what they cost on the ARP
+//!   segment: probes, and addresses taken from a live owner (the goal is none);
 //! - the heap one speaker holds for its view of N speakers (a counting allocator).
 //!
 //! Above 1,000 speakers the ring starts warm (as if every start-up hello had been answered; see
@@ -13,7 +15,8 @@
 //! Run: `cargo bench -p ferrolb-speaker --bench liveness_scale`. `FERROLB_SIM_SIZES` (default
 //! `100,1000,5000`), `FERROLB_SIM_LOSS_SECS` (simulated seconds of each loss run, default 300) and
 //! `FERROLB_SIM_MESH_MAX` (largest all-to-all run simulated, default 1000; larger ones print the exact
-//! 20·(N−1) instead, as a simulation would need 20·N² events per second) change the run.
+//! 20·(N−1) instead, as a simulation would need 20·N² events per second) and `FERROLB_SIM_LOSSES` (default
+//! `0.15,0.30`; one level per process lets two run side by side on two cores) change the run.
 
 use ferrolb_speaker::model::liveness::{Kind, Message};
 use ferrolb_speaker::model::membership::{Config, Membership, Ring};
@@ -60,9 +63,15 @@ fn memory_per_speaker(n: usize) -> isize {
     used
 }
 
+fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+    let last = sorted.len().checked_sub(1)?;
+    sorted.get(((p / 100.0) * last as f64).round() as usize).copied()
+}
+
 fn row(design: &str, n: usize, r: &Report, wall: Duration) {
+    let retaken = &r.claims.retaken;
     println!(
-        "| {design} | {n} | {:.1} | {:.1} | {} | {} / {} / {} | {} | {:.1} s |",
+        "| {design} | {n} | {:.1} | {:.1} | {} | {} / {} / {} | {} | {} / {} / {} ({} addresses) | {} | {:.1} s |",
         r.sent_per_node_s,
         r.received_per_node_s,
         r.max_received_in_a_second,
@@ -70,6 +79,26 @@ fn row(design: &str, n: usize, r: &Report, wall: Duration) {
         ms(r.detection_percentile(99.0)),
         ms(r.detection.last().copied()),
         r.never_learned,
+        ms(percentile(retaken, 50.0)),
+        ms(percentile(retaken, 99.0)),
+        ms(retaken.last().copied()),
+        retaken.len(),
+        r.claims.never_retaken,
+        wall.as_secs_f64()
+    );
+}
+
+fn loss_row(design: &str, n: usize, loss: f64, r: &Report, wall: Duration) {
+    println!(
+        "| {design} | {n} | {:.0} % | {} | {} | {:.3} | {} | {} | {:.1} | {:.1} | {:.1} s |",
+        loss * 100.0,
+        r.wrong_convictions,
+        r.wrong_verdicts,
+        r.claims.probes_per_node_s,
+        r.claims.wrong_takeovers,
+        r.claims.released_by_live,
+        r.sent_per_node_s,
+        r.received_per_node_s,
         wall.as_secs_f64()
     );
 }
@@ -82,63 +111,68 @@ fn main() {
         .collect();
     let loss_secs = env_or("FERROLB_SIM_LOSS_SECS", 300);
     let mesh_max = env_or("FERROLB_SIM_MESH_MAX", 1000) as usize;
+    let losses: Vec<f64> = std::env::var("FERROLB_SIM_LOSSES")
+        .unwrap_or_else(|_| "0.15,0.30".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
     let detect_secs = Duration::from_secs(10);
-    println!("## No loss, 3 hard kills in {} simulated seconds (0.1–1 ms one-way delay)\n", detect_secs.as_secs());
+    // Ten addresses per speaker in the kill runs, so that each kill hands over a few to time.
+    let per_speaker = 10;
     println!(
-        "| design | speakers | sent /speaker/s | received /speaker/s | max received in 1 s | detection p50 / p99 / max (ms) | never learned | wall |"
+        "## No loss, 3 hard kills in {} simulated seconds (0.1–1 ms one-way delay, {per_speaker} addresses per speaker)\n",
+        detect_secs.as_secs()
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| design | speakers | sent /speaker/s | received /speaker/s | max received in 1 s | detection p50 / p99 / max (ms) | never learned | victim's addresses answered again p50 / p99 / max (ms) | never answered again | wall |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for &n in &sizes {
         let started = Instant::now();
-        let ring = simulate(Setup { kills: 3, warm_start: n > 1000, ..Setup::new(Design::Ring, n, detect_secs) });
+        let ring = simulate(Setup {
+            kills: 3,
+            warm_start: n > 1000,
+            addresses: n * per_speaker,
+            ..Setup::new(Design::Ring, n, detect_secs)
+        });
         row("ring of 3 watchers", n, &ring, started.elapsed());
         if n <= mesh_max {
             let started = Instant::now();
-            let mesh = simulate(Setup { kills: 3, ..Setup::new(Design::AllToAll, n, Duration::from_secs(3)) });
+            let mesh = simulate(Setup {
+                kills: 3,
+                addresses: n * per_speaker,
+                ..Setup::new(Design::AllToAll, n, Duration::from_secs(3))
+            });
             row("all-to-all (before)", n, &mesh, started.elapsed());
             println!(
-                "|  | ratio all-to-all / ring | {:.1}× | {:.1}× | | | | |",
+                "|  | ratio all-to-all / ring | {:.1}× | {:.1}× | | | | | | |",
                 mesh.sent_per_node_s / ring.sent_per_node_s,
                 mesh.received_per_node_s / ring.received_per_node_s
             );
         } else {
             let each = 20.0 * (n as f64 - 1.0);
-            println!("| all-to-all (before), computed | {n} | {each:.0} | {each:.0} | | | | |");
+            println!("| all-to-all (before), computed | {n} | {each:.0} | {each:.0} | | | | | | |");
         }
     }
-    println!("\n## Random loss of liveness datagrams, {loss_secs} simulated seconds, nobody killed\n");
     println!(
-        "| design | speakers | loss | wrong convictions | wrong verdicts (speakers misled) | sent /speaker/s | received /speaker/s | wall |"
+        "\n## Random loss of liveness datagrams, {loss_secs} simulated seconds, nobody killed, one address per speaker\n"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| design | speakers | loss | wrong convictions | wrong verdicts (speakers misled) | ARP probes /speaker/s | addresses taken from a live owner | addresses a live owner gave up | sent /speaker/s | received /speaker/s | wall |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &sizes {
-        for loss in [0.15, 0.30] {
+        for &loss in &losses {
             let setup =
                 |design| Setup { loss, warm_start: n > 1000, ..Setup::new(design, n, Duration::from_secs(loss_secs)) };
             let started = Instant::now();
             let r = simulate(setup(Design::Ring));
-            println!(
-                "| ring of 3 watchers | {n} | {:.0} % | {} | {} | {:.1} | {:.1} | {:.1} s |",
-                loss * 100.0,
-                r.wrong_convictions,
-                r.wrong_verdicts,
-                r.sent_per_node_s,
-                r.received_per_node_s,
-                started.elapsed().as_secs_f64()
-            );
+            loss_row("ring of 3 watchers", n, loss, &r, started.elapsed());
             // The mesh costs 20·N² events per simulated second: simulated at the smallest size only, for the ratio.
             if n == sizes[0] && n <= mesh_max {
                 let started = Instant::now();
                 let m = simulate(setup(Design::AllToAll));
-                println!(
-                    "| all-to-all (before) | {n} | {:.0} % | {} | {} | {:.1} | {:.1} | {:.1} s |",
-                    loss * 100.0,
-                    m.wrong_convictions,
-                    m.wrong_verdicts,
-                    m.sent_per_node_s,
-                    m.received_per_node_s,
-                    started.elapsed().as_secs_f64()
-                );
+                loss_row("all-to-all (before)", n, loss, &m, started.elapsed());
             }
         }
     }

@@ -1,15 +1,24 @@
 //! A deterministic simulation of the speakers' liveness protocol: the real [`Membership`] state machines of `n`
-//! speakers wired through a simulated network (per-datagram delay and random loss) on a virtual clock. No socket,
-//! no sleep, no thread: the same seed gives the same run. Beside it, for comparison in the same run, the
-//! all-to-all heartbeat design it replaced (every speaker heartbeats every other, a silence convicts).
+//! speakers wired through a simulated network (per-datagram delay and random loss) on a virtual clock, and each
+//! speaker's real claim state machine ([`crate::model::claim::Claims`]) over a pool of addresses on a simulated
+//! ARP segment ([`segment`]). No socket, no sleep, no thread: the same seed gives the same run. Beside it, for
+//! comparison in the same run, the all-to-all heartbeat design it replaced (every speaker heartbeats every other,
+//! a silence convicts).
 //!
 //! What it measures ([`Report`]): datagrams sent and received per speaker per second, how long after a hard kill
-//! each surviving speaker learns of the death, and how many live speakers were wrongly convicted.
+//! each surviving speaker learns of the death and how long until its addresses are answered again, how many live
+//! speakers were wrongly convicted, and how many addresses changed hands because of it ([`ClaimTally`]).
 //! `cargo bench -p ferrolb-speaker --bench liveness_scale` prints it at 100, 1,000 and 5,000 speakers
 //! (docs/design.md §5.5); a small case runs with the unit tests.
 
+mod segment;
+
+pub use segment::ClaimTally;
+
+use crate::model::claim::Timing;
 use crate::model::liveness::{Kind, Message};
 use crate::model::membership::{Config, Membership, Ring, Say, To, Verdict};
+use segment::{Frame, Output, Segment};
 use std::collections::{BinaryHeap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -52,6 +61,8 @@ pub struct Setup {
     /// Ring: start as if every speaker's hello had been answered (the N² start-up exchange is not simulated,
     /// which makes 5,000 speakers affordable); otherwise the hellos travel the simulated network.
     pub warm_start: bool,
+    /// Addresses in the pool, each claimed by the speakers the election gives it to (0: liveness only).
+    pub addresses: usize,
 }
 
 impl Setup {
@@ -70,6 +81,7 @@ impl Setup {
             warmup: Duration::from_secs(1),
             seed: 1,
             warm_start: false,
+            addresses: nodes,
         }
     }
 }
@@ -91,6 +103,8 @@ pub struct Report {
     pub wrong_verdicts: u64,
     /// Verdicts of death declared about live speakers (ring: by a quorum of watchers).
     pub wrong_convictions: u64,
+    /// What the claim state machines did (takeovers, wrong ones, probes).
+    pub claims: ClaimTally,
 }
 
 impl Report {
@@ -141,6 +155,13 @@ enum Event {
         from: usize,
     },
     Kill(usize),
+    /// An ARP frame reaches a speaker.
+    Arp(Frame),
+    /// A speaker's claims asked to be stepped at `at`.
+    ClaimWake {
+        node: usize,
+        at: Duration,
+    },
 }
 
 /// An event due at `at`; the earliest (then the first scheduled) comes out of the heap first.
@@ -207,6 +228,7 @@ struct World {
     second: u64,
     max_received_in_a_second: u64,
     kills: Vec<Kill>,
+    segment: Option<Segment>,
     report: Report,
 }
 
@@ -289,6 +311,48 @@ impl World {
             }
         }
         self.nodes[node].seen_version = version;
+        self.replan(node, false);
+    }
+
+    /// The nodes whose verdict can change what `node` claims, that `node` holds dead now.
+    fn dead_above(&self, node: usize) -> Vec<u32> {
+        let Some(segment) = &self.segment else { return Vec::new() };
+        let instant = self.start + self.now;
+        let me = &self.nodes[node];
+        segment
+            .above(node)
+            .iter()
+            .copied()
+            .filter(|&j| match (&me.ring, &me.mesh) {
+                (Some(m), _) => m.verdict(&self.nodes[j as usize].name, instant) == Verdict::Dead,
+                (None, Some(mesh)) => mesh.dead[j as usize],
+                (None, None) => false,
+            })
+            .collect()
+    }
+
+    /// Re-plans `node`'s claims if its view of the nodes that matter changed (or `force`).
+    fn replan(&mut self, node: usize, force: bool) {
+        let dead = self.dead_above(node);
+        let Some(mut segment) = self.segment.take() else { return };
+        if force || segment.changed(node, &dead) {
+            let out = segment.replan(node, dead, self.now);
+            self.carry(&mut segment, node, out);
+        }
+        self.segment = Some(segment);
+    }
+
+    /// Puts a claim step's frames on the segment and schedules the speaker's next step.
+    fn carry(&mut self, segment: &mut Segment, node: usize, out: Output) {
+        for frame in out.frames {
+            let delay = self.random.between(self.setup.delay_min, self.setup.delay_max);
+            self.schedule(delay, Event::Arp(frame));
+        }
+        if let Some(at) = out.wake_at.map(|at| at.max(self.now))
+            && segment.schedule_wake(node, at, self.now)
+        {
+            self.schedule(at - self.now, Event::ClaimWake { node, at });
+        }
     }
 
     fn run(mut self) -> Report {
@@ -321,6 +385,9 @@ impl World {
                     }
                 }
             }
+        }
+        for i in 0..n {
+            self.replan(i, true);
         }
         let half = self.setup.duration / 2;
         let kills = self.setup.kills.min(n.saturating_sub(1));
@@ -403,13 +470,29 @@ impl World {
             }
             Event::Heard { to, from } if self.nodes[to].alive => {
                 self.received(to);
-                if let Some(mesh) = self.nodes[to].mesh.as_mut() {
-                    mesh.last_heard[from] = self.now;
-                    mesh.dead[from] = false;
+                let Some(mesh) = self.nodes[to].mesh.as_mut() else { return };
+                mesh.last_heard[from] = self.now;
+                if std::mem::replace(&mut mesh.dead[from], false) {
+                    self.replan(to, false);
                 }
+            }
+            Event::Arp(frame) => {
+                let Some(mut segment) = self.segment.take() else { return };
+                let out = segment.hear(frame, self.now);
+                self.carry(&mut segment, frame.to, out);
+                self.segment = Some(segment);
+            }
+            Event::ClaimWake { node, at } => {
+                let Some(mut segment) = self.segment.take() else { return };
+                let out = segment.wake(node, at);
+                self.carry(&mut segment, node, out);
+                self.segment = Some(segment);
             }
             Event::Kill(victim) if self.nodes[victim].alive => {
                 self.nodes[victim].alive = false;
+                if let Some(segment) = self.segment.as_mut() {
+                    segment.kill(victim, self.now);
+                }
                 let learned = vec![None; self.nodes.len()];
                 self.kills.push(Kill { victim, at: self.now, learned });
             }
@@ -429,6 +512,9 @@ impl World {
                     newly_dead.push(peer);
                 }
             }
+        }
+        if !newly_dead.is_empty() {
+            self.replan(i, false);
         }
         for peer in newly_dead {
             if self.nodes[peer].alive {
@@ -460,6 +546,9 @@ impl World {
             }
         }
         self.report.detection.sort();
+        if let Some(segment) = self.segment.take() {
+            self.report.claims = segment.finish(seconds, live.len());
+        }
         self.report
     }
 }
@@ -484,6 +573,9 @@ pub fn simulate(setup: Setup) -> Report {
         })
         .collect();
     let ids = nodes.iter().enumerate().map(|(i, node)| (node.name.clone(), i)).collect();
+    let names: Vec<Arc<str>> = nodes.iter().map(|n| n.name.clone()).collect();
+    let segment =
+        (setup.addresses > 0).then(|| Segment::new(&names, setup.addresses, Timing::default(), start, setup.warmup));
     World {
         setup,
         start,
@@ -499,6 +591,7 @@ pub fn simulate(setup: Setup) -> Report {
         second: 0,
         max_received_in_a_second: 0,
         kills: Vec::new(),
+        segment,
         report: Report::default(),
     }
     .run()
@@ -534,11 +627,41 @@ mod tests {
         );
     }
 
+    /// The claim state machines on top: a killed speaker's addresses are each taken once, by one survivor, after
+    /// one confirmation; lost heartbeats mislead speakers into probing, and no address changes hands.
+    #[test]
+    fn killed_speakers_addresses_are_taken_and_lost_heartbeats_move_no_address() {
+        let secs = Duration::from_secs(30);
+        let killed = simulate(Setup { kills: 3, addresses: 200, ..Setup::new(Design::Ring, 50, secs) });
+        let c = &killed.claims;
+        eprintln!("killed {c:?}");
+        assert_eq!(c.never_retaken, 0, "{c:?}");
+        assert!(!c.retaken.is_empty(), "the victims answered addresses: {c:?}");
+        assert_eq!(c.takeovers as usize, c.retaken.len(), "each address of a victim is taken once: {c:?}");
+        assert_eq!(c.wrong_takeovers + c.released_by_live, 0, "{c:?}");
+        let slowest = c.retaken.last().copied().unwrap_or_default();
+        let detection = killed.detection.last().copied().unwrap_or_default();
+        assert!(
+            slowest <= detection + Timing::default().probe_window + Duration::from_millis(50),
+            "taken one probe window after the verdict (not address by address): {slowest:?} vs {detection:?}"
+        );
+        for (design, loss) in [(Design::Ring, 0.15), (Design::Ring, 0.30), (Design::AllToAll, 0.15)] {
+            let lossy = simulate(Setup { loss, addresses: 200, ..Setup::new(design, 50, secs) });
+            let c = &lossy.claims;
+            eprintln!("{design:?} {loss}: verdicts {} {c:?}", lossy.wrong_verdicts);
+            assert_eq!((c.wrong_takeovers, c.released_by_live, c.takeovers), (0, 0, 0), "{design:?} {loss}: {c:?}");
+            if lossy.wrong_verdicts > 0 {
+                assert!(c.probes_per_node_s > 0.0, "a misled speaker that was given an address probes it: {c:?}");
+            }
+        }
+    }
+
     #[test]
     fn the_same_seed_gives_the_same_run() {
         let setup = Setup { kills: 1, loss: 0.1, ..Setup::new(Design::Ring, 20, Duration::from_secs(5)) };
         let (a, b) = (simulate(setup), simulate(setup));
         assert_eq!(a.detection, b.detection);
         assert_eq!((a.wrong_verdicts, a.sent_per_node_s), (b.wrong_verdicts, b.sent_per_node_s));
+        assert_eq!((a.claims.retaken, a.claims.probes_per_node_s), (b.claims.retaken, b.claims.probes_per_node_s));
     }
 }
