@@ -84,29 +84,43 @@ pub fn udp(target: SocketAddr, interval: Duration, duration: Duration) -> Result
     Ok(report(&times, start, end, sent))
 }
 
-/// TCP: a new connection every `interval` (each must connect and greet within the interval's budget).
+/// TCP: a new connection every `interval`, each in its own thread so that one waiting on a dead owner does not
+/// hold up the next (each must connect and greet within `budget`). Sequential attempts would make the outage a
+/// multiple of the connect timeout instead of the interval.
 pub fn tcp(target: SocketAddr, interval: Duration, duration: Duration) -> Result<Report> {
     let start = Instant::now();
-    let mut times = Vec::new();
-    let mut sent = 0;
     let budget = interval.max(Duration::from_millis(50));
+    let times: Arc<std::sync::Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let mut attempts = Vec::new();
+    let mut sent = 0;
     while start.elapsed() < duration {
         let began = Instant::now();
         sent += 1;
-        if let Ok(mut s) = TcpStream::connect_timeout(&target, budget) {
+        let times = times.clone();
+        attempts.push(std::thread::spawn(move || {
+            let Ok(mut s) = TcpStream::connect_timeout(&target, budget) else { return };
             let _ = s.set_read_timeout(Some(budget));
             let mut buf = [0u8; 64];
             if let Ok(n) = s.read(&mut buf)
                 && n > 0
             {
                 let node = String::from_utf8_lossy(&buf[..n]).trim().to_string();
-                announce_first(&times, &node);
-                times.push((Instant::now(), node));
+                if let Ok(mut times) = times.lock() {
+                    announce_first(&times, &node);
+                    times.push((Instant::now(), node));
+                }
             }
-        }
+        }));
+        attempts.retain(|a| !a.is_finished());
         if let Some(rest) = interval.checked_sub(began.elapsed()) {
             std::thread::sleep(rest);
         }
     }
-    Ok(report(&times, start, Instant::now(), sent))
+    for attempt in attempts {
+        let _ = attempt.join();
+    }
+    let end = Instant::now();
+    let mut times = times.lock().map(|t| t.clone()).unwrap_or_default();
+    times.sort_by_key(|(at, _)| *at);
+    Ok(report(&times, start, end, sent))
 }
