@@ -93,7 +93,11 @@ impl Planner {
             self.status.set(answered.clone());
             self.said.answered = Some(answered);
         }
-        let conflicts = self.announcer.take_conflicts();
+        let conflicts = self.conflicts.identify(self.announcer.take_conflicts(), &view.node_macs(), started);
+        for c in &conflicts {
+            let counter = if c.node.is_some() { &self.stats.conflicts_node } else { &self.stats.conflicts_stranger };
+            counter.inc();
+        }
         self.stats.saw_strangers(conflicts.iter().filter(|c| c.node.is_none()).map(|c| (c.ip, c.mac)), started);
         let contested = self.conflicts.notices(&conflicts, &plan.services, node, started);
         self.tell(contested);

@@ -266,10 +266,6 @@ impl Task {
         Stats::set_count(&self.stats.held_back, held.len());
         let held_changed =
             self.held_back.lock().map(|mut h| std::mem::replace(&mut *h, held.clone()) != held).unwrap_or(false);
-        for c in &acts.conflicts {
-            let counter = if c.node.is_some() { &self.stats.conflicts_node } else { &self.stats.conflicts_stranger };
-            counter.inc();
-        }
         let conflicted = !acts.conflicts.is_empty();
         if let Ok(mut c) = self.conflicts.lock() {
             c.extend(acts.conflicts);

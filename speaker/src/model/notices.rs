@@ -133,13 +133,49 @@ pub fn strict_arp(missing_before: bool, missing_now: bool) -> Option<Notice> {
 /// A conflict is told at most once per address and MAC in this long.
 const QUIET: Duration = Duration::from_secs(60);
 
-/// Which conflicts were told when, so a stranger that keeps answering is not told of every few seconds.
+/// Claims by MACs no peer has named yet, kept at most.
+const UNSURE_MAX: usize = 256;
+
+/// How long a claim by a MAC no peer has named waits before it counts as a stranger's: a restarted speaker learns
+/// its peers' MACs from their first words, within milliseconds of greeting them, and may probe an address a
+/// peer answers in the same moment.
+pub const STRANGER_AFTER: Duration = Duration::from_secs(2);
+
+/// Which conflicts were told when, so a stranger that keeps answering is not told of every few seconds; and the
+/// claims by MACs not known yet, with when each was first heard.
 #[derive(Debug, Default)]
 pub struct ConflictMemory {
     told: BTreeMap<(IpAddr, Mac), Instant>,
+    unsure: Vec<(Conflict, Instant)>,
 }
 
 impl ConflictMemory {
+    /// The conflicts to tell at `now`, each claimant named by the node whose MAC it is (`macs`: what the peers
+    /// said their MACs are). A claim by a MAC no peer has named waits [`STRANGER_AFTER`] for a peer to name it
+    /// (docs/design.md §6.5): a peer answering for an address is no stranger because this speaker has not heard
+    /// it yet. Named then, it is that node's; still unknown, a stranger's.
+    pub fn identify(
+        &mut self,
+        conflicts: Vec<Conflict>,
+        macs: &BTreeMap<[u8; 6], String>,
+        now: Instant,
+    ) -> Vec<Conflict> {
+        let mut out = Vec::new();
+        let waiting = std::mem::take(&mut self.unsure);
+        for (mut c, heard) in waiting.into_iter().chain(conflicts.into_iter().map(|c| (c, now))) {
+            if c.node.is_none() {
+                c.node = macs.get(&c.mac.0).cloned();
+            }
+            if c.node.is_some() || now.saturating_duration_since(heard) >= STRANGER_AFTER {
+                out.push(c);
+            } else if self.unsure.len() < UNSURE_MAX && !self.unsure.iter().any(|(u, _)| (u.ip, u.mac) == (c.ip, c.mac))
+            {
+                self.unsure.push((c, heard));
+            }
+        }
+        out
+    }
+
     /// Notices for conflicts seen at `now` over addresses this node answers for or wants: a stranger's MAC is a
     /// Warning on the Service naming it; another node's is a log line (the two settle it, docs/design.md §6.5).
     pub fn notices(
@@ -183,6 +219,30 @@ mod tests {
 
     fn problem(uid: &str, note: &str) -> Problem {
         Problem { uid: uid.into(), note: note.into(), labels: BTreeMap::new() }
+    }
+
+    /// A restarted speaker hears a peer answer before it has heard the peer's MACs: that is no stranger.
+    #[test]
+    fn a_claim_by_an_unknown_mac_waits_for_a_peer_to_name_it() {
+        let ip = IpAddr::from([198, 19, 0, 1]);
+        let (peer, stranger) = (Mac([2, 0, 0, 0, 0, 2]), Mac([0x52, 0x54, 0, 0, 0, 9]));
+        let claim = |mac| Conflict { ip, mac, node: None, kept: false };
+        let (mut memory, t0, unknown) = (ConflictMemory::default(), Instant::now(), BTreeMap::new());
+        assert!(memory.identify(vec![claim(peer), claim(stranger)], &unknown, t0).is_empty(), "both wait");
+        let t1 = t0 + STRANGER_AFTER / 2;
+        assert!(memory.identify(vec![claim(peer)], &unknown, t1).is_empty(), "still waiting, kept once");
+        let macs = BTreeMap::from([(peer.0, "node-2".to_string())]);
+        let named = memory.identify(Vec::new(), &macs, t1);
+        assert_eq!(named, vec![Conflict { node: Some("node-2".into()), ..claim(peer) }], "the peer named it");
+        assert!(memory.identify(Vec::new(), &macs, t1).is_empty(), "the stranger still waits");
+        let told = memory.identify(Vec::new(), &macs, t0 + STRANGER_AFTER);
+        assert_eq!(told, vec![claim(stranger)], "nobody named it: a stranger's");
+        assert!(memory.identify(Vec::new(), &macs, t0 + STRANGER_AFTER * 2).is_empty(), "told once");
+        let flood: Vec<Conflict> =
+            (0..1000u32).map(|i| Conflict { ip: IpAddr::from(i.to_be_bytes()), ..claim(stranger) }).collect();
+        assert!(memory.identify(flood, &unknown, t0).is_empty());
+        let later = memory.identify(Vec::new(), &unknown, t0 + STRANGER_AFTER);
+        assert_eq!(later.len(), UNSURE_MAX, "a flood keeps a bounded few");
     }
 
     #[test]

@@ -68,7 +68,11 @@ fn register(registry: &mut Registry, stats: &Arc<Stats>) {
         ("takeovers", "Addresses this node took over", &s.takeovers),
         ("releases", "Addresses this node gave up", &s.releases),
         ("arp_probes", "Probes (ARP, and IPv6 duplicate-address) sent before answering", &s.probes),
-        ("node_conflicts", "Times another node claimed an address this node answered for", &s.conflicts_node),
+        (
+            "node_conflicts",
+            "Times another node's MAC claimed an address this node answered for, or a stranger's claim turned out to be a node's",
+            &s.conflicts_node,
+        ),
         (
             "stranger_conflicts",
             "Times a MAC that is no node's claimed, or already answered, an address this node answers for or wants",
