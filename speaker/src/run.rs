@@ -57,7 +57,7 @@ pub async fn run(
         }
     };
     wake::spawn_ticks(wake.clone(), TICK, rescan_every);
-    let liveness = Liveness::start(&settings, stats.clone(), wake.clone())?;
+    let liveness = Liveness::start(&settings, stats.clone(), wake.clone()).await?;
     let schedule =
         Schedule { garp: settings.garp_schedule.clone(), refresh: settings.garp_refresh, timing: Timing::default() };
     let status_api =

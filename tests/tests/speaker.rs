@@ -282,6 +282,56 @@ async fn a_speaker_stopped_gracefully_says_so_and_its_address_moves() {
     wait_answered_by(&lab, &vip, &[&owner]).await;
 }
 
+/// MetalLB's memberlist uses the liveness port too: a ferrolb speaker that starts while a MetalLB speaker on its
+/// node still holds it (a switch from one to the other) says so and waits, rather than exiting into a kubelet's
+/// growing back-off, and starts the protocol (and takes its address back) once the port is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_speaker_waits_for_its_liveness_port_while_another_process_holds_it() {
+    use std::io::{BufRead, BufReader};
+    let _serial = one_lab_at_a_time().await;
+    let Dns { lab, vip, owner, next, .. } = dns_lab().await;
+    let pid = speaker_pid(&lab, &owner);
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
+    eventually("the owner's speaker to stop", Duration::from_secs(10), || async {
+        (!ferrolb_tests::lab::control_plane::alive(pid)).then_some(())
+    })
+    .await;
+    wait_answered_by(&lab, &vip, &[&next]).await;
+    // A stand-in for memberlist: a UDP socket on the port (both families) in the owner's namespace.
+    let hold = format!(
+        "import socket,sys; s=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.bind(('::', {LIVENESS_PORT})); print('bound', flush=True); sys.stdin.read()"
+    );
+    let mut holder = std::process::Command::new(EXE)
+        .args(["--name", &lab.name, "--dir"])
+        .arg(&lab.dir)
+        .args(["exec", &owner, "--", "python3", "-c", &hold])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("port holder");
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().expect("stdout")).read_line(&mut line).expect("holder says");
+    assert_eq!(line.trim(), "bound", "the port is held");
+    lab.ok(&["revive", &owner]);
+    let log = lab.state().log(&format!("speaker {owner}"));
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    eventually("the speaker to say its port is in use", Duration::from_secs(30), || async {
+        read().contains("liveness port in use").then_some(())
+    })
+    .await;
+    let waiting = speaker_pid(&lab, &owner);
+    assert!(ferrolb_tests::lab::control_plane::alive(waiting), "it waits rather than exits");
+    assert_eq!(answering_nodes(&lab, &vip), [next.as_str()], "the address stays answered meanwhile");
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    eventually("the protocol to start once the port is free", Duration::from_secs(30), || async {
+        read().contains("liveness port free").then_some(())
+    })
+    .await;
+    wait_answered_by(&lab, &vip, &[&owner]).await;
+    assert_eq!(speaker_pid(&lab, &owner), waiting, "the same process, never restarted");
+}
+
 /// The owner's speaker crashes while its node stays Ready: the address moves. A speaker started after the
 /// crash (it never heard the dead one) must not elect it either, or nobody would answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,8 +108,9 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    /// Starts the protocol when `settings` has a key; verdict changes wake the planner.
-    pub fn start(settings: &Settings, stats: Arc<Stats>, wake: WakeSender) -> Result<Self> {
+    /// Starts the protocol when `settings` has a key; verdict changes wake the planner. A liveness port in use
+    /// is waited for (up to [`PORT_WAIT`]) rather than a reason to exit.
+    pub async fn start(settings: &Settings, stats: Arc<Stats>, wake: WakeSender) -> Result<Self> {
         let config = Config::new(settings.dead_after);
         let membership: SharedMembership =
             Arc::new(Mutex::new(Membership::new(&settings.node, config, Instant::now())));
@@ -118,7 +119,9 @@ impl Liveness {
         let mouth = match &settings.gossip_key {
             Some(key) => {
                 let mouth = Mouth {
-                    socket: bind(settings.gossip_port).map_err(|source| raw_socket_error(settings, source))?,
+                    socket: bind_waiting(settings.gossip_port)
+                        .await
+                        .map_err(|source| raw_socket_error(settings, source))?,
                     key: key.clone(),
                     identity: identity.clone(),
                     addresses: addresses.clone(),
@@ -319,6 +322,37 @@ fn start(
     Ok(())
 }
 
+/// How long a speaker waits for its liveness port to come free before it gives up. MetalLB's memberlist uses
+/// 7946 too: when one replaces the other, the old speakers may take a few seconds to exit, and a speaker that
+/// exited at once would be restarted by its kubelet only after a growing back-off (10 s, 20 s, 40 s …) while
+/// clients' neighbour entries expire (docs/design.md §5.2).
+pub const PORT_WAIT: Duration = Duration::from_secs(120);
+
+/// Binds the liveness socket, waiting while another process holds the port.
+async fn bind_waiting(port: u16) -> std::io::Result<UdpSocket> {
+    let started = Instant::now();
+    let mut told = false;
+    loop {
+        match bind(port) {
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse && started.elapsed() < PORT_WAIT => {
+                if !told {
+                    tracing::warn!(port, %error, wait = ?PORT_WAIT,
+                        "liveness port in use (MetalLB's memberlist uses 7946 too: is a MetalLB speaker still running on this node?); waiting for it to come free");
+                    told = true;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(socket) => {
+                if told {
+                    tracing::info!(port, waited = ?started.elapsed(), "liveness port free: liveness protocol starting");
+                }
+                return Ok(socket);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 /// The liveness socket: IPv6 with IPv4 mapped in (one socket for IPv4, IPv6 and dual-stack clusters), or IPv4
 /// alone where the node has IPv6 switched off.
 fn bind(port: u16) -> std::io::Result<UdpSocket> {
@@ -384,8 +418,26 @@ mod tests {
         )
     }
 
-    #[test]
-    fn without_a_key_no_peer_is_ever_judged_so_the_node_ready_fallback_decides() {
+    /// A port held by another process (a MetalLB speaker still exiting) is waited for, not a reason to exit.
+    #[tokio::test]
+    async fn a_liveness_port_in_use_is_waited_for() {
+        let holder = bind(0).expect("a free port");
+        let port = holder.local_addr().expect("port").port();
+        assert_eq!(bind(port).map_err(|e| e.kind()).err(), Some(std::io::ErrorKind::AddrInUse), "held");
+        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = released.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            flag.store(true, Ordering::SeqCst);
+            drop(holder);
+        });
+        let socket = bind_waiting(port).await.expect("bound once free");
+        assert!(released.load(Ordering::SeqCst), "not before the holder let go");
+        assert_eq!(socket.local_addr().expect("port").port(), port);
+    }
+
+    #[tokio::test]
+    async fn without_a_key_no_peer_is_ever_judged_so_the_node_ready_fallback_decides() {
         let settings = Settings {
             node: "node-1".into(),
             namespace: "metallb-system".into(),
@@ -402,7 +454,8 @@ mod tests {
             interface_rescan: Duration::from_secs(60),
         };
         let (wake, _woken) = tokio::sync::mpsc::unbounded_channel();
-        let liveness = Liveness::start(&settings, Arc::new(Stats::default()), wake).expect("no socket without a key");
+        let liveness =
+            Liveness::start(&settings, Arc::new(Stats::default()), wake).await.expect("no socket without a key");
         assert!(!liveness.is_on());
         let peer: SocketAddr = "198.18.0.12:7946".parse().expect("address");
         liveness.set_peers(BTreeMap::from([("node-2".to_string(), peer)]));
