@@ -90,7 +90,7 @@ fn row(design: &str, n: usize, r: &Report, wall: Duration) {
 
 fn loss_row(design: &str, n: usize, loss: f64, r: &Report, wall: Duration) {
     println!(
-        "| {design} | {n} | {:.0} % | {} | {} | {:.3} | {} | {} | {:.1} | {:.1} | {:.1} s |",
+        "| {design} | {n} | {:.0} % | {} | {} | {:.4} | {} | {} | {:.1} | {:.1} | {:.1} s |",
         loss * 100.0,
         r.wrong_convictions,
         r.wrong_verdicts,
