@@ -257,20 +257,10 @@ impl Segment {
                     self.tally.takeovers += 1;
                 }
             }
-            // The gratuitous ARP: every other speaker that wants the address hears the claim.
-            out.frames.extend(self.wanters[a as usize].iter().filter(|w| **w as usize != node).map(|w| Frame {
-                to: *w as usize,
-                address: a,
-                mac,
-            }));
+            out.frames.extend(self.gratuitous(node, a, mac));
         }
         for ip in &acts.assert {
-            let a = index_of(*ip);
-            out.frames.extend(self.wanters[a as usize].iter().filter(|w| **w as usize != node).map(|w| Frame {
-                to: *w as usize,
-                address: a,
-                mac,
-            }));
+            out.frames.extend(self.gratuitous(node, index_of(*ip), mac));
         }
         for ip in &acts.probe {
             let a = index_of(*ip);
@@ -301,6 +291,16 @@ impl Segment {
         *answering = acts.answer;
         out.wake_at = acts.wake_at.map(|w| w.saturating_duration_since(self.start));
         out
+    }
+
+    /// A gratuitous ARP of `node` (MAC `mac`) for the address numbered `address`: every other speaker that wants
+    /// the address hears the claim.
+    fn gratuitous(&self, node: usize, address: u32, mac: Mac) -> impl Iterator<Item = Frame> + '_ {
+        self.wanters[address as usize].iter().filter(move |w| **w as usize != node).map(move |w| Frame {
+            to: *w as usize,
+            address,
+            mac,
+        })
     }
 
     /// The tally, over `seconds` of counted time for `live` speakers.
