@@ -40,6 +40,7 @@ pub async fn run(
     ready: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
+    let mut shutdown = std::pin::pin!(shutdown);
     let (wake, mut wakes) = tokio::sync::mpsc::unbounded_channel();
     let stores = Stores::start(&client, &settings, &wake).await?;
     ready.store(true, Ordering::Relaxed);
@@ -57,7 +58,14 @@ pub async fn run(
         }
     };
     wake::spawn_ticks(wake.clone(), TICK, rescan_every);
-    let liveness = Liveness::start(&settings, stats.clone(), wake.clone()).await?;
+    // A stop asked while the liveness port is still busy (gossip::PORT_WAIT) ends the wait: nothing answers yet.
+    let liveness = tokio::select! {
+        started = Liveness::start(&settings, stats.clone(), wake.clone()) => started?,
+        () = &mut shutdown => {
+            tracing::info!("stopped while waiting for the liveness port");
+            return Ok(());
+        }
+    };
     let schedule =
         Schedule { garp: settings.garp_schedule.clone(), refresh: settings.garp_refresh, timing: Timing::default() };
     let status_api =

@@ -356,10 +356,16 @@ async fn bind_waiting(port: u16) -> std::io::Result<UdpSocket> {
 /// The liveness socket: IPv6 with IPv4 mapped in (one socket for IPv4, IPv6 and dual-stack clusters), or IPv4
 /// alone where the node has IPv6 switched off.
 fn bind(port: u16) -> std::io::Result<UdpSocket> {
-    UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)).or_else(|v6_error| {
-        tracing::info!(error = %v6_error, "no IPv6 liveness socket; IPv4 only");
-        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
-    })
+    match UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)) {
+        // Busy is not "no IPv6": falling back would leave a dual-stack or IPv6 cluster with an IPv4-only socket.
+        Err(v6_error) if v6_error.kind() == std::io::ErrorKind::AddrInUse => Err(v6_error),
+        Err(v6_error) => {
+            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?;
+            tracing::info!(error = %v6_error, "no IPv6 liveness socket; IPv4 only");
+            Ok(socket)
+        }
+        ok => ok,
+    }
 }
 
 /// Whether the liveness socket speaks IPv6 (and so needs IPv4 peers written as IPv4-mapped addresses).

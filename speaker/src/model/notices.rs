@@ -166,11 +166,15 @@ impl ConflictMemory {
             if c.node.is_none() {
                 c.node = macs.get(&c.mac.0).cloned();
             }
+            let waiting = self.unsure.iter().any(|(u, _)| (u.ip, u.mac) == (c.ip, c.mac));
             if c.node.is_some() || now.saturating_duration_since(heard) >= STRANGER_AFTER {
                 out.push(c);
-            } else if self.unsure.len() < UNSURE_MAX && !self.unsure.iter().any(|(u, _)| (u.ip, u.mac) == (c.ip, c.mac))
-            {
+            } else if !waiting && self.unsure.len() < UNSURE_MAX {
                 self.unsure.push((c, heard));
+            } else if !waiting {
+                // No room to wait (a flood of claims): told at once, as before the wait, rather than lost (the
+                // claim rules report a held-back address once per hold).
+                out.push(c);
             }
         }
         out
@@ -240,9 +244,10 @@ mod tests {
         assert!(memory.identify(Vec::new(), &macs, t0 + STRANGER_AFTER * 2).is_empty(), "told once");
         let flood: Vec<Conflict> =
             (0..1000u32).map(|i| Conflict { ip: IpAddr::from(i.to_be_bytes()), ..claim(stranger) }).collect();
-        assert!(memory.identify(flood, &unknown, t0).is_empty());
+        let at_once = memory.identify(flood, &unknown, t0);
+        assert_eq!(at_once.len(), 1000 - UNSURE_MAX, "a flood waits in a bounded list; the rest is told at once");
         let later = memory.identify(Vec::new(), &unknown, t0 + STRANGER_AFTER);
-        assert_eq!(later.len(), UNSURE_MAX, "a flood keeps a bounded few");
+        assert_eq!(later.len(), UNSURE_MAX, "and the waiting ones after the wait: none lost");
     }
 
     #[test]
