@@ -332,6 +332,14 @@ impl Allocator {
             intent.families.iter().copied().filter(|f| !ips.iter().any(|ip| Family::of(*ip) == *f)).collect();
         if !missing.is_empty() && intent.requested.is_empty() && (extend || intent.require_all_families) {
             let state = &self.pools[&pool];
+            // A pool being deleted gives no new address, not even the missing family of a dual-stack Service.
+            if state.config.deleting {
+                if intent.require_all_families {
+                    return Err(Refusal::PoolDeleting { pool: pool.clone() });
+                }
+                ips.sort_by_key(|ip| Family::of(*ip));
+                return Ok(Assignment { pool, ips });
+            }
             for family in missing {
                 match self.candidate(state, family, intent) {
                     Some(ip) => ips.push(ip),
@@ -390,6 +398,9 @@ impl Allocator {
         if !intent.requested.is_empty() {
             let ips = self.validate_addresses(intent, &intent.requested)?;
             let pool = self.single_pool_of(&ips).ok_or(Refusal::RequestedIpNotInPool { ip: ips[0] })?;
+            if self.pools.get(&pool).is_some_and(|p| p.config.deleting) {
+                return Err(Refusal::PoolDeleting { pool });
+            }
             let mut ips = ips;
             ips.sort_by_key(|ip| Family::of(*ip));
             return Ok(Assignment { pool, ips });
@@ -404,6 +415,9 @@ impl Allocator {
             if !state.config.allows(intent) {
                 return Err(Refusal::PoolNotAllowed { pool: name.clone() });
             }
+            if state.config.deleting {
+                return Err(Refusal::PoolDeleting { pool: name.clone() });
+            }
             return self.first_fitting_pool(intent, &[state]).map_err(|_| Refusal::PoolExhausted {
                 pool: name.clone(),
                 family: self.first_missing_family(state, intent),
@@ -412,13 +426,16 @@ impl Allocator {
         let mut pinned: Vec<&PoolState> = self
             .pools
             .values()
-            .filter(|p| p.config.auto_assign && p.config.allocation.is_some() && p.config.allows(intent))
+            .filter(|p| {
+                p.config.auto_assign && !p.config.deleting && p.config.allocation.is_some() && p.config.allows(intent)
+            })
             .collect();
         pinned.sort_by_key(|p| {
             let priority = p.config.allocation.as_ref().and_then(|a| a.priority).filter(|&n| n > 0);
             (priority.unwrap_or(i32::MAX), p.config.name.clone())
         });
-        let general = self.pools.values().filter(|p| p.config.auto_assign && p.config.allocation.is_none());
+        let general =
+            self.pools.values().filter(|p| p.config.auto_assign && !p.config.deleting && p.config.allocation.is_none());
         let order: Vec<&PoolState> = pinned.into_iter().chain(general).collect();
         if order.is_empty() {
             return Err(Refusal::NoEligiblePool { namespace: intent.key.namespace.to_string() });

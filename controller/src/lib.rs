@@ -11,6 +11,7 @@ pub mod lease;
 pub mod metrics;
 pub mod misplaced;
 pub mod pool;
+pub mod protection;
 pub mod refusal;
 pub mod replay;
 pub mod run;

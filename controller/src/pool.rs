@@ -168,6 +168,9 @@ pub struct PoolConfig {
     pub avoid_buggy_ips: bool,
     /// Service pinning, if any.
     pub allocation: Option<Allocation>,
+    /// The pool object is being deleted (kept by the controller's finalizer while its addresses are in use): its
+    /// Services keep their addresses, and it hands out none.
+    pub deleting: bool,
 }
 
 impl PoolConfig {
@@ -207,6 +210,7 @@ impl PoolConfig {
             auto_assign: spec.auto_assign(),
             avoid_buggy_ips: spec.avoid_buggy_ips,
             allocation,
+            deleting: false,
         };
         if pool.space(Family::V4).is_none() || pool.space(Family::V6).is_none() {
             problems.push(PoolProblem::TooLarge);

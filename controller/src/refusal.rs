@@ -75,6 +75,14 @@ pub enum Refusal {
         /// Its problems.
         why: String,
     },
+    /// The pool is being deleted while Services still hold its addresses: they keep them, nobody gets a new one.
+    #[error(
+        "IPAddressPool {pool:?} is being deleted: it hands out no new address (the Services holding its addresses keep them until they let go)"
+    )]
+    PoolDeleting {
+        /// The name.
+        pool: String,
+    },
     /// The pool's `serviceAllocation` excludes this Service.
     #[error("IPAddressPool {pool:?} is reserved by its serviceAllocation for other namespaces or Services")]
     PoolNotAllowed {
@@ -151,13 +159,14 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every value of [`Self::reason`], so a gauge can show each at 0 before any Service is refused.
-    pub const REASONS: [&'static str; 11] = [
+    pub const REASONS: [&'static str; 12] = [
         "bad_request",
         "requested_ip_not_in_pool",
         "requested_ips_in_different_pools",
         "unknown_pool",
         "unusable_pool",
         "pool_not_allowed",
+        "pool_deleting",
         "address_in_use",
         "port_in_use",
         "pool_exhausted",
@@ -180,6 +189,7 @@ impl Refusal {
             Self::UnknownPool { .. } => "unknown_pool",
             Self::UnusablePool { .. } => "unusable_pool",
             Self::PoolNotAllowed { .. } => "pool_not_allowed",
+            Self::PoolDeleting { .. } => "pool_deleting",
             Self::NotShared { .. } | Self::SharingKeyMismatch { .. } | Self::BackendMismatch { .. } => "address_in_use",
             Self::PortInUse { .. } => "port_in_use",
             Self::PoolExhausted { .. } => "pool_exhausted",
@@ -214,6 +224,7 @@ mod tests {
             Refusal::UnknownPool { pool: "p".into() },
             Refusal::UnusablePool { pool: "p".into(), why: "x".into() },
             Refusal::PoolNotAllowed { pool: "p".into() },
+            Refusal::PoolDeleting { pool: "p".into() },
             Refusal::NotShared { ip, holder: holder.clone() },
             Refusal::PortInUse { port: PortKey { protocol: "TCP".into(), port: 53 }, holder, ip },
             Refusal::PoolExhausted { pool: "p".into(), family: Family::V4 },
@@ -225,7 +236,7 @@ mod tests {
         }
         let labels: std::collections::BTreeSet<&str> = samples.iter().map(Refusal::reason).collect();
         assert_eq!(labels.len(), Refusal::REASONS.len(), "every listed label is reachable");
-        let counted = pending_by_reason([samples[1].reason(), samples[2].reason(), samples[9].reason()]);
+        let counted = pending_by_reason([samples[1].reason(), samples[2].reason(), samples[10].reason()]);
         assert_eq!(counted["requested_ip_not_in_pool"], 2);
         assert_eq!(counted["pool_exhausted"], 1);
         assert_eq!(counted["port_in_use"], 0, "present at 0, so an alert sees the series");

@@ -38,7 +38,11 @@ pub fn read_pools<'a>(pools: impl IntoIterator<Item = &'a IPAddressPool>) -> Poo
         (a.metadata.creation_timestamp.as_ref().map(|t| t.0), a.name_any())
             .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.name_any()))
     });
-    let parsed = pools.iter().map(|p| (p.name_any(), PoolConfig::from_spec(&p.name_any(), &p.spec)));
+    let parsed = pools.iter().map(|p| {
+        let config = PoolConfig::from_spec(&p.name_any(), &p.spec)
+            .map(|config| PoolConfig { deleting: p.metadata.deletion_timestamp.is_some(), ..config });
+        (p.name_any(), config)
+    });
     let (valid, problems) = resolve_pools(parsed);
     PoolSet { valid, problems }
 }

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::events::publish;
 use crate::metrics::Metrics;
 use crate::pool::PoolProblem;
+use crate::protection;
 use crate::replay;
 use crate::service::{ServiceIntent, ServiceKey, is_managed};
 use crate::status::{pool_status, service_writes};
@@ -67,6 +68,8 @@ struct Controller {
     lost: BTreeMap<ServiceKey, Assignment>,
     /// Last problems reported per pool.
     reported_problems: BTreeMap<String, String>,
+    /// Last Warning told per pool being deleted while in use.
+    reported_deleting: BTreeMap<String, String>,
     /// Whether addresses were freed since refused Services were last retried.
     freed: bool,
     /// Consecutive failed writes per Service, for the retry backoff.
@@ -101,6 +104,7 @@ impl Controller {
                     p.name_any(),
                     serde_json::to_string(&p.spec).unwrap_or_default(),
                     p.metadata.creation_timestamp.clone(),
+                    p.metadata.deletion_timestamp.is_some(),
                 )
             })
             .collect();
@@ -297,6 +301,49 @@ impl Controller {
         self.reconcile(refused).await;
     }
 
+    /// Keeps the protection finalizer on a pool while its addresses are in use and takes it off after; says who
+    /// holds a pool that is being deleted (docs/design.md §3.10). A failed write is retried on the next pass.
+    async fn protect(&mut self, pool: &IPAddressPool, in_use: bool) {
+        let name = pool.name_any();
+        if let Some(list) = protection::finalizers(pool.finalizers(), in_use) {
+            let api: Api<IPAddressPool> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+            // The resourceVersion makes the write fail rather than drop a finalizer someone else added meanwhile.
+            let patch = json!({"metadata": {"finalizers": list, "resourceVersion": pool.resource_version()}});
+            match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    tracing::info!(pool = %name, in_use, "pool protection finalizer {}", if in_use { "added" } else { "removed" })
+                }
+                Err(e) => {
+                    tracing::warn!(pool = %name, error = %e, "cannot write the pool's finalizers; retrying on the next pass")
+                }
+            }
+        }
+        if pool.metadata.deletion_timestamp.is_none() || !in_use {
+            self.reported_deleting.remove(&name);
+            return;
+        }
+        let holders: Vec<(String, Vec<std::net::IpAddr>)> = self
+            .allocator
+            .assignments()
+            .filter(|(_, a)| a.pool == name)
+            .map(|(key, a)| (key.to_string(), a.ips.clone()))
+            .collect();
+        let note = protection::held_while_deleting(&name, &holders);
+        if self.reported_deleting.get(&name) != Some(&note) {
+            tracing::warn!(pool = %name, holders = holders.len(), "pool deleted while in use: kept until its addresses are released");
+            publish(
+                &self.client,
+                &self.settings.identity,
+                pool.object_ref(&()),
+                EventKind::Warning,
+                "PoolInUse",
+                note.clone(),
+            )
+            .await;
+            self.reported_deleting.insert(name, note);
+        }
+    }
+
     /// Writes each pool's counts and conditions when they changed, and an Event when its problems change; and the
     /// pending-Services gauge, which changes in the same passes.
     async fn update_pools(&mut self) {
@@ -309,6 +356,8 @@ impl Controller {
             if let Some(u) = &usage {
                 self.metrics.set_pool_usage(&name, u);
             }
+            let in_use = usage.as_ref().is_some_and(|u| u.assigned_v4 + u.assigned_v6 > 0);
+            self.protect(&pool, in_use).await;
             let status = pool_status(usage, &problems, pool.metadata.generation, pool.status.as_ref(), &now);
             if pool.status.as_ref() != Some(&status) {
                 let api: Api<IPAddressPool> = Api::namespaced(self.client.clone(), &self.settings.namespace);
@@ -459,6 +508,7 @@ pub async fn run(
         problems: BTreeMap::new(),
         refusals: BTreeMap::new(),
         reported_problems: BTreeMap::new(),
+        reported_deleting: BTreeMap::new(),
         lost: BTreeMap::new(),
         freed: false,
         failures: BTreeMap::new(),

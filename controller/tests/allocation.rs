@@ -455,3 +455,31 @@ fn pool_usage_counts_shared_addresses_once() {
     let u = a.pool_usage("p").expect("pool");
     assert_eq!((u.assigned_v4, u.available_v4, u.assigned_v6, u.available_v6), (1, 15, 1, 255));
 }
+
+/// A pool being deleted while in use (docs/design.md §3.10): its Services keep their addresses, across a pool
+/// change and a restart, and nobody gets a new one from it — automatically, by name, by requested address or by
+/// sharing; another pool still serves.
+#[test]
+fn a_pool_being_deleted_keeps_its_holders_and_hands_out_nothing() {
+    let mut a = allocator(vec![pool("old", spec(&["198.19.0.1-198.19.0.9"]))]);
+    let holder = shared("holder", "k", &[("TCP", 80)]);
+    assert_eq!(got(&mut a, &holder), [ip("198.19.0.1")]);
+    let deleting = PoolConfig { deleting: true, ..pool("old", spec(&["198.19.0.1-198.19.0.9"])) };
+    let lost = a.set_pools(vec![deleting.clone(), pool("new", spec(&["198.19.1.1-198.19.1.9"]))], BTreeMap::new());
+    assert!(lost.is_empty(), "nothing taken away: {lost:?}");
+    assert_eq!(got(&mut a, &holder), [ip("198.19.0.1")], "the holder keeps its address on reconcile");
+    assert_eq!(got(&mut a, &svc("fresh", &[80])), [ip("198.19.1.1")], "new Services go to the other pool");
+    let mut named = svc("named", &[80]);
+    named.pool = Some("old".into());
+    assert_eq!(a.allocate(&named).err(), Some(Refusal::PoolDeleting { pool: "old".into() }));
+    let mut requested = svc("requested", &[80]);
+    requested.requested = vec![ip("198.19.0.5")];
+    assert_eq!(a.allocate(&requested).err(), Some(Refusal::PoolDeleting { pool: "old".into() }));
+    let mut sharer = shared("sharer", "k", &[("TCP", 81)]);
+    sharer.requested = vec![ip("198.19.0.1")];
+    assert_eq!(a.allocate(&sharer).err(), Some(Refusal::PoolDeleting { pool: "old".into() }), "no new sharer");
+    // Only the deleting pool left: nothing new anywhere, the holder still keeps its address.
+    a.set_pools(vec![deleting], BTreeMap::new());
+    assert!(a.allocate(&svc("late", &[80])).is_err());
+    assert_eq!(got(&mut a, &holder), [ip("198.19.0.1")]);
+}

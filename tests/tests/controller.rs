@@ -116,10 +116,20 @@ async fn the_users_scenario_and_every_allocation_rule() {
     create_yaml(&client, &lb_service("default", "other-ns", 80, "", "")).await.expect("svc");
     wait_ingress(&client, "default", "other-ns", &["172.17.255.3"]).await;
 
-    // Pool deleted: its Service moves to the next pool, with an Event that says so.
+    // Pool deleted while team/app holds one of its addresses (docs/design.md §3.10): the pool stays, says who holds
+    // it, the Service keeps its address, a new Service of the namespace gets the next pool; once the holder lets go
+    // the pool goes away.
     pools(&client).delete("gold-high", &DeleteParams::default()).await.expect("delete pool");
-    wait_ingress(&client, "team", "app", &["172.19.1.0"]).await;
-    wait_event(&client, "team", "app", "IPAllocated", "(was [172.19.0.0])").await;
+    wait_event(&client, "metallb-system", "gold-high", "PoolInUse", "team/app (172.19.0.0)").await;
+    assert_eq!(ingress(&client, "team", "app").await, ["172.19.0.0"], "the holder keeps its address");
+    create_yaml(&client, &lb_service("team", "late", 81, "", "")).await.expect("svc");
+    wait_ingress(&client, "team", "late", &["172.19.1.0"]).await;
+    assert_eq!(ingress(&client, "team", "app").await, ["172.19.0.0"], "still kept");
+    Api::<Service>::namespaced(client.clone(), "team").delete("app", &DeleteParams::default()).await.expect("delete");
+    eventually("the deleted pool gone once nobody holds its addresses", Duration::from_secs(30), || async {
+        pools(&client).get_opt("gold-high").await.ok()?.is_none().then_some(())
+    })
+    .await;
 
     // Deleted Service, and a Service turned ClusterIP: addresses freed, status and annotation cleared, reused.
     Api::<Service>::namespaced(client.clone(), "default")

@@ -332,6 +332,42 @@ async fn a_speaker_waits_for_its_liveness_port_while_another_process_holds_it() 
     assert_eq!(speaker_pid(&lab, &owner), waiting, "the same process, never restarted");
 }
 
+/// The pool of an address in use is deleted (by mistake, or with its CRD): the controller's finalizer keeps the
+/// pool, a Warning on it names the holder, and the address stays allocated and answered by its owner; once the
+/// Service is gone, so is the pool (docs/design.md §3.10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_pool_in_use_stays_and_its_address_stays_answered() {
+    let _serial = one_lab_at_a_time().await;
+    let Dns { lab, client, vip, owner, .. } = dns_lab().await;
+    let resource = ApiResource {
+        group: "metallb.io".into(),
+        version: "v1beta1".into(),
+        api_version: "metallb.io/v1beta1".into(),
+        kind: "IPAddressPool".into(),
+        plural: "ipaddresspools".into(),
+    };
+    let pools: Api<DynamicObject> = Api::namespaced_with(client.clone(), "metallb-system", &resource);
+    eventually("the pool protected while in use", Duration::from_secs(30), || async {
+        let pool = pools.get("lab").await.ok()?;
+        pool.metadata.finalizers.unwrap_or_default().iter().any(|f| f == "ferrolb.io/addresses-in-use").then_some(())
+    })
+    .await;
+    pools.delete("lab", &kube::api::DeleteParams::default()).await.expect("delete pool");
+    wait_event(&client, "metallb-system", "lab", &format!("kube-system/dns-svc-lb ({vip})")).await;
+    for _ in 0..5 {
+        assert_eq!(ingress(&client, "kube-system", "dns-svc-lb").await, [vip.as_str()], "the address is kept");
+        assert_eq!(answering_nodes(&lab, &vip), [owner.as_str()], "and answered by its owner");
+    }
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), "kube-system")
+        .delete("dns-svc-lb", &kube::api::DeleteParams::default())
+        .await
+        .expect("delete Service");
+    eventually("the pool gone with its last holder", Duration::from_secs(30), || async {
+        pools.get_opt("lab").await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
 /// The owner's speaker crashes while its node stays Ready: the address moves. A speaker started after the
 /// crash (it never heard the dead one) must not elect it either, or nobody would answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
