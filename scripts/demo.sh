@@ -95,8 +95,9 @@ run ip -n flb-host neigh show 198.19.0.77
 note "INCOMPLETE/FAILED: no kernel answered ARP (the Service has a class ferrolb ignores, so no speaker does either)."
 
 say "9. Packets: the lab may only carry 198.18.0.0/15, so swap the pool for one on the lab network."
-note "Deleting a pool moves its Services to the next one (Event: 'was ...'); the shared-ip pair asks for"
-note "172.17.255.10 explicitly, so it stays pending and says why."
+note "A pool whose addresses are in use is kept until they are released (its finalizer); to renumber now, as"
+note "MetalLB does when a pool is deleted, take the finalizer off: its Services move to the next pool (Event:"
+note "'was ...'). The shared-ip pair asks for 172.17.255.10 explicitly, so it stays pending and says why."
 kubectl apply -f - >/dev/null <<'YAML'
 apiVersion: metallb.io/v1beta1
 kind: IPAddressPool
@@ -113,7 +114,13 @@ kind: Pod
 metadata: {name: coredns-b, namespace: kube-system, labels: {k8s-app: kube-dns}}
 spec: {nodeName: node-3, containers: [{name: coredns, image: ferrolb-lab/pause:1}]}
 YAML
-run kubectl delete ipaddresspool default -n metallb-system
+run kubectl delete ipaddresspool default -n metallb-system --wait=false
+for _ in $(seq 40); do
+  kubectl get events -n metallb-system --field-selector reason=PoolInUse -o name 2>/dev/null | grep -q . && break
+  sleep 0.5
+done
+run kubectl get events -n metallb-system --field-selector reason=PoolInUse -o custom-columns=REASON:.reason,MESSAGE:.message
+run kubectl patch ipaddresspool default -n metallb-system --type=json -p '[{"op":"remove","path":"/metadata/finalizers"}]'
 run kubectl wait --for=condition=Ready pod/coredns-a pod/coredns-b -n kube-system --timeout=90s
 sleep 2
 run kubectl get svc -A --field-selector spec.type=LoadBalancer

@@ -12,10 +12,12 @@ pub const FINALIZER: &str = "ferrolb.io/addresses-in-use";
 const NAMED: usize = 5;
 
 /// The finalizers a pool should carry, given its current ones: ours while its addresses are `in_use`, not after.
-/// `None` when they are right already (nothing to write).
-pub fn finalizers(current: &[String], in_use: bool) -> Option<Vec<String>> {
+/// `None` when they are right already (nothing to write). A pool being `deleting` gets no finalizer it lacks
+/// (the API server refuses new finalizers then): someone removed ours to let it go.
+pub fn finalizers(current: &[String], in_use: bool, deleting: bool) -> Option<Vec<String>> {
     let has = current.iter().any(|f| f == FINALIZER);
     match (in_use, has) {
+        (true, false) if deleting => None,
         (true, false) => Some(current.iter().cloned().chain([FINALIZER.to_string()]).collect()),
         (false, true) => Some(current.iter().filter(|f| *f != FINALIZER).cloned().collect()),
         _ => None,
@@ -52,12 +54,15 @@ mod tests {
     #[test]
     fn the_finalizer_is_added_while_in_use_and_removed_after_leaving_others_alone() {
         let other = "example.com/keep".to_string();
-        assert_eq!(finalizers(&[], true), Some(vec![FINALIZER.to_string()]));
-        assert_eq!(finalizers(std::slice::from_ref(&other), true), Some(vec![other.clone(), FINALIZER.to_string()]));
-        assert_eq!(finalizers(&[other.clone(), FINALIZER.to_string()], true), None, "already there");
-        assert_eq!(finalizers(&[other.clone(), FINALIZER.to_string()], false), Some(vec![other.clone()]));
-        assert_eq!(finalizers(&[FINALIZER.to_string()], false), Some(vec![]));
-        assert_eq!(finalizers(&[other], false), None, "not ours to remove");
+        assert_eq!(finalizers(&[], true, false), Some(vec![FINALIZER.to_string()]));
+        let both = vec![other.clone(), FINALIZER.to_string()];
+        assert_eq!(finalizers(std::slice::from_ref(&other), true, false), Some(both.clone()));
+        assert_eq!(finalizers(&both, true, false), None, "already there");
+        assert_eq!(finalizers(&both, true, true), None, "kept while deleting");
+        assert_eq!(finalizers(&both, false, true), Some(vec![other.clone()]), "let go once nobody holds it");
+        assert_eq!(finalizers(&[FINALIZER.to_string()], false, false), Some(vec![]));
+        assert_eq!(finalizers(std::slice::from_ref(&other), true, true), None, "removed by hand: not put back");
+        assert_eq!(finalizers(&[other], false, false), None, "not ours to remove");
     }
 
     #[test]

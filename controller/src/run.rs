@@ -305,7 +305,8 @@ impl Controller {
     /// holds a pool that is being deleted (docs/design.md §3.10). A failed write is retried on the next pass.
     async fn protect(&mut self, pool: &IPAddressPool, in_use: bool) {
         let name = pool.name_any();
-        if let Some(list) = protection::finalizers(pool.finalizers(), in_use) {
+        let deleting = pool.metadata.deletion_timestamp.is_some();
+        if let Some(list) = protection::finalizers(pool.finalizers(), in_use, deleting) {
             let api: Api<IPAddressPool> = Api::namespaced(self.client.clone(), &self.settings.namespace);
             // The resourceVersion makes the write fail rather than drop a finalizer someone else added meanwhile.
             let patch = json!({"metadata": {"finalizers": list, "resourceVersion": pool.resource_version()}});
@@ -318,7 +319,7 @@ impl Controller {
                 }
             }
         }
-        if pool.metadata.deletion_timestamp.is_none() || !in_use {
+        if !deleting || !in_use {
             self.reported_deleting.remove(&name);
             return;
         }
