@@ -16,9 +16,16 @@ USER 65532:65532
 EXPOSE 7472
 ENTRYPOINT ["/ferrolb-controller"]
 
-# The chart runs it with CAP_NET_RAW only and every other capability dropped: an AF_PACKET socket needs it.
-FROM scratch AS speaker
+# An AF_PACKET socket needs CAP_NET_RAW. The chart runs the speaker as 65532 with NET_RAW added and every other
+# capability dropped; a non-root process keeps an added capability across execve only through the binary's file
+# capability (docs/design.md §9.1).
+FROM debian:bookworm-slim AS caps
+RUN apt-get update && apt-get install -y --no-install-recommends libcap2-bin && rm -rf /var/lib/apt/lists/*
 COPY --from=build /ferrolb-speaker /ferrolb-speaker
-USER 0:0
+RUN setcap cap_net_raw=ep /ferrolb-speaker
+
+FROM scratch AS speaker
+COPY --from=caps /ferrolb-speaker /ferrolb-speaker
+USER 65532:65532
 EXPOSE 7473 7946/udp
 ENTRYPOINT ["/ferrolb-speaker"]

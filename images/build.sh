@@ -6,8 +6,10 @@
 # skopeo as docker-archive tarballs, the format `ctr images import`, `kind load image-archive`,
 # `minikube image load` and `docker load` all accept. umoci + skopeo come from Debian; buildah would need a
 # containers/storage root, crane a Go build and a registry for `mutate`.
-# The layout matches the Dockerfile's targets: entrypoint /ferrolb-<name>, controller as 65532:65532, speaker
-# as root (an AF_PACKET socket needs CAP_NET_RAW in the effective set, which a non-root user does not keep).
+# The layout matches the Dockerfile's targets: entrypoint /ferrolb-<name>, both as 65532:65532. The speaker's
+# binary carries the file capability cap_net_raw=ep: Kubernetes gives a non-root container's capabilities to no
+# ambient set, so execve would drop an added NET_RAW; the file capability keeps it, bounded by what the pod's
+# securityContext adds (docs/design.md §9.1).
 #
 # Also builds the lab's pause image (the pod sandbox; no registry to pull registry.k8s.io/pause from).
 # Output: target/images/*.tar (prints each image's size), and the static binaries in target/$TARGET/release
@@ -19,8 +21,8 @@ TARGET=x86_64-unknown-linux-gnu
 VERSION="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/ferrolb/Chart.yaml)"
 step() { printf '[images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-for tool in umoci skopeo cc; do
-  command -v "$tool" >/dev/null || { echo "images: $tool missing (apt-get install umoci skopeo gcc; make deps does it)" >&2; exit 1; }
+for tool in umoci skopeo cc setcap; do
+  command -v "$tool" >/dev/null || { echo "images: $tool missing (apt-get install umoci skopeo gcc libcap2-bin; make deps does it)" >&2; exit 1; }
 done
 
 step "cargo build --release (static, $TARGET) ferrolb-controller ferrolb-speaker ferrolb-lab"
@@ -57,6 +59,8 @@ image() {
 # The release profile keeps line tables for backtraces on this machine; images ship without symbols.
 strip -o "$WORK/ferrolb-controller" "$BIN/ferrolb-controller"
 strip -o "$WORK/ferrolb-speaker" "$BIN/ferrolb-speaker"
+# umoci records the extended attribute security.capability in the layer (a PAX record); containerd restores it.
+setcap cap_net_raw=ep "$WORK/ferrolb-speaker"
 image ferrolb/controller "$VERSION" "$WORK/ferrolb-controller" /ferrolb-controller 65532:65532 7472/tcp
-image ferrolb/speaker "$VERSION" "$WORK/ferrolb-speaker" /ferrolb-speaker 0:0 7473/tcp 7946/udp
+image ferrolb/speaker "$VERSION" "$WORK/ferrolb-speaker" /ferrolb-speaker 65532:65532 7473/tcp 7946/udp
 image ferrolb-lab/pause 1 "$WORK/pause" /pause 65535:65535

@@ -174,7 +174,7 @@ where
 }
 
 /// Kinds the tests create that live outside namespaces.
-const CLUSTER_SCOPED: [&str; 2] = ["Namespace", "Node"];
+const CLUSTER_SCOPED: [&str; 3] = ["Namespace", "Node", "CustomResourceDefinition"];
 
 fn resource_of(api_version: &str, kind: &str) -> ApiResource {
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
@@ -210,6 +210,12 @@ pub async fn create_yaml(client: &Client, yaml: &str) -> Result<Vec<DynamicObjec
         created.push(api.create(&PostParams::default(), &obj).await?);
     }
     Ok(created)
+}
+
+/// The lab's IPAddressPools (namespace metallb-system) as dynamic objects: they may be mid-deletion or carry
+/// fields the typed schema would not keep.
+pub fn pools_api(client: &Client) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), "metallb-system", &ApiResource::erase::<ferrolb_crds::IPAddressPool>(&()))
 }
 
 /// The ingress addresses of a Service, as strings.

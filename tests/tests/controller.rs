@@ -7,7 +7,7 @@ use ferrolb_tests::harness::{
 use ferrolb_tests::lab::{State, control_plane::alive, lifecycle};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Service};
-use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -35,14 +35,7 @@ async fn wait_event(client: &Client, namespace: &str, name: &str, reason: &str, 
 }
 
 fn pools(client: &Client) -> Api<DynamicObject> {
-    let resource = ApiResource {
-        group: "metallb.io".into(),
-        version: "v1beta1".into(),
-        api_version: "metallb.io/v1beta1".into(),
-        kind: "IPAddressPool".into(),
-        plural: "ipaddresspools".into(),
-    };
-    Api::namespaced_with(client.clone(), "metallb-system", &resource)
+    ferrolb_tests::harness::pools_api(client)
 }
 
 fn lb_service(namespace: &str, name: &str, port: u16, extra_metadata: &str, extra_spec: &str) -> String {

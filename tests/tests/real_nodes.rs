@@ -56,6 +56,102 @@ async fn backends(client: &kube::Client, app: &str, nodes: &[&str]) {
     .await;
 }
 
+/// `/proc/<pid>/status` of every process running the image's speaker (`/ferrolb-speaker`, as the kubelet started
+/// it; the process-mode speakers run from `target/` and are not matched).
+fn speaker_process_status() -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        if cmdline.split(|b| *b == 0).next() != Some(b"/ferrolb-speaker".as_slice()) {
+            continue;
+        }
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            found.push((pid, status));
+        }
+    }
+    found
+}
+
+/// The value of one `Key:\tvalue` line of `/proc/<pid>/status`.
+fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|rest| rest.strip_prefix(':')))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {key} in /proc status:\n{status}"))
+}
+
+/// Runs `work` while the host asks ARP for `vip` every 100 ms and a UDP DNS client asks `vip:53` every 10 ms,
+/// both in 10-second rounds until `work` is done (so neither needs to guess how long it takes; the few
+/// milliseconds between two rounds are not watched). Returns the client's longest gap in ms and every ARP sample.
+fn watched_while<F, Fut>(lab: &TestLab, vip: &str, work: F) -> (u64, ferrolb_tests::lab::arping::WatchReport)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = AtomicBool::new(false);
+    let address = format!("{vip}:53");
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let asker = scope.spawn(|| {
+                let mut total = ferrolb_tests::lab::arping::WatchReport::default();
+                while !done.load(Ordering::Relaxed) {
+                    let round = ferrolb_tests::harness::arpwatch(lab, vip, 100, 10_000);
+                    total.samples += round.samples;
+                    total.unanswered += round.unanswered;
+                    total.several += round.several;
+                    total.changes += round.changes;
+                    for (mac, n) in round.macs {
+                        *total.macs.entry(mac).or_default() += n;
+                    }
+                }
+                total
+            });
+            let client = scope.spawn(|| {
+                let mut longest = 0;
+                while !done.load(Ordering::Relaxed) {
+                    let round = lab.probe_while("udp", &address, 10_000, || ());
+                    longest = longest.max(round["max_gap_ms"].as_u64().expect("max_gap_ms"));
+                }
+                longest
+            });
+            tokio::runtime::Handle::current().block_on(work());
+            done.store(true, Ordering::Relaxed);
+            (client.join().expect("DNS client"), asker.join().expect("ARP asker"))
+        })
+    })
+}
+
+/// Every `AddressConflict` Event in the cluster, as "namespace/object: note".
+async fn address_conflict_events(client: &kube::Client) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+    let list = events.list(&ListParams::default()).await.expect("events");
+    list.items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("AddressConflict"))
+        .map(|e| {
+            let about = e.regarding.unwrap_or_default();
+            format!(
+                "{}/{}: {}",
+                about.namespace.unwrap_or_default(),
+                about.name.unwrap_or_default(),
+                e.note.unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// The sum of one metric on `node`'s speaker pod (host network, port 7473). Panics when the speaker does not
+/// export it, so an unreachable speaker never reads as 0.
+fn pod_speaker_metric(lab: &TestLab, node: &str, name: &str) -> f64 {
+    let out = lab.cli(&["exec", node, "--", "curl", "-s", "--max-time", "5", "http://127.0.0.1:7473/metrics"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(name), "{node}'s speaker exports no {name}");
+    ferrolb_tests::harness::metric_sum(&text, name)
+}
+
 const LAB_POOL: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab, namespace: metallb-system}\nspec: {addresses: [198.19.0.1-198.19.0.254]}\n";
 
 const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
@@ -131,6 +227,22 @@ async fn the_chart_runs_under_real_kubelets_and_serves_the_users_scenario() {
         let status = pod.status.as_ref().expect("status");
         let image = &status.container_statuses.as_ref().expect("container statuses")[0].image;
         assert!(image.contains("ferrolb/speaker:"), "speaker runs the built image, got {image}");
+        // Non-root (docs/design.md §9.1): the pod asks for user 65532, and the runtime must honour it.
+        let pod_context = spec.security_context.as_ref().expect("pod securityContext");
+        assert_eq!(pod_context.run_as_user, Some(65532), "speaker pod's user");
+        assert_eq!(pod_context.run_as_non_root, Some(true));
+    }
+    // The running processes: user 65532 and exactly CAP_NET_RAW (bit 13) effective, gained through the
+    // binary's file capability under no_new_privs. A pod that answers ARP without it could not open its socket.
+    let processes = speaker_process_status();
+    assert_eq!(processes.len(), nodes.len(), "one /ferrolb-speaker process per node: {processes:?}");
+    for (pid, status) in &processes {
+        let uid = status_field(status, "Uid");
+        let cap_eff = status_field(status, "CapEff");
+        println!("speaker pid {pid}: Uid {uid}, CapEff {cap_eff}, NoNewPrivs {}", status_field(status, "NoNewPrivs"));
+        assert_eq!(uid.split_whitespace().collect::<Vec<_>>(), ["65532"; 4], "real, effective, saved, fs uid");
+        assert_eq!(u64::from_str_radix(cap_eff, 16).expect("hex"), 1 << 13, "CapEff is CAP_NET_RAW alone");
+        assert_eq!(status_field(status, "NoNewPrivs"), "1", "allowPrivilegeEscalation: false holds");
     }
 
     let (vip, ip, owner) = users_scenario(&lab, &client).await;
@@ -238,9 +350,29 @@ async fn helm_upgrade_keeps_key_and_addresses_and_uninstall_leaves_the_users_obj
     };
     let before = addresses(services.list(&ListParams::default()).await.expect("services").items);
     let state = lab.state();
-    lifecycle::install_chart(&state, &["controller.logFormat=json".into(), "speaker.logFormat=json".into()])
-        .expect("helm upgrade");
-    realnode::wait_chart_ready(&state, Duration::from_secs(180)).await.expect("rolled out");
+    // The upgrade rolls every speaker and controller pod (their arguments change) while a DNS client and an ARP
+    // asker on the host watch the address.
+    let (outage_ms, arp) = watched_while(&lab, &vip, || async {
+        lifecycle::install_chart(&state, &["controller.logFormat=json".into(), "speaker.logFormat=json".into()])
+            .expect("helm upgrade");
+        realnode::wait_chart_ready(&state, Duration::from_secs(180)).await.expect("rolled out");
+    });
+    let conflicts = address_conflict_events(&client).await;
+    let strangers: Vec<(String, f64)> = NODES
+        .iter()
+        .map(|n| (n.to_string(), pod_speaker_metric(&lab, n, "ferrolb_speaker_stranger_conflicts_total")))
+        .collect();
+    println!(
+        "helm upgrade rolling 3 speakers and 2 controllers: longest UDP outage {outage_ms} ms; ARP samples {} ({} unanswered, {} with two answerers, MACs {:?}); AddressConflict Events {}; stranger conflicts per node {strangers:?}",
+        arp.samples,
+        arp.unanswered,
+        arp.several,
+        arp.macs,
+        conflicts.len()
+    );
+    assert_eq!(arp.several, 0, "never two answerers during the roll");
+    assert!(conflicts.is_empty(), "no AddressConflict for the cluster's own speakers: {conflicts:?}");
+    assert!(strangers.iter().all(|(_, n)| *n == 0.0), "no speaker took a peer for a stranger: {strangers:?}");
     assert_eq!(secrets.get("ferrolb-gossip").await.expect("gossip secret").data, key_before, "gossip key kept");
     let after = addresses(services.list(&ListParams::default()).await.expect("services").items);
     assert_eq!(after, before, "every address kept across helm upgrade");

@@ -60,13 +60,7 @@ async fn label(
 }
 
 fn pools() -> ApiResource {
-    ApiResource {
-        group: "metallb.io".into(),
-        version: "v1beta1".into(),
-        api_version: "metallb.io/v1beta1".into(),
-        kind: "IPAddressPool".into(),
-        plural: "ipaddresspools".into(),
-    }
+    ApiResource::erase::<ferrolb_crds::IPAddressPool>(&())
 }
 
 /// A 3-node lab with the chart's loadBalancerClass set, the pools and advertisements every test here reads, and a

@@ -9,7 +9,7 @@ use ferrolb_crds::ServiceL2Status;
 use ferrolb_speaker::model::election;
 use ferrolb_tests::harness::{
     TestLab, answering_nodes, assert_dns_served_by, create_yaml, eventually, ingress, metric_sum, one_lab_at_a_time,
-    seed, speaker_metrics, wait_answered_by, wait_event,
+    pools_api, seed, speaker_metrics, wait_answered_by, wait_event,
 };
 use ferrolb_tests::lab::net;
 use k8s_openapi::api::core::v1::{Event, Node};
@@ -339,14 +339,7 @@ async fn a_speaker_waits_for_its_liveness_port_while_another_process_holds_it() 
 async fn a_deleted_pool_in_use_stays_and_its_address_stays_answered() {
     let _serial = one_lab_at_a_time().await;
     let Dns { lab, client, vip, owner, .. } = dns_lab().await;
-    let resource = ApiResource {
-        group: "metallb.io".into(),
-        version: "v1beta1".into(),
-        api_version: "metallb.io/v1beta1".into(),
-        kind: "IPAddressPool".into(),
-        plural: "ipaddresspools".into(),
-    };
-    let pools: Api<DynamicObject> = Api::namespaced_with(client.clone(), "metallb-system", &resource);
+    let pools = pools_api(&client);
     eventually("the pool protected while in use", Duration::from_secs(30), || async {
         let pool = pools.get("lab").await.ok()?;
         pool.metadata.finalizers.unwrap_or_default().iter().any(|f| f == "ferrolb.io/addresses-in-use").then_some(())
@@ -364,6 +357,57 @@ async fn a_deleted_pool_in_use_stays_and_its_address_stays_answered() {
         .expect("delete Service");
     eventually("the pool gone with its last holder", Duration::from_secs(30), || async {
         pools.get_opt("lab").await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
+/// `helm uninstall` of a MetalLB whose chart templates its CRDs deletes the IPAddressPool CRD, and with it every
+/// pool: the pool in use stays (its finalizer holds the CRD in Terminating), the Service keeps its address and its
+/// owner answers; once the last holder is gone the pool and the CRD go, and a re-installed CRD works at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_crd_deleted_while_in_use_keeps_the_address_answered() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let _serial = one_lab_at_a_time().await;
+    let Dns { lab, client, vip, owner, .. } = dns_lab().await;
+    let pools = pools_api(&client);
+    eventually("the pool protected while in use", Duration::from_secs(30), || async {
+        let pool = pools.get("lab").await.ok()?;
+        pool.metadata.finalizers.unwrap_or_default().iter().any(|f| f == "ferrolb.io/addresses-in-use").then_some(())
+    })
+    .await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.delete("ipaddresspools.metallb.io", &kube::api::DeleteParams::default()).await.expect("delete CRD");
+    // Evidence that the deletion reached the pool and the controller decided: its Warning naming the holder.
+    wait_event(&client, "metallb-system", "lab", &format!("kube-system/dns-svc-lb ({vip})")).await;
+    let crd = crds.get("ipaddresspools.metallb.io").await.expect("the CRD waits for its pools");
+    assert!(crd.metadata.deletion_timestamp.is_some(), "the CRD is terminating");
+    for _ in 0..5 {
+        assert_eq!(ingress(&client, "kube-system", "dns-svc-lb").await, [vip.as_str()], "the address is kept");
+        assert_eq!(answering_nodes(&lab, &vip), [owner.as_str()], "and answered by its owner");
+    }
+    // The user re-applies nothing yet; the last holder leaves, so the pool, then the CRD, go.
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), "kube-system")
+        .delete("dns-svc-lb", &kube::api::DeleteParams::default())
+        .await
+        .expect("delete Service");
+    eventually("the CRD gone with its last pool", Duration::from_secs(120), || async {
+        crds.get_opt("ipaddresspools.metallb.io").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    // Re-installed (as `helm install` would): the controller's watch recovers and allocates from a new pool.
+    let crd_yaml = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/ferrolb/crds/ipaddresspools.metallb.io.yaml"),
+    )
+    .expect("CRD file");
+    create_yaml(&client, &crd_yaml).await.expect("re-create the CRD");
+    eventually("the pool created on the new CRD", Duration::from_secs(30), || async {
+        let pool_only = ferrolb_tests::harness::LAB_POOL.split("\n---").next().unwrap_or_default();
+        create_yaml(&client, pool_only).await.ok()
+    })
+    .await;
+    create_yaml(&client, &seed("dns-svc-lb.yaml")).await.expect("DNS Service again");
+    eventually("the DNS Service addressed from the new pool", Duration::from_secs(30), || async {
+        ingress(&client, "kube-system", "dns-svc-lb").await.into_iter().find(|a| a.starts_with("198.19.0."))
     })
     .await;
 }
