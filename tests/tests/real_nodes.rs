@@ -85,7 +85,7 @@ fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
 /// Runs `work` while the host asks ARP for `vip` every 100 ms and a UDP DNS client asks `vip:53` every 10 ms,
 /// both in 10-second rounds until `work` is done (so neither needs to guess how long it takes; the few
 /// milliseconds between two rounds are not watched). Returns the client's longest gap in ms and every ARP sample.
-fn watched_while<F, Fut>(lab: &TestLab, vip: &str, work: F) -> (u64, ferrolb_tests::lab::arping::WatchReport)
+fn watched_while<F, Fut>(lab: &TestLab, vip: &str, work: F) -> (f64, ferrolb_tests::lab::arping::WatchReport)
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -110,10 +110,10 @@ where
                 total
             });
             let client = scope.spawn(|| {
-                let mut longest = 0;
+                let mut longest: f64 = 0.0;
                 while !done.load(Ordering::Relaxed) {
                     let round = lab.probe_while("udp", &address, 10_000, || ());
-                    longest = longest.max(round["max_gap_ms"].as_u64().expect("max_gap_ms"));
+                    longest = longest.max(round["max_gap_ms"].as_f64().expect("max_gap_ms"));
                 }
                 longest
             });
@@ -363,7 +363,7 @@ async fn helm_upgrade_keeps_key_and_addresses_and_uninstall_leaves_the_users_obj
         .map(|n| (n.to_string(), pod_speaker_metric(&lab, n, "ferrolb_speaker_stranger_conflicts_total")))
         .collect();
     println!(
-        "helm upgrade rolling 3 speakers and 2 controllers: longest UDP outage {outage_ms} ms; ARP samples {} ({} unanswered, {} with two answerers, MACs {:?}); AddressConflict Events {}; stranger conflicts per node {strangers:?}",
+        "helm upgrade rolling 3 speakers and 2 controllers: longest UDP outage {outage_ms:.0} ms; ARP samples {} ({} unanswered, {} with two answerers, MACs {:?}); AddressConflict Events {}; stranger conflicts per node {strangers:?}",
         arp.samples,
         arp.unanswered,
         arp.several,
