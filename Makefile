@@ -60,7 +60,7 @@ chart:
 	  $$helm template ferrolb charts/ferrolb -n metallb-system --kube-version $(HELM_KUBE_VERSION) --set metrics.serviceMonitor.enabled=true --set metrics.prometheusRule.enabled=true >/dev/null && \
 	  echo "chart: lint and template ok"
 
-# Regenerates charts/ferrolb/crds from the types (a test fails when they are stale).
+# Regenerates charts/ferrolb/templates/crds from the types (a test fails when they are stale).
 crds:
 	$(CARGO) run -q -p ferrolb-crds --bin crdgen
 

@@ -30,6 +30,10 @@ pub fn crd_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
     for crd in &mut crds[1..] {
         spec_not_required(crd);
     }
+    // `helm uninstall` (or an upgrade that drops them) leaves the CRDs, and with them every pool and advertisement.
+    for crd in &mut crds {
+        crd.metadata.annotations = Some([(HELM_RESOURCE_POLICY.to_string(), "keep".to_string())].into());
+    }
     crds.into_iter()
         .map(|crd| {
             let file = format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default());
@@ -37,6 +41,16 @@ pub fn crd_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
             Ok((file, format!("{GENERATED_HEADER}{yaml}")))
         })
         .collect()
+}
+
+/// Helm's annotation that keeps an object when a release would delete it.
+pub const HELM_RESOURCE_POLICY: &str = "helm.sh/resource-policy";
+
+/// A CRD's YAML as the chart's template (`charts/ferrolb/templates/crds/`): rendered while `crds.enabled`, so
+/// `helm upgrade` upgrades the schema too (Helm never upgrades files in a chart's `crds/`).
+pub fn chart_template(yaml: &str) -> String {
+    let body = yaml.strip_prefix(GENERATED_HEADER).unwrap_or(yaml);
+    format!("{GENERATED_HEADER}{{{{ if .Values.crds.enabled -}}}}\n{body}{{{{- end }}}}\n")
 }
 
 /// First line of every generated CRD file, so nobody edits them by hand.

@@ -390,6 +390,103 @@ async fn helm_upgrade_keeps_key_and_addresses_and_uninstall_leaves_the_users_obj
     assert_eq!(remaining, after, "Services and their addresses survive helm uninstall");
 }
 
+/// The chart before its CRDs became templates (they were in `crds/`, which Helm installs once and never
+/// upgrades). The version was never bumped, so its images are this build's.
+const PREVIOUS_CHART_COMMIT: &str = "c06b1b6b593de5aebb37340ebd0342a9013da174";
+
+/// charts/ferrolb as of `commit`, extracted from this repository's history into `into`.
+fn chart_from_history(commit: &str, into: &std::path::Path) -> std::path::PathBuf {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let _ = std::fs::remove_dir_all(into);
+    std::fs::create_dir_all(into).expect("chart dir");
+    let archive = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&repo)
+        .args(["archive", "--format=tar", commit, "charts/ferrolb"])
+        .output()
+        .expect("git archive");
+    assert!(archive.status.success(), "git archive {commit}: {}", String::from_utf8_lossy(&archive.stderr));
+    let mut tar = std::process::Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(into)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("tar");
+    std::io::Write::write_all(tar.stdin.as_mut().expect("tar stdin"), &archive.stdout).expect("tar input");
+    assert!(tar.wait().expect("tar").success(), "tar -x");
+    into.join("charts/ferrolb")
+}
+
+/// `helm upgrade` from the previous chart: Helm refuses until told to take the CRDs it never owned
+/// (`--take-ownership`); then the CRDs join the release with the keep policy, every pod rolls under a DNS client
+/// and an ARP asker, and no address moves, nobody answers twice, and no alarm is raised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_upgrade_from_the_previous_chart_takes_the_crds_into_the_release_without_an_alarm() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let _serial = one_lab_at_a_time().await;
+    let scratch = std::env::temp_dir().join(format!("ferrolb-previous-chart-{}", std::process::id()));
+    let previous = chart_from_history(PREVIOUS_CHART_COMMIT, &scratch);
+    assert!(previous.join("crds/ipaddresspools.metallb.io.yaml").is_file(), "the previous chart ships crds/");
+    let previous_arg = previous.display().to_string();
+    let lab = TestLab::start_with(EXE, "flbk", 3, &["--kubelets", "--chart", &previous_arg]);
+    let client = lab.admin().await;
+    let (vip, _, owner) = users_scenario(&lab, &client).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let pool_crd = crds.get("ipaddresspools.metallb.io").await.expect("pool CRD");
+    let owned_by = |crd: &CustomResourceDefinition| {
+        crd.metadata.annotations.clone().unwrap_or_default().get("meta.helm.sh/release-name").cloned()
+    };
+    assert_eq!(owned_by(&pool_crd), None, "crds/ gave the CRDs to no release");
+
+    let state = lab.state();
+    let current = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/ferrolb");
+    let refused = lifecycle::install_chart_from(&state, &current, &[], &[]).expect_err("Helm must refuse first");
+    println!("helm upgrade without --take-ownership: {refused}");
+    assert!(refused.to_string().contains("invalid ownership metadata"), "Helm says why: {refused}");
+
+    let services: Api<Service> = Api::all(client.clone());
+    let addresses = |list: Vec<Service>| -> Vec<(String, Vec<String>)> {
+        list.into_iter()
+            .filter_map(|s| {
+                let ips = s.status?.load_balancer?.ingress?.into_iter().filter_map(|i| i.ip).collect();
+                Some((s.metadata.name?, ips))
+            })
+            .collect()
+    };
+    let before = addresses(services.list(&ListParams::default()).await.expect("services").items);
+    let (outage_ms, arp) = watched_while(&lab, &vip, || async {
+        lifecycle::install_chart_from(&state, &current, &[], &["--take-ownership"]).expect("helm upgrade");
+        realnode::wait_chart_ready(&state, Duration::from_secs(180)).await.expect("rolled out");
+    });
+    let conflicts = address_conflict_events(&client).await;
+    let strangers: Vec<(String, f64)> = NODES
+        .iter()
+        .map(|n| (n.to_string(), pod_speaker_metric(&lab, n, "ferrolb_speaker_stranger_conflicts_total")))
+        .collect();
+    println!(
+        "helm upgrade from {PREVIOUS_CHART_COMMIT:.7}'s chart: longest UDP outage {outage_ms:.0} ms; ARP samples {} ({} unanswered, {} with two answerers, MACs {:?}); AddressConflict Events {}; stranger conflicts per node {strangers:?}",
+        arp.samples,
+        arp.unanswered,
+        arp.several,
+        arp.macs,
+        conflicts.len()
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+    for name in ["ipaddresspools.metallb.io", "l2advertisements.metallb.io", "servicel2statuses.metallb.io"] {
+        let crd = crds.get(name).await.expect("CRD");
+        assert_eq!(owned_by(&crd).as_deref(), Some("ferrolb"), "{name} now belongs to the release");
+        let policy = crd.metadata.annotations.unwrap_or_default().get("helm.sh/resource-policy").cloned();
+        assert_eq!(policy.as_deref(), Some("keep"), "{name} is kept on uninstall");
+    }
+    let after = addresses(services.list(&ListParams::default()).await.expect("services").items);
+    assert_eq!(after, before, "every address kept");
+    wait_answered_by(&lab, &vip, &[&owner]).await;
+    assert_eq!(arp.several, 0, "never two answerers during the upgrade");
+    assert!(conflicts.is_empty(), "no AddressConflict for the cluster's own speakers: {conflicts:?}");
+    assert!(strangers.iter().all(|(_, n)| *n == 0.0), "no speaker took a peer for a stranger: {strangers:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_kubeadm_labelled_node_says_why_and_answers_with_ignore_exclude_lb() {
     let _serial = one_lab_at_a_time().await;

@@ -395,11 +395,9 @@ async fn the_pool_crd_deleted_while_in_use_keeps_the_address_answered() {
     })
     .await;
     // Re-installed (as `helm install` would): the controller's watch recovers and allocates from a new pool.
-    let crd_yaml = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/ferrolb/crds/ipaddresspools.metallb.io.yaml"),
-    )
-    .expect("CRD file");
-    create_yaml(&client, &crd_yaml).await.expect("re-create the CRD");
+    let files = ferrolb_crds::crd_files().expect("CRDs");
+    let (_, crd_yaml) = files.iter().find(|(name, _)| name.starts_with("ipaddresspools.")).expect("pool CRD");
+    create_yaml(&client, crd_yaml).await.expect("re-create the CRD");
     eventually("the pool created on the new CRD", Duration::from_secs(30), || async {
         let pool_only = ferrolb_tests::harness::LAB_POOL.split("\n---").next().unwrap_or_default();
         create_yaml(&client, pool_only).await.ok()

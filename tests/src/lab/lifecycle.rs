@@ -40,6 +40,9 @@ pub struct UpOptions {
     /// Process mode: every speaker runs this binary instead of the one built beside `ferrolb-lab` (e.g. an older
     /// release, to upgrade it with `restart-speaker --binary`).
     pub speaker_binary: Option<PathBuf>,
+    /// Install this chart directory instead of `charts/ferrolb` (e.g. a previous release's, from git history, to
+    /// test `helm upgrade` from it).
+    pub chart: Option<PathBuf>,
 }
 
 /// Label `up --speaker-nodes N` gives the nodes that run a speaker, with value [`SPEAKER_NODE_VALUE`].
@@ -193,7 +196,8 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
         helm_set.push(format!("speaker.nodeSelector.{}={SPEAKER_NODE_VALUE}", SPEAKER_NODE_LABEL.replace('.', "\\.")));
     }
     if !opts.bare {
-        install_chart(&state, &helm_set)?;
+        install_chart_from(&state, opts.chart.as_deref().unwrap_or(&chart_dir()), &helm_set, &[])?;
+        wait_crds_established(&state, Duration::from_secs(60)).await?;
         if opts.real_nodes {
             realnode::wait_chart_ready(&state, Duration::from_secs(180)).await?;
         } else {
@@ -291,6 +295,35 @@ pub async fn wait_nodes_ready(state: &State, timeout: Duration) -> Result<()> {
             });
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Waits until the API server serves every CRD the chart installed (`Established`): the chart's CRDs are
+/// templates, which Helm does not wait for as it does for a chart's `crds/`, and a pool created before that is
+/// refused with 404.
+pub async fn wait_crds_established(state: &State, timeout: Duration) -> Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(kubelet::client(&state.kubeconfig()).await?);
+    let names = ["ipaddresspools.metallb.io", "l2advertisements.metallb.io", "servicel2statuses.metallb.io"];
+    let start = Instant::now();
+    loop {
+        let mut established = 0;
+        for name in names {
+            let conds = crds.get_opt(name).await?.and_then(|c| c.status).and_then(|s| s.conditions).unwrap_or_default();
+            if conds.iter().any(|c| c.type_ == "Established" && c.status == "True") {
+                established += 1;
+            }
+        }
+        if established == names.len() {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            return Err(LabError::Timeout {
+                what: format!("{established}/{} CRDs established", names.len()),
+                after: timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -394,9 +427,16 @@ fn chart_dir() -> PathBuf {
 
 /// `helm upgrade --install` of charts/ferrolb into metallb-system (with `--set` values).
 pub fn install_chart(state: &State, sets: &[String]) -> Result<()> {
-    step(format!("installing charts/ferrolb with helm into {RELEASE_NAMESPACE} (CRDs, RBAC, ServiceAccounts)"));
-    let chart = chart_dir().display().to_string();
+    install_chart_from(state, &chart_dir(), sets, &[])
+}
+
+/// `helm upgrade --install` of the chart in `chart` into metallb-system, with `--set` values and extra flags
+/// (e.g. `--take-ownership`).
+pub fn install_chart_from(state: &State, chart: &Path, sets: &[String], flags: &[&str]) -> Result<()> {
+    step(format!("installing {} with helm into {RELEASE_NAMESPACE} (CRDs, RBAC, ServiceAccounts)", chart.display()));
+    let chart = chart.display().to_string();
     let mut args = vec!["upgrade", "--install", RELEASE, chart.as_str(), "--create-namespace"];
+    args.extend_from_slice(flags);
     for set in sets {
         args.extend(["--set", set.as_str()]);
     }

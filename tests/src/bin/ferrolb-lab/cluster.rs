@@ -39,6 +39,10 @@ pub enum Cmd {
         /// an older release, to upgrade node by node with `restart-speaker --binary`).
         #[arg(long, value_name = "PATH")]
         speaker_binary: Option<std::path::PathBuf>,
+        /// Install this chart directory instead of charts/ferrolb (e.g. a previous release's, extracted from git
+        /// history, to try `helm upgrade` from it).
+        #[arg(long, value_name = "DIR")]
+        chart: Option<std::path::PathBuf>,
     },
     /// What runs, and where.
     Status,
@@ -102,6 +106,7 @@ pub async fn run(command: Cmd, name: String, dir: &Path) -> anyhow::Result<()> {
             second_lan,
             speaker_nodes,
             speaker_binary,
+            chart,
         } => {
             let options = lifecycle::UpOptions {
                 name,
@@ -115,6 +120,7 @@ pub async fn run(command: Cmd, name: String, dir: &Path) -> anyhow::Result<()> {
                 second_lan,
                 speaker_nodes,
                 speaker_binary,
+                chart,
             };
             let state = lifecycle::up(&options).await?;
             println!("{}", state.kubeconfig().display());
