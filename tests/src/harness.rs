@@ -357,3 +357,79 @@ pub fn arpwatch(lab: &TestLab, ip: &str, interval_ms: u64, duration_ms: u64) -> 
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("arpwatch {ip}: {e}: {}", String::from_utf8_lossy(&out.stderr)))
 }
+
+/// One address watched from the host while something happens: a client of `protocol` (`udp` or `tcp`) asking
+/// `ip:port` every 10 ms, and an ARP asker for `ip` every 100 ms.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    /// The address.
+    pub ip: String,
+    /// `udp` or `tcp`.
+    pub protocol: &'static str,
+    /// The port the client asks.
+    pub port: u16,
+}
+
+/// What a [`Watch`] saw.
+#[derive(Debug, Clone, Default)]
+pub struct Watched {
+    /// The client's longest gap between two answers, in ms.
+    pub outage_ms: f64,
+    /// Every ARP sample, summed over the rounds.
+    pub arp: crate::lab::arping::WatchReport,
+}
+
+/// Runs `work` while every address in `watches` is asked by a client (every 10 ms) and by ARP (every 100 ms)
+/// from the host, both in 10-second rounds until `work` is done, so neither needs to guess how long it takes (the
+/// few milliseconds between two rounds are not watched). Needs a multi-threaded runtime.
+pub fn watched_while<F, Fut>(lab: &TestLab, watches: &[Watch], work: F) -> Vec<Watched>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = AtomicBool::new(false);
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let watchers: Vec<_> = watches
+                .iter()
+                .map(|w| {
+                    let done = &done;
+                    let asker = scope.spawn(move || {
+                        let mut total = crate::lab::arping::WatchReport::default();
+                        while !done.load(Ordering::Relaxed) {
+                            let round = arpwatch(lab, &w.ip, 100, 10_000);
+                            total.samples += round.samples;
+                            total.unanswered += round.unanswered;
+                            total.several += round.several;
+                            total.changes += round.changes;
+                            for (mac, n) in round.macs {
+                                *total.macs.entry(mac).or_default() += n;
+                            }
+                        }
+                        total
+                    });
+                    let client = scope.spawn(move || {
+                        let address = format!("{}:{}", w.ip, w.port);
+                        let mut longest: f64 = 0.0;
+                        while !done.load(Ordering::Relaxed) {
+                            let round = lab.probe_while(w.protocol, &address, 10_000, || ());
+                            longest = longest.max(round["max_gap_ms"].as_f64().expect("max_gap_ms"));
+                        }
+                        longest
+                    });
+                    (asker, client)
+                })
+                .collect();
+            tokio::runtime::Handle::current().block_on(work());
+            done.store(true, Ordering::Relaxed);
+            watchers
+                .into_iter()
+                .map(|(asker, client)| Watched {
+                    outage_ms: client.join().expect("client"),
+                    arp: asker.join().expect("ARP asker"),
+                })
+                .collect()
+        })
+    })
+}

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// The MetalLB release compared against.
-pub const VERSION: &str = "v0.15.3";
+pub const VERSION: &str = "v0.16.1";
 /// Where MetalLB's exclusion list must be: the speaker reads this fixed path (its DaemonSet mounts a ConfigMap).
 const EXCLUDE_FILE: &str = "/etc/metallb/excludel2.yaml";
 
@@ -69,6 +69,27 @@ impl Drop for MetalLb {
             let _ = child.wait();
         }
         let _ = std::fs::remove_file(EXCLUDE_FILE);
+    }
+}
+
+impl MetalLb {
+    /// Stops MetalLB as deleting its Deployment and DaemonSet does: SIGTERM to every process, which then has up
+    /// to `grace` to exit (SIGKILL after that, as the kubelet does). Returns without waiting when `wait` is
+    /// false (the processes are then reaped on drop).
+    pub fn terminate(&mut self, grace: std::time::Duration, wait: bool) {
+        for child in &self.children {
+            let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
+            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM);
+        }
+        if !wait {
+            return;
+        }
+        let deadline = std::time::Instant::now() + grace;
+        for child in &mut self.children {
+            while std::time::Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
     }
 }
 
@@ -151,10 +172,19 @@ pub async fn start(lab: &TestLab, exe: &str, binaries: &Path) -> Result<MetalLb,
         .await
         .map_err(|e| format!("bind speaker Pod: {e}"))?;
     }
+    // Since v0.16 the controller owns its ConfigurationState through its own Pod and will not start without one.
+    create_yaml(
+        &client,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: controller, namespace: metallb-system, labels: {{app: metallb, component: controller}}}}\nspec: {{containers: [{{name: controller, image: \"quay.io/metallb/controller:{VERSION}\"}}]}}\n"
+        ),
+    )
+    .await
+    .map_err(|e| format!("controller Pod: {e}"))?;
     let mut controller = Command::new(binaries.join("controller"));
     controller
         .env("KUBECONFIG", &kubeconfig)
-        .args(["--namespace=metallb-system", "--port=0", "--log-level=info"])
+        .args(["--namespace=metallb-system", "--port=0", "--log-level=info", "--pod-name=controller"])
         .args(["--webhook-mode=disabled", "--disable-cert-rotation"]);
     me.children.push(spawn_logged(controller, &run_dir.join("controller.log"))?);
     for node in &state.nodes {

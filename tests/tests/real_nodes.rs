@@ -8,8 +8,8 @@
 use ferrolb_crds::IPAddressPool;
 use ferrolb_speaker::model::election;
 use ferrolb_tests::harness::{
-    TestLab, answering_nodes, apply_users_services, assert_dns_served_by, create_yaml, eventually, ingress,
-    one_lab_at_a_time, seed, wait_answered_by, wait_event, wait_ingress,
+    TestLab, Watch, answering_nodes, apply_users_services, assert_dns_served_by, create_yaml, eventually, ingress,
+    one_lab_at_a_time, seed, wait_answered_by, wait_event, wait_ingress, watched_while,
 };
 use ferrolb_tests::lab::{lifecycle, realnode};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -82,46 +82,16 @@ fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key} in /proc status:\n{status}"))
 }
 
-/// Runs `work` while the host asks ARP for `vip` every 100 ms and a UDP DNS client asks `vip:53` every 10 ms,
-/// both in 10-second rounds until `work` is done (so neither needs to guess how long it takes; the few
-/// milliseconds between two rounds are not watched). Returns the client's longest gap in ms and every ARP sample.
-fn watched_while<F, Fut>(lab: &TestLab, vip: &str, work: F) -> (f64, ferrolb_tests::lab::arping::WatchReport)
+/// Runs `work` while the host's DNS client (UDP 53) and ARP asker watch `vip` (see [`watched_while`]); returns
+/// the client's longest gap in ms and every ARP sample.
+fn watched_dns_while<F, Fut>(lab: &TestLab, vip: &str, work: F) -> (f64, ferrolb_tests::lab::arping::WatchReport)
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let done = AtomicBool::new(false);
-    let address = format!("{vip}:53");
-    tokio::task::block_in_place(|| {
-        std::thread::scope(|scope| {
-            let asker = scope.spawn(|| {
-                let mut total = ferrolb_tests::lab::arping::WatchReport::default();
-                while !done.load(Ordering::Relaxed) {
-                    let round = ferrolb_tests::harness::arpwatch(lab, vip, 100, 10_000);
-                    total.samples += round.samples;
-                    total.unanswered += round.unanswered;
-                    total.several += round.several;
-                    total.changes += round.changes;
-                    for (mac, n) in round.macs {
-                        *total.macs.entry(mac).or_default() += n;
-                    }
-                }
-                total
-            });
-            let client = scope.spawn(|| {
-                let mut longest: f64 = 0.0;
-                while !done.load(Ordering::Relaxed) {
-                    let round = lab.probe_while("udp", &address, 10_000, || ());
-                    longest = longest.max(round["max_gap_ms"].as_f64().expect("max_gap_ms"));
-                }
-                longest
-            });
-            tokio::runtime::Handle::current().block_on(work());
-            done.store(true, Ordering::Relaxed);
-            (client.join().expect("DNS client"), asker.join().expect("ARP asker"))
-        })
-    })
+    let watch = Watch { ip: vip.to_string(), protocol: "udp", port: 53 };
+    let seen = watched_while(lab, &[watch], work).pop().expect("one watch");
+    (seen.outage_ms, seen.arp)
 }
 
 /// Every `AddressConflict` Event in the cluster, as "namespace/object: note".
@@ -352,7 +322,7 @@ async fn helm_upgrade_keeps_key_and_addresses_and_uninstall_leaves_the_users_obj
     let state = lab.state();
     // The upgrade rolls every speaker and controller pod (their arguments change) while a DNS client and an ARP
     // asker on the host watch the address.
-    let (outage_ms, arp) = watched_while(&lab, &vip, || async {
+    let (outage_ms, arp) = watched_dns_while(&lab, &vip, || async {
         lifecycle::install_chart(&state, &["controller.logFormat=json".into(), "speaker.logFormat=json".into()])
             .expect("helm upgrade");
         realnode::wait_chart_ready(&state, Duration::from_secs(180)).await.expect("rolled out");
@@ -455,7 +425,7 @@ async fn helm_upgrade_from_the_previous_chart_takes_the_crds_into_the_release_wi
             .collect()
     };
     let before = addresses(services.list(&ListParams::default()).await.expect("services").items);
-    let (outage_ms, arp) = watched_while(&lab, &vip, || async {
+    let (outage_ms, arp) = watched_dns_while(&lab, &vip, || async {
         lifecycle::install_chart_from(&state, &current, &[], &["--take-ownership"]).expect("helm upgrade");
         realnode::wait_chart_ready(&state, Duration::from_secs(180)).await.expect("rolled out");
     });

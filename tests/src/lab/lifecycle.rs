@@ -196,22 +196,30 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
         helm_set.push(format!("speaker.nodeSelector.{}={SPEAKER_NODE_VALUE}", SPEAKER_NODE_LABEL.replace('.', "\\.")));
     }
     if !opts.bare {
-        install_chart_from(&state, opts.chart.as_deref().unwrap_or(&chart_dir()), &helm_set, &[])?;
-        wait_crds_established(&state, Duration::from_secs(60)).await?;
-        if opts.real_nodes {
-            realnode::wait_chart_ready(&state, Duration::from_secs(180)).await?;
-        } else {
-            (state.controller_args, state.speaker_args) = chart_args(&state)?;
-            state.speaker_template = speaker_template(&state)?;
-            state.save()?;
-            start_controller(&mut state, 0).await?;
-            for node in speaker_nodes(&state).await? {
-                start_speaker(&mut state, &node).await?;
-            }
-        }
+        install(&mut state, opts.chart.as_deref().unwrap_or(&chart_dir()), &helm_set, &[]).await?;
     }
     step(format!("lab {:?} up in {:.1?}; kubeconfig: {}", state.name, started.elapsed(), state.kubeconfig().display()));
     Ok(state)
+}
+
+/// Installs the chart in `chart` (with `--set` values and extra helm flags such as `--take-ownership`) and
+/// runs ferrolb: real nodes wait for the pods; process mode starts the controller and the speakers with the
+/// chart's arguments. `up` does this unless `--bare`; `ferrolb-lab install` does it later (e.g. after MetalLB,
+/// to switch from it).
+pub async fn install(state: &mut State, chart: &Path, sets: &[String], flags: &[&str]) -> Result<()> {
+    install_chart_from(state, chart, sets, flags)?;
+    wait_crds_established(state, Duration::from_secs(60)).await?;
+    if state.real_nodes {
+        return realnode::wait_chart_ready(state, Duration::from_secs(180)).await;
+    }
+    (state.controller_args, state.speaker_args) = chart_args(state)?;
+    state.speaker_template = speaker_template(state)?;
+    state.save()?;
+    start_controller(state, 0).await?;
+    for node in speaker_nodes(state).await? {
+        start_speaker(state, &node).await?;
+    }
+    Ok(())
 }
 
 async fn label_like_kubeadm(state: &State) -> Result<()> {
@@ -421,7 +429,8 @@ fn revive_network(state: &State, node: &str) -> Result<()> {
     Ok(())
 }
 
-fn chart_dir() -> PathBuf {
+/// This repository's chart, `charts/ferrolb`.
+pub fn chart_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/ferrolb")
 }
 

@@ -44,6 +44,16 @@ pub enum Cmd {
         #[arg(long, value_name = "DIR")]
         chart: Option<std::path::PathBuf>,
     },
+    /// Installs the chart into a lab brought up with --bare (e.g. after MetalLB, to switch from it) and runs
+    /// ferrolb: process mode starts the controller and speakers, real nodes wait for the pods.
+    Install {
+        /// Extra chart value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        helm_set: Vec<String>,
+        /// Let Helm adopt existing objects it does not own (MetalLB's CRDs): helm's --take-ownership.
+        #[arg(long)]
+        take_ownership: bool,
+    },
     /// What runs, and where.
     Status,
     /// Prints the admin kubeconfig path.
@@ -124,6 +134,12 @@ pub async fn run(command: Cmd, name: String, dir: &Path) -> anyhow::Result<()> {
             };
             let state = lifecycle::up(&options).await?;
             println!("{}", state.kubeconfig().display());
+        }
+        Cmd::Install { helm_set, take_ownership } => {
+            let flags: &[&str] = if take_ownership { &["--take-ownership"] } else { &[] };
+            let mut state = load()?;
+            lifecycle::install(&mut state, &lifecycle::chart_dir(), &helm_set, flags).await?;
+            eprintln!("[ferrolb-lab] ferrolb installed in lab {name:?}");
         }
         Cmd::Status => {
             let state = load()?;
