@@ -100,20 +100,37 @@ fn spawn_logged(mut cmd: Command, log: &Path) -> Result<Child, String> {
     cmd.spawn().map_err(|e| format!("{cmd:?}: {e}"))
 }
 
-/// Starts MetalLB's controller and one speaker per node in a bare lab (`exe`: the `ferrolb-lab` binary).
+/// MetalLB's Helm chart as its release ships it (the Go module holds `charts/metallb`, with its CRDs subchart):
+/// `go install` put it in the module cache. `None` if it is not there.
+pub fn helm_chart() -> Option<PathBuf> {
+    let modcache = run(Command::new("go").args(["env", "GOMODCACHE"]), "go env GOMODCACHE").ok()?;
+    let chart = Path::new(&modcache).join(format!("go.universe.tf/metallb@{VERSION}/charts/metallb"));
+    chart.join("Chart.yaml").is_file().then_some(chart)
+}
+
+/// Starts MetalLB's controller and one speaker per node in a bare lab (`exe`: the `ferrolb-lab` binary), with
+/// its CRDs applied by kubectl as its manifest does.
 pub async fn start(lab: &TestLab, exe: &str, binaries: &Path) -> Result<MetalLb, String> {
+    start_processes(lab, exe, binaries, true).await
+}
+
+/// Starts MetalLB's controller and one speaker per node; `apply_crds: false` when its Helm chart installed them
+/// (and the namespace) already.
+pub async fn start_processes(lab: &TestLab, exe: &str, binaries: &Path, apply_crds: bool) -> Result<MetalLb, String> {
     let state = lab.state();
     let kubeconfig = state.kubeconfig();
     let run_dir = lab.dir.join("metallb");
     std::fs::create_dir_all(run_dir.join("key")).map_err(|e| e.to_string())?;
     let mut me = MetalLb { children: Vec::new(), run_dir: run_dir.clone() };
-    run(
-        Command::new("kubectl")
-            .args(["apply", "--server-side", "-f"])
-            .arg(binaries.join("crds"))
-            .env("KUBECONFIG", &kubeconfig),
-        "kubectl apply MetalLB CRDs",
-    )?;
+    if apply_crds {
+        run(
+            Command::new("kubectl")
+                .args(["apply", "--server-side", "-f"])
+                .arg(binaries.join("crds"))
+                .env("KUBECONFIG", &kubeconfig),
+            "kubectl apply MetalLB CRDs",
+        )?;
+    }
     run(
         Command::new("kubectl")
             .args(["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"])
@@ -126,6 +143,12 @@ pub async fn start(lab: &TestLab, exe: &str, binaries: &Path) -> Result<MetalLb,
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))
         .map_err(|e| e.to_string())?;
+    let namespace = "apiVersion: v1\nkind: Namespace\nmetadata: {name: metallb-system}\n";
+    if let Err(e) = create_yaml(&client, namespace).await
+        && !matches!(&e, kube::Error::Api(status) if status.code == 409)
+    {
+        return Err(format!("namespace: {e}"));
+    }
     let raw_file = run_dir.join("key.raw");
     std::fs::write(&raw_file, raw).map_err(|e| e.to_string())?;
     let key = run(Command::new("base64").arg("-w0").arg(&raw_file), "base64")?.trim_end_matches('=').to_string();
@@ -133,11 +156,11 @@ pub async fn start(lab: &TestLab, exe: &str, binaries: &Path) -> Result<MetalLb,
     create_yaml(
         &client,
         &format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: metallb-system}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: memberlist, namespace: metallb-system}}\nstringData: {{secretkey: \"{key}\"}}\n"
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: memberlist, namespace: metallb-system}}\nstringData: {{secretkey: \"{key}\"}}\n"
         ),
     )
     .await
-    .map_err(|e| format!("namespace and memberlist Secret: {e}"))?;
+    .map_err(|e| format!("memberlist Secret: {e}"))?;
     std::fs::create_dir_all("/etc/metallb").map_err(|e| e.to_string())?;
     // MetalLB's manifest default (its metallb-excludel2 ConfigMap).
     std::fs::write(

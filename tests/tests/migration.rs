@@ -8,6 +8,7 @@ use ferrolb_tests::harness::{
     TestLab, Watch, answering_nodes, create_yaml, eventually, ingress, one_lab_at_a_time, pools_api, seed,
     wait_answered_by, watched_while,
 };
+use ferrolb_tests::lab::lifecycle;
 use ferrolb_tests::metallb;
 use k8s_openapi::api::core::v1::Service;
 use kube::Api;
@@ -52,69 +53,71 @@ async fn configuration(client: &kube::Client) -> Vec<(String, serde_json::Value)
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn switching_from_a_running_metallb_keeps_every_address_with_one_answerer() {
-    let _serial = one_lab_at_a_time().await;
-    let binaries = metallb::ensure_built().expect("MetalLB builds from the Go module proxy");
-    let lab = TestLab::start(EXE, "flbm", 3, true);
-    let client = lab.admin().await;
-    // MetalLB as its manifest installs it: its CRDs (applied by kubectl, owned by no Helm release), controller
-    // and speakers.
-    let mut running = metallb::start(&lab, EXE, &binaries).await.expect("MetalLB starts");
-    create_yaml(&client, ferrolb_tests::harness::LAB_POOL).await.expect("pool and advertisement");
-    for (pod, node, app) in
-        [("dns-a", "node-1", "kube-dns"), ("dns-b", "node-3", "kube-dns"), ("web-a", "node-2", "web")]
-    {
-        let namespace = if app == "web" { "default" } else { "kube-system" };
-        let label = if app == "web" { "app" } else { "k8s-app" };
+/// What MetalLB served before the switch.
+struct Served {
+    dns: String,
+    web: String,
+    addresses: Vec<(String, Vec<String>)>,
+    configuration: Vec<(String, serde_json::Value)>,
+}
+
+/// The user's Services served by the running MetalLB: DNS over TCP+UDP on one address, the two that share one
+/// address, and the web; each address answered by one MAC.
+async fn served_by_metallb(lab: &TestLab, client: &kube::Client) -> Served {
+    create_yaml(client, ferrolb_tests::harness::LAB_POOL).await.expect("pool and advertisement");
+    for (pod, node, namespace, label, app) in [
+        ("dns-a", "node-1", "kube-system", "k8s-app", "kube-dns"),
+        ("dns-b", "node-3", "kube-system", "k8s-app", "kube-dns"),
+        ("web-a", "node-2", "default", "app", "web"),
+    ] {
         let yaml = format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {namespace}, labels: {{{label}: {app}}}}}\nspec: {{nodeName: {node}, containers: [{{name: c, image: lab/x}}]}}\n"
         );
-        create_yaml(&client, &yaml).await.expect("backend pod");
+        create_yaml(client, &yaml).await.expect("backend pod");
     }
-    // The user's Services: DNS over TCP+UDP on one address, the two that share one address, and the web.
-    create_yaml(&client, &seed("dns-svc-lb.yaml")).await.expect("dns");
-    create_yaml(&client, &seed("shared-ip.yaml").replace("172.17.255.10", SHARED)).await.expect("shared");
-    create_yaml(&client, &seed("web-svc-lb.yaml")).await.expect("web");
-    let ingress_of = |namespace: &'static str, name: &'static str| {
-        let client = client.clone();
-        async move {
-            eventually(&format!("MetalLB gives {name} an address"), Duration::from_secs(60), || async {
-                ingress(&client, namespace, name).await.into_iter().next()
-            })
-            .await
-        }
+    create_yaml(client, &seed("dns-svc-lb.yaml")).await.expect("dns");
+    create_yaml(client, &seed("shared-ip.yaml").replace("172.17.255.10", SHARED)).await.expect("shared");
+    create_yaml(client, &seed("web-svc-lb.yaml")).await.expect("web");
+    let ingress_of = |namespace: &'static str, name: &'static str| async move {
+        eventually(&format!("MetalLB gives {name} an address"), Duration::from_secs(60), || async {
+            ingress(client, namespace, name).await.into_iter().next()
+        })
+        .await
     };
     let dns = ingress_of("kube-system", "dns-svc-lb").await;
     let web = ingress_of("default", "web-svc-lb").await;
     assert_eq!(ingress_of("kube-system", "dns-svc-tcp").await, SHARED);
     assert_eq!(ingress_of("kube-system", "dns-svc-udp").await, SHARED);
-    for vip in [&dns, &web, &SHARED.to_string()] {
+    for vip in [dns.as_str(), web.as_str(), SHARED] {
         eventually(&format!("MetalLB answers ARP for {vip}"), Duration::from_secs(60), || async {
-            (answering_nodes(&lab, vip).len() == 1).then_some(())
+            (answering_nodes(lab, vip).len() == 1).then_some(())
         })
         .await;
     }
-    let before = addresses(&client).await;
-    let config_before = configuration(&client).await;
-    println!("MetalLB {} serves {before:?}", metallb::VERSION);
+    let served = Served { dns, web, addresses: addresses(client).await, configuration: configuration(client).await };
+    println!("MetalLB {} serves {:?}", metallb::VERSION, served.addresses);
+    served
+}
 
-    // docs/migration.md, MetalLB installed by its manifest: delete its controller and speakers (not its CRDs),
-    // then install ferrolb at once, letting Helm adopt the CRDs. MetalLB's processes are still exiting, and its
-    // memberlist still holds UDP 7946, when ferrolb's speakers start.
-    let watches: Vec<Watch> = [(dns.as_str(), "udp", 53), (SHARED, "udp", 53), (web.as_str(), "tcp", 80)]
+/// Runs `switch` while a client and an ARP asker watch every address, then checks what the switch must keep: every
+/// address, the pools and advertisements, one answerer per sample, and ferrolb's owners serving DNS.
+async fn switch_and_check<F, Fut>(lab: &TestLab, client: &kube::Client, served: &Served, switch: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let watches: Vec<Watch> = [(served.dns.as_str(), "udp", 53), (SHARED, "udp", 53), (served.web.as_str(), "tcp", 80)]
         .into_iter()
         .map(|(ip, protocol, port)| Watch { ip: ip.to_string(), protocol, port })
         .collect();
-    let seen = watched_while(&lab, &watches, || async {
-        running.terminate(Duration::from_secs(30), false);
-        lab.ok(&["install", "--take-ownership"]);
-        for vip in [&dns, &web, &SHARED.to_string()] {
+    let seen = watched_while(lab, &watches, || async {
+        switch().await;
+        for vip in [served.dns.as_str(), served.web.as_str(), SHARED] {
             let ip: IpAddr = vip.parse().expect("ip");
             let owner = election::owner(ip, NODES).expect("owner").to_string();
-            wait_answered_by(&lab, vip, &[&owner]).await;
+            wait_answered_by(lab, vip, &[&owner]).await;
         }
-        // Settled: the asker sees ferrolb's owners for a full round after the switch.
+        // The asker and the clients see ferrolb's owners for a full round after the switch.
         tokio::time::sleep(Duration::from_secs(10)).await;
     });
     for (watch, saw) in watches.iter().zip(&seen) {
@@ -130,17 +133,92 @@ async fn switching_from_a_running_metallb_keeps_every_address_with_one_answerer(
             saw.arp.changes
         );
     }
-    running.terminate(Duration::from_secs(5), true);
-
-    assert_eq!(addresses(&client).await, before, "every Service keeps its address");
-    assert_eq!(configuration(&client).await, config_before, "pools and advertisements unchanged");
+    assert_eq!(addresses(client).await, served.addresses, "every Service keeps its address");
+    assert_eq!(configuration(client).await, served.configuration, "pools and advertisements unchanged");
     for (watch, saw) in watches.iter().zip(&seen) {
         assert_eq!(saw.arp.several, 0, "{}: never two answerers", watch.ip);
     }
-    // ferrolb serves what MetalLB served: DNS over UDP and TCP on both DNS addresses, the web on its own.
-    for vip in [&dns, &SHARED.to_string()] {
+    for vip in [served.dns.as_str(), SHARED] {
         let owner = election::owner(vip.parse().expect("ip"), NODES).expect("owner").to_string();
         assert_eq!(lab.probe("host", "udp", &format!("{vip}:53"), 2000), Ok(format!("{owner} probe")));
         assert_eq!(lab.probe("host", "tcp", &format!("{vip}:53"), 2000), Ok(owner.clone()));
+    }
+}
+
+/// MetalLB installed by its manifest (CRDs applied by kubectl, owned by no Helm release): docs/migration.md §2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_from_a_manifest_installed_metallb_keeps_every_address_with_one_answerer() {
+    let _serial = one_lab_at_a_time().await;
+    let binaries = metallb::ensure_built().expect("MetalLB builds from the Go module proxy");
+    let lab = TestLab::start(EXE, "flbm", 3, true);
+    let client = lab.admin().await;
+    let mut running = metallb::start(&lab, EXE, &binaries).await.expect("MetalLB starts");
+    let served = served_by_metallb(&lab, &client).await;
+    // Delete MetalLB's controller and speakers, not its CRDs; install ferrolb at once, letting Helm adopt the
+    // CRDs. MetalLB's processes are still exiting, and memberlist still holds UDP 7946, when ferrolb's start.
+    switch_and_check(&lab, &client, &served, || async {
+        running.terminate(Duration::from_secs(30), false);
+        lab.ok(&["install", "--take-ownership"]);
+    })
+    .await;
+    running.terminate(Duration::from_secs(5), true);
+}
+
+/// MetalLB installed by its own Helm chart (the release's, CRDs as templates of a subchart, so `helm uninstall`
+/// would delete them and every pool): docs/migration.md §1 keeps the CRDs out of the uninstall first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_from_a_helm_installed_metallb_keeps_its_crds_and_every_address() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let _serial = one_lab_at_a_time().await;
+    let binaries = metallb::ensure_built().expect("MetalLB builds from the Go module proxy");
+    let chart = metallb::helm_chart().expect("MetalLB's chart in the Go module cache");
+    let lab = TestLab::start(EXE, "flbm", 3, true);
+    let client = lab.admin().await;
+    let state = lab.state();
+    let chart_arg = chart.display().to_string();
+    // Its webhook has no server here (the lab runs MetalLB's processes, not its pods): fail open. FRR is BGP only.
+    let metallb_values = ["frrk8s.enabled=false", "speaker.frr.enabled=false", "crds.validationFailurePolicy=Ignore"];
+    let mut install = vec!["install", "metallb", chart_arg.as_str(), "--create-namespace"];
+    for value in metallb_values {
+        install.extend(["--set", value]);
+    }
+    lifecycle::helm(&state, &install).expect("helm install metallb");
+    lifecycle::wait_crds_established(&state, Duration::from_secs(60)).await.expect("MetalLB's CRDs");
+    let mut running = metallb::start_processes(&lab, EXE, &binaries, false).await.expect("MetalLB starts");
+    let served = served_by_metallb(&lab, &client).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let metallb_crds: Vec<String> = crds
+        .list(&ListParams::default())
+        .await
+        .expect("CRDs")
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .filter(|n| n.ends_with(".metallb.io"))
+        .collect();
+    assert!(metallb_crds.len() >= 9, "MetalLB's chart installed its CRDs: {metallb_crds:?}");
+
+    switch_and_check(&lab, &client, &served, || async {
+        // 1. Keep every MetalLB CRD when it leaves the release, then take them out of the release.
+        let keep = serde_json::json!({"metadata": {"annotations": {"helm.sh/resource-policy": "keep"}}});
+        for name in &metallb_crds {
+            crds.patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&keep))
+                .await
+                .expect("annotate CRD");
+        }
+        let mut upgrade =
+            vec!["upgrade", "metallb", chart_arg.as_str(), "--reuse-values", "--set", "crds.enabled=false"];
+        upgrade.extend(["--set", "frrk8s.enabled=false"]);
+        lifecycle::helm(&state, &upgrade).expect("helm upgrade metallb without its CRDs");
+        // 2. Uninstall MetalLB (its pods get SIGTERM), 3. install ferrolb at once, adopting the CRDs.
+        lifecycle::helm(&state, &["uninstall", "metallb"]).expect("helm uninstall metallb");
+        running.terminate(Duration::from_secs(30), false);
+        lab.ok(&["install", "--take-ownership"]);
+    })
+    .await;
+    running.terminate(Duration::from_secs(5), true);
+    for name in &metallb_crds {
+        let crd = crds.get_opt(name).await.expect("get CRD");
+        assert!(crd.is_some_and(|c| c.metadata.deletion_timestamp.is_none()), "{name} survived helm uninstall metallb");
     }
 }
