@@ -1,4 +1,4 @@
-//! Who answers ARP while the speakers' liveness channel misbehaves, ferrolb beside real MetalLB v0.15.3 in the same
+//! Who answers ARP while the speakers' liveness channel misbehaves, ferrolb beside real MetalLB (`metallb::VERSION`) in the same
 //! run. Faults, on port 7946 of every node (nftables inside the node namespaces; the kernel has no netem): UDP and
 //! TCP blocked for FERROLB_BLOCK_SECS (60) then healed (watched FERROLB_HEAL_SECS, 60), 15 % and 30 % random loss
 //! of UDP for FERROLB_LOSS_SECS (120) each, and (ferrolb only: libfaketime cannot step a Go binary, which reads the clock

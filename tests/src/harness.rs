@@ -433,3 +433,22 @@ where
         })
     })
 }
+
+/// Every `AddressConflict` Event in the cluster, as "namespace/object: note".
+pub async fn address_conflict_events(client: &Client) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+    let list = events.list(&kube::api::ListParams::default()).await.expect("events");
+    list.items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("AddressConflict"))
+        .map(|e| {
+            let about = e.regarding.unwrap_or_default();
+            format!(
+                "{}/{}: {}",
+                about.namespace.unwrap_or_default(),
+                about.name.unwrap_or_default(),
+                e.note.unwrap_or_default()
+            )
+        })
+        .collect()
+}

@@ -5,8 +5,8 @@
 
 use ferrolb_speaker::model::election;
 use ferrolb_tests::harness::{
-    TestLab, Watch, answering_nodes, create_yaml, eventually, ingress, one_lab_at_a_time, pools_api, seed,
-    wait_answered_by, watched_while,
+    TestLab, Watch, address_conflict_events, answering_nodes, create_yaml, eventually, ingress, one_lab_at_a_time,
+    pools_api, seed, wait_answered_by, watched_while,
 };
 use ferrolb_tests::lab::lifecycle;
 use ferrolb_tests::metallb;
@@ -133,6 +133,18 @@ where
             saw.arp.changes
         );
     }
+    let conflicts = address_conflict_events(client).await;
+    println!("AddressConflict Events during the switch: {} {conflicts:?}", conflicts.len());
+    let statuses: Api<ferrolb_crds::ServiceL2Status> = Api::namespaced(client.clone(), "metallb-system");
+    let left: Vec<String> = statuses
+        .list(&ListParams::default())
+        .await
+        .expect("ServiceL2Status")
+        .items
+        .into_iter()
+        .map(|s| format!("{} node={:?}", s.metadata.name.unwrap_or_default(), s.status.and_then(|s| s.node)))
+        .collect();
+    println!("ServiceL2Status objects after the switch: {left:?}");
     assert_eq!(addresses(client).await, served.addresses, "every Service keeps its address");
     assert_eq!(configuration(client).await, served.configuration, "pools and advertisements unchanged");
     for (watch, saw) in watches.iter().zip(&seen) {

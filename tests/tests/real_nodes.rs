@@ -8,8 +8,8 @@
 use ferrolb_crds::IPAddressPool;
 use ferrolb_speaker::model::election;
 use ferrolb_tests::harness::{
-    TestLab, Watch, answering_nodes, apply_users_services, assert_dns_served_by, create_yaml, eventually, ingress,
-    one_lab_at_a_time, seed, wait_answered_by, wait_event, wait_ingress, watched_while,
+    TestLab, Watch, address_conflict_events, answering_nodes, apply_users_services, assert_dns_served_by, create_yaml,
+    eventually, ingress, one_lab_at_a_time, seed, wait_answered_by, wait_event, wait_ingress, watched_while,
 };
 use ferrolb_tests::lab::{lifecycle, realnode};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -92,25 +92,6 @@ where
     let watch = Watch { ip: vip.to_string(), protocol: "udp", port: 53 };
     let seen = watched_while(lab, &[watch], work).pop().expect("one watch");
     (seen.outage_ms, seen.arp)
-}
-
-/// Every `AddressConflict` Event in the cluster, as "namespace/object: note".
-async fn address_conflict_events(client: &kube::Client) -> Vec<String> {
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
-    let list = events.list(&ListParams::default()).await.expect("events");
-    list.items
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("AddressConflict"))
-        .map(|e| {
-            let about = e.regarding.unwrap_or_default();
-            format!(
-                "{}/{}: {}",
-                about.namespace.unwrap_or_default(),
-                about.name.unwrap_or_default(),
-                e.note.unwrap_or_default()
-            )
-        })
-        .collect()
 }
 
 /// The sum of one metric on `node`'s speaker pod (host network, port 7473). Panics when the speaker does not
