@@ -452,3 +452,17 @@ pub async fn address_conflict_events(client: &Client) -> Vec<String> {
         })
         .collect()
 }
+
+/// Every LoadBalancer Service's name and ingress addresses, in the API server's order.
+pub async fn lb_addresses(client: &Client) -> Vec<(String, Vec<String>)> {
+    let services: Api<Service> = Api::all(client.clone());
+    let list = services.list(&kube::api::ListParams::default()).await.expect("services");
+    list.items
+        .into_iter()
+        .filter(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"))
+        .map(|s| {
+            let ips = s.status.and_then(|s| s.load_balancer).and_then(|lb| lb.ingress).unwrap_or_default();
+            (s.metadata.name.unwrap_or_default(), ips.into_iter().filter_map(|i| i.ip).collect())
+        })
+        .collect()
+}

@@ -5,12 +5,11 @@
 
 use ferrolb_speaker::model::election;
 use ferrolb_tests::harness::{
-    TestLab, Watch, address_conflict_events, answering_nodes, create_yaml, eventually, ingress, one_lab_at_a_time,
-    pools_api, seed, wait_answered_by, watched_while,
+    TestLab, Watch, address_conflict_events, answering_nodes, create_yaml, eventually, ingress, lb_addresses,
+    one_lab_at_a_time, pools_api, seed, wait_answered_by, watched_while,
 };
 use ferrolb_tests::lab::lifecycle;
 use ferrolb_tests::metallb;
-use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use std::net::IpAddr;
@@ -21,20 +20,6 @@ const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
 /// The shared address of the seed's `dns-svc-tcp` and `dns-svc-udp`, moved into the lab's range (packets only
 /// in 198.18.0.0/15).
 const SHARED: &str = "198.19.0.10";
-
-/// Every LoadBalancer Service's name and ingress addresses.
-async fn addresses(client: &kube::Client) -> Vec<(String, Vec<String>)> {
-    let services: Api<Service> = Api::all(client.clone());
-    let list = services.list(&ListParams::default()).await.expect("services");
-    list.items
-        .into_iter()
-        .filter(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"))
-        .map(|s| {
-            let ips = s.status.and_then(|s| s.load_balancer).and_then(|lb| lb.ingress).unwrap_or_default();
-            (s.metadata.name.unwrap_or_default(), ips.into_iter().filter_map(|i| i.ip).collect())
-        })
-        .collect()
-}
 
 /// The specs of the user's pools and advertisements, by name.
 async fn configuration(client: &kube::Client) -> Vec<(String, serde_json::Value)> {
@@ -94,14 +79,14 @@ async fn served_by_metallb(lab: &TestLab, client: &kube::Client) -> Served {
         })
         .await;
     }
-    let served = Served { dns, web, addresses: addresses(client).await, configuration: configuration(client).await };
+    let served = Served { dns, web, addresses: lb_addresses(client).await, configuration: configuration(client).await };
     println!("MetalLB {} serves {:?}", metallb::VERSION, served.addresses);
     served
 }
 
 /// Runs `switch` while a client and an ARP asker watch every address, then checks what the switch must keep: every
 /// address, the pools and advertisements, one answerer per sample, and ferrolb's owners serving DNS.
-async fn switch_and_check<F, Fut>(lab: &TestLab, client: &kube::Client, served: &Served, switch: F)
+async fn switch_and_check<F, Fut>(path: &str, lab: &TestLab, client: &kube::Client, served: &Served, switch: F)
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -122,7 +107,7 @@ where
     });
     for (watch, saw) in watches.iter().zip(&seen) {
         println!(
-            "{} {}/{}: longest client outage {:.0} ms; ARP samples {} ({} unanswered, {} with two answerers, answering MAC changed {} times)",
+            "{path}: {} {}/{}: longest client outage {:.0} ms; ARP samples {} ({} unanswered, {} with two answerers, answering MAC changed {} times)",
             watch.ip,
             watch.protocol,
             watch.port,
@@ -134,7 +119,7 @@ where
         );
     }
     let conflicts = address_conflict_events(client).await;
-    println!("AddressConflict Events during the switch: {} {conflicts:?}", conflicts.len());
+    println!("{path}: AddressConflict Events during the switch: {} {conflicts:?}", conflicts.len());
     let statuses: Api<ferrolb_crds::ServiceL2Status> = Api::namespaced(client.clone(), "metallb-system");
     let left: Vec<String> = statuses
         .list(&ListParams::default())
@@ -144,8 +129,8 @@ where
         .into_iter()
         .map(|s| format!("{} node={:?}", s.metadata.name.unwrap_or_default(), s.status.and_then(|s| s.node)))
         .collect();
-    println!("ServiceL2Status objects after the switch: {left:?}");
-    assert_eq!(addresses(client).await, served.addresses, "every Service keeps its address");
+    println!("{path}: ServiceL2Status objects after the switch: {left:?}");
+    assert_eq!(lb_addresses(client).await, served.addresses, "every Service keeps its address");
     assert_eq!(configuration(client).await, served.configuration, "pools and advertisements unchanged");
     for (watch, saw) in watches.iter().zip(&seen) {
         assert_eq!(saw.arp.several, 0, "{}: never two answerers", watch.ip);
@@ -168,7 +153,7 @@ async fn switching_from_a_manifest_installed_metallb_keeps_every_address_with_on
     let served = served_by_metallb(&lab, &client).await;
     // Delete MetalLB's controller and speakers, not its CRDs; install ferrolb at once, letting Helm adopt the
     // CRDs. MetalLB's processes are still exiting, and memberlist still holds UDP 7946, when ferrolb's start.
-    switch_and_check(&lab, &client, &served, || async {
+    switch_and_check("manifest", &lab, &client, &served, || async {
         running.terminate(Duration::from_secs(30), false);
         lab.ok(&["install", "--take-ownership"]);
     })
@@ -210,7 +195,7 @@ async fn switching_from_a_helm_installed_metallb_keeps_its_crds_and_every_addres
         .collect();
     assert!(metallb_crds.len() >= 9, "MetalLB's chart installed its CRDs: {metallb_crds:?}");
 
-    switch_and_check(&lab, &client, &served, || async {
+    switch_and_check("helm chart", &lab, &client, &served, || async {
         // 1. Keep every MetalLB CRD when it leaves the release, then take them out of the release.
         let keep = serde_json::json!({"metadata": {"annotations": {"helm.sh/resource-policy": "keep"}}});
         for name in &metallb_crds {

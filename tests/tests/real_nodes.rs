@@ -9,11 +9,12 @@ use ferrolb_crds::IPAddressPool;
 use ferrolb_speaker::model::election;
 use ferrolb_tests::harness::{
     TestLab, Watch, address_conflict_events, answering_nodes, apply_users_services, assert_dns_served_by, create_yaml,
-    eventually, ingress, one_lab_at_a_time, seed, wait_answered_by, wait_event, wait_ingress, watched_while,
+    eventually, ingress, lb_addresses, one_lab_at_a_time, seed, wait_answered_by, wait_event, wait_ingress,
+    watched_while,
 };
 use ferrolb_tests::lab::{lifecycle, realnode};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use std::net::IpAddr;
@@ -92,6 +93,34 @@ where
     let watch = Watch { ip: vip.to_string(), protocol: "udp", port: 53 };
     let seen = watched_while(lab, &[watch], work).pop().expect("one watch");
     (seen.outage_ms, seen.arp)
+}
+
+/// Prints what a roll of the chart's pods cost the host's client and ARP asker, with the alarms counted, and
+/// asserts the alarms are zero: never two answerers, no `AddressConflict` Event, no stranger conflict on any node
+/// (a restarted speaker must not take its peers for strangers).
+async fn assert_no_alarm(
+    lab: &TestLab,
+    client: &kube::Client,
+    what: &str,
+    outage_ms: f64,
+    arp: &ferrolb_tests::lab::arping::WatchReport,
+) {
+    let conflicts = address_conflict_events(client).await;
+    let strangers: Vec<(String, f64)> = NODES
+        .iter()
+        .map(|n| (n.to_string(), pod_speaker_metric(lab, n, "ferrolb_speaker_stranger_conflicts_total")))
+        .collect();
+    println!(
+        "{what}: longest UDP outage {outage_ms:.0} ms; ARP samples {} ({} unanswered, {} with two answerers, MACs {:?}); AddressConflict Events {}; stranger conflicts per node {strangers:?}",
+        arp.samples,
+        arp.unanswered,
+        arp.several,
+        arp.macs,
+        conflicts.len()
+    );
+    assert_eq!(arp.several, 0, "{what}: never two answerers");
+    assert!(conflicts.is_empty(), "{what}: no AddressConflict for the cluster's own speakers: {conflicts:?}");
+    assert!(strangers.iter().all(|(_, n)| *n == 0.0), "{what}: no speaker took a peer for a stranger: {strangers:?}");
 }
 
 /// The sum of one metric on `node`'s speaker pod (host network, port 7473). Panics when the speaker does not
@@ -289,17 +318,7 @@ async fn helm_upgrade_keeps_key_and_addresses_and_uninstall_leaves_the_users_obj
     let (vip, _, owner) = users_scenario(&lab, &client).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
     let key_before = secrets.get("ferrolb-gossip").await.expect("gossip secret").data;
-    let services: Api<Service> = Api::all(client.clone());
-    let addresses = |list: Vec<Service>| -> Vec<(String, Vec<String>)> {
-        list.into_iter()
-            .filter(|s| s.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer"))
-            .map(|s| {
-                let ips = s.status.and_then(|s| s.load_balancer).and_then(|lb| lb.ingress).unwrap_or_default();
-                (s.metadata.name.unwrap_or_default(), ips.into_iter().filter_map(|i| i.ip).collect())
-            })
-            .collect()
-    };
-    let before = addresses(services.list(&ListParams::default()).await.expect("services").items);
+    let before = lb_addresses(&client).await;
     let state = lab.state();
     // The upgrade rolls every speaker and controller pod (their arguments change) while a DNS client and an ARP
     // asker on the host watch the address.
@@ -308,24 +327,9 @@ async fn helm_upgrade_keeps_key_and_addresses_and_uninstall_leaves_the_users_obj
             .expect("helm upgrade");
         realnode::wait_chart_ready(&state, Duration::from_secs(180)).await.expect("rolled out");
     });
-    let conflicts = address_conflict_events(&client).await;
-    let strangers: Vec<(String, f64)> = NODES
-        .iter()
-        .map(|n| (n.to_string(), pod_speaker_metric(&lab, n, "ferrolb_speaker_stranger_conflicts_total")))
-        .collect();
-    println!(
-        "helm upgrade rolling 3 speakers and 2 controllers: longest UDP outage {outage_ms:.0} ms; ARP samples {} ({} unanswered, {} with two answerers, MACs {:?}); AddressConflict Events {}; stranger conflicts per node {strangers:?}",
-        arp.samples,
-        arp.unanswered,
-        arp.several,
-        arp.macs,
-        conflicts.len()
-    );
-    assert_eq!(arp.several, 0, "never two answerers during the roll");
-    assert!(conflicts.is_empty(), "no AddressConflict for the cluster's own speakers: {conflicts:?}");
-    assert!(strangers.iter().all(|(_, n)| *n == 0.0), "no speaker took a peer for a stranger: {strangers:?}");
+    assert_no_alarm(&lab, &client, "helm upgrade rolling 3 speakers and 2 controllers", outage_ms, &arp).await;
     assert_eq!(secrets.get("ferrolb-gossip").await.expect("gossip secret").data, key_before, "gossip key kept");
-    let after = addresses(services.list(&ListParams::default()).await.expect("services").items);
+    let after = lb_addresses(&client).await;
     assert_eq!(after, before, "every address kept across helm upgrade");
     wait_answered_by(&lab, &vip, &[&owner]).await;
 
@@ -337,7 +341,7 @@ async fn helm_upgrade_keeps_key_and_addresses_and_uninstall_leaves_the_users_obj
     .await;
     let pools = Api::<IPAddressPool>::namespaced(client.clone(), NS).list(&ListParams::default()).await.expect("pools");
     assert_eq!(pools.items.len(), 1, "the lab pool survives helm uninstall");
-    let remaining = addresses(services.list(&ListParams::default()).await.expect("services").items);
+    let remaining = lb_addresses(&client).await;
     assert_eq!(remaining, after, "Services and their addresses survive helm uninstall");
 }
 
@@ -396,33 +400,13 @@ async fn helm_upgrade_from_the_previous_chart_takes_the_crds_into_the_release_wi
     println!("helm upgrade without --take-ownership: {refused}");
     assert!(refused.to_string().contains("invalid ownership metadata"), "Helm says why: {refused}");
 
-    let services: Api<Service> = Api::all(client.clone());
-    let addresses = |list: Vec<Service>| -> Vec<(String, Vec<String>)> {
-        list.into_iter()
-            .filter_map(|s| {
-                let ips = s.status?.load_balancer?.ingress?.into_iter().filter_map(|i| i.ip).collect();
-                Some((s.metadata.name?, ips))
-            })
-            .collect()
-    };
-    let before = addresses(services.list(&ListParams::default()).await.expect("services").items);
+    let before = lb_addresses(&client).await;
     let (outage_ms, arp) = watched_dns_while(&lab, &vip, || async {
         lifecycle::install_chart_from(&state, &current, &[], &["--take-ownership"]).expect("helm upgrade");
         realnode::wait_chart_ready(&state, Duration::from_secs(180)).await.expect("rolled out");
     });
-    let conflicts = address_conflict_events(&client).await;
-    let strangers: Vec<(String, f64)> = NODES
-        .iter()
-        .map(|n| (n.to_string(), pod_speaker_metric(&lab, n, "ferrolb_speaker_stranger_conflicts_total")))
-        .collect();
-    println!(
-        "helm upgrade from {PREVIOUS_CHART_COMMIT:.7}'s chart: longest UDP outage {outage_ms:.0} ms; ARP samples {} ({} unanswered, {} with two answerers, MACs {:?}); AddressConflict Events {}; stranger conflicts per node {strangers:?}",
-        arp.samples,
-        arp.unanswered,
-        arp.several,
-        arp.macs,
-        conflicts.len()
-    );
+    let what = format!("helm upgrade from {PREVIOUS_CHART_COMMIT:.7}'s chart");
+    assert_no_alarm(&lab, &client, &what, outage_ms, &arp).await;
     let _ = std::fs::remove_dir_all(&scratch);
     for name in ["ipaddresspools.metallb.io", "l2advertisements.metallb.io", "servicel2statuses.metallb.io"] {
         let crd = crds.get(name).await.expect("CRD");
@@ -430,12 +414,9 @@ async fn helm_upgrade_from_the_previous_chart_takes_the_crds_into_the_release_wi
         let policy = crd.metadata.annotations.unwrap_or_default().get("helm.sh/resource-policy").cloned();
         assert_eq!(policy.as_deref(), Some("keep"), "{name} is kept on uninstall");
     }
-    let after = addresses(services.list(&ListParams::default()).await.expect("services").items);
+    let after = lb_addresses(&client).await;
     assert_eq!(after, before, "every address kept");
     wait_answered_by(&lab, &vip, &[&owner]).await;
-    assert_eq!(arp.several, 0, "never two answerers during the upgrade");
-    assert!(conflicts.is_empty(), "no AddressConflict for the cluster's own speakers: {conflicts:?}");
-    assert!(strangers.iter().all(|(_, n)| *n == 0.0), "no speaker took a peer for a stranger: {strangers:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

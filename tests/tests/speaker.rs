@@ -340,25 +340,46 @@ async fn a_deleted_pool_in_use_stays_and_its_address_stays_answered() {
     let _serial = one_lab_at_a_time().await;
     let Dns { lab, client, vip, owner, .. } = dns_lab().await;
     let pools = pools_api(&client);
+    wait_protected(&pools, "lab").await;
+    pools.delete("lab", &kube::api::DeleteParams::default()).await.expect("delete pool");
+    wait_event(&client, "metallb-system", "lab", &format!("kube-system/dns-svc-lb ({vip})")).await;
+    // A minute of the deleted pool: every ARP sample (one each 500 ms) answered by the owner alone.
+    let watched = ferrolb_tests::harness::arpwatch(&lab, &vip, 500, 60_000);
+    let owner_mac = ferrolb_tests::harness::node_macs(&lab)
+        .into_iter()
+        .find_map(|(mac, node)| (node == owner).then_some(mac))
+        .expect("owner's MAC");
+    println!("60 s after the pool's deletion: {watched:?}");
+    assert!(watched.samples >= 100, "the asker ran for the minute: {watched:?}");
+    assert_eq!((watched.unanswered, watched.several), (0, 0), "always answered, by one MAC");
+    assert_eq!(watched.macs.keys().collect::<Vec<_>>(), [&owner_mac], "by the owner's");
+    assert_kept_then_released(&lab, &client, &vip, &owner).await;
+    eventually("the pool gone with its last holder", Duration::from_secs(30), || async {
+        pools.get_opt("lab").await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
+/// Waits until the controller protects pool `name` (its finalizer), i.e. it has seen an address of it in use.
+async fn wait_protected(pools: &Api<DynamicObject>, name: &str) {
     eventually("the pool protected while in use", Duration::from_secs(30), || async {
-        let pool = pools.get("lab").await.ok()?;
+        let pool = pools.get(name).await.ok()?;
         pool.metadata.finalizers.unwrap_or_default().iter().any(|f| f == "ferrolb.io/addresses-in-use").then_some(())
     })
     .await;
-    pools.delete("lab", &kube::api::DeleteParams::default()).await.expect("delete pool");
-    wait_event(&client, "metallb-system", "lab", &format!("kube-system/dns-svc-lb ({vip})")).await;
+}
+
+/// After its pool was deleted: the DNS Service still holds `vip` and `owner` still answers it (sampled five
+/// times); then the Service is deleted, so the pool's last address is released.
+async fn assert_kept_then_released(lab: &TestLab, client: &kube::Client, vip: &str, owner: &str) {
     for _ in 0..5 {
-        assert_eq!(ingress(&client, "kube-system", "dns-svc-lb").await, [vip.as_str()], "the address is kept");
-        assert_eq!(answering_nodes(&lab, &vip), [owner.as_str()], "and answered by its owner");
+        assert_eq!(ingress(client, "kube-system", "dns-svc-lb").await, [vip], "the address is kept");
+        assert_eq!(answering_nodes(lab, vip), [owner], "and answered by its owner");
     }
     Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), "kube-system")
         .delete("dns-svc-lb", &kube::api::DeleteParams::default())
         .await
         .expect("delete Service");
-    eventually("the pool gone with its last holder", Duration::from_secs(30), || async {
-        pools.get_opt("lab").await.ok()?.is_none().then_some(())
-    })
-    .await;
 }
 
 /// `helm uninstall` of a MetalLB whose chart templates its CRDs deletes the IPAddressPool CRD, and with it every
@@ -370,26 +391,14 @@ async fn the_pool_crd_deleted_while_in_use_keeps_the_address_answered() {
     let _serial = one_lab_at_a_time().await;
     let Dns { lab, client, vip, owner, .. } = dns_lab().await;
     let pools = pools_api(&client);
-    eventually("the pool protected while in use", Duration::from_secs(30), || async {
-        let pool = pools.get("lab").await.ok()?;
-        pool.metadata.finalizers.unwrap_or_default().iter().any(|f| f == "ferrolb.io/addresses-in-use").then_some(())
-    })
-    .await;
+    wait_protected(&pools, "lab").await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.delete("ipaddresspools.metallb.io", &kube::api::DeleteParams::default()).await.expect("delete CRD");
     // Evidence that the deletion reached the pool and the controller decided: its Warning naming the holder.
     wait_event(&client, "metallb-system", "lab", &format!("kube-system/dns-svc-lb ({vip})")).await;
     let crd = crds.get("ipaddresspools.metallb.io").await.expect("the CRD waits for its pools");
     assert!(crd.metadata.deletion_timestamp.is_some(), "the CRD is terminating");
-    for _ in 0..5 {
-        assert_eq!(ingress(&client, "kube-system", "dns-svc-lb").await, [vip.as_str()], "the address is kept");
-        assert_eq!(answering_nodes(&lab, &vip), [owner.as_str()], "and answered by its owner");
-    }
-    // The user re-applies nothing yet; the last holder leaves, so the pool, then the CRD, go.
-    Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), "kube-system")
-        .delete("dns-svc-lb", &kube::api::DeleteParams::default())
-        .await
-        .expect("delete Service");
+    assert_kept_then_released(&lab, &client, &vip, &owner).await;
     eventually("the CRD gone with its last pool", Duration::from_secs(120), || async {
         crds.get_opt("ipaddresspools.metallb.io").await.ok()?.is_none().then_some(())
     })
