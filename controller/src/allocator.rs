@@ -24,6 +24,9 @@ pub struct Outcome {
     pub assignment: Assignment,
     /// Whether it differs from what it held before the call.
     pub changed: bool,
+    /// Whether it held addresses before and now shares on other terms (sharing key, backend key or ports): a
+    /// Service refused for a clash with it may fit now, though no address was freed.
+    pub sharing_changed: bool,
 }
 
 /// Address counts of one pool.
@@ -235,17 +238,22 @@ impl Allocator {
     /// else picks new ones. On refusal the Service holds nothing.
     pub fn allocate(&mut self, intent: &ServiceIntent) -> Result<Outcome, Refusal> {
         let previous = self.unregister(&intent.key);
+        let sharing_changed = previous.as_ref().is_some_and(|prev| {
+            prev.sharing_key != intent.sharing_key
+                || prev.backend_key != intent.backend_key
+                || !prev.ports.iter().eq(intent.ports.iter())
+        });
         if let Some(prev) = &previous
             && let Ok(assignment) = self.validate_held(intent, &prev.assignment.ips, true)
         {
             let changed = assignment != prev.assignment;
             self.register_intent(intent, assignment.clone());
-            return Ok(Outcome { assignment, changed });
+            return Ok(Outcome { assignment, changed, sharing_changed });
         }
         let assignment = self.choose(intent)?;
         self.register_intent(intent, assignment.clone());
         let changed = previous.is_none_or(|p| p.assignment != assignment);
-        Ok(Outcome { assignment, changed })
+        Ok(Outcome { assignment, changed, sharing_changed })
     }
 
     /// Frees whatever the Service holds (deleted, or no longer a LoadBalancer of our class).

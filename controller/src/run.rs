@@ -70,7 +70,7 @@ struct Controller {
     reported_problems: BTreeMap<String, String>,
     /// Last Warning told per pool being deleted while in use.
     reported_deleting: BTreeMap<String, String>,
-    /// Whether addresses were freed since refused Services were last retried.
+    /// Whether addresses were freed, or a holder's sharing terms changed, since refused Services were last retried.
     freed: bool,
     /// Consecutive failed writes per Service, for the retry backoff.
     failures: BTreeMap<ServiceKey, u32>,
@@ -254,9 +254,11 @@ impl Controller {
             }
             outcome
         });
-        // Addresses this Service no longer holds (refused, or moved) may be what a refused Service waits for.
+        // Addresses this Service no longer holds (refused, or moved) may be what a refused Service waits for; so
+        // may new sharing terms of the addresses it keeps (a refused sharer may match them now).
         let now_held = outcome.as_ref().ok().map(|o| &o.assignment.ips);
         self.freed |= frees(before.as_ref().map(|a| a.ips.as_slice()), now_held.map(Vec::as_slice));
+        self.freed |= outcome.as_ref().is_ok_and(|o| o.sharing_changed);
         match outcome {
             Ok(outcome) => {
                 self.metrics.count("assigned");
@@ -288,15 +290,19 @@ impl Controller {
     }
 
     /// Retries every refused Service once addresses were freed (a deletion, a class change, a Service that
-    /// moved or lost its address): MetalLB re-processes all Services then too; without it a Service refused
-    /// for a full pool stays pending after another one frees an address.
+    /// moved or lost its address) or a holder changed its sharing terms (key, ports, traffic policy, selector):
+    /// MetalLB re-processes all Services then too; without it a Service refused for a full pool, or for a
+    /// holder's sharing key, stays pending after the holder changes.
     async fn retry_refused(&mut self) {
         if !std::mem::take(&mut self.freed) {
             return;
         }
         let refused: Vec<ServiceKey> = self.refusals.keys().cloned().collect();
         if !refused.is_empty() {
-            tracing::info!(services = refused.len(), "addresses were freed; retrying refused Services");
+            tracing::info!(
+                services = refused.len(),
+                "addresses freed or sharing terms changed; retrying refused Services"
+            );
         }
         self.reconcile(refused).await;
     }

@@ -335,6 +335,27 @@ fn a_sole_holder_may_change_its_sharing_key_and_ports() {
     s.ports.insert(PortKey { protocol: "TCP".into(), port: 443 });
     let outcome = a.allocate(&s).expect("still valid");
     assert_eq!((outcome.assignment.ips, outcome.changed), (before, false));
+    assert!(outcome.sharing_changed, "new terms: a refused sharer must be reconsidered");
+    assert!(!a.allocate(&s).expect("same again").sharing_changed, "the same terms again change nothing");
+}
+
+/// MetalLB's "reconsider sharing" case: a Service refused because the holder of its requested address uses
+/// another key fits once the holder takes its key; the holder's outcome says so, which is what makes the
+/// controller retry refused Services although no address was freed.
+#[test]
+fn a_holder_changing_its_terms_says_so_and_the_refused_sharer_then_fits() {
+    let mut a = allocator(vec![pool("p", spec(&["10.0.0.0/30"]))]);
+    let mut holder = shared("holder", "one", &[("TCP", 80)]);
+    holder.requested = vec![ip("10.0.0.1")];
+    assert!(!a.allocate(&holder).expect("first").sharing_changed, "a first allocation changes no terms");
+    let mut sharer = shared("sharer", "two", &[("UDP", 53)]);
+    sharer.requested = vec![ip("10.0.0.1")];
+    assert!(matches!(a.allocate(&sharer), Err(Refusal::SharingKeyMismatch { .. })));
+    holder.sharing_key = Some("two".into());
+    let outcome = a.allocate(&holder).expect("the holder keeps its address");
+    assert_eq!((outcome.assignment.ips.as_slice(), outcome.changed), ([ip("10.0.0.1")].as_slice(), false));
+    assert!(outcome.sharing_changed);
+    assert_eq!(got(&mut a, &sharer), [ip("10.0.0.1")], "the retried sharer gets the address");
 }
 
 #[test]

@@ -304,7 +304,8 @@ async fn restarts_never_move_an_address_and_one_of_two_replicas_writes() {
 }
 
 /// A Service refused for a full pool gets the address another Service frees (deleted, or moved out by a
-/// class change), and an address a grown pool adds; bounds are generous, the time taken is printed.
+/// class change), and an address a grown pool adds; one refused for a holder's sharing key gets the address when
+/// the holder changes its key. Bounds are generous, the time taken is printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_services_get_addresses_as_soon_as_some_are_freed() {
     let lab = TestLab::start(EXE, "flbq", 1, false);
@@ -344,4 +345,20 @@ async fn refused_services_get_addresses_as_soon_as_some_are_freed() {
     let grown = json!({"spec": {"addresses": ["198.19.0.1-198.19.0.3"]}});
     pools(&client).patch("small", &PatchParams::default(), &Patch::Merge(&grown)).await.expect("grow the pool");
     wait_ingress(&client, "default", "e", &["198.19.0.3"]).await;
+
+    // MetalLB's "reconsider sharing": refused because the holder of its requested address uses another sharing
+    // key, a Service gets the address once the holder takes its key, though nothing was freed.
+    let sharing = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: sharing, namespace: metallb-system}\nspec: {addresses: [198.19.0.10-198.19.0.11]}\n";
+    create_yaml(&client, sharing).await.expect("sharing pool");
+    let keyed = |key: &str| format!("  annotations: {{metallb.io/allow-shared-ip: {key}}}\n");
+    let at = "  loadBalancerIP: 198.19.0.10\n";
+    create_yaml(&client, &lb_service("default", "holder", 80, &keyed("one"), at)).await.expect("holder");
+    wait_ingress(&client, "default", "holder", &["198.19.0.10"]).await;
+    create_yaml(&client, &lb_service("default", "sharer", 81, &keyed("two"), at)).await.expect("sharer");
+    wait_event(&client, "default", "sharer", "AllocationFailed", "198.19.0.10").await;
+    assert!(ingress(&client, "default", "sharer").await.is_empty(), "refused for the other key");
+    let rekey = json!({"metadata": {"annotations": {"metallb.io/allow-shared-ip": "two"}}});
+    services.patch("holder", &PatchParams::default(), &Patch::Merge(&rekey)).await.expect("holder takes key two");
+    wait_ingress(&client, "default", "sharer", &["198.19.0.10"]).await;
+    assert_eq!(ingress(&client, "default", "holder").await, ["198.19.0.10"], "the holder kept its address");
 }
