@@ -38,7 +38,10 @@ fn respond(path: &str, ready: &AtomicBool, metrics: impl FnOnce() -> String) -> 
         "/metrics" => ("200 OK", metrics()),
         "/healthz" => ("200 OK", "ok\n".into()),
         "/readyz" if ready.load(Ordering::Relaxed) => ("200 OK", "ok\n".into()),
-        "/readyz" => ("503 Service Unavailable", "caches not synced yet\n".into()),
+        "/readyz" => (
+            "503 Service Unavailable",
+            "not ready yet (caches syncing; a speaker also waits for its liveness port)\n".into(),
+        ),
         _ => ("404 Not Found", "try /metrics, /healthz or /readyz\n".into()),
     }
 }

@@ -43,7 +43,6 @@ pub async fn run(
     let mut shutdown = std::pin::pin!(shutdown);
     let (wake, mut wakes) = tokio::sync::mpsc::unbounded_channel();
     let stores = Stores::start(&client, &settings, &wake).await?;
-    ready.store(true, Ordering::Relaxed);
     tracing::info!(node = %settings.node, "caches synced");
     // Interfaces come and go: the kernel says when (netlink), and a slow rescan is the safety net for a missed
     // notification; without netlink, every tick rescans (docs/design.md §4.4).
@@ -66,6 +65,10 @@ pub async fn run(
             return Ok(());
         }
     };
+    // Ready only now: a speaker still waiting for its port answers nothing, and a rolling update must not take
+    // the next node's speaker down on the strength of this one (docs/design.md §5.2).
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!("ready: caches synced and liveness port bound");
     let schedule =
         Schedule { garp: settings.garp_schedule.clone(), refresh: settings.garp_refresh, timing: Timing::default() };
     let status_api =

@@ -95,6 +95,16 @@ fn speaker_pid(lab: &TestLab, node: &str) -> i32 {
     lab.state().procs.iter().rev().find(|p| p.role == format!("speaker {node}")).expect("speaker").pid
 }
 
+/// The HTTP status of `node`'s speaker's `/readyz` (process-mode lab), as curl prints it.
+fn readyz(lab: &TestLab, node: &str) -> String {
+    let state = lab.state();
+    let port = state.procs.iter().rev().find(|p| p.role == format!("speaker {node}")).and_then(|p| p.port);
+    let url = format!("http://127.0.0.1:{}/readyz", port.expect("speaker port"));
+    let out =
+        lab.cli(&["exec", node, "--", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", &url]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("signal");
 }
@@ -322,10 +332,15 @@ async fn a_speaker_waits_for_its_liveness_port_while_another_process_holds_it() 
     let waiting = speaker_pid(&lab, &owner);
     assert!(ferrolb_tests::lab::control_plane::alive(waiting), "it waits rather than exits");
     assert_eq!(answering_nodes(&lab, &vip), [next.as_str()], "the address stays answered meanwhile");
+    assert_eq!(readyz(&lab, &owner), "503", "not ready while it waits, so a rolling update waits too");
     drop(holder.stdin.take());
     let _ = holder.wait();
     eventually("the protocol to start once the port is free", Duration::from_secs(30), || async {
         read().contains("liveness port free").then_some(())
+    })
+    .await;
+    eventually("ready once the port is bound", Duration::from_secs(30), || async {
+        (readyz(&lab, &owner) == "200").then_some(())
     })
     .await;
     wait_answered_by(&lab, &vip, &[&owner]).await;
