@@ -67,7 +67,7 @@ async fn trial(lab: &TestLab, exe: &str, targets: &[&str], graceful: bool, windo
     tokio::time::sleep(Duration::from_millis(700)).await;
     if graceful {
         let state = lab.state();
-        let pid = state.procs.iter().rev().find(|p| p.role == format!("speaker {owner}")).expect("speaker").pid;
+        let pid = state.speaker(&owner).expect("speaker").pid;
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
     } else {
         lab.ok(&["kill", &owner]);
@@ -198,7 +198,7 @@ async fn main() {
     state.speaker_gossip = false;
     state.save().expect("state");
     for node in ["node-1", "node-2", "node-3"] {
-        let pid = state.procs.iter().rev().find(|p| p.role == format!("speaker {node}")).expect("speaker").pid;
+        let pid = state.speaker(node).expect("speaker").pid;
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         lifecycle::start_speaker(&mut state, node).await.expect("restart speaker");
     }

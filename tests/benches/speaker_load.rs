@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 /// A speaker's `ferrolb_speaker_plan_seconds` (sum, count), scraped inside its node's namespace.
 fn plan_stats(lab: &TestLab, state: &ferrolb_tests::lab::State, node: &str) -> (f64, f64) {
-    let port = state.procs.iter().rev().find(|p| p.role == format!("speaker {node}")).and_then(|p| p.port);
+    let port = state.speaker(node).and_then(|p| p.port);
     let Some(port) = port else { return (f64::NAN, f64::NAN) };
     let url = format!("http://127.0.0.1:{port}/metrics");
     let out = lab.cli(&["exec", node, "--", "curl", "-s", "--max-time", "5", &url]);

@@ -317,7 +317,7 @@ pub fn assert_dns_served_by(lab: &TestLab, vip: &str, owner: &str) {
 /// A node's speaker's `/metrics` text (process-mode labs: the speaker serves it on the node's 127.0.0.1).
 pub fn speaker_metrics(lab: &TestLab, node: &str) -> String {
     let state = lab.state();
-    let port = state.procs.iter().rev().find(|p| p.role == format!("speaker {node}")).and_then(|p| p.port);
+    let port = state.speaker(node).and_then(|p| p.port);
     let Some(port) = port else { return String::new() };
     let url = format!("http://127.0.0.1:{port}/metrics");
     let out = lab.cli(&["exec", node, "--", "curl", "-s", "--max-time", "5", &url]);

@@ -55,7 +55,7 @@ fn new_speaker() -> PathBuf {
 /// recorded process, so until it has, that process is still `ip`.
 fn running_binary(lab: &TestLab, node: &str) -> PathBuf {
     let state = lab.state();
-    let pid = state.procs.iter().rev().find(|p| p.role == format!("speaker {node}")).map(|p| p.pid);
+    let pid = state.speaker(node).map(|p| p.pid);
     let pid = pid.unwrap_or_else(|| panic!("no speaker recorded on {node}"));
     for _ in 0..200 {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"))

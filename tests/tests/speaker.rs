@@ -92,13 +92,13 @@ async fn dns_lab() -> Dns {
 
 /// The pid of `node`'s speaker process (the newest one).
 fn speaker_pid(lab: &TestLab, node: &str) -> i32 {
-    lab.state().procs.iter().rev().find(|p| p.role == format!("speaker {node}")).expect("speaker").pid
+    lab.state().speaker(node).expect("speaker").pid
 }
 
 /// The HTTP status of `node`'s speaker's `/readyz` (process-mode lab), as curl prints it.
 fn readyz(lab: &TestLab, node: &str) -> String {
     let state = lab.state();
-    let port = state.procs.iter().rev().find(|p| p.role == format!("speaker {node}")).and_then(|p| p.port);
+    let port = state.speaker(node).and_then(|p| p.port);
     let url = format!("http://127.0.0.1:{}/readyz", port.expect("speaker port"));
     let out =
         lab.cli(&["exec", node, "--", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", &url]);

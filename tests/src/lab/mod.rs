@@ -258,6 +258,12 @@ impl State {
             .ok_or_else(|| LabError::Usage(format!("no node {name:?} in lab {:?}", self.name)))
     }
 
+    /// The newest speaker process the lab started on `node` (process mode; it may have exited since).
+    pub fn speaker(&self, node: &str) -> Option<&Proc> {
+        let role = format!("speaker {node}");
+        self.procs.iter().rev().find(|p| p.role == role)
+    }
+
     /// The marker file whose presence stops a node's heartbeats.
     pub fn killed_marker(&self, node: &str) -> PathBuf {
         self.dir.join("killed").join(node)
