@@ -13,7 +13,7 @@ HELM_KUBE_VERSION := 1.35.4
 # chart.rs is in both: its `helm::` tests run `helm template` from the control-plane cache, so only the rest is pure.
 # UPGRADE_SUITES need root and an old speaker's binary too: only `make upgrade-test` runs them.
 PURE_SUITES := layout chart
-LAB_SUITES := controller crds faults interfaces ipv6 lab migration plugin real_nodes selectors solicited_node_groups speaker
+LAB_SUITES := controller crds faults interfaces ipv6 lab migration plugin preferred_nodes real_nodes selectors solicited_node_groups speaker
 UPGRADE_SUITES := rolling_upgrade
 
 # The quick tier: formatting, clippy, every unit, property and pure test. Needs no root, no images, no control

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
     ),
     printcolumn(name = "Interfaces", type_ = "string", json_path = ".spec.interfaces"),
     printcolumn(name = "Node Selectors", type_ = "string", json_path = ".spec.nodeSelectors", priority = 10),
+    printcolumn(name = "Preferred Nodes", type_ = "string", json_path = ".spec.preferredNodeSelectors", priority = 10),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -47,6 +48,20 @@ pub struct L2AdvertisementSpec {
     /// Services this advertisement applies to; empty means every Service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_selectors: Vec<LabelSelector>,
+    /// Soft preferences among the nodes `nodeSelectors` allow: the node with the highest summed weight
+    /// announces, the usual hash order breaks ties (MetalLB main's field; docs/design.md §4.3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferred_node_selectors: Vec<PreferredNodeSelector>,
+}
+
+/// A weighted preference for the nodes one selector matches.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+pub struct PreferredNodeSelector {
+    /// Added to the score of every node the preference matches, 1 to 100.
+    #[schemars(range(min = 1, max = 100))]
+    pub weight: i32,
+    /// The nodes that get the weight; an empty selector matches every node.
+    pub preference: LabelSelector,
 }
 
 /// Kept empty, as in MetalLB.

@@ -11,7 +11,9 @@ pub mod selector;
 pub mod service;
 mod servicel2status;
 
-pub use l2advertisement::{L2Advertisement, L2AdvertisementSchema, L2AdvertisementSpec, L2AdvertisementStatus};
+pub use l2advertisement::{
+    L2Advertisement, L2AdvertisementSchema, L2AdvertisementSpec, L2AdvertisementStatus, PreferredNodeSelector,
+};
 pub use pool::{IPAddressPool, IPAddressPoolSpec, IPAddressPoolStatus, ServiceAllocation};
 pub use servicel2status::{InterfaceInfo, ServiceL2Status, ServiceL2StatusSpec, ServiceL2StatusStatus};
 

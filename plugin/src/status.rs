@@ -49,8 +49,8 @@ pub fn rows(services: &[Service], statuses: &[ServiceL2Status], load_balancer_cl
                 interfaces: Vec::new(),
                 since: None,
             };
-            // The speaker announces IPv4 only (docs/design.md §6.6), so its report covers the IPv4 address.
-            if ip.is_ipv6() || reports.is_empty() {
+            // Every address of a Service is answered by one node (docs/design.md §4.3), so its report covers them all.
+            if reports.is_empty() {
                 rows.push(base);
                 continue;
             }

@@ -211,7 +211,7 @@ pub fn why(svc: &Service, cluster: &Cluster, settings: &Settings, now: Instant) 
         .collect();
     for r in &reports {
         let ifaces: Vec<&str> = r.interfaces.iter().map(|i| i.name.as_str()).collect();
-        let ips: Vec<String> = ingress.iter().filter(|ip| ip.is_ipv4()).map(ToString::to_string).collect();
+        let ips: Vec<String> = ingress.iter().map(ToString::to_string).collect();
         notes.push(Finding {
             text: format!(
                 "{} announced by node {} on {}",
@@ -222,7 +222,10 @@ pub fn why(svc: &Service, cluster: &Cluster, settings: &Settings, now: Instant) 
             source: Source::Status,
         });
     }
-    if unannounced.is_none() && reports.is_empty() && ingress.iter().any(IpAddr::is_ipv4) {
+    if let Some((first, order)) = prepared.election_order(&skey, policy).filter(|(_, o)| !o.is_empty()) {
+        notes.push(Finding { text: election_order_text(first, &order), source: Source::Election });
+    }
+    if unannounced.is_none() && reports.is_empty() {
         match latest_event(&cluster.events, svc, ANNOUNCE_FAILED) {
             Some(e) => reasons
                 .push(Finding { text: e.message.clone().unwrap_or_default(), source: Source::Event(ANNOUNCE_FAILED) }),
@@ -244,12 +247,6 @@ pub fn why(svc: &Service, cluster: &Cluster, settings: &Settings, now: Instant) 
             }
         }
     }
-    for ip in ingress.iter().filter(|ip| ip.is_ipv6()) {
-        reasons.push(Finding {
-            text: format!("{ip} is not announced: the speaker announces IPv4 only so far (docs/design.md §10.2)"),
-            source: Source::Service,
-        });
-    }
     let ips: Vec<String> = ingress.iter().map(ToString::to_string).collect();
     let headline = if reasons.is_empty() {
         format!("has {} and is announced", ips.join(", "))
@@ -257,6 +254,26 @@ pub fn why(svc: &Service, cluster: &Cluster, settings: &Settings, now: Instant) 
         format!("has {} but is not (fully) announced", ips.join(", "))
     };
     answer(headline, reasons, notes)
+}
+
+/// The election order in words: who wins, who would next, and the preference weights when any node has one.
+fn election_order_text(first: IpAddr, order: &[(&str, u64)]) -> String {
+    let preferred = order.iter().any(|(_, weight)| *weight > 0);
+    let shown: Vec<String> = order
+        .iter()
+        .take(5)
+        .map(|(name, weight)| if preferred { format!("{name} (preference {weight})") } else { name.to_string() })
+        .collect();
+    let more = match order.len().saturating_sub(5) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    let rule = if preferred {
+        "the highest preferredNodeSelectors weight first, then the hash of node and address"
+    } else {
+        "by the hash of node and address"
+    };
+    format!("election order for {first}: {}{more} ({rule}; the first announces)", shown.join(", "))
 }
 
 /// The text `why` prints: a headline, then `reason:` / `ok:` lines each followed by its `source:`.
@@ -271,6 +288,7 @@ pub fn render(a: &Answer) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::Node;
     use serde_json::{Value, json};
 
     fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
@@ -394,6 +412,41 @@ mod tests {
         assert!(a.reasons.is_empty(), "{a:?}");
         assert_eq!(a.headline, "has 198.19.0.1 and is announced");
         assert_eq!(a.notes[0].text, "198.19.0.1 announced by node node-1 on eth0");
+    }
+
+    #[test]
+    fn the_election_order_shows_preferences_and_an_ipv6_address_is_not_called_unannounced() {
+        let web: Service = obj(json!({"metadata": {"name": "web", "namespace": "default", "uid": "uid-web",
+            "annotations": {"metallb.io/ip-allocated-from-pool": "lab"}},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.19.0.1"}, {"ip": "2001:db8::1"}]}}}));
+        let mut c = cluster(vec![web.clone()], json!({}));
+        let node = |name: &str, labels: Value| -> Node {
+            obj(json!({"metadata": {"name": name, "labels": labels},
+                "status": {"conditions": [{"type": "Ready", "status": "True"}]}}))
+        };
+        c.nodes = vec![node("node-1", json!({})), node("node-2", json!({"zone": "primary"}))];
+        c.statuses = vec![obj(json!({"apiVersion": "metallb.io/v1beta1", "kind": "ServiceL2Status",
+            "metadata": {"name": "l2-uid-web-node-2"}, "spec": {}, "status": {"node": "node-2",
+            "serviceName": "web", "serviceNamespace": "default", "interfaces": [{"name": "eth0"}]}}))];
+        let plain = why(&web, &c, &Settings::default(), Instant::now());
+        assert!(plain.reasons.is_empty(), "both addresses are answered by the reporting node: {plain:?}");
+        assert_eq!(plain.notes[0].text, "198.19.0.1, 2001:db8::1 announced by node node-2 on eth0");
+        let hashed = &plain.notes[1].text;
+        assert!(
+            hashed.starts_with("election order for 198.19.0.1: node-") && hashed.contains("by the hash"),
+            "{hashed}"
+        );
+        c.ads = vec![obj(json!({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
+            "metadata": {"name": "lab", "namespace": "metallb-system"},
+            "spec": {"preferredNodeSelectors": [{"weight": 100, "preference": {"matchLabels": {"zone": "primary"}}}]}}))];
+        let preferred = why(&web, &c, &Settings::default(), Instant::now());
+        assert_eq!(
+            preferred.notes[1].text,
+            "election order for 198.19.0.1: node-2 (preference 100), node-1 (preference 0) (the highest \
+             preferredNodeSelectors weight first, then the hash of node and address; the first announces)"
+        );
+        assert_eq!(preferred.notes[1].source, Source::Election);
     }
 
     #[test]

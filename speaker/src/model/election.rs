@@ -4,8 +4,10 @@
 //! Candidates are the nodes that run a speaker of this release, whose speaker is alive, are selected by an L2Advertisement that applies to the
 //! Service, are not excluded (label — unless [`Policy::ignore_exclude_label`] —, `NetworkUnavailable`,
 //! out-of-service taint), have an interface the advertisement allows, and — for `externalTrafficPolicy: Local`
-//! — host a ready endpoint. The owner is the candidate with the lowest `hash(node, address)` (rendezvous
-//! hashing): addresses spread across nodes, and a node that leaves or joins moves only its own addresses.
+//! — host a ready endpoint. The owner is the candidate with the highest preference (the weights of the
+//! advertisements' `preferredNodeSelectors` that match it, MetalLB main's rule), then the lowest
+//! `hash(node, address)` (rendezvous hashing): addresses spread across nodes, and a node that leaves or joins
+//! moves only its own addresses. Without preferences every node's is 0 and the hash alone decides.
 //!
 //! When there is no owner, [`decide`] says why ([`Nobody`]), per node when it comes to that, so the speaker
 //! can tell the user instead of silently answering nothing.
@@ -49,6 +51,15 @@ pub struct Advertisement {
     pub interfaces: BTreeSet<String>,
     /// It applies to the Service through `serviceSelectors` (rather than to every Service of its pools).
     pub selects_services: bool,
+    /// `preferredNodeSelectors`: each selector with its weight (1–100).
+    pub preferences: Vec<(Selector, u32)>,
+}
+
+impl Advertisement {
+    /// Whether its node selectors pick `node` (none: every node).
+    fn selects(&self, node: &NodeFacts) -> bool {
+        self.node_selectors.is_empty() || self.node_selectors.iter().any(|s| s.matches(&node.labels))
+    }
 }
 
 /// What decides the owner of one Service's address.
@@ -113,9 +124,51 @@ impl Ineligible {
 
 /// The advertisements whose node selectors pick `node`.
 fn selecting<'a>(node: &NodeFacts, ads: &'a [Advertisement]) -> Vec<&'a Advertisement> {
+    ads.iter().filter(|a| a.selects(node)).collect()
+}
+
+/// How strongly the advertisements prefer `node`: the weights of every preference that matches it, summed over
+/// the advertisements that apply to the Service, each counting only for the nodes its own `nodeSelectors`
+/// pick (MetalLB main's `preferredNodeScores` and `preferredScoresFor`). Preferences never make a node
+/// eligible; they only order the eligible ones.
+pub fn preference(node: &NodeFacts, ads: &[Advertisement]) -> u64 {
     ads.iter()
-        .filter(|a| a.node_selectors.is_empty() || a.node_selectors.iter().any(|s| s.matches(&node.labels)))
-        .collect()
+        .filter(|a| !a.preferences.is_empty() && a.selects(node))
+        .flat_map(|a| a.preferences.iter())
+        .filter(|(selector, _)| selector.matches(&node.labels))
+        .map(|(_, weight)| u64::from(*weight))
+        .sum()
+}
+
+/// A node's place in the election for one address: smaller wins. Higher preference first, then the lower
+/// rendezvous score, then the name (a tie no two real names produce, but the order must be total).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rank<'a> {
+    preference: std::cmp::Reverse<u64>,
+    score: u64,
+    name: &'a str,
+}
+
+impl<'a> Rank<'a> {
+    /// The rank of `name` with the given preference.
+    pub fn new(name: &'a str, preference: u64, ip: IpAddr) -> Self {
+        Self { preference: std::cmp::Reverse(preference), score: score(name, ip), name }
+    }
+
+    /// The node's summed preference weight.
+    pub fn preference(&self) -> u64 {
+        self.preference.0
+    }
+
+    /// The node ranked.
+    pub fn name(&self) -> &'a str {
+        self.name
+    }
+}
+
+/// The rank of `node` for `ip` under the advertisements that apply.
+pub fn rank<'a>(node: &'a NodeFacts, ip: IpAddr, ads: &[Advertisement]) -> Rank<'a> {
+    Rank::new(&node.name, preference(node, ads), ip)
 }
 
 /// The interface names `node` may answer on (empty: any, as in an advertisement). Only advertisements that
@@ -187,9 +240,10 @@ pub fn score(node: &str, ip: IpAddr) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The owner among candidates: lowest score, ties broken by name.
+/// The owner among equally preferred candidates (no `preferredNodeSelectors`): lowest score, ties broken by
+/// name.
 pub fn owner<'a>(ip: IpAddr, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    candidates.into_iter().min_by_key(|name| (score(name, ip), *name))
+    candidates.into_iter().min_by_key(|name| Rank::new(name, 0, ip)).map(|name| name as &str)
 }
 
 /// Why nobody announces an address.
@@ -266,13 +320,13 @@ pub fn decide<'a>(
     if nodes.is_empty() {
         return Decision::Nobody(Nobody::NoNodes);
     }
-    let verdicts: Vec<(&str, Result<(), Ineligible>)> =
-        nodes.iter().map(|n| (n.name.as_str(), eligibility(n, svc, ads, policy))).collect();
-    match owner(ip, verdicts.iter().filter(|(_, v)| v.is_ok()).map(|(name, _)| *name)) {
-        Some(node) => Decision::Owner(node),
+    let verdicts: Vec<(&NodeFacts, Result<(), Ineligible>)> =
+        nodes.iter().map(|n| (n, eligibility(n, svc, ads, policy))).collect();
+    match verdicts.iter().filter(|(_, v)| v.is_ok()).map(|(n, _)| rank(n, ip, ads)).min() {
+        Some(best) => Decision::Owner(best.name()),
         None => {
             let mut reasons: Vec<(&str, Ineligible)> =
-                verdicts.into_iter().filter_map(|(name, v)| v.err().map(|r| (name, r))).collect();
+                verdicts.into_iter().filter_map(|(n, v)| v.err().map(|r| (n.name.as_str(), r))).collect();
             reasons.sort();
             Decision::Nobody(Nobody::Ineligible(reasons))
         }
@@ -297,7 +351,12 @@ mod tests {
     }
 
     fn all_nodes() -> Advertisement {
-        Advertisement { node_selectors: vec![], interfaces: BTreeSet::new(), selects_services: false }
+        Advertisement {
+            node_selectors: vec![],
+            interfaces: BTreeSet::new(),
+            selects_services: false,
+            preferences: vec![],
+        }
     }
 
     fn served() -> ServiceFacts {
@@ -354,6 +413,7 @@ mod tests {
             node_selectors: vec![zone_a],
             interfaces: BTreeSet::from(["eth1".to_string()]),
             selects_services: false,
+            preferences: vec![],
         }];
         let mut n = node("n");
         assert_eq!(eligibility(&n, &served(), &ads, Policy::default()), Err(Ineligible::NotSelected));
@@ -484,6 +544,7 @@ mod tests {
             node_selectors: vec![zone(z)],
             interfaces: ifaces.iter().map(ToString::to_string).collect(),
             selects_services: false,
+            preferences: vec![],
         };
         let mut n = node("n");
         n.labels.insert("zone".into(), "a".into());
@@ -507,6 +568,7 @@ mod tests {
             node_selectors: zones.iter().map(|z| zone(z)).collect(),
             interfaces: BTreeSet::new(),
             selects_services: false,
+            preferences: vec![],
         };
         let mut nodes = vec![node("a"), node("b"), node("c")];
         for (n, z) in nodes.iter_mut().zip(["x", "y", "z"]) {
@@ -547,6 +609,115 @@ mod tests {
         assert!(decide(addr, &sharing, &nodes, &[all_nodes()], p).owner().is_some(), "sharing alone is fine");
         assert!(decide(addr, &served(), &nodes, &[by_selector], p).owner().is_some(), "selectors alone are fine");
         assert_eq!(Nobody::SharedIpWithServiceSelectors.label(), "shared_ip_with_service_selectors");
+    }
+
+    fn labels_selector(pairs: &[(&str, &str)]) -> Selector {
+        Selector::parse(&LabelSelector {
+            match_labels: Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            ..LabelSelector::default()
+        })
+        .expect("selector")
+    }
+
+    /// An advertisement for every node (or those `nodes` selects) preferring `prefs`.
+    fn preferring(nodes: &[(&str, &str)], prefs: &[(&[(&str, &str)], u32)]) -> Advertisement {
+        Advertisement {
+            node_selectors: if nodes.is_empty() { vec![] } else { vec![labels_selector(nodes)] },
+            preferences: prefs.iter().map(|(sel, w)| (labels_selector(sel), *w)).collect(),
+            ..all_nodes()
+        }
+    }
+
+    fn labelled(name: &str, labels: &[(&str, &str)]) -> NodeFacts {
+        let mut n = node(name);
+        n.labels.extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        n
+    }
+
+    #[test]
+    fn preference_weights_add_up_within_and_across_advertisements_but_only_on_the_nodes_each_selects() {
+        // MetalLB's cumulative case: zone=primary 60 and role=edge 50.
+        let zone_and_role = preferring(&[], &[(&[("zone", "primary")], 60), (&[("role", "edge")], 50)]);
+        let edge_a = labelled("edge-a", &[("zone", "primary"), ("role", "edge")]);
+        let edge_b = labelled("edge-b", &[("role", "edge")]);
+        let worker = labelled("worker-a", &[("zone", "primary")]);
+        let plain = node("plain");
+        let one = [zone_and_role.clone()];
+        let scores: Vec<u64> = [&edge_a, &edge_b, &worker, &plain].iter().map(|n| preference(n, &one)).collect();
+        assert_eq!(scores, [110, 50, 60, 0]);
+        // Across advertisements: {a: 70} + {a: 30, b: 50} = {a: 100, b: 50}.
+        let a = labelled("a", &[("x", "1"), ("y", "1")]);
+        let b = labelled("b", &[("y", "1"), ("z", "1")]);
+        let ads =
+            [preferring(&[], &[(&[("x", "1")], 70)]), preferring(&[], &[(&[("y", "1")], 30), (&[("z", "1")], 50)])];
+        assert_eq!((preference(&a, &ads), preference(&b, &ads)), (100, 80));
+        // An advertisement scores only the nodes its nodeSelectors pick: a primary-zone node it does not select
+        // gets nothing from it (design document: "C has zone=primary but scores 0").
+        let lb_only = preferring(&[("role", "lb")], &[(&[("zone", "primary")], 100)]);
+        let c = labelled("c", &[("zone", "primary"), ("role", "edge")]);
+        let e = labelled("e", &[("zone", "primary"), ("role", "lb")]);
+        assert_eq!((preference(&c, std::slice::from_ref(&lb_only)), preference(&e, &[lb_only])), (0, 100));
+    }
+
+    #[test]
+    fn the_most_preferred_eligible_node_wins_whatever_the_hash_and_the_hash_breaks_ties() {
+        let nodes: Vec<NodeFacts> = (1..=4).map(|i| node(&format!("node-{i}"))).collect();
+        let p = Policy::default();
+        let by_name = |names: &[&str]| {
+            let selectors: Vec<(Selector, u32)> =
+                names.iter().map(|n| (labels_selector(&[("kubernetes.io/hostname", n)]), 100)).collect();
+            Advertisement { preferences: selectors, ..all_nodes() }
+        };
+        let mut natural_elsewhere = 0;
+        for i in 1..=40 {
+            let addr = IpAddr::from([198, 19, 0, i]);
+            let natural = decide(addr, &served(), &nodes, &[all_nodes()], p).owner();
+            assert_eq!(natural, owner(addr, nodes.iter().map(|n| n.name.as_str())), "no preference: the hash");
+            assert_eq!(decide(addr, &served(), &nodes, &[by_name(&["node-3"])], p).owner(), Some("node-3"));
+            natural_elsewhere += usize::from(natural != Some("node-3"));
+            // Equal non-zero preference: the hash decides among the preferred nodes only.
+            let pair = ["node-2", "node-4"];
+            assert_eq!(decide(addr, &served(), &nodes, &[by_name(&pair)], p).owner(), owner(addr, pair), "{addr}");
+            // A preference every node matches, or none does, changes nothing.
+            let everyone = preferring(&[], &[(&[], 10), (&[("nomatch", "true")], 100)]);
+            assert_eq!(decide(addr, &served(), &nodes, &[everyone], p).owner(), natural);
+        }
+        assert!(natural_elsewhere > 20, "the preference, not the hash, chose node-3: {natural_elsewhere}");
+    }
+
+    #[test]
+    fn preferences_order_only_the_eligible_nodes_and_fall_back_when_the_preferred_one_goes() {
+        let p = Policy::default();
+        let addr = ip("198.19.0.7");
+        // Disjoint: nodeSelectors allow node-1 only, the preference names node-2, which never announces.
+        let nodes = [labelled("node-1", &[("eligible", "true")]), labelled("node-2", &[("preferred", "true")])];
+        let disjoint = preferring(&[("eligible", "true")], &[(&[("preferred", "true")], 100)]);
+        assert_eq!(decide(addr, &served(), &nodes, &[disjoint], p).owner(), Some("node-1"));
+        // Failover: the preferred node down, excluded or without a local endpoint loses; back, it wins again.
+        let mut nodes: Vec<NodeFacts> = (1..=3).map(|i| node(&format!("node-{i}"))).collect();
+        let natural = owner(addr, nodes.iter().map(|n| n.name.as_str())).expect("owner").to_string();
+        let natural = natural.as_str();
+        let preferred = nodes.iter().map(|n| n.name.clone()).find(|n| n != natural).expect("another node");
+        nodes.iter_mut().filter(|n| n.name == preferred).for_each(|n| {
+            n.labels.insert("pref".into(), "yes".into());
+        });
+        let ads = [preferring(&[], &[(&[("pref", "yes")], 100)])];
+        assert_eq!(decide(addr, &served(), &nodes, &ads, p).owner(), Some(preferred.as_str()));
+        let mut down = nodes.clone();
+        down.iter_mut().filter(|n| n.name == preferred).for_each(|n| n.speaker_alive = false);
+        assert_eq!(decide(addr, &served(), &down, &ads, p).owner(), Some(natural), "back to the hash order");
+        let mut excluded = nodes.clone();
+        excluded.iter_mut().filter(|n| n.name == preferred).for_each(|n| {
+            n.labels.insert(EXCLUDE_LABEL.into(), String::new());
+        });
+        assert_eq!(decide(addr, &served(), &excluded, &ads, p).owner(), Some(natural));
+        let local_elsewhere = ServiceFacts {
+            local: true,
+            ready_endpoint_nodes: Arc::new(BTreeSet::from([natural.to_string()])),
+            ..served()
+        };
+        assert_eq!(decide(addr, &local_elsewhere, &nodes, &ads, p).owner(), Some(natural), "Local filters first");
+        assert_eq!(decide(addr, &served(), &nodes, &ads, p).owner(), Some(preferred.as_str()), "and back");
     }
 
     #[test]

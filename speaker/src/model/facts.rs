@@ -86,7 +86,8 @@ pub struct ParsedAdvertisement {
     pub advertisement: Advertisement,
 }
 
-/// Parses every advertisement's selectors; one with a malformed selector matches nothing, so it is left out.
+/// Parses every advertisement's selectors; one with a malformed selector (or a negative weight, which the schema
+/// refuses anyway) matches nothing, so it is left out, and the controller's ConfigurationState names it.
 pub fn parse_advertisements(ads: &[&L2Advertisement]) -> Vec<ParsedAdvertisement> {
     let parse_all = |list: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector]| {
         list.iter().map(Selector::parse).collect::<Result<Vec<_>, _>>()
@@ -102,6 +103,11 @@ pub fn parse_advertisements(ads: &[&L2Advertisement]) -> Vec<ParsedAdvertisement
                     node_selectors: parse_all(&spec.node_selectors).ok()?,
                     interfaces: spec.interfaces.iter().cloned().collect::<BTreeSet<_>>(),
                     selects_services: !spec.service_selectors.is_empty(),
+                    preferences: spec
+                        .preferred_node_selectors
+                        .iter()
+                        .map(|p| Some((Selector::parse(&p.preference).ok()?, u32::try_from(p.weight).ok()?)))
+                        .collect::<Option<Vec<_>>>()?,
                 },
             })
         })
@@ -216,6 +222,31 @@ mod tests {
         assert_eq!(interfaces(&pool("red", json!({"tier": "gold"})), &plain), vec![vec![], vec!["eth2".to_string()]]);
         let dns = service(json!({"app": "dns"}));
         assert_eq!(interfaces(&pool("red", json!({})), &dns), vec![vec![], vec!["eth3".to_string()]]);
+    }
+
+    #[test]
+    fn preferred_node_selectors_are_read_with_their_weights_and_a_malformed_one_drops_its_advertisement() {
+        let ads = [
+            ad(json!({"preferredNodeSelectors": [
+                {"weight": 60, "preference": {"matchLabels": {"zone": "primary"}}},
+                {"weight": 50, "preference": {}}]})),
+            ad(json!({"interfaces": ["eth9"], "preferredNodeSelectors": [{"weight": 10,
+                "preference": {"matchExpressions": [{"key": "zone", "operator": "Bogus"}]}}]})),
+        ];
+        let refs: Vec<&L2Advertisement> = ads.iter().collect();
+        let parsed = parse_advertisements(&refs);
+        assert_eq!(
+            parsed.len(),
+            1,
+            "the malformed preference leaves its advertisement out, as a malformed selector does"
+        );
+        let weights: Vec<u32> = parsed[0].advertisement.preferences.iter().map(|(_, w)| *w).collect();
+        assert_eq!(weights, [60, 50]);
+        let primary = BTreeMap::from([("zone".to_string(), "primary".to_string())]);
+        let matching: Vec<bool> =
+            parsed[0].advertisement.preferences.iter().map(|(s, _)| s.matches(&primary)).collect();
+        assert_eq!(matching, [true, true], "an empty preference matches every node");
+        assert!(!parsed[0].advertisement.preferences[0].0.matches(&BTreeMap::new()));
     }
 
     #[test]

@@ -108,6 +108,22 @@ impl Prepared {
     pub fn services(&self) -> usize {
         self.services.len()
     }
+
+    /// The election order for a Service's addresses as these facts stand: every eligible node with its
+    /// preference weight, the owner first (what `kubectl ferrolb why` shows). `None` when the Service is not
+    /// prepared (no address, no known pool, not ours).
+    pub fn election_order(&self, key: &ServiceKey, policy: election::Policy) -> Option<(IpAddr, Vec<(&str, u64)>)> {
+        let svc = self.services.iter().find(|s| &s.key == key)?;
+        let first = *svc.ips.first()?;
+        let mut ranks: Vec<election::Rank<'_>> = self
+            .nodes
+            .iter()
+            .filter(|n| election::eligibility(n, &svc.facts, &svc.applicable, policy).is_ok())
+            .map(|n| election::rank(n, first, &svc.applicable))
+            .collect();
+        ranks.sort();
+        Some((first, ranks.into_iter().map(|r| (r.name(), r.preference())).collect()))
+    }
 }
 
 /// Derives the API half of a plan from one snapshot (pure).
@@ -210,7 +226,9 @@ pub fn decide(
                 Decision::Owner(owner) if owner == me.node => {}
                 Decision::Owner(_) => continue,
             }
-            if let Some(from) = held_until_now(first, svc, &judged_dead, me) {
+            let mine =
+                my_facts.map_or(election::Rank::new(me.node, 0, first), |n| election::rank(n, first, &svc.applicable));
+            if let Some(from) = held_until_now(first, svc, &judged_dead, mine, me) {
                 out.handover.from.insert(ip, dead_names[from].clone());
             }
             let allowed = my_facts.map(|n| election::allowed_interfaces(n, &svc.applicable)).unwrap_or_default();
@@ -265,13 +283,18 @@ impl InterfaceSets {
 /// Which of `judged_dead` (as if alive) would own the Service's addresses instead of this node, which the
 /// election gave them to: the node they are taken from. Only those nodes can outrank this node, so this costs
 /// one score per node judged dead, not a second election.
-fn held_until_now(first: IpAddr, svc: &PreparedService, judged_dead: &[NodeFacts], me: &Me<'_>) -> Option<usize> {
-    let mine = (election::score(me.node, first), me.node);
+fn held_until_now(
+    first: IpAddr,
+    svc: &PreparedService,
+    judged_dead: &[NodeFacts],
+    mine: election::Rank<'_>,
+    me: &Me<'_>,
+) -> Option<usize> {
     judged_dead
         .iter()
         .enumerate()
         .filter(|(_, n)| election::eligibility(n, &svc.facts, &svc.applicable, me.policy).is_ok())
-        .map(|(i, n)| ((election::score(&n.name, first), n.name.as_str()), i))
+        .map(|(i, n)| (election::rank(n, first, &svc.applicable), i))
         .filter(|(rank, _)| *rank < mine)
         .min()
         .map(|(_, i)| i)
