@@ -89,8 +89,12 @@ async fn main() -> anyhow::Result<()> {
             let _ = lost_tx.send(lost.to_string()).await;
         })
     };
-    let settings =
-        Settings { namespace: args.namespace.clone(), load_balancer_class: args.load_balancer_class.clone(), identity };
+    let settings = Settings {
+        namespace: args.namespace.clone(),
+        load_balancer_class: args.load_balancer_class.clone(),
+        identity,
+        pod_name: args.identity.clone().filter(|p| !p.is_empty()),
+    };
     tracing::info!(namespace = %settings.namespace, class = ?settings.load_balancer_class, "starting");
     let leader = async move {
         let _ = lead_rx.await;

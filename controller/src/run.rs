@@ -30,6 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
+use ferrolb_runtime::configuration_state::{self, Reporter};
+
 /// What the controller is told at start.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -39,6 +41,8 @@ pub struct Settings {
     pub load_balancer_class: Option<String>,
     /// Name in Events.
     pub identity: String,
+    /// This replica's Pod, when it runs in one: the owner of the ConfigurationState it writes as leader.
+    pub pod_name: Option<String>,
 }
 
 /// Why the loop wakes up.
@@ -75,6 +79,14 @@ struct Controller {
     /// Consecutive failed writes per Service, for the retry backoff.
     failures: BTreeMap<ServiceKey, u32>,
     retry: mpsc::UnboundedSender<Trigger>,
+    /// The `controller` ConfigurationState, kept by its own task.
+    configuration: Reporter,
+}
+
+/// The pools' problems as the controller's ConfigurationState lists them: one line per problem, naming the pool
+/// (pure).
+pub fn configuration_problems(problems: &BTreeMap<String, Vec<PoolProblem>>) -> Vec<String> {
+    problems.iter().flat_map(|(pool, list)| list.iter().map(move |p| format!("IPAddressPool {pool:?}: {p}"))).collect()
 }
 
 /// Whether a Service going from holding `before` to holding `after` gives any address back (pure).
@@ -355,6 +367,7 @@ impl Controller {
     /// pending-Services gauge, which changes in the same passes.
     async fn update_pools(&mut self) {
         self.metrics.set_pending(&crate::refusal::pending_by_reason(self.refusals.values().map(|r| r.1)));
+        self.configuration.report(configuration_problems(&self.problems));
         let now = Time(Timestamp::now());
         for pool in self.pools.state() {
             let name = pool.name_any();
@@ -503,6 +516,8 @@ pub async fn run(
     leader.await;
     metrics.leader.set(1);
     tokio::spawn(crate::misplaced::tell(client.clone(), settings.namespace.clone(), settings.identity.clone()));
+    let identity = configuration_state::Identity::controller(&settings.namespace, settings.pod_name.clone());
+    let configuration = configuration_state::spawn(client.clone(), identity);
     let mut c = Controller {
         client,
         settings,
@@ -520,6 +535,7 @@ pub async fn run(
         freed: false,
         failures: BTreeMap::new(),
         retry: tx,
+        configuration,
     };
     let started = Instant::now();
     c.apply_config();
@@ -562,6 +578,22 @@ pub async fn run(
 mod tests {
     use super::*;
     use std::net::IpAddr;
+
+    #[test]
+    fn configuration_problems_name_each_pool() {
+        let set = crate::replay::read_pools([
+            &serde_json::from_value::<IPAddressPool>(json!({"metadata": {"name": "lab"},
+                "spec": {"addresses": ["198.19.0.0/30"]}}))
+            .expect("pool"),
+            &serde_json::from_value::<IPAddressPool>(json!({"metadata": {"name": "broken"},
+                "spec": {"addresses": ["198.19.1.0/33"]}}))
+            .expect("pool"),
+        ]);
+        let lines = configuration_problems(&set.problems);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("IPAddressPool \"broken\": address \"198.19.1.0/33\""), "{lines:?}");
+        assert!(configuration_problems(&BTreeMap::new()).is_empty());
+    }
 
     #[test]
     fn retries_back_off_exponentially_up_to_a_minute() {

@@ -7,7 +7,10 @@ use std::path::Path;
 fn committed_crds_match_the_types() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/ferrolb/templates/crds");
     let files = ferrolb_crds::crd_files().expect("CRDs serialize");
-    assert_eq!(files.len(), 3);
+    assert_eq!(files.len(), ferrolb_crds::CRD_NAMES.len());
+    for (file, name) in files.iter().zip(ferrolb_crds::CRD_NAMES) {
+        assert_eq!(file.0, format!("{name}.yaml"));
+    }
     for (name, generated) in files {
         let committed = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
         assert!(
@@ -22,7 +25,12 @@ fn committed_crds_match_the_types() {
     on_disk.sort();
     assert_eq!(
         on_disk,
-        ["ipaddresspools.metallb.io.yaml", "l2advertisements.metallb.io.yaml", "servicel2statuses.metallb.io.yaml"],
+        [
+            "configurationstates.metallb.io.yaml",
+            "ipaddresspools.metallb.io.yaml",
+            "l2advertisements.metallb.io.yaml",
+            "servicel2statuses.metallb.io.yaml"
+        ],
         "no stray files in charts/ferrolb/templates/crds"
     );
 }

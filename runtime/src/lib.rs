@@ -1,6 +1,7 @@
 //! What ferrolb's two binaries share that is not a decision: watch caches, Event publishing, the
 //! `/metrics` `/healthz` `/readyz` server and logging setup. Decisions live in the binaries' pure modules.
 
+pub mod configuration_state;
 pub mod events;
 pub mod http;
 pub mod logging;

@@ -18,6 +18,9 @@ struct Args {
     /// This node's name.
     #[arg(long, env = "NODE_NAME")]
     node: String,
+    /// This speaker's Pod (the downward API), which owns its ConfigurationState.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
     /// Namespace of IPAddressPools and L2Advertisements.
     #[arg(long, env = "FERROLB_NAMESPACE", default_value = "metallb-system")]
     namespace: String,
@@ -83,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings {
         node: args.node.clone(),
         namespace: args.namespace.clone(),
+        pod_name: args.pod_name.clone().filter(|p| !p.is_empty()),
         speaker_pod_selector: args.speaker_pod_selector.clone().filter(|s| !s.trim().is_empty()),
         load_balancer_class: args.load_balancer_class.clone(),
         garp_schedule: [0, 250, 1100, 2200].into_iter().map(Duration::from_millis).collect(),

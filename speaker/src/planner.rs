@@ -43,6 +43,8 @@ pub(crate) struct Planner {
     pub(crate) renewals: LeaseRenewals,
     pub(crate) conflicts: ConflictMemory,
     pub(crate) said: Said,
+    /// This speaker's ConfigurationState, kept by its own task.
+    pub(crate) configuration: ferrolb_runtime::configuration_state::Reporter,
 }
 
 impl Planner {
@@ -64,6 +66,8 @@ impl Planner {
                 self.liveness.ipv6(),
             ));
             self.prepared = plan::prepare(&me, &snapshot);
+            let ads: Vec<&ferrolb_crds::L2Advertisement> = snapshot.ads.iter().map(AsRef::as_ref).collect();
+            self.configuration.report(crate::model::facts::advertisement_problems(&ads));
         }
         if let Some(trigger) = wakes.rescan {
             Stats::count(&self.stats.interface_rescans, trigger);

@@ -18,6 +18,7 @@ use crate::planner::Planner;
 pub use crate::settings::Settings;
 use crate::telemetry::stats::Stats;
 use crate::wake::{self, Wakes};
+use ferrolb_runtime::configuration_state;
 use kube::{Api, Client};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,7 +82,11 @@ pub async fn run(
             stores.statuses_changed.clone(),
             Backoff::default(),
         ),
-        events: Events::spawn(client, settings.node.clone()),
+        events: Events::spawn(client.clone(), settings.node.clone()),
+        configuration: configuration_state::spawn(
+            client,
+            configuration_state::Identity::speaker(&settings.namespace, &settings.node, settings.pod_name.clone()),
+        ),
         host: Host::new(settings.exclusions.clone()),
         stats,
         stores,

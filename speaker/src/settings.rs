@@ -11,6 +11,8 @@ pub struct Settings {
     pub node: String,
     /// Namespace of the pools and advertisements (and of the speaker pods).
     pub namespace: String,
+    /// This speaker's Pod, when it runs in one: the owner of its ConfigurationState.
+    pub pod_name: Option<String>,
     /// Label selector of this release's speaker pods, which say which nodes run a speaker; `None`: not known,
     /// every node may.
     pub speaker_pod_selector: Option<String>,

@@ -1,6 +1,7 @@
 //! ferrolb-controller against the real API server, installed with Helm and running with its chart
 //! ServiceAccount token (so the chart's RBAC is what is tested). Needs root (it brings up a lab).
 
+use ferrolb_crds::ConfigurationState;
 use ferrolb_tests::harness::{
     TestLab, apply_users_services, create_yaml, eventually, ingress, one_lab_at_a_time, seed, wait_ingress,
 };
@@ -191,6 +192,124 @@ async fn misplaced_or_overlapping_configuration_is_reported_on_itself() {
         let needle = format!("reads {kind} only in namespace metallb-system");
         wait_event(&client, "default", "elsewhere", "IgnoredNamespace", &needle).await;
     }
+}
+
+/// `kubectl get configurationstates -n metallb-system`, as a user types it.
+fn kubectl_get_configuration_states(lab: &TestLab) -> String {
+    let out = std::process::Command::new("kubectl")
+        .args(["get", "configurationstates", "-n", "metallb-system"])
+        .env("KUBECONFIG", lab.state().kubeconfig())
+        .output()
+        .expect("kubectl");
+    assert!(out.status.success(), "kubectl get configurationstates: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Each object's (result, errorSummary), by name.
+async fn configuration_states(client: &Client) -> BTreeMap<String, (String, String)> {
+    let api: Api<ConfigurationState> = Api::namespaced(client.clone(), "metallb-system");
+    let list = api.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+    list.into_iter()
+        .map(|o| {
+            let status = o.status.unwrap_or_default();
+            (
+                o.metadata.name.unwrap_or_default(),
+                (status.result.unwrap_or_default(), status.error_summary.unwrap_or_default()),
+            )
+        })
+        .collect()
+}
+
+/// Waits until every object's result and summary satisfy `check`.
+async fn wait_configuration_states(
+    client: &Client,
+    what: &str,
+    check: impl Fn(&BTreeMap<String, (String, String)>) -> bool,
+) -> BTreeMap<String, (String, String)> {
+    eventually(what, Duration::from_secs(30), || async {
+        let states = configuration_states(client).await;
+        check(&states).then_some(states)
+    })
+    .await
+}
+
+/// MetalLB v0.16's ConfigurationState: one object for the controller and one per speaker, `Valid` for a good
+/// configuration; a broken pool turns the controller's `Invalid` with a summary naming it, a malformed
+/// L2Advertisement the speakers'; fixed, they are `Valid` again; deleted, they come back (MetalLB's self-heal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_states_report_each_component_as_metallbs_do() {
+    let _serial = one_lab_at_a_time().await;
+    let lab = TestLab::start(EXE, "flbcs", 3, false);
+    let client = lab.admin().await;
+    create_yaml(&client, &seed("ipaddresspool.yaml")).await.expect("pool");
+    create_yaml(&client, &seed("l2advertisement.yaml")).await.expect("advertisement");
+    let names = ["controller", "speaker-node-1", "speaker-node-2", "speaker-node-3"];
+    let all_valid = |s: &BTreeMap<String, (String, String)>| {
+        s.keys().map(String::as_str).eq(names) && s.values().all(|(r, e)| r == "Valid" && e.is_empty())
+    };
+    wait_configuration_states(&client, "every component Valid", all_valid).await;
+    let table = kubectl_get_configuration_states(&lab);
+    println!("{table}");
+    assert!(table.starts_with("NAME") && table.contains("RESULT") && table.contains("ERRORSUMMARY"), "{table}");
+    for name in names {
+        assert!(table.lines().any(|l| l.starts_with(name) && l.contains("Valid")), "{name} in {table}");
+    }
+    // Labels exactly as MetalLB writes them (its e2e compares them).
+    let api: Api<ConfigurationState> = Api::namespaced(client.clone(), "metallb-system");
+    let speaker = api.get("speaker-node-2").await.expect("speaker-node-2");
+    let labels = speaker.metadata.labels.unwrap_or_default();
+    let want: BTreeMap<String, String> = [
+        ("metallb.io/component-type".to_string(), "speaker".to_string()),
+        ("metallb.io/node-name".to_string(), "node-2".to_string()),
+    ]
+    .into();
+    assert_eq!(labels, want);
+    let condition = &speaker.status.unwrap_or_default().conditions[0];
+    assert_eq!((condition.type_.as_str(), condition.reason.as_str()), ("configReconcilerValid", "Reconciled"));
+
+    // A pool overlapping another is the controller's error, named in its summary; the speakers stay Valid.
+    let overlap = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: overlap, namespace: metallb-system}\nspec: {addresses: [172.17.255.200/29]}\n";
+    create_yaml(&client, overlap).await.expect("overlapping pool");
+    let states = wait_configuration_states(&client, "the controller Invalid naming the pool", |s| {
+        s.get("controller").is_some_and(|(r, e)| r == "Invalid" && e.contains("IPAddressPool \"overlap\""))
+    })
+    .await;
+    println!("{}", kubectl_get_configuration_states(&lab));
+    assert!(states.get("controller").is_some_and(|(_, e)| e.starts_with("configuration error: ")), "{states:?}");
+    assert!(names[1..].iter().all(|n| states.get(*n).is_some_and(|(r, _)| r == "Valid")), "{states:?}");
+    pools(&client).delete("overlap", &DeleteParams::default()).await.expect("delete the overlapping pool");
+    wait_configuration_states(&client, "Valid again without the pool", all_valid).await;
+
+    // A malformed selector in an L2Advertisement is every speaker's error; the controller stays Valid.
+    let bad = "apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: near, namespace: metallb-system}\nspec:\n  nodeSelectors: [{matchExpressions: [{key: zone, operator: Near}]}]\n";
+    create_yaml(&client, bad).await.expect("malformed advertisement passes the schema");
+    let states = wait_configuration_states(&client, "every speaker Invalid naming the advertisement", |s| {
+        names[1..]
+            .iter()
+            .all(|n| s.get(*n).is_some_and(|(r, e)| r == "Invalid" && e.contains("L2Advertisement \"near\"")))
+    })
+    .await;
+    assert_eq!(states.get("controller").map(|(r, _)| r.as_str()), Some("Valid"), "{states:?}");
+    let ads: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "metallb-system",
+        &kube::api::ApiResource::erase::<ferrolb_crds::L2AdvertisementSchema>(&()),
+    );
+    ads.delete("near", &DeleteParams::default()).await.expect("delete the advertisement");
+    wait_configuration_states(&client, "Valid again without the advertisement", all_valid).await;
+
+    // Self-heal: deleted objects come back with their verdict.
+    let uids = |o: &ConfigurationState| o.metadata.uid.clone().unwrap_or_default();
+    let before = [api.get("controller").await.expect("controller"), api.get("speaker-node-1").await.expect("speaker")];
+    for o in &before {
+        api.delete(&o.metadata.name.clone().unwrap_or_default(), &DeleteParams::default()).await.expect("delete");
+    }
+    eventually("both objects back with new uids", Duration::from_secs(30), || async {
+        let again = [api.get_opt("controller").await.ok()??, api.get_opt("speaker-node-1").await.ok()??];
+        again.iter().zip(&before).all(|(a, b)| uids(a) != uids(b)).then_some(())
+    })
+    .await;
+    wait_configuration_states(&client, "Valid after the self-heal", all_valid).await;
 }
 
 /// Polls a controller's /metrics.

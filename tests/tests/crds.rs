@@ -55,7 +55,7 @@ async fn generated_crds_accept_metallb_manifests_and_reject_bad_input() {
             .unwrap_or_else(|e| panic!("{file} rejected by the API server: {e}"));
     }
     let start = Instant::now();
-    for name in ["ipaddresspools.metallb.io", "l2advertisements.metallb.io", "servicel2statuses.metallb.io"] {
+    for name in ferrolb_crds::CRD_NAMES {
         loop {
             let crd = crds.get(name).await.expect("crd");
             let conds = crd.status.and_then(|s| s.conditions).unwrap_or_default();

@@ -5,7 +5,7 @@
 //! brings up its own lab (about 16 s for 3 real nodes), one at a time.
 //! Needs root and `make images`. Timings are printed, never asserted.
 
-use ferrolb_crds::IPAddressPool;
+use ferrolb_crds::{ConfigurationState, IPAddressPool};
 use ferrolb_speaker::model::election;
 use ferrolb_tests::harness::{
     TestLab, Watch, address_conflict_events, answering_nodes, apply_users_services, assert_dns_served_by, create_yaml,
@@ -225,6 +225,30 @@ async fn the_chart_runs_under_real_kubelets_and_serves_the_users_scenario() {
         assert_eq!(status_field(status, "NoNewPrivs"), "1", "allowPrivilegeEscalation: false holds");
     }
 
+    // ConfigurationState (MetalLB v0.16): the leader controller and every speaker report Valid, each object
+    // owned by the Pod that writes it (so it goes with the Pod, as MetalLB's do).
+    let states: Api<ConfigurationState> = Api::namespaced(client.clone(), NS);
+    let owners = eventually("every ConfigurationState Valid and owned by its Pod", Duration::from_secs(60), || async {
+        let list = states.list(&Default::default()).await.ok()?.items;
+        let owned: Vec<(String, String)> = list
+            .iter()
+            .filter(|o| o.status.as_ref().and_then(|s| s.result.as_deref()) == Some("Valid"))
+            .filter_map(|o| {
+                let owner = o.metadata.owner_references.as_ref()?.iter().find(|r| r.kind == "Pod")?;
+                Some((o.metadata.name.clone()?, owner.name.clone()))
+            })
+            .collect();
+        (owned.len() == nodes.len() + 1).then_some(owned)
+    })
+    .await;
+    for (object, pod) in &owners {
+        let expected = match object.strip_prefix("speaker-") {
+            Some(node) => speakers.iter().find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)),
+            None => controllers.iter().find(|p| p.metadata.name.as_deref() == Some(pod.as_str())),
+        };
+        assert_eq!(expected.and_then(|p| p.metadata.name.as_deref()), Some(pod.as_str()), "{object} owned by {pod}");
+    }
+
     let (vip, ip, owner) = users_scenario(&lab, &client).await;
 
     // Hard kill of the owner node: the address moves to one other node, measured by a prober on the host.
@@ -408,7 +432,7 @@ async fn helm_upgrade_from_the_previous_chart_takes_the_crds_into_the_release_wi
     let what = format!("helm upgrade from {PREVIOUS_CHART_COMMIT:.7}'s chart");
     assert_no_alarm(&lab, &client, &what, outage_ms, &arp).await;
     let _ = std::fs::remove_dir_all(&scratch);
-    for name in ["ipaddresspools.metallb.io", "l2advertisements.metallb.io", "servicel2statuses.metallb.io"] {
+    for name in ferrolb_crds::CRD_NAMES {
         let crd = crds.get(name).await.expect("CRD");
         assert_eq!(owned_by(&crd).as_deref(), Some("ferrolb"), "{name} now belongs to the release");
         let policy = crd.metadata.annotations.unwrap_or_default().get("helm.sh/resource-policy").cloned();

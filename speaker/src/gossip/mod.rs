@@ -447,6 +447,7 @@ mod tests {
         let settings = Settings {
             node: "node-1".into(),
             namespace: "metallb-system".into(),
+            pod_name: None,
             speaker_pod_selector: None,
             load_balancer_class: None,
             garp_schedule: vec![],

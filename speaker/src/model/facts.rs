@@ -114,6 +114,37 @@ pub fn parse_advertisements(ads: &[&L2Advertisement]) -> Vec<ParsedAdvertisement
         .collect()
 }
 
+/// What is wrong with the advertisements, one line each naming the advertisement and the field: what the
+/// speaker's ConfigurationState reports (an advertisement with any of these applies to nothing).
+pub fn advertisement_problems(ads: &[&L2Advertisement]) -> Vec<String> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    let mut problems = Vec::new();
+    for ad in ads {
+        let name = ad.metadata.name.as_deref().unwrap_or_default();
+        let spec = &ad.spec;
+        let mut check = |field: &str, list: &mut dyn Iterator<Item = &LabelSelector>| {
+            for (i, selector) in list.enumerate() {
+                if let Err(problem) = Selector::parse(selector) {
+                    problems.push(format!("L2Advertisement {name:?}: {field}[{i}]: {problem}"));
+                }
+            }
+        };
+        check("ipAddressPoolSelectors", &mut spec.ip_address_pool_selectors.iter());
+        check("nodeSelectors", &mut spec.node_selectors.iter());
+        check("serviceSelectors", &mut spec.service_selectors.iter());
+        check("preferredNodeSelectors.preference", &mut spec.preferred_node_selectors.iter().map(|p| &p.preference));
+        for (i, p) in spec.preferred_node_selectors.iter().enumerate() {
+            if !(1..=100).contains(&p.weight) {
+                problems.push(format!(
+                    "L2Advertisement {name:?}: preferredNodeSelectors[{i}].weight: {} is outside 1-100",
+                    p.weight
+                ));
+            }
+        }
+    }
+    problems
+}
+
 /// The L2Advertisements that apply to a Service whose address comes from `pool`: those naming the pool or
 /// selecting it by label (or naming none: every pool), and whose service selectors match (or are empty). Returned
 /// as positions in `ads`: a key to share one list among the many Services it is the same for.
@@ -247,6 +278,23 @@ mod tests {
             parsed[0].advertisement.preferences.iter().map(|(s, _)| s.matches(&primary)).collect();
         assert_eq!(matching, [true, true], "an empty preference matches every node");
         assert!(!parsed[0].advertisement.preferences[0].0.matches(&BTreeMap::new()));
+    }
+
+    #[test]
+    fn advertisement_problems_name_the_advertisement_and_the_field() {
+        let mut bad = ad(json!({"nodeSelectors": [{}, {"matchExpressions": [{"key": "zone", "operator": "Near"}]}],
+            "preferredNodeSelectors": [{"weight": 0, "preference": {}}]}));
+        bad.metadata.name = Some("edge".into());
+        let good = ad(json!({"nodeSelectors": [{"matchLabels": {"zone": "a"}}]}));
+        assert!(advertisement_problems(&[&good]).is_empty());
+        assert_eq!(
+            advertisement_problems(&[&good, &bad]),
+            [
+                "L2Advertisement \"edge\": nodeSelectors[1]: unknown operator \"Near\" for key \"zone\" (expected In, \
+                 NotIn, Exists or DoesNotExist)",
+                "L2Advertisement \"edge\": preferredNodeSelectors[0].weight: 0 is outside 1-100",
+            ]
+        );
     }
 
     #[test]

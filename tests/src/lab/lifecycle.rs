@@ -312,7 +312,7 @@ pub async fn wait_nodes_ready(state: &State, timeout: Duration) -> Result<()> {
 pub async fn wait_crds_established(state: &State, timeout: Duration) -> Result<()> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let crds: Api<CustomResourceDefinition> = Api::all(kubelet::client(&state.kubeconfig()).await?);
-    let names = ["ipaddresspools.metallb.io", "l2advertisements.metallb.io", "servicel2statuses.metallb.io"];
+    let names = ferrolb_crds::CRD_NAMES;
     let start = Instant::now();
     loop {
         let mut established = 0;
