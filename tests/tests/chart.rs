@@ -242,6 +242,41 @@ mod helm {
         assert_eq!(selected, ["ferrolb-controller-metrics", "ferrolb-speaker-metrics"]);
     }
 
+    /// `networkPolicy.enabled`: one policy for the controller, selecting exactly its pods, open only on the
+    /// metrics port (to the configured scrapers) and out only to the API server; none by default.
+    #[test]
+    fn the_controller_network_policy_selects_its_pods_and_opens_only_metrics_and_the_api() {
+        assert!(of_kind(&render(&[]), "NetworkPolicy").is_empty(), "off by default");
+        let docs = render(&[
+            "networkPolicy.enabled=true",
+            "networkPolicy.apiPort=443",
+            "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring",
+        ]);
+        let policies = of_kind(&docs, "NetworkPolicy");
+        assert_eq!(policies.len(), 1, "no default-deny unless asked");
+        let policy = &policies[0]["spec"];
+        let deployment = of_kind(&docs, "Deployment")[0];
+        assert_eq!(
+            policy["podSelector"]["matchLabels"], deployment["spec"]["template"]["metadata"]["labels"],
+            "exactly the controller's pods"
+        );
+        let metrics_port = deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"].clone();
+        assert_eq!(policy["ingress"][0]["ports"][0]["port"], metrics_port);
+        assert_eq!(policy["ingress"].as_sequence().map(Vec::len), Some(1));
+        assert_eq!(
+            policy["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["name"].as_str(),
+            Some("monitoring")
+        );
+        assert_eq!(policy["egress"][0]["ports"][0]["port"].as_u64(), Some(443));
+        assert_eq!(policy["egress"].as_sequence().map(Vec::len), Some(1));
+        let with_deny = render(&["networkPolicy.enabled=true", "networkPolicy.defaultDeny=true"]);
+        let deny = of_kind(&with_deny, "NetworkPolicy")
+            .into_iter()
+            .find(|p| p["spec"]["podSelector"].as_mapping().is_some_and(|m| m.is_empty()))
+            .expect("a default-deny policy");
+        assert!(deny["spec"]["ingress"].is_null() && deny["spec"]["egress"].is_null(), "denies both ways");
+    }
+
     /// The speaker's container arguments as the chart renders them with these values.
     fn speaker_args(sets: &[&str]) -> Vec<String> {
         let docs = render(sets);
