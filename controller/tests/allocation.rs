@@ -504,3 +504,77 @@ fn a_pool_being_deleted_keeps_its_holders_and_hands_out_nothing() {
     assert!(a.allocate(&svc("late", &[80])).is_err());
     assert_eq!(got(&mut a, &holder), [ip("198.19.0.1")]);
 }
+
+// --- MetalLB's e2e cases in e2etest/l2tests/assignment.go, over the pure allocator -------------------------
+
+/// "with only priority": a `serviceAllocation` with a priority and no selector serves everyone, higher
+/// priority (lower number) first.
+#[test]
+fn a_priority_alone_orders_pools_for_every_service() {
+    let mut a = allocator(vec![
+        pool("test-priority-pool-1", pinned(&["192.168.5.0/32"], Some(20), &[])),
+        pool("test-priority-pool-2", pinned(&["192.168.10.0/32"], Some(10), &[])),
+    ]);
+    assert_eq!(got(&mut a, &svc("svc-1", &[80])), [ip("192.168.10.0")], "priority 10 first");
+    assert_eq!(got(&mut a, &svc("svc-2", &[80])), [ip("192.168.5.0")], "then priority 20");
+}
+
+/// "Should prefer primary ip ipv4/ipv6 family among single-stack pools": PreferDualStack with only single-stack
+/// pools gets one address, of the Service's first family.
+#[test]
+fn prefer_dual_stack_without_a_dual_stack_pool_takes_its_primary_family() {
+    let v4 = || pool("test-ns-ipv4-pool", spec(&["192.168.10.100/32"]));
+    let v6 = || pool("test-ns-ipv6-pool", spec(&["fc00:f853:ccd:e799::/124"]));
+    let mut a = allocator(vec![v6(), v4()]);
+    assert_eq!(got(&mut a, &stack("v4-first", &[Family::V4, Family::V6], false)), [ip("192.168.10.100")]);
+    let mut b = allocator(vec![v4(), v6()]);
+    assert_eq!(got(&mut b, &stack("v6-first", &[Family::V6, Family::V4], false)), [ip("fc00:f853:ccd:e799::")]);
+}
+
+/// "Single-stack pool should assign based on svc changes between PreferDualStack and RequireDualStack": the same
+/// Service loses its address when it requires both families, and gets one again when it prefers them.
+#[test]
+fn one_service_switching_between_prefer_and_require_dual_stack() {
+    let mut a = allocator(vec![pool("test-ns-dualstack-pool", spec(&["192.168.10.100/32"]))]);
+    let prefer = stack("svc-test-ns-pool-1", &[Family::V4, Family::V6], false);
+    assert_eq!(got(&mut a, &prefer), [ip("192.168.10.100")]);
+    let require = stack("svc-test-ns-pool-1", &[Family::V4, Family::V6], true);
+    let refusal = a.allocate(&require).expect_err("no IPv6 anywhere");
+    assert!(matches!(refusal, Refusal::NoFreeAddress { .. }), "{refusal}");
+    assert_eq!(a.assignment(&ServiceKey::new("default", "svc-test-ns-pool-1")), None, "its address is given back");
+    assert_eq!(got(&mut a, &prefer), [ip("192.168.10.100")], "prefer again: the address again");
+}
+
+/// "Svc assigned from single-stack pool should not jump to dual-stack pool when it's available".
+#[test]
+fn a_single_stack_address_stays_when_a_dual_stack_pool_appears() {
+    let v4 = || pool("test-ns-ipv4-pool", spec(&["192.168.10.100/32"]));
+    let mut a = allocator(vec![v4()]);
+    let prefer = stack("svc-test-ns-pool-1", &[Family::V4, Family::V6], false);
+    assert_eq!(got(&mut a, &prefer), [ip("192.168.10.100")]);
+    let dual = pool("test-ns-dualstack-pool", spec(&["192.168.11.100/32", "fc00:f853:ccd:e800::/124"]));
+    assert!(a.set_pools(vec![v4(), dual], BTreeMap::new()).is_empty(), "nothing taken away");
+    let outcome = a.allocate(&prefer).expect("kept");
+    assert_eq!(outcome.assignment.ips, [ip("192.168.10.100")], "no jump to the dual-stack pool");
+    assert!(!outcome.changed);
+}
+
+/// "When current dualstack pool becomes single-stack, svc should pick another dualstack pool if possible".
+#[test]
+fn a_dual_stack_pool_turning_single_stack_moves_the_service_to_another_dual_stack_pool() {
+    let first = |addresses: &[&str]| pool("test-ns-dualstack-pool-to-edit", spec(addresses));
+    let dual = || pool("test-ns-dualstack-pool", spec(&["192.168.11.100/32", "fc00:f853:ccd:e800::/124"]));
+    let mut a = allocator(vec![first(&["192.168.10.100/32", "fc00:f853:ccd:e799::/124"])]);
+    let prefer = stack("svc-test-ns-pool-1", &[Family::V4, Family::V6], false);
+    let original = got(&mut a, &prefer);
+    assert_eq!(original, [ip("192.168.10.100"), ip("fc00:f853:ccd:e799::")]);
+    a.set_pools(vec![first(&["192.168.10.100/32", "fc00:f853:ccd:e799::/124"]), dual()], BTreeMap::new());
+    assert_eq!(got(&mut a, &prefer), original, "a new dual-stack pool alone moves nothing");
+    let lost = a.set_pools(vec![first(&["fc00:f853:ccd:e799::/124"]), dual()], BTreeMap::new());
+    assert_eq!(lost.len(), 1, "its IPv4 address left the pool: {lost:?}");
+    assert_eq!(got(&mut a, &prefer), [ip("192.168.11.100"), ip("fc00:f853:ccd:e800::")], "both from the other pool");
+    assert_eq!(
+        a.assignment(&ServiceKey::new("default", "svc-test-ns-pool-1")).map(|x| x.pool.as_str()),
+        Some("test-ns-dualstack-pool")
+    );
+}

@@ -480,4 +480,22 @@ async fn refused_services_get_addresses_as_soon_as_some_are_freed() {
     services.patch("holder", &PatchParams::default(), &Patch::Merge(&rekey)).await.expect("holder takes key two");
     wait_ingress(&client, "default", "sharer", &["198.19.0.10"]).await;
     assert_eq!(ingress(&client, "default", "holder").await, ["198.19.0.10"], "the holder kept its address");
+
+    // The rest of MetalLB's case: `externalTrafficPolicy: Local` Services share only with Local Services of the
+    // same selector. The sharer turning Local loses the address; the holder following gets it back to the sharer;
+    // then the same with a selector change.
+    let spec = |local: bool, app: &str| json!({"spec": {"externalTrafficPolicy": if local { "Local" } else { "Cluster" }, "selector": {"app": app}}});
+    let patch = |name: &'static str, body: serde_json::Value| {
+        let services = services.clone();
+        async move { services.patch(name, &PatchParams::default(), &Patch::Merge(&body)).await.expect("patch") }
+    };
+    patch("sharer", spec(true, "dns")).await;
+    wait_ingress(&client, "default", "sharer", &[]).await;
+    patch("holder", spec(true, "dns")).await;
+    wait_ingress(&client, "default", "sharer", &["198.19.0.10"]).await;
+    patch("sharer", spec(true, "web")).await;
+    wait_ingress(&client, "default", "sharer", &[]).await;
+    patch("holder", spec(true, "web")).await;
+    wait_ingress(&client, "default", "sharer", &["198.19.0.10"]).await;
+    assert_eq!(ingress(&client, "default", "holder").await, ["198.19.0.10"], "the holder kept it throughout");
 }
