@@ -194,6 +194,75 @@ async fn misplaced_or_overlapping_configuration_is_reported_on_itself() {
     }
 }
 
+/// The pool's status counts as `kubectl get ipaddresspools` shows them.
+async fn pool_counts(client: &Client, name: &str) -> Option<(i64, i64, i64, i64)> {
+    let pool = pools(client).get(name).await.ok()?;
+    let status = pool.data.get("status")?;
+    let n = |k: &str| status.get(k).and_then(serde_json::Value::as_i64);
+    Some((n("assignedIPv4")?, n("availableIPv4")?, n("assignedIPv6")?, n("availableIPv6")?))
+}
+
+/// MetalLB's "Pool Status › DUALSTACK", "with namespace with labels" and "requesting a specific pool (autoAssign
+/// true)": IPv6 counts, a grown pool, a hand-edited status put back; a namespace labelled at run time sends its
+/// next Service to the pool its label selects; naming an autoAssign pool works and is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_status_and_pool_choice_follow_changes() {
+    let _serial = one_lab_at_a_time().await;
+    let lab = TestLab::start(EXE, "flbps", 1, false);
+    let client = lab.admin().await;
+    let config = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: p, namespace: metallb-system}\nspec: {addresses: [198.19.0.0/30, '2001:db8:19::/126']}\n---\napiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: team-a, namespace: metallb-system}\nspec:\n  addresses: [198.19.1.0/30]\n  serviceAllocation: {priority: 10, namespaceSelectors: [{matchLabels: {team: a}}]}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: apps}\n";
+    create_yaml(&client, config).await.expect("pools and namespace");
+    let wait_counts = |want: (i64, i64, i64, i64), what: &'static str| {
+        let client = client.clone();
+        async move {
+            eventually(what, Duration::from_secs(30), || async {
+                (pool_counts(&client, "p").await == Some(want)).then_some(())
+            })
+            .await
+        }
+    };
+    wait_counts((0, 4, 0, 4), "an empty dual-stack pool counted").await;
+    let v6 = "  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv6]\n";
+    create_yaml(&client, &lb_service("default", "six", 80, "", v6)).await.expect("IPv6 Service");
+    wait_counts((0, 4, 1, 3), "one IPv6 address in use").await;
+    let grown = json!({"spec": {"addresses": ["198.19.0.0/30", "2001:db8:19::/126", "2001:db8:19::100/126"]}});
+    pools(&client).patch("p", &PatchParams::default(), &Patch::Merge(&grown)).await.expect("grow");
+    wait_counts((0, 4, 1, 7), "the grown pool counted").await;
+    let edited = json!({"status": {"availableIPv4": 999}});
+    pools(&client).patch_status("p", &PatchParams::default(), &Patch::Merge(&edited)).await.expect("hand edit");
+    wait_counts((0, 4, 1, 7), "the hand-edited status put back").await;
+
+    // A namespace without the label gets the general pool; labelled, its next Service gets team-a's.
+    create_yaml(&client, &lb_service("apps", "before", 80, "", "")).await.expect("before");
+    eventually("before from p", Duration::from_secs(30), || async {
+        ingress(&client, "apps", "before").await.first().filter(|ip| ip.starts_with("198.19.0.")).cloned()
+    })
+    .await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let label = json!({"metadata": {"labels": {"team": "a"}}});
+    namespaces.patch("apps", &PatchParams::default(), &Patch::Merge(&label)).await.expect("label namespace");
+    create_yaml(&client, &lb_service("apps", "after", 80, "", "")).await.expect("after");
+    eventually("after from team-a", Duration::from_secs(30), || async {
+        ingress(&client, "apps", "after").await.first().filter(|ip| ip.starts_with("198.19.1.")).cloned()
+    })
+    .await;
+    assert!(ingress(&client, "apps", "before").await[0].starts_with("198.19.0."), "before keeps its address");
+
+    // Naming the autoAssign pool: served from it, and the Service says so.
+    let named = "  annotations: {metallb.io/address-pool: p}\n";
+    create_yaml(&client, &lb_service("default", "named", 80, named, "")).await.expect("named");
+    eventually("named from p", Duration::from_secs(30), || async {
+        ingress(&client, "default", "named").await.first().filter(|ip| ip.starts_with("198.19.0.")).cloned()
+    })
+    .await;
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    eventually("named says it came from p", Duration::from_secs(30), || async {
+        let annotations = services.get("named").await.ok()?.metadata.annotations?;
+        (annotations.get("metallb.io/ip-allocated-from-pool").map(String::as_str) == Some("p")).then_some(())
+    })
+    .await;
+}
+
 /// `kubectl get configurationstates -n metallb-system`, as a user types it.
 fn kubectl_get_configuration_states(lab: &TestLab) -> String {
     let out = std::process::Command::new("kubectl")

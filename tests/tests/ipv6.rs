@@ -118,6 +118,36 @@ async fn dual_stack_and_ipv6_services_are_answered_by_one_node_and_move_together
     assert!(pinned_ip.starts_with("2001:db8:19::10"), "{pinned_ip} from the pinned pool");
     wait_answered_by(&lab, &pinned_ip, &["node-1"]).await;
 
+    // A shared IPv6 address (MetalLB's "sharing the same ip › IPV6"): two Services, one address, one answerer.
+    let shared = |name: &str, protocol: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default, annotations: {{metallb.io/allow-shared-ip: v6, metallb.io/loadBalancerIPs: '2001:db8:19::40'}}}}\nspec:\n  type: LoadBalancer\n  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv6]\n  selector: {{app: dns}}\n  ports: [{{port: 53, protocol: {protocol}}}]\n"
+        )
+    };
+    create_yaml(&client, &shared("shared6-udp", "UDP")).await.expect("first sharer");
+    create_yaml(&client, &shared("shared6-tcp", "TCP")).await.expect("second sharer");
+    for name in ["shared6-udp", "shared6-tcp"] {
+        assert_eq!(addresses(&client, "default", name, 1).await, ["2001:db8:19::40"], "{name}");
+    }
+    let shared_owner = election::owner("2001:db8:19::40".parse().expect("ip"), NODES).expect("owner").to_string();
+    wait_answered_by(&lab, "2001:db8:19::40", &[&shared_owner]).await;
+    assert_served_by(&lab, "2001:db8:19::40", &shared_owner);
+
+    // Naming an autoAssign pool works as naming any other (MetalLB's "requesting a specific pool › IPV6
+    // (autoAssign true)"), and the Service says which pool it came from.
+    let named = "apiVersion: v1\nkind: Service\nmetadata: {name: named6, namespace: default, annotations: {metallb.io/address-pool: dual}}\nspec:\n  type: LoadBalancer\n  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv6]\n  selector: {app: dns}\n  ports: [{port: 53, protocol: UDP}]\n";
+    create_yaml(&client, named).await.expect("named Service");
+    let named_ip = addresses(&client, "default", "named6", 1).await.remove(0);
+    assert!(named_ip.starts_with("2001:db8:19::"), "{named_ip} from the dual pool");
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), "default");
+    eventually("named6 says it came from the dual pool", Duration::from_secs(30), || async {
+        let annotations = services.get("named6").await.ok()?.metadata.annotations?;
+        (annotations.get("metallb.io/ip-allocated-from-pool").map(String::as_str) == Some("dual")).then_some(())
+    })
+    .await;
+    let named_owner = election::owner(named_ip.parse().expect("ip"), NODES).expect("owner").to_string();
+    wait_answered_by(&lab, &named_ip, &[&named_owner]).await;
+
     // A hard kill of the owner moves both addresses to one other node, and the host's neighbour cache follows
     // from the unsolicited advertisement and gratuitous ARP alone: the host sends nothing meanwhile.
     assert_eq!(host_neighbour(&lab, &v6).as_deref(), Some(owner.as_str()), "the host learnt {v6} from traffic");

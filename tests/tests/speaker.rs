@@ -8,11 +8,11 @@ use ferrolb_crds::L2AdvertisementSchema;
 use ferrolb_crds::ServiceL2Status;
 use ferrolb_speaker::model::election;
 use ferrolb_tests::harness::{
-    TestLab, answering_nodes, assert_dns_served_by, create_yaml, eventually, ingress, metric_sum, one_lab_at_a_time,
-    pools_api, seed, speaker_metrics, wait_answered_by, wait_event,
+    TestLab, answering_nodes, assert_dns_served_by, create_yaml, eventually, ingress, metric_sum, node_macs,
+    one_lab_at_a_time, pools_api, seed, speaker_metrics, wait_answered_by, wait_event,
 };
 use ferrolb_tests::lab::net;
-use k8s_openapi::api::core::v1::{Event, Node};
+use k8s_openapi::api::core::v1::{Event, Node, Service};
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::json;
@@ -66,7 +66,12 @@ struct Dns {
 /// A 3-node lab with the lab pool, kube-dns pods on node-1 and node-3, and the user's DNS Service (manifest
 /// unchanged: one address, TCP and UDP 53) answered by its election owner.
 async fn dns_lab() -> Dns {
-    let lab = TestLab::start(EXE, LAB, 3, false);
+    dns_lab_with(&[]).await
+}
+
+/// The same, brought up with extra `up` flags (chart values).
+async fn dns_lab_with(flags: &[&str]) -> Dns {
+    let lab = TestLab::start_with(EXE, LAB, 3, flags);
     let client = lab.admin().await;
     create_yaml(&client, ferrolb_tests::harness::LAB_POOL).await.expect("pool");
     // kube-dns pods on two nodes, so the Service has ready endpoints.
@@ -138,6 +143,53 @@ async fn one_node_answers_and_the_users_dns_service_works_through_the_static_rou
         (in_use == 1.0 && total == 254.0).then_some(())
     })
     .await;
+    // Only the owner exports the address's series (MetalLB: "no metrics on the other speakers").
+    for other in NODES.iter().filter(|n| **n != owner) {
+        let theirs = speaker_metrics(&lab, other);
+        let line = format!("ip=\"{vip}\"");
+        assert!(!theirs.lines().any(|l| l.starts_with("metallb_speaker_announced") && l.contains(&line)), "{other}");
+    }
+    // The Service deleted: its ServiceL2Status goes, the owner's series for the address go, the pool is empty.
+    let services: Api<Service> = Api::namespaced(client.clone(), "kube-system");
+    services.delete("dns-svc-lb", &Default::default()).await.expect("delete the Service");
+    wait_status_nodes(&client, "dns-svc-lb", &[]).await;
+    eventually("the owner's series for the address gone", Duration::from_secs(30), || async {
+        let speaker = speaker_metrics(&lab, &owner);
+        let label = format!("ip=\"{vip}\"");
+        (!speaker.lines().any(|l| l.starts_with("metallb_speaker_announced") && l.contains(&label))).then_some(())
+    })
+    .await;
+    eventually("the allocator gauge back to 0 in use", Duration::from_secs(30), || async {
+        let controller = scrape_controller(&lab);
+        (metric_sum(&controller, "metallb_allocator_addresses_in_use_total{pool=\"lab\"}") == 0.0).then_some(())
+    })
+    .await;
+}
+
+/// `speaker.garpRefreshSeconds`: the owner re-announces its address on its own (both gratuitous forms), with
+/// nobody asking and no takeover; no other node does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_re_announces_its_address_every_refresh_period() {
+    let _serial = one_lab_at_a_time().await;
+    let Dns { lab, vip, owner, .. } = dns_lab_with(&["--set", "speaker.garpRefreshSeconds=1"]).await;
+    assert!(
+        lab.state().speaker_args.iter().any(|a| a == "--garp-refresh-secs=1"),
+        "the chart value reaches the speakers"
+    );
+    // The takeover's own burst ends 2.2 s after the takeover (docs/design.md §6.2), which happened before the
+    // owner answered; what the host hears after that comes from the refresh alone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let exe = EXE.to_string();
+    let out = lab.cli(&["exec", "host", "--", &exe, "garp-listen", &vip, "--duration-ms", "3500"]);
+    assert!(out.status.success(), "garp-listen: {}", String::from_utf8_lossy(&out.stderr));
+    let macs = node_macs(&lab);
+    let senders: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|mac| macs.get(mac).cloned().unwrap_or_else(|| format!("unknown {mac}")))
+        .collect();
+    println!("gratuitous ARP for {vip} heard in 3.5 s with a 1 s refresh: {senders:?}");
+    assert!(senders.len() >= 4, "at least two refreshes of both forms: {senders:?}");
+    assert!(senders.iter().all(|s| *s == owner), "only the owner re-announces: {senders:?}");
 }
 
 /// A shared address has one responder for all its Services; `externalTrafficPolicy: Local` is announced only

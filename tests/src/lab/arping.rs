@@ -116,6 +116,24 @@ pub fn arping(iface: &str, target: IpAddr, count: usize, wait: Duration) -> Resu
     Ok(answered)
 }
 
+/// Listens on `iface` for `duration` without sending anything, and returns the sender MAC of every gratuitous
+/// ARP about `target` (a request or reply whose sender and target address are both `target`), one per frame.
+pub fn gratuitous(iface: &str, target: std::net::Ipv4Addr, duration: Duration) -> Result<Vec<String>> {
+    let Prober { mut rx, .. } = Prober::open(iface, IpAddr::V4(target), Duration::from_millis(20))?;
+    let deadline = Instant::now() + duration;
+    let mut senders = Vec::new();
+    while Instant::now() < deadline {
+        let Ok(frame) = rx.next() else { continue };
+        if let Ok(arp) = ArpFrame::parse(frame)
+            && arp.spa == target
+            && arp.tpa == target
+        {
+            senders.push(arp.sha.to_string());
+        }
+    }
+    Ok(senders)
+}
+
 /// Round-trip times of `count` single ARP requests for `target` (one outstanding at a time, 20 ms apart);
 /// requests unanswered within `timeout` are left out.
 pub fn rtt(iface: &str, target: IpAddr, count: usize, timeout: Duration) -> Result<Vec<Duration>> {

@@ -112,6 +112,18 @@ pub enum Cmd {
         #[arg(long, default_value_t = 10_000)]
         duration_ms: u64,
     },
+    /// Listens, without asking, for gratuitous ARP about an IPv4 address for --duration-ms and prints the sender
+    /// MAC of each one, a line per frame (run it inside a namespace).
+    GarpListen {
+        /// The address.
+        ip: std::net::Ipv4Addr,
+        /// Interface.
+        #[arg(long, default_value = "eth0")]
+        iface: String,
+        /// How long to listen.
+        #[arg(long, default_value_t = 5_000)]
+        duration_ms: u64,
+    },
 }
 
 /// Runs one of these subcommands (`dir`: the lab, for `fault`).
@@ -203,6 +215,12 @@ pub async fn run(command: Cmd, dir: &Path) -> anyhow::Result<()> {
                 (std::time::Duration::from_millis(interval_ms), std::time::Duration::from_millis(duration_ms));
             let report = ferrolb_tests::lab::arping::watch(&iface, ip, interval, duration)?;
             println!("{}", serde_json::to_string(&report)?);
+        }
+        Cmd::GarpListen { ip, iface, duration_ms } => {
+            let duration = std::time::Duration::from_millis(duration_ms);
+            for mac in ferrolb_tests::lab::arping::gratuitous(&iface, ip, duration)? {
+                println!("{mac}");
+            }
         }
     }
     Ok(())
