@@ -546,8 +546,10 @@ async fn refused_services_get_addresses_as_soon_as_some_are_freed() {
     wait_event(&client, "default", "sharer", "AllocationFailed", "198.19.0.10").await;
     assert!(ingress(&client, "default", "sharer").await.is_empty(), "refused for the other key");
     let rekey = json!({"metadata": {"annotations": {"metallb.io/allow-shared-ip": "two"}}});
+    let start = std::time::Instant::now();
     services.patch("holder", &PatchParams::default(), &Patch::Merge(&rekey)).await.expect("holder takes key two");
     wait_ingress(&client, "default", "sharer", &["198.19.0.10"]).await;
+    println!("refused sharer addressed {:?} after the holder took its key (measured, not asserted)", start.elapsed());
     assert_eq!(ingress(&client, "default", "holder").await, ["198.19.0.10"], "the holder kept its address");
 
     // The rest of MetalLB's case: `externalTrafficPolicy: Local` Services share only with Local Services of the

@@ -4,7 +4,7 @@
 //! `host` namespace (MetalLB's suite reads `ServiceL2Status`; the first case checks that too). Every advertisement
 //! is applied with `kubectl apply --validate=strict`, as a MetalLB-main user's manifest would be. Needs root.
 
-use ferrolb_crds::ServiceL2Status;
+use ferrolb_crds::{IPAddressPool, L2Advertisement, ServiceL2Status};
 use ferrolb_speaker::model::election;
 use ferrolb_tests::harness::{
     TestLab, answering_nodes, create_yaml, eventually, ingress, one_lab_at_a_time, wait_answered_by,
@@ -124,6 +124,18 @@ async fn preferred_nodes_win_and_give_way_as_labels_specs_and_failures_change() 
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains("weight"), "weight {weight}: {err}");
     }
+    // MetalLB main's own example, verbatim, passes strict validation and keeps its preference. Its pool is outside
+    // the lab's addresses, so it is removed again before any Service could take an address from it.
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/metallb-main/preferred-node-edge.yaml");
+    apply_strict(&lab, &std::fs::read_to_string(&example).expect("MetalLB's example"));
+    let ads: Api<L2Advertisement> = Api::namespaced(client.clone(), "metallb-system");
+    let stored = ads.get("prefer-edge").await.expect("stored as applied").spec.preferred_node_selectors;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].weight, 100, "not pruned: {stored:?}");
+    ads.delete("prefer-edge", &Default::default()).await.expect("delete the example's advertisement");
+    let pools: Api<IPAddressPool> = Api::namespaced(client.clone(), "metallb-system");
+    pools.delete("external-pool", &Default::default()).await.expect("delete the example's pool");
     apply_strict(&lab, &advertisement("preferred", "l2-test", ""));
     let n = natural(&ip, &NODES);
     wait_answered_by(&lab, &ip, &[n]).await;
