@@ -137,6 +137,17 @@ const LAB_POOL: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmet
 const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
 
 /// A 3-node lab of real nodes with the chart installed (pods Ready), one at a time.
+/// Runs kubectl against the lab as its admin; panics with its error output unless it succeeds.
+fn kubectl(lab: &TestLab, args: &[&str]) -> String {
+    let out = std::process::Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", lab.state().kubeconfig())
+        .output()
+        .expect("kubectl");
+    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn real_lab() -> TestLab {
     let started = Instant::now();
     let lab = TestLab::start_with(EXE, "flbk", 3, &["--kubelets"]);
@@ -248,6 +259,15 @@ async fn the_chart_runs_under_real_kubelets_and_serves_the_users_scenario() {
         };
         assert_eq!(expected.and_then(|p| p.metadata.name.as_deref()), Some(pod.as_str()), "{object} owned by {pod}");
     }
+
+    // `kubectl logs` and `kubectl exec` reach the kubelets (the API server's egress goes through the lab agent's
+    // CONNECT proxy into the node namespaces, docs/lab.md §6): a speaker's own log, and a command in its container.
+    let speaker_pod = speakers[0].metadata.name.clone().expect("pod name");
+    let logs = kubectl(&lab, &["logs", "-n", NS, &speaker_pod]);
+    assert!(logs.contains("ready: caches synced and liveness port bound"), "kubectl logs {speaker_pod}:\n{logs}");
+    let version = kubectl(&lab, &["exec", "-n", NS, &speaker_pod, "--", "/ferrolb-speaker", "--version"]);
+    assert!(version.starts_with("ferrolb-speaker "), "kubectl exec: {version}");
+    println!("kubectl logs {speaker_pod}: {} lines; kubectl exec: {}", logs.lines().count(), version.trim());
 
     let (vip, ip, owner) = users_scenario(&lab, &client).await;
 

@@ -140,7 +140,18 @@ pub fn start(state: &mut State) -> Result<()> {
         .args(["--service-account-key-file", &d("pki/sa.key"), "--service-account-signing-key-file", &d("pki/sa.key")])
         .args(["--service-cluster-ip-range", &service_ranges(), "--authorization-mode", "RBAC"])
         .args(["--endpoint-reconciler-type", "none", "--allow-privileged=true", "--profiling=false"])
-        .args(["--cert-dir", &d("pki")]);
+        .args(["--cert-dir", &d("pki")])
+        // Kubelets (`kubectl logs`, `exec`) are reached through the lab agent's CONNECT proxy, by InternalIP.
+        .args(["--kubelet-client-certificate", &d("pki/kubelet-client.crt")])
+        .args(["--kubelet-client-key", &d("pki/kubelet-client.key")])
+        .args(["--kubelet-preferred-address-types", "InternalIP"])
+        .args(["--egress-selector-config-file", &d("egress-selector.yaml")]);
+    let egress = format!(
+        "apiVersion: apiserver.k8s.io/v1beta1\nkind: EgressSelectorConfiguration\negressSelections:\n- name: cluster\n  connection:\n    proxyProtocol: HTTPConnect\n    transport:\n      uds:\n        udsName: {}\n",
+        state.kubelet_proxy_socket().display()
+    );
+    let egress_path = dir.join("egress-selector.yaml");
+    std::fs::write(&egress_path, egress).map_err(|e| super::io_err(&egress_path, e))?;
     spawn(state, "kube-apiserver", api)?;
     let port = state.api_port;
     wait_for(state, "kube-apiserver", Duration::from_secs(90), || tcp_open(port))?;

@@ -45,6 +45,81 @@ pub async fn api_bridge(state: &State) -> Result<()> {
     }
 }
 
+/// Accepts HTTP CONNECT requests from the API server on `<dir>/kubelet-proxy.sock` (its egress selector for
+/// cluster traffic: `kubectl logs`, `exec`, `port-forward`) and connects each inside the namespace of the node it
+/// names. The API server runs in the root namespace, which has no route to the lab's LAN and must not get one
+/// (docs/lab.md §6).
+pub async fn kubelet_proxy(state: &State) -> Result<()> {
+    let sock = state.kubelet_proxy_socket();
+    let _ = std::fs::remove_file(&sock);
+    let listener = tokio::net::UnixListener::bind(&sock).map_err(|e| super::io_err(&sock, e))?;
+    let nodes = std::sync::Arc::new(state.nodes.clone());
+    loop {
+        let Ok((inbound, _)) = listener.accept().await else {
+            continue;
+        };
+        let nodes = nodes.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tunnel(inbound, &nodes).await {
+                eprintln!("kubelet proxy: {e}");
+            }
+        });
+    }
+}
+
+/// The node namespace and port a CONNECT target (`host:port`, `[v6]:port`) names: by InternalIP or name.
+fn connect_target<'a>(target: &str, nodes: &'a [NodeInfo]) -> Option<(&'a NodeInfo, std::net::SocketAddr)> {
+    let (host, port) = target.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().ok()?;
+    let node = nodes.iter().find(|n| n.ip == host || n.ip6 == host || n.name == host)?;
+    let ip: std::net::IpAddr = if host == node.name { node.ip.parse().ok()? } else { host.parse().ok()? };
+    Some((node, std::net::SocketAddr::new(ip, port)))
+}
+
+async fn tunnel(mut inbound: tokio::net::UnixStream, nodes: &[NodeInfo]) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The request head, byte by byte: the TLS handshake follows it only after our answer, so nothing is lost.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 8192 {
+            return Err(std::io::Error::other("CONNECT request head too long"));
+        }
+        head.push(inbound.read_u8().await?);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let target = match text.split_whitespace().collect::<Vec<_>>()[..] {
+        ["CONNECT", target, ..] => target.to_string(),
+        _ => return Err(std::io::Error::other(format!("not a CONNECT request: {:?}", text.lines().next()))),
+    };
+    let Some((node, addr)) = connect_target(&target, nodes) else {
+        inbound.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await?;
+        return Err(std::io::Error::other(format!("{target} is no lab node")));
+    };
+    let netns = format!("/run/netns/{}", node.netns);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // A thread of its own enters the node's namespace: the socket it opens stays there, and no thread of the
+    // runtime ever changes namespace.
+    std::thread::spawn(move || {
+        let connected = std::fs::File::open(&netns)
+            .and_then(|ns| nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from))
+            .and_then(|()| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)));
+        let _ = tx.send(connected);
+    });
+    let outbound = match rx.await.map_err(std::io::Error::other)? {
+        Ok(stream) => stream,
+        Err(e) => {
+            inbound.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await?;
+            return Err(std::io::Error::other(format!("{target} in {}: {e}", node.netns)));
+        }
+    };
+    outbound.set_nonblocking(true)?;
+    let mut outbound = tokio::net::TcpStream::from_std(outbound)?;
+    inbound.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await?;
+    tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await?;
+    Ok(())
+}
+
 fn now() -> serde_json::Value {
     serde_json::to_value(Time(Timestamp::now())).unwrap_or(serde_json::Value::Null)
 }
@@ -211,6 +286,12 @@ pub async fn run(state: State) -> Result<()> {
             eprintln!("api bridge stopped: {e}");
         }
     });
+    let proxy_state = state.clone();
+    tokio::spawn(async move {
+        if let Err(e) = kubelet_proxy(&proxy_state).await {
+            eprintln!("kubelet proxy stopped: {e}");
+        }
+    });
     if state.real_nodes {
         // Real kubelets keep their Nodes and pods; only the relay is needed.
         return std::future::pending().await;
@@ -257,5 +338,26 @@ pub async fn run(state: State) -> Result<()> {
             eprintln!("pods: {e}");
         }
         tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_targets_name_a_node_by_address_or_name() {
+        let nodes = [NodeInfo {
+            name: "node-1".into(),
+            netns: "lab-node-1".into(),
+            ip: "198.18.0.11".into(),
+            ip6: "2001:db8:18::11".into(),
+        }];
+        let netns = |t: &str| connect_target(t, &nodes).map(|(n, a)| (n.netns.clone(), a.to_string()));
+        assert_eq!(netns("198.18.0.11:10250"), Some(("lab-node-1".into(), "198.18.0.11:10250".into())));
+        assert_eq!(netns("[2001:db8:18::11]:10250"), Some(("lab-node-1".into(), "[2001:db8:18::11]:10250".into())));
+        assert_eq!(netns("node-1:10250"), Some(("lab-node-1".into(), "198.18.0.11:10250".into())));
+        assert_eq!(netns("198.18.0.99:10250"), None, "no such node");
+        assert_eq!(netns("198.18.0.11"), None, "no port");
     }
 }

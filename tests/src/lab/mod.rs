@@ -274,6 +274,11 @@ impl State {
         self.dir.join("api.sock")
     }
 
+    /// Unix socket through which the API server reaches the kubelets (HTTP CONNECT, its egress selector).
+    pub fn kubelet_proxy_socket(&self) -> PathBuf {
+        self.dir.join("kubelet-proxy.sock")
+    }
+
     /// Log file of a role.
     pub fn log(&self, role: &str) -> PathBuf {
         self.dir.join("logs").join(format!("{}.log", role.replace(' ', "-")))

@@ -19,7 +19,7 @@ fn random_token() -> Result<String> {
     Ok(run("openssl", &["rand", "-hex", "24"])?.trim().to_string())
 }
 
-/// Writes `pki/{ca,apiserver}.{crt,key}`, `pki/sa.key` and `tokens.csv` into `dir`.
+/// Writes `pki/{ca,apiserver,kubelet-client}.{crt,key}`, `pki/sa.key` and `tokens.csv` into `dir`.
 pub fn generate(dir: &Path, nodes: &[String]) -> Result<Tokens> {
     let pki = dir.join("pki");
     std::fs::create_dir_all(&pki).map_err(|e| super::io_err(&pki, e))?;
@@ -61,6 +61,13 @@ pub fn generate(dir: &Path, nodes: &[String]) -> Result<Tokens> {
             &crt,
         ],
     )?;
+    // The API server's client certificate for the kubelets (`kubectl logs`, `exec`), which trust the lab CA.
+    let (key, csr, crt) = (p("kubelet-client.key"), p("kubelet-client.csr"), p("kubelet-client.crt"));
+    let mut req = vec!["req", "-new"];
+    req.extend(ec);
+    req.extend(["-keyout", &key, "-out", &csr, "-subj", "/O=system:masters/CN=kube-apiserver-kubelet-client"]);
+    run("openssl", &req)?;
+    run("openssl", &["x509", "-req", "-in", &csr, "-CA", &ca_crt, "-CAkey", &ca_key, "-days", "3650", "-out", &crt])?;
     run("openssl", &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", &p("sa.key")])?;
 
     let kubelets = nodes.iter().map(|_| random_token()).collect::<Result<Vec<_>>>()?;

@@ -261,6 +261,8 @@ podLogsDir: {logs}
 authentication:
   anonymous: {{enabled: false}}
   webhook: {{enabled: false}}
+  # The API server's client certificate (`kubectl logs`, `exec`) is signed by the lab CA.
+  x509: {{clientCAFile: {ca}}}
 authorization: {{mode: AlwaysAllow}}
 healthzBindAddress: 127.0.0.1
 healthzPort: 10248
@@ -277,6 +279,7 @@ imageGCLowThresholdPercent: 99
         netns = node.netns,
         socket = containerd_socket(state, node).display(),
         logs = dir.join("pod-logs").display(),
+        ca = state.dir.join("pki/ca.crt").display(),
     )
 }
 
