@@ -15,6 +15,7 @@ use ferrolb_tests::harness::{
 use ferrolb_tests::lab::{lifecycle, realnode};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use std::net::IpAddr;
@@ -270,6 +271,36 @@ async fn the_chart_runs_under_real_kubelets_and_serves_the_users_scenario() {
     println!("kubectl logs {speaker_pod}: {} lines; kubectl exec: {}", logs.lines().count(), version.trim());
 
     let (vip, ip, owner) = users_scenario(&lab, &client).await;
+
+    // Pods are dual-stack (docs/lab.md §2): an IPv6-only Service gets the kube-dns pods' IPv6 addresses as its
+    // endpoints, and its owner answers neighbour solicitations for its address.
+    let v6 = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab6, namespace: metallb-system}\nspec: {addresses: ['2001:db8:19::1-2001:db8:19::9']}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: dns6, namespace: kube-system}\nspec:\n  type: LoadBalancer\n  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv6]\n  selector: {k8s-app: kube-dns}\n  ports: [{port: 53, protocol: UDP}]\n";
+    create_yaml(&client, v6).await.expect("IPv6 pool and Service");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "kube-system");
+    let endpoints = eventually("dns6's IPv6 endpoints on both kube-dns pods", Duration::from_secs(60), || async {
+        let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=dns6")).await.ok()?;
+        let ready: Vec<String> = list
+            .items
+            .iter()
+            .filter(|s| s.address_type == "IPv6")
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .flat_map(|e| e.addresses.clone())
+            .collect();
+        (ready.len() == 2).then_some(ready)
+    })
+    .await;
+    assert!(
+        endpoints.iter().all(|a| a.starts_with("2001:db8:18:")),
+        "pod addresses from the nodes' ranges: {endpoints:?}"
+    );
+    let v6_vip = eventually("an IPv6 address for dns6", Duration::from_secs(30), || async {
+        ingress(&client, "kube-system", "dns6").await.into_iter().next()
+    })
+    .await;
+    let v6_owner = election::owner(v6_vip.parse().expect("ip"), nodes).expect("owner").to_string();
+    wait_answered_by(&lab, &v6_vip, &[&v6_owner]).await;
+    println!("dns6 {v6_vip}: endpoints {endpoints:?}, answered by {v6_owner}");
 
     // Hard kill of the owner node: the address moves to one other node, measured by a prober on the host.
     let report = lab.probe_while("udp", &format!("{vip}:53"), 4000, || {

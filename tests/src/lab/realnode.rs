@@ -39,6 +39,11 @@ pub fn pod_cidr(i: usize) -> String {
     format!("198.18.{}.0/24", 16 + i)
 }
 
+/// IPv6 pod range of node `i` (1-based): pods are dual-stack, so IPv6 and dual-stack Services get endpoints.
+pub fn pod_cidr6(i: usize) -> String {
+    format!("2001:db8:18:{}::/64", 16 + i)
+}
+
 /// Directory holding `make images`' archives (`IMAGES_DIR` overrides, as for `images/build.sh`).
 pub fn images_dir() -> PathBuf {
     std::env::var_os("IMAGES_DIR").map_or_else(
@@ -240,8 +245,9 @@ fn cni_config(state: &State, node: &NodeInfo, index: usize) -> String {
             "isGateway": true,
             "ipMasq": false,
             "hairpinMode": true,
-            "ipam": {"type": "host-local", "dataDir": ipam_dir, "ranges": [[{"subnet": pod_cidr(index)}]],
-                     "routes": [{"dst": "0.0.0.0/0"}]},
+            "ipam": {"type": "host-local", "dataDir": ipam_dir,
+                     "ranges": [[{"subnet": pod_cidr(index)}], [{"subnet": pod_cidr6(index)}]],
+                     "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]},
         }],
     })
     .to_string()
@@ -311,12 +317,16 @@ pub fn prepare(state: &State, index: usize, token: &str) -> Result<()> {
     write(&rules, &api_dnat_rules(node, state.api_port))?;
     run("ip", &["netns", "exec", &node.netns, "nft", "-f", &rules.display().to_string()])?;
     super::net::sysctl(&node.netns, "net.ipv4.ip_forward", "1")?;
+    super::net::sysctl(&node.netns, "net.ipv6.conf.all.forwarding", "1")?;
     // Output NAT runs after the route lookup: without a route to the Service range, a `hostNetwork` client
     // gets "network unreachable" before the DNAT rule can apply (real nodes have a default route).
     run("ip", &["-n", &node.netns, "route", "replace", SERVICE_CIDR, "dev", "eth0"])?;
     for (j, other) in state.nodes.iter().enumerate() {
         if j + 1 != index {
             run("ip", &["-n", &node.netns, "route", "replace", &pod_cidr(j + 1), "via", &other.ip])?;
+            if !other.ip6.is_empty() {
+                run("ip", &["-n", &node.netns, "-6", "route", "replace", &pod_cidr6(j + 1), "via", &other.ip6])?;
+            }
         }
     }
     create_cgroups(&node.netns)
@@ -339,6 +349,11 @@ pub fn start_runtime(state: &mut State, node: &NodeInfo, archives: &[PathBuf]) -
     Ok(())
 }
 
+/// The kubelet's `--node-ip`: both families when the node has an IPv6 address (dual-stack hostNetwork pods).
+fn node_ips(node: &NodeInfo) -> String {
+    if node.ip6.is_empty() { node.ip.clone() } else { format!("{},{}", node.ip, node.ip6) }
+}
+
 /// Starts the node's kubelet; it registers the Node itself.
 pub fn start_kubelet(state: &mut State, node: &NodeInfo) -> Result<()> {
     let dir = node_dir(state, node);
@@ -350,7 +365,7 @@ pub fn start_kubelet(state: &mut State, node: &NodeInfo) -> Result<()> {
         .arg(dir.join("kubelet.kubeconfig"))
         .arg("--root-dir")
         .arg(dir.join("kubelet"))
-        .args(["--hostname-override", &node.name, "--node-ip", &node.ip])
+        .args(["--hostname-override", &node.name, "--node-ip", &node_ips(node)])
         .args(["--node-labels", "ferrolb.io/lab-node=true", "-v", "1"]);
     spawn_replacing(state, &format!("kubelet {}", node.name), cmd)
 }
