@@ -11,7 +11,8 @@
 # ambient set, so execve would drop an added NET_RAW; the file capability keeps it, bounded by what the pod's
 # securityContext adds (docs/design.md §9.1).
 #
-# Also builds the lab's pause image (the pod sandbox; no registry to pull registry.k8s.io/pause from).
+# Also builds the lab's pause image (the pod sandbox; no registry to pull registry.k8s.io/pause from) and its web
+# image (Debian's static busybox: httpd on port 8000, answering with the pod's name and the client's address).
 # Output: target/images/*.tar (prints each image's size), and the static binaries in target/$TARGET/release
 # (ferrolb-lab too, for `make demo` and `make lab-up`).
 set -euo pipefail
@@ -21,7 +22,7 @@ TARGET=x86_64-unknown-linux-gnu
 VERSION="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/ferrolb/Chart.yaml)"
 step() { printf '[images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-for tool in umoci skopeo cc setcap; do
+for tool in umoci skopeo cc setcap busybox; do
   command -v "$tool" >/dev/null || { echo "images: $tool missing (apt-get install umoci skopeo gcc libcap2-bin; make deps does it)" >&2; exit 1; }
 done
 
@@ -64,3 +65,30 @@ setcap cap_net_raw=ep "$WORK/ferrolb-speaker"
 image ferrolb/controller "$VERSION" "$WORK/ferrolb-controller" /ferrolb-controller 65532:65532 7472/tcp
 image ferrolb/speaker "$VERSION" "$WORK/ferrolb-speaker" /ferrolb-speaker 65532:65532 7473/tcp 7946/udp
 image ferrolb-lab/pause 1 "$WORK/pause" /pause 65535:65535
+
+# The web backend: busybox httpd (its log lists each client's address) serving /cgi-bin/index.cgi for "/".
+step "web (busybox httpd from Debian's busybox-static)"
+web="$WORK/web-root"
+mkdir -p "$web/bin" "$web/www/cgi-bin"
+cp "$(command -v busybox)" "$web/bin/busybox"
+ln -s busybox "$web/bin/sh"
+cat > "$web/www/cgi-bin/index.cgi" <<'CGI'
+#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+# httpd listens on both families and gives IPv4 clients as [::ffff:a.b.c.d]: show the plain address.
+client="${REMOTE_ADDR#[}"; client="${client%]}"; client="${client#::ffff:}"
+printf 'web pod %s saw client %s\n' "$(/bin/busybox cat /proc/sys/kernel/hostname)" "$client"
+CGI
+chmod 755 "$web/www/cgi-bin/index.cgi"
+layout="$WORK/oci-web"; archive="$OUT/ferrolb-lab-web-1.tar"
+umoci init --layout "$layout"
+umoci new --image "$layout:1"
+umoci insert --image "$layout:1" --history.created_by "images/build.sh: web root" "$web" /
+umoci config --image "$layout:1" --os linux --architecture amd64 --config.user 65534:65534 --author ferrolb \
+  --config.entrypoint /bin/busybox --config.entrypoint httpd --config.entrypoint -f --config.entrypoint -vv \
+  --config.entrypoint -p --config.entrypoint 8000 --config.entrypoint -h --config.entrypoint /www \
+  --config.exposedports 8000/tcp --history.created_by "images/build.sh: config"
+umoci gc --layout "$layout"
+rm -f "$archive"
+skopeo copy --quiet "oci:$layout:1" "docker-archive:$archive:ferrolb-lab/web:1"
+printf '%-32s %8s  %s\n' "ferrolb-lab/web:1" "$(du -h "$archive" | cut -f1)" "$archive"

@@ -318,7 +318,69 @@ async fn the_chart_runs_under_real_kubelets_and_serves_the_users_scenario() {
     wait_answered_by(&lab, &vip, &[&owner]).await;
 }
 
-/// Deleting the owner's speaker pod: the DaemonSet makes a new one, the address comes back without flapping.
+/// `curl` from the `host` namespace: the body, or the error.
+fn curl(lab: &TestLab, url: &str) -> Result<String, String> {
+    let out = lab.cli(&["exec", "host", "--", "curl", "-sS", "--max-time", "3", url]);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// Issue 22's data path, with a real kube-proxy (nftables mode) on every node: the user's web Service, its
+/// manifest unchanged, is served by a real web pod (busybox httpd) through the static route. With
+/// `externalTrafficPolicy: Local` only the node with the pod may announce, and the pod sees the host's own
+/// address as the client, in its answer and in its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_users_web_service_is_served_by_a_real_pod_through_kube_proxy() {
+    let _serial = one_lab_at_a_time().await;
+    let lab = TestLab::start_with(EXE, "flbkp", 3, &["--kubelets", "--kube-proxy"]);
+    let client = lab.admin().await;
+    assert!(lab.state().procs.iter().any(|p| p.role == "kube-proxy node-1"), "kube-proxy runs on the nodes");
+    // Packets may only use the lab's range: the lab pool with the user's own advertisement, then their web
+    // Service unchanged, and one web pod on node-2.
+    create_yaml(&client, LAB_POOL).await.expect("lab pool");
+    create_yaml(&client, &seed("l2advertisement.yaml")).await.expect("advertisement");
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: web-0, namespace: default, labels: {{app: web}}}}\nspec: {{nodeName: node-2, containers: [{{name: web, image: {}, ports: [{{containerPort: 8000}}]}}]}}\n",
+        realnode::WEB_IMAGE
+    );
+    create_yaml(&client, &pod).await.expect("web pod");
+    create_yaml(&client, &seed("web-svc-lb.yaml")).await.expect("the user's web Service");
+    eventually("the web pod Ready", Duration::from_secs(60), || async {
+        pods(&client, "default", "app=web").await.iter().all(is_ready).then_some(())
+    })
+    .await;
+    let vip = eventually("web-svc-lb on the lab pool", Duration::from_secs(30), || async {
+        ingress(&client, "default", "web-svc-lb").await.into_iter().next()
+    })
+    .await;
+    let owner = election::owner(vip.parse().expect("ip"), NODES).expect("owner").to_string();
+    wait_answered_by(&lab, &vip, &[&owner]).await;
+    let url = format!("http://{vip}/");
+    let body = eventually("the web pod answers through kube-proxy", Duration::from_secs(30), || async {
+        curl(&lab, &url).ok()
+    })
+    .await;
+    println!("curl {url} (Cluster, announced by {owner}): {body}");
+    assert!(body.starts_with("web pod web-0 saw client "), "{body}");
+
+    // Local: the address moves to node-2, the only node with a ready endpoint, and the client's address is kept.
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), "default");
+    let local = serde_json::json!({"spec": {"externalTrafficPolicy": "Local"}});
+    services.patch("web-svc-lb", &PatchParams::default(), &Patch::Merge(&local)).await.expect("Local");
+    wait_answered_by(&lab, &vip, &["node-2"]).await;
+    let body = eventually("the web pod answers with the host as client", Duration::from_secs(30), || async {
+        curl(&lab, &url).ok().filter(|b| b.ends_with("saw client 198.18.0.1"))
+    })
+    .await;
+    println!("curl {url} (Local, announced by node-2): {body}");
+    let log = kubectl(&lab, &["logs", "-n", "default", "web-0"]);
+    assert!(log.contains("198.18.0.1"), "the web pod's log names the host as the client:\n{log}");
+}
+
+/// Deleting the owner's speaker pod:/// Deleting the owner's speaker pod: the DaemonSet makes a new one, the address comes back without flapping.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_speaker_pod_is_replaced_and_its_address_returns_without_flapping() {
     let _serial = one_lab_at_a_time().await;

@@ -24,6 +24,9 @@ pub struct UpOptions {
     pub bare: bool,
     /// containerd + a real kubelet per node; ferrolb runs as the chart's pods (see [`super::realnode`]).
     pub real_nodes: bool,
+    /// Real nodes also run kube-proxy (nftables mode): LoadBalancer traffic reaches the Services' pods instead of
+    /// the node's echo server.
+    pub kube_proxy: bool,
     /// Label every node as kubeadm labels a control-plane node (as minikube's and kind's single node are),
     /// including `node.kubernetes.io/exclude-from-external-load-balancers`.
     pub kubeadm_labels: bool,
@@ -83,6 +86,9 @@ pub fn is_running(dir: &Path) -> bool {
 
 /// Brings the lab up (idempotent: a running lab is left alone; a broken one is taken down first).
 pub async fn up(opts: &UpOptions) -> Result<State> {
+    if opts.kube_proxy && !opts.real_nodes {
+        return Err(LabError::Usage("--kube-proxy needs --kubelets (real nodes)".into()));
+    }
     if opts.speaker_binary.is_some() && (opts.real_nodes || opts.bare) {
         return Err(LabError::Usage(
             "--speaker-binary is for process mode with the chart (no --kubelets, --bare)".into(),
@@ -136,6 +142,7 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
         bin_dir,
         speaker_gossip: true,
         real_nodes: opts.real_nodes,
+        kube_proxy: opts.kube_proxy,
         ipv6_nodes: opts.ipv6_nodes,
         second_lan: opts.second_lan,
         speaker_nodes: opts.speaker_nodes,

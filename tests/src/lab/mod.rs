@@ -180,6 +180,9 @@ pub struct State {
     /// Nodes run containerd and a real kubelet, and ferrolb runs as the chart's pods (see [`realnode`]).
     #[serde(default)]
     pub real_nodes: bool,
+    /// Real nodes also run kube-proxy in nftables mode.
+    #[serde(default)]
+    pub kube_proxy: bool,
     /// Nodes report only their IPv6 InternalIP, so speakers find their peers (liveness) over IPv6.
     #[serde(default)]
     pub ipv6_nodes: bool,

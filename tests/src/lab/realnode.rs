@@ -29,6 +29,9 @@ pub const KUBERNETES_SERVICE_IP: &str = "198.19.128.1";
 pub const PAUSE_IMAGE: &str = "docker.io/ferrolb-lab/pause:1";
 /// Image a test backend pod can run: the pause process, which only keeps the pod alive and Ready.
 pub const BACKEND_IMAGE: &str = "ferrolb-lab/pause:1";
+/// The lab's web server image (busybox httpd on port 8000; `make images`): it answers with its pod's name and
+/// the client's address, and logs each client.
+pub const WEB_IMAGE: &str = "ferrolb-lab/web:1";
 /// Where the CNI plugins from Debian's `containernetworking-plugins` live.
 const CNI_BIN_DIR: &str = "/usr/lib/cni";
 /// Node Lease duration: the kubelet renews every quarter of it, well inside the lab's 6 s node grace period.
@@ -290,11 +293,42 @@ imageGCLowThresholdPercent: 99
 }
 
 /// nftables in the node namespace: the `kubernetes` ClusterIP goes to the node's API relay, for pods
-/// (prerouting) and for `hostNetwork` processes (output).
+/// (prerouting) and for `hostNetwork` processes (output). Ahead of kube-proxy (`up --kube-proxy`), which sees
+/// that Service without endpoints (the API server reconciles none here) and rejects its traffic at priority
+/// dstnat - 10.
 fn api_dnat_rules(node: &NodeInfo, api_port: u16) -> String {
     let to = format!("{}:{api_port}", node.ip);
     format!(
-        "table ip ferrolb-lab {{\n  chain pods {{ type nat hook prerouting priority dstnat; ip daddr {KUBERNETES_SERVICE_IP} tcp dport 443 dnat to {to}; }}\n  chain local {{ type nat hook output priority -100; ip daddr {KUBERNETES_SERVICE_IP} tcp dport 443 dnat to {to}; }}\n}}\n"
+        "table ip ferrolb-lab {{\n  chain pods {{ type nat hook prerouting priority dstnat - 20; ip daddr {KUBERNETES_SERVICE_IP} tcp dport 443 dnat to {to}; }}\n  chain local {{ type nat hook output priority -120; ip daddr {KUBERNETES_SERVICE_IP} tcp dport 443 dnat to {to}; }}\n}}\n"
+    )
+}
+
+/// kube-proxy's configuration for a node: nftables mode, the node's own kubeconfig, and nothing that would
+/// change this machine's global settings (conntrack table size and timeouts stay as they are) or need a
+/// privilege the lab lacks (a lower OOM score).
+fn kube_proxy_config(state: &State, node: &NodeInfo) -> String {
+    let dir = node_dir(state, node);
+    format!(
+        r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: nftables
+hostnameOverride: {name}
+clientConnection:
+  kubeconfig: {kubeconfig}
+detectLocalMode: BridgeInterface
+detectLocal:
+  bridgeInterface: cni0
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+oomScoreAdj: 0
+metricsBindAddress: 127.0.0.1:10249
+healthzBindAddress: 0.0.0.0:10256
+"#,
+        name = node.name,
+        kubeconfig = dir.join("kubelet.kubeconfig").display(),
     )
 }
 
@@ -311,6 +345,9 @@ pub fn prepare(state: &State, index: usize, token: &str) -> Result<()> {
     write(&dir.join("containerd.toml"), &containerd_config(state, node))?;
     write(&dir.join("cni/10-lab-pods.conflist"), &cni_config(state, node, index))?;
     write(&dir.join("kubelet.yaml"), &kubelet_config(state, node))?;
+    if state.kube_proxy {
+        write(&dir.join("kube-proxy.yaml"), &kube_proxy_config(state, node))?;
+    }
     let kubeconfig = super::pki::kubeconfig(&state.dir.join("pki/ca.crt"), state.api_port, &node.name, token);
     write(&dir.join("kubelet.kubeconfig"), &kubeconfig)?;
     let rules = dir.join("api-dnat.nft");
@@ -370,10 +407,22 @@ pub fn start_kubelet(state: &mut State, node: &NodeInfo) -> Result<()> {
     spawn_replacing(state, &format!("kubelet {}", node.name), cmd)
 }
 
-/// Starts a node's runtime and kubelet (first start and revive).
+/// Starts a node's kube-proxy (`up --kube-proxy`), in nftables mode.
+pub fn start_kube_proxy(state: &mut State, node: &NodeInfo) -> Result<()> {
+    let dir = node_dir(state, node);
+    let mut cmd = nsenter(&node.netns);
+    cmd.arg(state.bin_dir.join("kube-proxy")).arg("--config").arg(dir.join("kube-proxy.yaml")).args(["-v", "1"]);
+    spawn_replacing(state, &format!("kube-proxy {}", node.name), cmd)
+}
+
+/// Starts a node's runtime and kubelet, and kube-proxy if the lab runs it (first start and revive).
 pub fn start_node(state: &mut State, node: &NodeInfo, archives: &[PathBuf]) -> Result<()> {
     start_runtime(state, node, archives)?;
-    start_kubelet(state, node)
+    start_kubelet(state, node)?;
+    if state.kube_proxy {
+        start_kube_proxy(state, node)?;
+    }
+    Ok(())
 }
 
 /// Starts kube-scheduler (DaemonSet and Deployment pods are placed by it).

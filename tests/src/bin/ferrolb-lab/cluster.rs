@@ -18,6 +18,9 @@ pub enum Cmd {
         /// Real nodes: containerd and a kubelet per node, ferrolb as the chart's pods from `make images`.
         #[arg(long)]
         kubelets: bool,
+        /// With --kubelets: kube-proxy (nftables mode) on every node, so LoadBalancer traffic reaches the pods.
+        #[arg(long)]
+        kube_proxy: bool,
         /// Label every node as kubeadm labels a control-plane node (minikube's and kind's single node too).
         #[arg(long)]
         kubeadm_labels: bool,
@@ -110,6 +113,7 @@ pub async fn run(command: Cmd, name: String, dir: &Path) -> anyhow::Result<()> {
             nodes,
             bare,
             kubelets,
+            kube_proxy,
             kubeadm_labels,
             helm_set,
             ipv6_nodes,
@@ -124,6 +128,7 @@ pub async fn run(command: Cmd, name: String, dir: &Path) -> anyhow::Result<()> {
                 nodes,
                 bare,
                 real_nodes: kubelets,
+                kube_proxy,
                 kubeadm_labels,
                 helm_set,
                 ipv6_nodes,
