@@ -25,7 +25,7 @@ check: fmt-check clippy pure
 test: check deps chart e2e
 
 # What the lab's real nodes and `make images` need from Debian (installed once; a no-op when present).
-DEB_PACKAGES := containerd runc containernetworking-plugins umoci skopeo nftables gcc libc6-dev libfaketime libcap2-bin busybox-static
+DEB_PACKAGES := containerd runc containernetworking-plugins umoci skopeo nftables gcc libc6-dev libfaketime libcap2-bin busybox-static bind9-dnsutils
 deps:
 	@bash tests/lab/install-deps.sh $(DEB_PACKAGES)
 

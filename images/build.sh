@@ -11,8 +11,9 @@
 # ambient set, so execve would drop an added NET_RAW; the file capability keeps it, bounded by what the pod's
 # securityContext adds (docs/design.md §9.1).
 #
-# Also builds the lab's pause image (the pod sandbox; no registry to pull registry.k8s.io/pause from) and its web
-# image (Debian's static busybox: httpd on port 8000, answering with the pod's name and the client's address).
+# Also builds the lab's pause image (the pod sandbox; no registry to pull registry.k8s.io/pause from), its web
+# image (Debian's static busybox: httpd on port 8000, answering with the pod's name and the client's address) and
+# its DNS image (CoreDNS from the Go module proxy, images/build-coredns.sh, serving a small zone).
 # Output: target/images/*.tar (prints each image's size), and the static binaries in target/$TARGET/release
 # (ferrolb-lab too, for `make demo` and `make lab-up`).
 set -euo pipefail
@@ -22,7 +23,7 @@ TARGET=x86_64-unknown-linux-gnu
 VERSION="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/ferrolb/Chart.yaml)"
 step() { printf '[images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-for tool in umoci skopeo cc setcap busybox; do
+for tool in umoci skopeo cc setcap busybox go; do
   command -v "$tool" >/dev/null || { echo "images: $tool missing (apt-get install umoci skopeo gcc libcap2-bin; make deps does it)" >&2; exit 1; }
 done
 
@@ -92,3 +93,46 @@ umoci gc --layout "$layout"
 rm -f "$archive"
 skopeo copy --quiet "oci:$layout:1" "docker-archive:$archive:ferrolb-lab/web:1"
 printf '%-32s %8s  %s\n' "ferrolb-lab/web:1" "$(du -h "$archive" | cut -f1)" "$archive"
+
+# The DNS backend: CoreDNS serving the zone lab.example (web.lab.example is 198.19.0.2), whoami.lab.example
+# answered with the client's own address (what the server saw), and CH TXT hostname.bind with the pod's name. It
+# binds port 53, so it runs as root inside its pod (a lab image; the kube-dns pods of real clusters do the same
+# or add NET_BIND_SERVICE).
+step "coredns (images/build-coredns.sh)"
+coredns_dir="$(bash images/build-coredns.sh)"
+dns="$WORK/dns-root"
+mkdir -p "$dns/etc/coredns"
+cp "$coredns_dir/coredns" "$dns/coredns"
+cat > "$dns/etc/coredns/Corefile" <<'COREFILE'
+whoami.lab.example:53 {
+    whoami
+    log
+}
+lab.example:53 {
+    file /etc/coredns/lab.example.db
+    log
+}
+.:53 {
+    chaos ferrolb-lab
+    log
+}
+COREFILE
+cat > "$dns/etc/coredns/lab.example.db" <<'ZONE'
+$ORIGIN lab.example.
+$TTL 60
+@    IN SOA ns.lab.example. hostmaster.lab.example. 1 7200 3600 1209600 60
+@    IN NS  ns.lab.example.
+ns   IN A   198.19.0.53
+web  IN A   198.19.0.2
+ZONE
+layout="$WORK/oci-dns"; archive="$OUT/ferrolb-lab-coredns-1.tar"
+umoci init --layout "$layout"
+umoci new --image "$layout:1"
+umoci insert --image "$layout:1" --history.created_by "images/build.sh: coredns root" "$dns" /
+umoci config --image "$layout:1" --os linux --architecture amd64 --config.user 0:0 --author ferrolb \
+  --config.entrypoint /coredns --config.entrypoint -conf --config.entrypoint /etc/coredns/Corefile \
+  --config.exposedports 53/udp --config.exposedports 53/tcp --history.created_by "images/build.sh: config"
+umoci gc --layout "$layout"
+rm -f "$archive"
+skopeo copy --quiet "oci:$layout:1" "docker-archive:$archive:ferrolb-lab/coredns:1"
+printf '%-32s %8s  %s\n' "ferrolb-lab/coredns:1" "$(du -h "$archive" | cut -f1)" "$archive"

@@ -328,12 +328,23 @@ fn curl(lab: &TestLab, url: &str) -> Result<String, String> {
     }
 }
 
-/// Issue 22's data path, with a real kube-proxy (nftables mode) on every node: the user's web Service, its
-/// manifest unchanged, is served by a real web pod (busybox httpd) through the static route. With
-/// `externalTrafficPolicy: Local` only the node with the pod may announce, and the pod sees the host's own
-/// address as the client, in its answer and in its log.
+/// `dig` from the `host` namespace (one try, 2 s), with extra arguments; its short answer, or the error.
+fn dig(lab: &TestLab, server: &str, args: &[&str]) -> Result<String, String> {
+    let at = format!("@{server}");
+    let mut all = vec!["exec", "host", "--", "dig", at.as_str(), "+short", "+time=2", "+tries=1"];
+    all.extend_from_slice(args);
+    let out = lab.cli(&all);
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if out.status.success() && !text.is_empty() && !text.starts_with(";;") { Ok(text) } else { Err(text) }
+}
+
+/// Issue 22's data path, with a real kube-proxy (nftables mode) on every node: the user's DNS and web
+/// Services, their manifests unchanged, are served by real pods (CoreDNS; busybox httpd) through the static
+/// route, `dig` over UDP and TCP and `curl` as the user runs them. A hard kill of the DNS address's owner is
+/// measured by a DNS client asking every 10 ms. With `externalTrafficPolicy: Local` only the node with the web
+/// pod may announce, and the pod sees the host's own address as the client, in its answer and in its log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_users_web_service_is_served_by_a_real_pod_through_kube_proxy() {
+async fn the_users_services_are_served_by_real_pods_through_kube_proxy() {
     let _serial = one_lab_at_a_time().await;
     let lab = TestLab::start_with(EXE, "flbkp", 3, &["--kubelets", "--kube-proxy"]);
     let client = lab.admin().await;
@@ -347,7 +358,20 @@ async fn the_users_web_service_is_served_by_a_real_pod_through_kube_proxy() {
         realnode::WEB_IMAGE
     );
     create_yaml(&client, &pod).await.expect("web pod");
+    for (i, node) in ["node-1", "node-3"].iter().enumerate() {
+        let dns = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: coredns-{i}, namespace: kube-system, labels: {{k8s-app: kube-dns}}}}\nspec: {{nodeName: {node}, containers: [{{name: coredns, image: {}}}]}}\n",
+            realnode::DNS_IMAGE
+        );
+        create_yaml(&client, &dns).await.expect("CoreDNS pod");
+    }
+    create_yaml(&client, &seed("dns-svc-lb.yaml")).await.expect("the user's DNS Service");
     create_yaml(&client, &seed("web-svc-lb.yaml")).await.expect("the user's web Service");
+    eventually("the CoreDNS pods Ready", Duration::from_secs(60), || async {
+        let list = pods(&client, "kube-system", "k8s-app=kube-dns").await;
+        (list.len() == 2 && list.iter().all(is_ready)).then_some(())
+    })
+    .await;
     eventually("the web pod Ready", Duration::from_secs(60), || async {
         pods(&client, "default", "app=web").await.iter().all(is_ready).then_some(())
     })
@@ -378,6 +402,40 @@ async fn the_users_web_service_is_served_by_a_real_pod_through_kube_proxy() {
     println!("curl {url} (Local, announced by node-2): {body}");
     let log = kubectl(&lab, &["logs", "-n", "default", "web-0"]);
     assert!(log.contains("198.18.0.1"), "the web pod's log names the host as the client:\n{log}");
+
+    let dns_vip = eventually("dns-svc-lb on the lab pool", Duration::from_secs(30), || async {
+        ingress(&client, "kube-system", "dns-svc-lb").await.into_iter().next()
+    })
+    .await;
+    let dns_owner = election::owner(dns_vip.parse().expect("ip"), NODES).expect("owner").to_string();
+    wait_answered_by(&lab, &dns_vip, &[&dns_owner]).await;
+    // The user's check, literally: dig over UDP and over TCP through the static route, answered by CoreDNS.
+    let udp = eventually("dig over UDP answered", Duration::from_secs(30), || async {
+        dig(&lab, &dns_vip, &["web.lab.example"]).ok()
+    })
+    .await;
+    assert_eq!(udp, "198.19.0.2", "the zone's record over UDP");
+    assert_eq!(dig(&lab, &dns_vip, &["+tcp", "web.lab.example"]), Ok("198.19.0.2".to_string()), "and over TCP");
+    let server = dig(&lab, &dns_vip, &["CH", "TXT", "hostname.bind"]).expect("CH TXT hostname.bind");
+    assert!(server == "\"coredns-0\"" || server == "\"coredns-1\"", "answered by a CoreDNS pod: {server}");
+    println!("dig @{dns_vip} (announced by {dns_owner}): web.lab.example {udp} over UDP and TCP, from {server}");
+
+    // A hard kill of the owner, measured by a real DNS client (CH TXT hostname.bind every 10 ms).
+    let report = lab.probe_while("dns", &format!("{dns_vip}:53"), 6000, || {
+        lab.ok(&["kill", &dns_owner]);
+    });
+    println!("hard kill of {dns_owner}: longest DNS outage {} ms ({report})", report["max_gap_ms"]);
+    let survivors: Vec<&str> = NODES.iter().copied().filter(|n| *n != dns_owner).collect();
+    let next = election::owner(dns_vip.parse().expect("ip"), survivors.iter().copied()).expect("next").to_string();
+    wait_answered_by(&lab, &dns_vip, &[&next]).await;
+    assert!(report["last"].as_str().is_some_and(|s| s.starts_with("coredns-")), "answered after the kill: {report}");
+    assert_eq!(
+        eventually("dig answered by the survivors", Duration::from_secs(30), || async {
+            dig(&lab, &dns_vip, &["web.lab.example"]).ok()
+        })
+        .await,
+        "198.19.0.2"
+    );
 }
 
 /// Deleting the owner's speaker pod:/// Deleting the owner's speaker pod: the DaemonSet makes a new one, the address comes back without flapping.

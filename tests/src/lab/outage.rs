@@ -1,4 +1,4 @@
-//! A client that measures outages: probes an address every `interval` over UDP or TCP and reports the longest
+//! A client that measures outages: probes an address every `interval` over UDP, TCP or DNS and reports the longest
 //! gap between consecutive answers, and which node answered first and last (run it in the `host` namespace;
 //! `ferrolb-lab prober`). The first answer is also announced on stderr (`first answer from <node>`) as it
 //! arrives, so a caller can start a fault once the prober demonstrably sees the service, not after a guess.
@@ -125,4 +125,115 @@ pub fn tcp(target: SocketAddr, interval: Duration, duration: Duration) -> Result
     // Attempts still in flight at the end answer after it; the run is measured up to the end.
     times.retain(|(at, _)| *at <= end);
     Ok(report(&times, start, end, sent))
+}
+
+/// The DNS query the `dns` prober sends: `hostname.bind` TXT in class CH (which a CoreDNS with the `chaos`
+/// plugin answers with its host name, the pod's name), with `id`. Written out rather than taken from a DNS
+/// library: one fixed question of 31 bytes, and the prober must not depend on a resolver's retries and caching.
+pub fn chaos_hostname_query(id: u16) -> Vec<u8> {
+    let mut q = Vec::with_capacity(32);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]); // no flags, one question
+    q.extend_from_slice(b"\x08hostname\x04bind\x00");
+    q.extend_from_slice(&[0, 16, 0, 3]); // TXT, CH
+    q
+}
+
+/// The first TXT string of an answer to [`chaos_hostname_query`] (`None` for anything else: an error, another
+/// question, a truncated message).
+pub fn chaos_hostname_answer(msg: &[u8], query: &[u8]) -> Option<String> {
+    let question = query.get(12..)?;
+    let is_response = msg.get(2)? & 0x80 != 0;
+    let no_error = msg.get(3)? & 0x0f == 0;
+    let answers = u16::from_be_bytes([*msg.get(6)?, *msg.get(7)?]);
+    if !is_response || !no_error || answers == 0 || msg.get(12..12 + question.len())? != question {
+        return None;
+    }
+    let mut at = 12 + question.len();
+    // The answer's owner name: a compression pointer (2 bytes) or labels up to the root.
+    if msg.get(at)? & 0xc0 == 0xc0 {
+        at += 2;
+    } else {
+        while *msg.get(at)? != 0 {
+            at += 1 + usize::from(*msg.get(at)?);
+        }
+        at += 1;
+    }
+    let rr_type = u16::from_be_bytes([*msg.get(at)?, *msg.get(at + 1)?]);
+    let rdlength = usize::from(u16::from_be_bytes([*msg.get(at + 8)?, *msg.get(at + 9)?]));
+    let rdata = msg.get(at + 10..at + 10 + rdlength)?;
+    let text_len = usize::from(*rdata.first()?);
+    if rr_type != 16 {
+        return None;
+    }
+    Some(String::from_utf8_lossy(rdata.get(1..1 + text_len)?).into_owned())
+}
+
+/// DNS over UDP as a resolver asks: every `interval` a query from a new socket (a new source port, so the
+/// service's conntrack entries do not pin every query to one backend), each waiting up to 1 s for its answer in
+/// a thread of its own; the node is the answering server's host name (`hostname.bind`).
+pub fn dns(target: SocketAddr, interval: Duration, duration: Duration) -> Result<Report> {
+    let start = Instant::now();
+    let times: Arc<std::sync::Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let mut queries = Vec::new();
+    let mut sent = 0u64;
+    while start.elapsed() < duration {
+        let began = Instant::now();
+        let id = sent as u16;
+        sent += 1;
+        let times = times.clone();
+        queries.push(std::thread::spawn(move || {
+            let local = if target.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+            let Ok(socket) = UdpSocket::bind(local) else { return };
+            let query = chaos_hostname_query(id);
+            if socket.connect(target).and_then(|()| socket.send(&query)).is_err() {
+                return;
+            }
+            let _ = socket.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut buf = [0u8; 512];
+            if let Ok(n) = socket.recv(&mut buf)
+                && let Some(server) = chaos_hostname_answer(&buf[..n], &query)
+                && let Ok(mut times) = times.lock()
+            {
+                announce_first(&times, &server);
+                times.push((Instant::now(), server));
+            }
+        }));
+        queries.retain(|q| !q.is_finished());
+        if let Some(rest) = interval.checked_sub(began.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+    let end = Instant::now();
+    for query in queries {
+        let _ = query.join();
+    }
+    let mut times = times.lock().map(|t| t.clone()).unwrap_or_default();
+    times.sort_by_key(|(at, _)| *at);
+    times.retain(|(at, _)| *at <= end);
+    Ok(report(&times, start, end, sent))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chaos_answer_yields_the_servers_name_and_anything_else_none() {
+        let query = chaos_hostname_query(7);
+        assert_eq!(query.len(), 31);
+        // CoreDNS's answer: the question echoed, then TXT "coredns-0" under a pointer to the question's name.
+        let mut answer = query.clone();
+        answer[2] = 0x84; // response, authoritative
+        answer[7] = 1; // one answer
+        answer.extend_from_slice(&[0xc0, 12, 0, 16, 0, 3, 0, 0, 0, 0, 0, 10, 9]);
+        answer.extend_from_slice(b"coredns-0");
+        assert_eq!(chaos_hostname_answer(&answer, &query).as_deref(), Some("coredns-0"));
+        let mut refused = answer.clone();
+        refused[3] = 5;
+        assert_eq!(chaos_hostname_answer(&refused, &query), None, "an error is no answer");
+        assert!(chaos_hostname_answer(&answer, &chaos_hostname_query(8)).is_some(), "ids are the caller's to match");
+        assert_eq!(chaos_hostname_answer(&answer[..answer.len() - 3], &query), None, "truncated");
+        assert_eq!(chaos_hostname_answer(&query, &query), None, "a query is no answer");
+    }
 }

@@ -32,6 +32,9 @@ pub const BACKEND_IMAGE: &str = "ferrolb-lab/pause:1";
 /// The lab's web server image (busybox httpd on port 8000; `make images`): it answers with its pod's name and
 /// the client's address, and logs each client.
 pub const WEB_IMAGE: &str = "ferrolb-lab/web:1";
+/// The lab's DNS server image (CoreDNS; `make images`): zone `lab.example`, `whoami.lab.example`, and CH TXT
+/// `hostname.bind` answered with the pod's name.
+pub const DNS_IMAGE: &str = "ferrolb-lab/coredns:1";
 /// Where the CNI plugins from Debian's `containernetworking-plugins` live.
 const CNI_BIN_DIR: &str = "/usr/lib/cni";
 /// Node Lease duration: the kubelet renews every quarter of it, well inside the lab's 6 s node grace period.

@@ -55,7 +55,7 @@ pub enum Cmd {
     },
     /// Probes ADDR every --interval-ms for --duration-ms and prints a JSON report of the longest outage.
     Prober {
-        /// `udp` or `tcp`.
+        /// `udp`, `tcp` (the lab's echo servers) or `dns` (a DNS server answering CH TXT hostname.bind).
         protocol: String,
         /// Address and port.
         addr: std::net::SocketAddr,
@@ -187,7 +187,8 @@ pub async fn run(command: Cmd, dir: &Path) -> anyhow::Result<()> {
             let report = match protocol.as_str() {
                 "udp" => outage::udp(addr, interval, duration)?,
                 "tcp" => outage::tcp(addr, interval, duration)?,
-                other => anyhow::bail!("protocol must be tcp or udp, not {other:?}"),
+                "dns" => outage::dns(addr, interval, duration)?,
+                other => anyhow::bail!("protocol must be tcp, udp or dns, not {other:?}"),
             };
             println!("{}", serde_json::to_string(&report)?);
         }
