@@ -420,6 +420,22 @@ async fn the_users_services_are_served_by_real_pods_through_kube_proxy() {
     assert!(server == "\"coredns-0\"" || server == "\"coredns-1\"", "answered by a CoreDNS pod: {server}");
     println!("dig @{dns_vip} (announced by {dns_owner}): web.lab.example {udp} over UDP and TCP, from {server}");
 
+    // An IPv6-only Service, answered by the dual-stack CoreDNS pods over IPv6 through kube-proxy.
+    let v6 = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab6, namespace: metallb-system}\nspec: {addresses: ['2001:db8:19::1-2001:db8:19::9']}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: dns6, namespace: kube-system}\nspec:\n  type: LoadBalancer\n  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv6]\n  selector: {k8s-app: kube-dns}\n  ports: [{name: dns-udp, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]\n";
+    create_yaml(&client, v6).await.expect("IPv6 pool and Service");
+    let v6_vip = eventually("an IPv6 address for dns6", Duration::from_secs(30), || async {
+        ingress(&client, "kube-system", "dns6").await.into_iter().next()
+    })
+    .await;
+    let v6_owner = election::owner(v6_vip.parse().expect("ip"), NODES).expect("owner").to_string();
+    wait_answered_by(&lab, &v6_vip, &[&v6_owner]).await;
+    let over_v6 = eventually("dig over IPv6 answered", Duration::from_secs(30), || async {
+        dig(&lab, &v6_vip, &["web.lab.example"]).ok()
+    })
+    .await;
+    assert_eq!(over_v6, "198.19.0.2", "the IPv6-only Service is served by the CoreDNS pods");
+    println!("dig @{v6_vip} (IPv6 only, announced by {v6_owner}): web.lab.example {over_v6}");
+
     // A hard kill of the owner, measured by a real DNS client (CH TXT hostname.bind every 10 ms).
     let report = lab.probe_while("dns", &format!("{dns_vip}:53"), 6000, || {
         lab.ok(&["kill", &dns_owner]);

@@ -315,26 +315,28 @@ pub async fn wait_nodes_ready(state: &State, timeout: Duration) -> Result<()> {
 
 /// Waits until the API server serves every CRD the chart installed (`Established`): the chart's CRDs are
 /// templates, which Helm does not wait for as it does for a chart's `crds/`, and a pool created before that is
-/// refused with 404.
+/// refused with 404. Helm has created them all when it returns, so the ones of ours that exist are the chart's
+/// (an older chart installs fewer).
 pub async fn wait_crds_established(state: &State, timeout: Duration) -> Result<()> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let crds: Api<CustomResourceDefinition> = Api::all(kubelet::client(&state.kubeconfig()).await?);
-    let names = ferrolb_crds::CRD_NAMES;
     let start = Instant::now();
     loop {
-        let mut established = 0;
-        for name in names {
-            let conds = crds.get_opt(name).await?.and_then(|c| c.status).and_then(|s| s.conditions).unwrap_or_default();
+        let (mut installed, mut established) = (0, 0);
+        for name in ferrolb_crds::CRD_NAMES {
+            let Some(crd) = crds.get_opt(name).await? else { continue };
+            installed += 1;
+            let conds = crd.status.and_then(|s| s.conditions).unwrap_or_default();
             if conds.iter().any(|c| c.type_ == "Established" && c.status == "True") {
                 established += 1;
             }
         }
-        if established == names.len() {
+        if installed > 0 && established == installed {
             return Ok(());
         }
         if start.elapsed() > timeout {
             return Err(LabError::Timeout {
-                what: format!("{established}/{} CRDs established", names.len()),
+                what: format!("{established}/{installed} CRDs established"),
                 after: timeout,
             });
         }

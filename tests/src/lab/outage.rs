@@ -84,47 +84,56 @@ pub fn udp(target: SocketAddr, interval: Duration, duration: Duration) -> Result
     Ok(report(&times, start, end, sent))
 }
 
-/// TCP: a new connection every `interval`, each in its own thread so that one waiting on a dead owner does not
-/// hold up the next (each must connect and greet within `budget`). Sequential attempts would make the outage a
-/// multiple of the connect timeout instead of the interval.
-pub fn tcp(target: SocketAddr, interval: Duration, duration: Duration) -> Result<Report> {
+/// Runs `attempt` every `interval` for `duration`, each in its own thread, and times the answers: an attempt
+/// waiting on a dead owner must not hold up the next, or the outage would be a multiple of its timeout instead of
+/// the interval. `attempt` gets the attempt's number and returns who answered, if anyone did.
+fn every_interval<F>(interval: Duration, duration: Duration, attempt: F) -> Report
+where
+    F: Fn(u64) -> Option<String> + Send + Sync + 'static,
+{
+    let attempt = Arc::new(attempt);
     let start = Instant::now();
-    let budget = interval.max(Duration::from_millis(50));
     let times: Arc<std::sync::Mutex<Vec<(Instant, String)>>> = Arc::default();
-    let mut attempts = Vec::new();
+    let mut running = Vec::new();
     let mut sent = 0;
     while start.elapsed() < duration {
         let began = Instant::now();
+        let (times, attempt, number) = (times.clone(), attempt.clone(), sent);
         sent += 1;
-        let times = times.clone();
-        attempts.push(std::thread::spawn(move || {
-            let Ok(mut s) = TcpStream::connect_timeout(&target, budget) else { return };
-            let _ = s.set_read_timeout(Some(budget));
-            let mut buf = [0u8; 64];
-            if let Ok(n) = s.read(&mut buf)
-                && n > 0
+        running.push(std::thread::spawn(move || {
+            if let Some(node) = attempt(number)
+                && let Ok(mut times) = times.lock()
             {
-                let node = String::from_utf8_lossy(&buf[..n]).trim().to_string();
-                if let Ok(mut times) = times.lock() {
-                    announce_first(&times, &node);
-                    times.push((Instant::now(), node));
-                }
+                announce_first(&times, &node);
+                times.push((Instant::now(), node));
             }
         }));
-        attempts.retain(|a| !a.is_finished());
+        running.retain(|a| !a.is_finished());
         if let Some(rest) = interval.checked_sub(began.elapsed()) {
             std::thread::sleep(rest);
         }
     }
     let end = Instant::now();
-    for attempt in attempts {
-        let _ = attempt.join();
+    for a in running {
+        let _ = a.join();
     }
     let mut times = times.lock().map(|t| t.clone()).unwrap_or_default();
     times.sort_by_key(|(at, _)| *at);
     // Attempts still in flight at the end answer after it; the run is measured up to the end.
     times.retain(|(at, _)| *at <= end);
-    Ok(report(&times, start, end, sent))
+    report(&times, start, end, sent)
+}
+
+/// TCP: a new connection every `interval`, each of which must connect and greet within `budget`.
+pub fn tcp(target: SocketAddr, interval: Duration, duration: Duration) -> Result<Report> {
+    let budget = interval.max(Duration::from_millis(50));
+    Ok(every_interval(interval, duration, move |_| {
+        let mut s = TcpStream::connect_timeout(&target, budget).ok()?;
+        s.set_read_timeout(Some(budget)).ok()?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).ok().filter(|n| *n > 0)?;
+        Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    }))
 }
 
 /// The DNS query the `dns` prober sends: `hostname.bind` TXT in class CH (which a CoreDNS with the `chaos`
@@ -170,48 +179,19 @@ pub fn chaos_hostname_answer(msg: &[u8], query: &[u8]) -> Option<String> {
 }
 
 /// DNS over UDP as a resolver asks: every `interval` a query from a new socket (a new source port, so the
-/// service's conntrack entries do not pin every query to one backend), each waiting up to 1 s for its answer in
-/// a thread of its own; the node is the answering server's host name (`hostname.bind`).
+/// service's conntrack entries do not pin every query to one backend), each waiting up to 1 s for its answer; the
+/// node is the answering server's host name (`hostname.bind`).
 pub fn dns(target: SocketAddr, interval: Duration, duration: Duration) -> Result<Report> {
-    let start = Instant::now();
-    let times: Arc<std::sync::Mutex<Vec<(Instant, String)>>> = Arc::default();
-    let mut queries = Vec::new();
-    let mut sent = 0u64;
-    while start.elapsed() < duration {
-        let began = Instant::now();
-        let id = sent as u16;
-        sent += 1;
-        let times = times.clone();
-        queries.push(std::thread::spawn(move || {
-            let local = if target.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
-            let Ok(socket) = UdpSocket::bind(local) else { return };
-            let query = chaos_hostname_query(id);
-            if socket.connect(target).and_then(|()| socket.send(&query)).is_err() {
-                return;
-            }
-            let _ = socket.set_read_timeout(Some(Duration::from_secs(1)));
-            let mut buf = [0u8; 512];
-            if let Ok(n) = socket.recv(&mut buf)
-                && let Some(server) = chaos_hostname_answer(&buf[..n], &query)
-                && let Ok(mut times) = times.lock()
-            {
-                announce_first(&times, &server);
-                times.push((Instant::now(), server));
-            }
-        }));
-        queries.retain(|q| !q.is_finished());
-        if let Some(rest) = interval.checked_sub(began.elapsed()) {
-            std::thread::sleep(rest);
-        }
-    }
-    let end = Instant::now();
-    for query in queries {
-        let _ = query.join();
-    }
-    let mut times = times.lock().map(|t| t.clone()).unwrap_or_default();
-    times.sort_by_key(|(at, _)| *at);
-    times.retain(|(at, _)| *at <= end);
-    Ok(report(&times, start, end, sent))
+    Ok(every_interval(interval, duration, move |number| {
+        let socket = UdpSocket::bind(if target.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }).ok()?;
+        let query = chaos_hostname_query(number as u16);
+        socket.connect(target).ok()?;
+        socket.send(&query).ok()?;
+        socket.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).ok()?;
+        chaos_hostname_answer(&buf[..n], &query)
+    }))
 }
 
 #[cfg(test)]
