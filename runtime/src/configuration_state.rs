@@ -8,7 +8,7 @@
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -61,8 +61,10 @@ impl Identity {
     }
 }
 
-/// The status the object should have for `problems`, keeping the live condition's transition time when the
-/// condition itself has not changed (pure).
+/// The whole status the object should have for `problems` (pure). The condition keeps the live one's transition
+/// time while its status is the same, as a Condition's `lastTransitionTime` means. Any other condition (a
+/// MetalLB component's, left on an object taken over in a migration) is dropped: ferrolb writes the whole
+/// status, so `result` always follows from the conditions shown beside it.
 pub fn desired(
     kind: &str,
     problems: &[String],
@@ -70,12 +72,7 @@ pub fn desired(
     now: k8s_openapi::jiff::Timestamp,
 ) -> ConfigurationStateStatus {
     let mut condition = cs::condition(kind, problems, now);
-    let same = |c: &&Condition| {
-        c.type_ == condition.type_
-            && c.status == condition.status
-            && c.reason == condition.reason
-            && c.message == condition.message
-    };
+    let same = |c: &&Condition| c.type_ == condition.type_ && c.status == condition.status;
     if let Some(previous) = live.and_then(|s| s.conditions.iter().find(same)) {
         condition.last_transition_time = previous.last_transition_time.clone();
     }
@@ -136,18 +133,23 @@ async fn keep(client: kube::Client, id: Identity, mut reports: watch::Receiver<O
     let api: Api<ConfigurationState> = Api::namespaced(client.clone(), &id.namespace);
     let fields = format!("metadata.name={}", id.name);
     // Changes to the object itself (deleted, edited) wake the loop; the stream's items are not needed.
-    let mut changes = watcher::watcher(api.clone(), watcher::Config::default().fields(&fields)).boxed();
-    let mut owner: Option<OwnerReference> = None;
+    // Backed off as every other watch here, so a failing list (the CRD not yet established, a Role without
+    // `watch`) is retried at a sane rate instead of in a loop.
+    let mut changes =
+        watcher::watcher(api.clone(), watcher::Config::default().fields(&fields)).default_backoff().boxed();
+    // The owner, once looked up: `None` not yet, `Some(None)` when there is no such Pod (a process, not a Pod).
+    let mut owner: Option<Option<OwnerReference>> = None;
     let mut failures = 0u32;
     loop {
         let problems = reports.borrow_and_update().clone();
         if let Some(problems) = problems {
-            if owner.is_none()
-                && let Some(pod) = &id.pod
-            {
-                owner = own_pod(&client, &id.namespace, pod).await;
+            if owner.is_none() {
+                owner = match &id.pod {
+                    Some(pod) => own_pod(&client, &id.namespace, pod).await,
+                    None => Some(None),
+                };
             }
-            match sync(&api, &id, owner.as_ref(), &problems).await {
+            match sync(&api, &id, owner.clone().flatten().as_ref(), &problems).await {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
@@ -167,18 +169,18 @@ async fn keep(client: kube::Client, id: Identity, mut reports: watch::Receiver<O
     }
 }
 
-/// The component's own Pod as an owner reference (not a controller reference, as MetalLB writes it).
-async fn own_pod(client: &kube::Client, namespace: &str, name: &str) -> Option<OwnerReference> {
+/// The component's own Pod as an owner reference (not a controller reference, as MetalLB writes it):
+/// `Some(None)` when there is no such Pod, `None` when it could not be read (asked again on the next write).
+async fn own_pod(client: &kube::Client, namespace: &str, name: &str) -> Option<Option<OwnerReference>> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     match pods.get_opt(name).await {
-        Ok(Some(pod)) => pod.metadata.uid.map(|uid| OwnerReference {
+        Ok(pod) => Some(pod.and_then(|pod| pod.metadata.uid).map(|uid| OwnerReference {
             api_version: "v1".into(),
             kind: "Pod".into(),
             name: name.into(),
             uid,
             ..OwnerReference::default()
-        }),
-        Ok(None) => None,
+        })),
         Err(e) => {
             tracing::debug!(pod = name, error = %e, "own Pod not readable; ConfigurationState written without owner");
             None
@@ -222,13 +224,15 @@ async fn sync(
         }
         api.patch(&id.name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({"metadata": metadata}))).await?;
     }
-    let status = serde_json::json!({
-        "apiVersion": "metallb.io/v1beta1",
-        "kind": "ConfigurationState",
-        "metadata": {"name": id.name, "namespace": id.namespace},
-        "status": want,
-    });
-    api.patch_status(&id.name, &PatchParams::apply(id.manager).force(), &Patch::Apply(&status)).await?;
+    // A merge patch replaces the condition list and removes an emptied summary: the status is ferrolb's whole, so
+    // conditions another component left cannot contradict `result`. Written under MetalLB's field manager names.
+    let status = serde_json::json!({"status": {
+        "result": want.result,
+        "errorSummary": want.error_summary,
+        "conditions": want.conditions,
+    }});
+    let params = PatchParams { field_manager: Some(id.manager.to_string()), ..PatchParams::default() };
+    api.patch_status(&id.name, &params, &Patch::Merge(&status)).await?;
     Ok(())
 }
 
@@ -249,6 +253,25 @@ mod tests {
         assert_eq!(broken.error_summary.as_deref(), Some("configuration error: pool \"lab\": bad"));
         assert_eq!(broken.conditions[0].last_transition_time.0, t1);
         assert_eq!(broken.conditions[0].reason, "ConfigurationError");
+        let t2 = k8s_openapi::jiff::Timestamp::from_second(3_000).expect("time");
+        let worse = desired(cs::CONTROLLER_CONDITION, &["pool \"lab\": worse".into()], Some(&broken), t2);
+        assert_eq!(worse.conditions[0].last_transition_time.0, t1, "still False: the transition was at t1");
+        assert!(worse.error_summary.is_some_and(|s| s.contains("worse")));
+    }
+
+    #[test]
+    fn conditions_left_by_another_component_are_dropped_so_the_result_matches_what_is_shown() {
+        let now = k8s_openapi::jiff::Timestamp::from_second(1_000).expect("time");
+        let metallbs = cs::condition("nodeReconcilerValid", &["stale".into()], now);
+        let live = ConfigurationStateStatus {
+            result: Some("Invalid".into()),
+            error_summary: Some(metallbs.message.clone()),
+            conditions: vec![metallbs],
+        };
+        let ours = desired(cs::SPEAKER_CONDITION, &[], Some(&live), now);
+        assert_eq!(ours.conditions.len(), 1);
+        assert_eq!(ours.conditions[0].type_, cs::SPEAKER_CONDITION);
+        assert_eq!((ours.result.as_deref(), ours.error_summary), (Some("Valid"), None));
     }
 
     #[test]
