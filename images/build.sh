@@ -23,7 +23,7 @@ TARGET=x86_64-unknown-linux-gnu
 VERSION="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/ferrolb/Chart.yaml)"
 step() { printf '[images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-for tool in umoci skopeo cc setcap busybox go; do
+for tool in umoci skopeo cc setcap go readelf; do
   command -v "$tool" >/dev/null || { echo "images: $tool missing (apt-get install umoci skopeo gcc libcap2-bin; make deps does it)" >&2; exit 1; }
 done
 
@@ -71,7 +71,15 @@ image ferrolb-lab/pause 1 "$WORK/pause" /pause 65535:65535
 step "web (busybox httpd from Debian's busybox-static)"
 web="$WORK/web-root"
 mkdir -p "$web/bin" "$web/www/cgi-bin"
-cp "$(command -v busybox)" "$web/bin/busybox"
+# Debian's busybox-static, not whatever busybox comes first on PATH: the image has no libc for a dynamic one.
+busybox=/bin/busybox
+if ! dpkg -L busybox-static 2>/dev/null | grep -qx "$busybox" && ! dpkg -L busybox-static 2>/dev/null | grep -qx /usr/bin/busybox; then
+  echo "images: busybox-static is not installed (make deps installs it)" >&2; exit 1
+fi
+if readelf -l "$busybox" | grep -q 'program interpreter'; then
+  echo "images: $busybox is dynamically linked; the web image needs busybox-static's" >&2; exit 1
+fi
+cp "$busybox" "$web/bin/busybox"
 ln -s busybox "$web/bin/sh"
 cat > "$web/www/cgi-bin/index.cgi" <<'CGI'
 #!/bin/sh

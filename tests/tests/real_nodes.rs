@@ -137,7 +137,6 @@ const LAB_POOL: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmet
 
 const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
 
-/// A 3-node lab of real nodes with the chart installed (pods Ready), one at a time.
 /// Runs kubectl against the lab as its admin; panics with its error output unless it succeeds.
 fn kubectl(lab: &TestLab, args: &[&str]) -> String {
     let out = std::process::Command::new("kubectl")
@@ -149,6 +148,7 @@ fn kubectl(lab: &TestLab, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A 3-node lab of real nodes with the chart installed (pods Ready), one at a time.
 fn real_lab() -> TestLab {
     let started = Instant::now();
     let lab = TestLab::start_with(EXE, "flbk", 3, &["--kubelets"]);
@@ -454,7 +454,7 @@ async fn the_users_services_are_served_by_real_pods_through_kube_proxy() {
     );
 }
 
-/// Deleting the owner's speaker pod:/// Deleting the owner's speaker pod: the DaemonSet makes a new one, the address comes back without flapping.
+/// Deleting the owner's speaker pod: the DaemonSet makes a new one, the address comes back without flapping.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_speaker_pod_is_replaced_and_its_address_returns_without_flapping() {
     let _serial = one_lab_at_a_time().await;

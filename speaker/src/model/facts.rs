@@ -86,8 +86,8 @@ pub struct ParsedAdvertisement {
     pub advertisement: Advertisement,
 }
 
-/// Parses every advertisement's selectors; one with a malformed selector (or a negative weight, which the schema
-/// refuses anyway) matches nothing, so it is left out, and the controller's ConfigurationState names it.
+/// Parses every advertisement's selectors; one with a malformed selector (or a weight outside 1–100, which the
+/// schema refuses anyway) matches nothing, so it is left out, and the speakers' ConfigurationState names it.
 pub fn parse_advertisements(ads: &[&L2Advertisement]) -> Vec<ParsedAdvertisement> {
     let parse_all = |list: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector]| {
         list.iter().map(Selector::parse).collect::<Result<Vec<_>, _>>()
@@ -106,7 +106,10 @@ pub fn parse_advertisements(ads: &[&L2Advertisement]) -> Vec<ParsedAdvertisement
                     preferences: spec
                         .preferred_node_selectors
                         .iter()
-                        .map(|p| Some((Selector::parse(&p.preference).ok()?, u32::try_from(p.weight).ok()?)))
+                        .map(|p| {
+                            let weight = u32::try_from(p.weight).ok().filter(|w| (1..=100).contains(w))?;
+                            Some((Selector::parse(&p.preference).ok()?, weight))
+                        })
                         .collect::<Option<Vec<_>>>()?,
                 },
             })

@@ -34,8 +34,14 @@ pub async fn api_bridge(state: &State) -> Result<()> {
     let listener = tokio::net::UnixListener::bind(&sock).map_err(|e| super::io_err(&sock, e))?;
     let port = state.api_port;
     loop {
-        let Ok((mut inbound, _)) = listener.accept().await else {
-            continue;
+        let (mut inbound, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, say: wait rather than spin.
+                eprintln!("api bridge: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         tokio::spawn(async move {
             if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
@@ -55,8 +61,13 @@ pub async fn kubelet_proxy(state: &State) -> Result<()> {
     let listener = tokio::net::UnixListener::bind(&sock).map_err(|e| super::io_err(&sock, e))?;
     let nodes = std::sync::Arc::new(state.nodes.clone());
     loop {
-        let Ok((inbound, _)) = listener.accept().await else {
-            continue;
+        let (inbound, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                eprintln!("kubelet proxy: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let nodes = nodes.clone();
         tokio::spawn(async move {
