@@ -41,10 +41,23 @@ pub fn ensure_binaries() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback, never one this process handed out before: the kernel may give a just-closed
+/// port again at once (CI once saw etcd and kube-apiserver both told 39607, so the API server could not bind
+/// and etcd answered its readiness probe), and the processes told these ports bind them only later.
 pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| io_err(Path::new("127.0.0.1:0"), e))?;
-    l.local_addr().map(|a| a.port()).map_err(|e| io_err(Path::new("127.0.0.1:0"), e))
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Listeners stay open until a new port is found, so the kernel cannot offer the same one again meanwhile.
+    let mut held = Vec::new();
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").map_err(|e| io_err(Path::new("127.0.0.1:0"), e))?;
+        let port = l.local_addr().map(|a| a.port()).map_err(|e| io_err(Path::new("127.0.0.1:0"), e))?;
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return Ok(port);
+        }
+        held.push(l);
+    }
 }
 
 /// Starts a process in its own process group (so a terminal's Ctrl-C does not reach it and `down` can kill
@@ -95,7 +108,8 @@ pub fn wait_for(state: &State, role: &str, timeout: Duration, mut ready: impl Fn
     Err(LabError::Timeout { what: format!("{role} (log:\n{})", tail(&state.log(role))), after: timeout })
 }
 
-fn tail(path: &Path) -> String {
+/// The last 15 lines of a log file (empty when unreadable).
+pub fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
@@ -192,4 +206,18 @@ pub fn start_controller_manager(state: &mut State) -> Result<()> {
         .args(["--service-cluster-ip-range", &service_ranges()]);
     step("starting kube-controller-manager (EndpointSlices, node lifecycle, ServiceAccount tokens)");
     spawn(state, "kube-controller-manager", kcm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_port;
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice_even_when_closed_at_once() {
+        let ports: Vec<u16> = (0..200).map(|_| free_port().expect("a free port")).collect();
+        let mut distinct = ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice: {ports:?}");
+    }
 }

@@ -272,15 +272,32 @@ async fn wait_ready(state: &State) -> Result<()> {
     let client = kubelet::client(&state.kubeconfig()).await?;
     let start = Instant::now();
     let timeout = Duration::from_secs(90);
+    let pid = state.procs.iter().rev().find(|p| p.role == "kube-apiserver").map(|p| p.pid);
     loop {
-        let req = http::Request::get("/readyz").body(Vec::new()).map_err(|e| LabError::Usage(e.to_string()))?;
-        match client.request_text(req).await {
-            Ok(body) if body.trim() == "ok" => {
+        let req = http::Request::get("/readyz?verbose").body(Vec::new()).map_err(|e| LabError::Usage(e.to_string()))?;
+        let answer = client.request_text(req).await;
+        match answer {
+            Ok(body) if body.trim_end().ends_with("readyz check passed") => {
                 step(format!("kube-apiserver /readyz: ok after {:.1?}", start.elapsed()));
                 return Ok(());
             }
-            _ if start.elapsed() > timeout => {
-                return Err(LabError::Timeout { what: "kube-apiserver /readyz".into(), after: timeout });
+            // A dead API server never gets ready: say so at once, with its log, instead of after the timeout.
+            _ if pid.is_some_and(|pid| !control_plane::alive(pid)) => {
+                return Err(LabError::Command {
+                    command: "kube-apiserver".into(),
+                    detail: format!("exited; log:\n{}", control_plane::tail(&state.log("kube-apiserver"))),
+                });
+            }
+            last if start.elapsed() > timeout => {
+                let last = match last {
+                    Ok(body) => body.lines().filter(|l| l.starts_with("[-]")).collect::<Vec<_>>().join("\n"),
+                    Err(e) => e.to_string(),
+                };
+                let log = control_plane::tail(&state.log("kube-apiserver"));
+                return Err(LabError::Timeout {
+                    what: format!("kube-apiserver /readyz (last answer:\n{last}\nlog:\n{log})"),
+                    after: timeout,
+                });
             }
             _ => tokio::time::sleep(Duration::from_millis(300)).await,
         }
