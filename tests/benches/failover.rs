@@ -8,7 +8,12 @@
 //! one node) is probed on both addresses while its owner is hard-killed.
 //!
 //! With FERROLB_BENCH_KUBELETS=1 the same hard kills are then repeated on a lab of real nodes (containerd +
-//! kubelet, ferrolb as the chart's pods from `make images`), printed beside the process lab's figure.
+//! kubelet + kube-proxy in nftables mode, ferrolb as the chart's pods and CoreDNS pods on every node, from
+//! `make images`; FERROLB_BENCH_KUBELETS=only skips the process lab). Each kill there is measured twice at once:
+//! by the echo prober on the address's witness port 7, which kube-proxy leaves alone, so it sees the moment
+//! the address's packets reach a live node (the figure the process lab prints), and by a DNS client asking the
+//! user's Service on port 53 every 10 ms (a new source port per query, as a resolver does), which also waits
+//! for kube-proxy to stop sending queries to the dead node's CoreDNS pod. Both are printed, with their ratio.
 //!
 //! Run (root): `cargo build --release --workspace --bins && cargo bench -p ferrolb-tests --bench failover`
 //! Trials: FERROLB_TRIALS (default 20), FERROLB_REFERENCE_TRIALS (default 5).
@@ -120,8 +125,9 @@ async fn dual_stack_service(lab: &TestLab) -> (String, String) {
     (ips[0].clone(), ips[1].clone())
 }
 
-/// The user's DNS Service with a backend on every node; returns its address once it has one.
-async fn dns_service(lab: &TestLab, backend_image: &str) -> String {
+/// The user's DNS Service on a backend pod per node; returns its address once `answer_port` answers TCP from
+/// the host (53 where the echo server serves the Service's port, the witness port under kube-proxy).
+async fn dns_service(lab: &TestLab, backend_image: &str, answer_port: u16) -> String {
     let client = lab.admin().await;
     let setup = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab, namespace: metallb-system}\nspec: {addresses: [198.19.0.1-198.19.0.254, 2001:db8:19::1-2001:db8:19::ff]}\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: lab, namespace: metallb-system}\n";
     create_yaml(&client, setup).await.expect("pool");
@@ -146,7 +152,7 @@ async fn dns_service(lab: &TestLab, backend_image: &str) -> String {
     }
     // Until the backends are Ready nobody announces: wait for an answer before measuring.
     for _ in 0..300 {
-        if lab.probe("host", "tcp", &format!("{vip}:53"), 500).is_ok() {
+        if lab.probe("host", "tcp", &format!("{vip}:{answer_port}"), 500).is_ok() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -158,9 +164,28 @@ async fn dns_service(lab: &TestLab, backend_image: &str) -> String {
 #[tokio::main]
 async fn main() {
     let exe = lifecycle::sibling_binary("ferrolb-lab").expect("build the binaries first").display().to_string();
+    let trials = env_or("FERROLB_TRIALS", 20);
+    match std::env::var("FERROLB_BENCH_KUBELETS").as_deref() {
+        Ok("only") => {
+            real_nodes(&exe, trials, None).await;
+            return;
+        }
+        Ok(_) => {
+            let h = process_lab(&exe, trials).await;
+            real_nodes(&exe, trials, Some(h)).await;
+        }
+        Err(_) => {
+            process_lab(&exe, trials).await;
+        }
+    }
+}
+
+/// The process lab's cases; returns the hard-kill UDP p50.
+async fn process_lab(exe: &str, trials: usize) -> f64 {
+    let exe = exe.to_string();
     let lab = TestLab::start(&exe, "flbf", 3, false);
-    let vip = dns_service(&lab, "lab/dns").await;
-    let (trials, reference_trials) = (env_or("FERROLB_TRIALS", 20), env_or("FERROLB_REFERENCE_TRIALS", 5));
+    let vip = dns_service(&lab, "lab/dns", 53).await;
+    let reference_trials = env_or("FERROLB_REFERENCE_TRIALS", 5);
     println!("user's DNS Service at {vip}; probing UDP and TCP 53 every 10 ms from the host namespace");
 
     let mut hard = Vec::new();
@@ -224,20 +249,140 @@ async fn main() {
     println!("\nhard-kill UDP p50: reference / ferrolb = {:.1}x", r / h);
     println!("dual-stack hard-kill UDP p50: IPv6 / IPv4 = {:.2}x", d6 / d4);
 
-    if std::env::var_os("FERROLB_BENCH_KUBELETS").is_none() {
-        return;
-    }
     lab.down();
-    let real = TestLab::start_with(&exe, "flbfk", 3, &["--kubelets"]);
-    let vip = dns_service(&real, realnode::BACKEND_IMAGE).await;
-    println!("\nreal nodes (containerd + kubelet, ferrolb as the chart's pods): {vip}");
-    let mut real_hard = Vec::new();
-    for i in 0..trials {
-        let t = trial(&real, &exe, &[&vip], false, 3000).await.remove(0);
-        eprintln!("real-node hard kill {:>2}/{trials}: udp {:>6.0} ms, tcp {:>6.0} ms", i + 1, t.udp_ms, t.tcp_ms);
-        real_hard.push(t);
+    h
+}
+
+/// One prober in the `host` namespace, returned once it has had its first answer (so the kill that follows
+/// is measured from a served state, not from a guess).
+fn started_prober(lab: &TestLab, exe: &str, protocol: &str, target: &str, window_ms: u64) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = Command::new(exe)
+        .args(["--name", &lab.name, "--dir"])
+        .arg(&lab.dir)
+        .args(["exec", "host", "--", exe, "prober", protocol, target, "--duration-ms", &window_ms.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("prober");
+    let stderr = std::io::BufReader::new(child.stderr.take().expect("prober stderr"));
+    let mut lines = stderr.lines();
+    let first = lines.by_ref().map_while(Result::ok).find(|l| l.starts_with("first answer from "));
+    assert!(first.is_some(), "{protocol} prober never had an answer from {target}");
+    // Keep reading so the prober never blocks on a full pipe.
+    std::thread::spawn(move || lines.map_while(Result::ok).count());
+    child
+}
+
+fn report(child: std::process::Child) -> serde_json::Value {
+    let out = child.wait_with_output().expect("prober output");
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// One real-node kill measured at once by the echo probers (witness port) and the DNS client (port 53).
+struct RealTrial {
+    echo_udp_ms: f64,
+    echo_tcp_ms: f64,
+    dns_ms: f64,
+    dns_lost: f64,
+}
+
+/// Real nodes with kube-proxy: the user's DNS Service served by CoreDNS on every node; `process_udp_p50` is
+/// the process lab's hard-kill figure of this run, when it ran.
+async fn real_nodes(exe: &str, trials: usize, process_udp_p50: Option<f64>) {
+    let real = TestLab::start_with(exe, "flbfk", 3, &["--kubelets", "--kube-proxy"]);
+    let client = real.admin().await;
+    let witness_port = ferrolb_tests::lab::node::WITNESS_PORT;
+    let vip = dns_service(&real, realnode::DNS_IMAGE, witness_port).await;
+    let witness = format!("{vip}:{witness_port}");
+    for _ in 0..600 {
+        if ready_dns_pods(&client).await == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let k = summary("real nodes: hard kill, UDP outage", real_hard.iter().map(|t| t.udp_ms).collect());
-    summary("real nodes: hard kill, TCP outage", real_hard.iter().map(|t| t.tcp_ms).collect());
-    println!("hard-kill UDP p50: real nodes / process lab = {:.2}x", k / h);
+    let dns = format!("{vip}:53");
+    println!(
+        "\nreal nodes (containerd + kubelet + kube-proxy nftables, ferrolb as the chart's pods, CoreDNS on each node): {vip}"
+    );
+    println!("each kill measured at once: echo prober on {witness} (UDP and TCP) and a DNS client on {dns}");
+    let window_ms = 10_000;
+    let mut results = Vec::new();
+    for i in 0..trials {
+        let owner = real.probe("host", "tcp", &witness, 2000).expect("the owner's echo answers");
+        let probers = [
+            started_prober(&real, exe, "udp", &witness, window_ms),
+            started_prober(&real, exe, "tcp", &witness, window_ms),
+            started_prober(&real, exe, "dns", &dns, window_ms),
+        ];
+        real.ok(&["kill", &owner]);
+        let [udp, tcp, dns_client] = probers.map(report);
+        let t = RealTrial {
+            echo_udp_ms: udp["max_gap_ms"].as_f64().unwrap_or(f64::NAN),
+            echo_tcp_ms: tcp["max_gap_ms"].as_f64().unwrap_or(f64::NAN),
+            dns_ms: dns_client["max_gap_ms"].as_f64().unwrap_or(f64::NAN),
+            dns_lost: dns_client["sent"].as_f64().unwrap_or(f64::NAN) - dns_client["answered"].as_f64().unwrap_or(0.0),
+        };
+        eprintln!(
+            "real-node hard kill {:>2}/{trials} of {owner}: echo udp {:>5.0} ms, tcp {:>5.0} ms; DNS client {:>5.0} ms ({} of {} queries unanswered)",
+            i + 1,
+            t.echo_udp_ms,
+            t.echo_tcp_ms,
+            t.dns_ms,
+            t.dns_lost,
+            dns_client["sent"],
+        );
+        results.push(t);
+        real.ok(&["revive", &owner]);
+        // Settled: the owner answers again and every CoreDNS pod is Ready, so the next kill starts from the
+        // same state (a revived node restarts containerd, its kubelet, the speaker and its CoreDNS pod).
+        for _ in 0..600 {
+            let back = real.probe("host", "tcp", &witness, 500).as_deref() == Ok(owner.as_str());
+            if back && ready_dns_pods(&client).await == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    println!();
+    let echo = summary("real nodes: hard kill, echo UDP outage", results.iter().map(|t| t.echo_udp_ms).collect());
+    summary("real nodes: hard kill, echo TCP outage", results.iter().map(|t| t.echo_tcp_ms).collect());
+    let dns_p50 = summary("real nodes: hard kill, DNS-client outage", results.iter().map(|t| t.dns_ms).collect());
+    let mut lost: Vec<f64> = results.iter().map(|t| t.dns_lost).collect();
+    lost.sort_by(f64::total_cmp);
+    // The queries beyond the outage are those kube-proxy still sent to the dead node's CoreDNS pod until its
+    // Node was marked NotReady (the lab's grace period is 6 s; a real cluster's default is 40 s).
+    println!(
+        "{:<44} n={:<3} p50 {:>8.0}      max {:>8.0}      (of ~{} queries in {} s)",
+        "real nodes: DNS queries unanswered per kill",
+        lost.len(),
+        percentile(&lost, 50.0),
+        lost.last().copied().unwrap_or(f64::NAN),
+        window_ms / 10,
+        window_ms / 1000
+    );
+    println!("hard-kill p50 on real nodes: DNS client / echo UDP = {:.2}x", dns_p50 / echo);
+    if let Some(h) = process_udp_p50 {
+        println!("hard-kill echo UDP p50: real nodes / process lab = {:.2}x", echo / h);
+    }
+    real.down();
+}
+
+/// CoreDNS pods Ready (the bench runs one per node).
+async fn ready_dns_pods(client: &kube::Client) -> usize {
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client.clone(), "kube-system");
+    let list = pods.list(&kube::api::ListParams::default().labels("k8s-app=kube-dns")).await;
+    list.map(|l| {
+        l.items
+            .iter()
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count()
+    })
+    .unwrap_or(0)
 }

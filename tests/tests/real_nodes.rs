@@ -436,15 +436,26 @@ async fn the_users_services_are_served_by_real_pods_through_kube_proxy() {
     assert_eq!(over_v6, "198.19.0.2", "the IPv6-only Service is served by the CoreDNS pods");
     println!("dig @{v6_vip} (IPv6 only, announced by {v6_owner}): web.lab.example {over_v6}");
 
-    // A hard kill of the owner, measured by a real DNS client (CH TXT hostname.bind every 10 ms).
-    let report = lab.probe_while("dns", &format!("{dns_vip}:53"), 6000, || {
-        lab.ok(&["kill", &dns_owner]);
+    // A hard kill of the owner, measured at once by a real DNS client (CH TXT hostname.bind every 10 ms) and
+    // by the echo prober on the address's witness port, which kube-proxy leaves alone: it names the node the
+    // address's packets reach.
+    let witness = format!("{dns_vip}:{}", ferrolb_tests::lab::node::WITNESS_PORT);
+    let mut report = serde_json::Value::Null;
+    let echo = lab.probe_while("udp", &witness, 9000, || {
+        report = lab.probe_while("dns", &format!("{dns_vip}:53"), 6000, || {
+            lab.ok(&["kill", &dns_owner]);
+        });
     });
-    println!("hard kill of {dns_owner}: longest DNS outage {} ms ({report})", report["max_gap_ms"]);
+    println!(
+        "hard kill of {dns_owner}: longest DNS-client outage {} ms, echo prober on {witness} {} ms (same kill)\n  dns: {report}\n  echo: {echo}",
+        report["max_gap_ms"], echo["max_gap_ms"]
+    );
     let survivors: Vec<&str> = NODES.iter().copied().filter(|n| *n != dns_owner).collect();
     let next = election::owner(dns_vip.parse().expect("ip"), survivors.iter().copied()).expect("next").to_string();
     wait_answered_by(&lab, &dns_vip, &[&next]).await;
     assert!(report["last"].as_str().is_some_and(|s| s.starts_with("coredns-")), "answered after the kill: {report}");
+    assert_eq!(echo["first"], dns_owner.as_str(), "the echo prober first reached the owner: {echo}");
+    assert_eq!(echo["last"], next.as_str(), "and after the kill the elected survivor: {echo}");
     assert_eq!(
         eventually("dig answered by the survivors", Duration::from_secs(30), || async {
             dig(&lab, &dns_vip, &["web.lab.example"]).ok()

@@ -45,8 +45,15 @@ struct Desired {
     udp_ports: BTreeSet<u16>,
 }
 
+/// The port the echo server always answers on (TCP and UDP, RFC 862's echo port), whatever the Services: no
+/// Service uses it, so with a real kube-proxy (which rewrites only Service ports) a prober of `<vip>:7` still
+/// reaches the echo server of the node the address's packets go to, and sees which node that is.
+pub const WITNESS_PORT: u16 = 7;
+
 fn desired(services: &[std::sync::Arc<Service>]) -> Desired {
     let mut d = Desired::default();
+    d.tcp_ports.insert(WITNESS_PORT);
+    d.udp_ports.insert(WITNESS_PORT);
     for svc in services {
         let Some(spec) = &svc.spec else { continue };
         if spec.type_.as_deref() != Some("LoadBalancer") {
