@@ -161,15 +161,26 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
     step(format!("creating the network: {lans}, host and {} node namespaces (198.18.0.0/15)", state.nodes.len()));
     net::create(&state.lan_netns(), &state.host_netns(), &state.nodes, opts.second_lan)?;
 
-    control_plane::start(&mut state)?;
-    let ca = state.dir.join("pki/ca.crt");
-    let write = |file: &str, user: &str, token: &str| {
-        let path = state.dir.join(file);
-        std::fs::write(&path, pki::kubeconfig(&ca, state.api_port, user, token)).map_err(|e| io_err(&path, e))
-    };
-    write("admin.kubeconfig", "lab-admin", &tokens.admin)?;
-    write("kcm.kubeconfig", "kube-controller-manager", &tokens.kcm)?;
-    wait_ready(&state).await?;
+    // Ports are picked free and bound by etcd and kube-apiserver a moment later, so a lab coming up at the same
+    // time (the test suites run two at once) can take one first: the loser exits, and starts again on new ones.
+    for attempt in 1.. {
+        match start_api_server(&mut state, &tokens).await {
+            Ok(()) => break,
+            Err(e) if attempt < 3 => {
+                step(format!("the control plane did not come up ({e}); starting it again on new ports"));
+                for p in state.procs.iter().filter(|p| p.role == "etcd" || p.role == "kube-apiserver") {
+                    stop_group(p.pid);
+                }
+                state.procs.retain(|p| p.role != "etcd" && p.role != "kube-apiserver");
+                let etcd_data = state.dir.join("etcd");
+                if etcd_data.exists() {
+                    std::fs::remove_dir_all(&etcd_data).map_err(|e| io_err(&etcd_data, e))?;
+                }
+                state.save()?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
     control_plane::start_controller_manager(&mut state)?;
 
     step("starting the lab agent (fake kubelets, API relay for the node namespaces)");
@@ -266,6 +277,19 @@ pub async fn speaker_nodes(state: &State) -> Result<Vec<String>> {
         }
     }
     Ok(selected)
+}
+
+/// Starts etcd and kube-apiserver, writes the kubeconfigs for the port it got, and waits for `/readyz`.
+async fn start_api_server(state: &mut State, tokens: &pki::Tokens) -> Result<()> {
+    control_plane::start(state)?;
+    let ca = state.dir.join("pki/ca.crt");
+    let write = |file: &str, user: &str, token: &str| {
+        let path = state.dir.join(file);
+        std::fs::write(&path, pki::kubeconfig(&ca, state.api_port, user, token)).map_err(|e| io_err(&path, e))
+    };
+    write("admin.kubeconfig", "lab-admin", &tokens.admin)?;
+    write("kcm.kubeconfig", "kube-controller-manager", &tokens.kcm)?;
+    wait_ready(state).await
 }
 
 async fn wait_ready(state: &State) -> Result<()> {
