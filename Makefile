@@ -13,7 +13,8 @@ HELM_KUBE_VERSION := 1.35.4
 # chart.rs is in both: its `helm::` tests run `helm template` from the control-plane cache, so only the rest is pure.
 # UPGRADE_SUITES need root and an old speaker's binary too: only `make upgrade-test` runs them.
 PURE_SUITES := layout chart
-LAB_SUITES := controller crds faults interfaces ipv6 lab migration plugin preferred_nodes real_nodes selectors solicited_node_groups speaker
+# Longest first (about 240, 210, 210, 60, 60 s ... here): tests/lab/run-suites.sh runs them two at a time.
+LAB_SUITES := speaker real_nodes faults migration selectors controller preferred_nodes interfaces ipv6 lab crds plugin solicited_node_groups
 UPGRADE_SUITES := rolling_upgrade
 
 # The quick tier: formatting, clippy, every unit, property and pure test. Needs no root, no images, no control
@@ -21,7 +22,7 @@ UPGRADE_SUITES := rolling_upgrade
 check: fmt-check clippy pure
 
 # Everything: the quick tier, then the root tier (images, chart lint, the lab's end-to-end suites).
-# --no-fail-fast: one failing suite does not hide the ones after it.
+# One failing suite does not hide the others: every suite runs to its end.
 test: check deps chart e2e
 
 # What the lab's real nodes and `make images` need from Debian (installed once; a no-op when present).
@@ -44,11 +45,12 @@ pure:
 	$(CARGO) test -p ferrolb-tests --lib --bins $(PURE_SUITES:%=--test %) -- --skip helm::
 
 # The lab's end-to-end tests start the binaries and (real nodes) import the images, so build them all first.
-# chart.rs's helm tests (seconds) go first, so a failing lab suite cannot keep them from running.
+# chart.rs's helm tests (seconds) go first, so a failing lab suite cannot keep them from running. The lab suites
+# run two at a time (E2E_JOBS=1: one at a time), each to its end even when another fails.
 e2e: images
 	$(CARGO) build --workspace --bins
 	$(CARGO) test -p ferrolb-tests --test chart -- helm::
-	$(CARGO) test -p ferrolb-tests --no-fail-fast $(LAB_SUITES:%=--test %)
+	CARGO="$(CARGO)" bash tests/lab/run-suites.sh $(LAB_SUITES)
 
 # helm lint + render (also with the ServiceMonitor and PrometheusRule on; tests/tests/chart.rs parses the rules);
 # helm comes from the same cached build as the lab's control plane.
