@@ -349,6 +349,18 @@ async fn the_users_services_are_served_by_real_pods_through_kube_proxy() {
     let lab = TestLab::start_with(EXE, "flbkp", 3, &["--kubelets", "--kube-proxy"]);
     let client = lab.admin().await;
     assert!(lab.state().procs.iter().any(|p| p.role == "kube-proxy node-1"), "kube-proxy runs on the nodes");
+    // The chart's pods (Ready, or `up` would have failed) reached the API server through kube-proxy alone: the
+    // `kubernetes` Service's endpoint is the address the nodes' API relays answer on, and no lab DNAT exists.
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let list = slices
+        .list(&kube::api::ListParams::default().labels("kubernetes.io/service-name=kubernetes"))
+        .await
+        .expect("the kubernetes Service's EndpointSlices");
+    let endpoints: Vec<String> =
+        list.items.iter().flat_map(|s| &s.endpoints).flat_map(|e| e.addresses.clone()).collect();
+    assert_eq!(endpoints, [realnode::API_ENDPOINT_IP], "the API server advertises the relays' address");
+    let tables = lab.ok(&["exec", "node-1", "--", "nft", "list", "tables"]);
+    assert!(!tables.contains("ferrolb-lab"), "no lab DNAT beside kube-proxy:\n{tables}");
     // Packets may only use the lab's range: the lab pool with the user's own advertisement, then their web
     // Service unchanged, and one web pod on node-2.
     create_yaml(&client, LAB_POOL).await.expect("lab pool");

@@ -146,14 +146,18 @@ pub fn start(state: &mut State) -> Result<()> {
 
     step(format!("starting kube-apiserver on 127.0.0.1:{} (RBAC, ServiceAccount tokens)", state.api_port));
     let mut api = Command::new(bin.join("kube-apiserver"));
-    api.args(["--etcd-servers", &client, "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1"])
+    // Under kube-proxy the `kubernetes` Service gets a real endpoint, the address every node's API relay has;
+    // otherwise it has none, and the lab's DNAT stands in (see `realnode`).
+    let (advertise, reconciler) =
+        if state.kube_proxy { (super::realnode::API_ENDPOINT_IP, "lease") } else { ("127.0.0.1", "none") };
+    api.args(["--etcd-servers", &client, "--bind-address", "127.0.0.1", "--advertise-address", advertise])
         .args(["--secure-port", &state.api_port.to_string()])
         .args(["--tls-cert-file", &d("pki/apiserver.crt"), "--tls-private-key-file", &d("pki/apiserver.key")])
         .args(["--client-ca-file", &d("pki/ca.crt"), "--token-auth-file", &d("tokens.csv")])
         .args(["--service-account-issuer", "https://kubernetes.default.svc.cluster.local"])
         .args(["--service-account-key-file", &d("pki/sa.key"), "--service-account-signing-key-file", &d("pki/sa.key")])
         .args(["--service-cluster-ip-range", &service_ranges(), "--authorization-mode", "RBAC"])
-        .args(["--endpoint-reconciler-type", "none", "--allow-privileged=true", "--profiling=false"])
+        .args(["--endpoint-reconciler-type", reconciler, "--allow-privileged=true", "--profiling=false"])
         .args(["--cert-dir", &d("pki")])
         // Kubelets (`kubectl logs`, `exec`) are reached through the lab agent's CONNECT proxy, by InternalIP.
         .args(["--kubelet-client-certificate", &d("pki/kubelet-client.crt")])

@@ -9,9 +9,10 @@
 //! Why `nsenter --net` and not `ip netns exec`: the latter also gives the process a private mount
 //! namespace, and the kubelet's volume mounts (ServiceAccount tokens on tmpfs) must be seen by containerd.
 //!
-//! Pods reach the API server the way in-cluster clients do, through the `kubernetes` Service's ClusterIP:
-//! there is no kube-proxy for ClusterIPs, so an nftables rule in each node namespace sends that one address to
-//! the node's API relay (the lab's `node-agent`).
+//! Pods reach the API server the way in-cluster clients do, through the `kubernetes` Service's ClusterIP, to
+//! the node's API relay (the lab's `node-agent`). With `up --kube-proxy`, kube-proxy does it: the API server
+//! advertises [`API_ENDPOINT_IP`], an address every node has on its loopback, as that Service's endpoint.
+//! Without kube-proxy, an nftables rule in each node namespace sends that one ClusterIP to the relay.
 
 use super::control_plane::{alive, spawn};
 use super::{LabError, NodeInfo, Result, State, io_err, run, step};
@@ -23,6 +24,9 @@ use std::time::{Duration, Instant};
 /// The Service range: inside the lab's 198.18.0.0/15, clear of the LAN, the pod ranges and the pools the tests
 /// and benchmarks use (198.19.0.0/18 at most), and large enough for the 5,000- and 10,000-Service benchmarks.
 pub const SERVICE_CIDR: &str = "198.19.128.0/17";
+/// The `kubernetes` Service's endpoint under kube-proxy: the API server advertises it, and every node has it
+/// on `lo`, where the node's API relay answers. Off every node's LAN, so nobody asks ARP for it.
+pub const API_ENDPOINT_IP: &str = "198.18.2.1";
 /// ClusterIP of the `kubernetes` Service (first address of [`SERVICE_CIDR`]); in the API server's certificate.
 pub const KUBERNETES_SERVICE_IP: &str = "198.19.128.1";
 /// The pause image containerd starts every pod sandbox from (built by `make images`, never pulled).
@@ -295,10 +299,8 @@ imageGCLowThresholdPercent: 99
     )
 }
 
-/// nftables in the node namespace: the `kubernetes` ClusterIP goes to the node's API relay, for pods
-/// (prerouting) and for `hostNetwork` processes (output). Ahead of kube-proxy (`up --kube-proxy`), which sees
-/// that Service without endpoints (the API server reconciles none here) and rejects its traffic at priority
-/// dstnat - 10.
+/// nftables in the node namespace without kube-proxy: the `kubernetes` ClusterIP goes to the node's API relay,
+/// for pods (prerouting) and for `hostNetwork` processes (output).
 fn api_dnat_rules(node: &NodeInfo, api_port: u16) -> String {
     let to = format!("{}:{api_port}", node.ip);
     format!(
@@ -341,7 +343,8 @@ fn nsenter(netns: &str) -> Command {
     cmd
 }
 
-/// Writes a node's configuration: containerd, CNI, kubelet, the API DNAT, routes to the other nodes' pods.
+/// Writes a node's configuration: containerd, CNI, kubelet, the way to the API relay (kube-proxy's endpoint, or
+/// the lab's DNAT), routes to the other nodes' pods.
 pub fn prepare(state: &State, index: usize, token: &str) -> Result<()> {
     let node = &state.nodes[index - 1];
     let dir = node_dir(state, node);
@@ -353,9 +356,13 @@ pub fn prepare(state: &State, index: usize, token: &str) -> Result<()> {
     }
     let kubeconfig = super::pki::kubeconfig(&state.dir.join("pki/ca.crt"), state.api_port, &node.name, token);
     write(&dir.join("kubelet.kubeconfig"), &kubeconfig)?;
-    let rules = dir.join("api-dnat.nft");
-    write(&rules, &api_dnat_rules(node, state.api_port))?;
-    run("ip", &["netns", "exec", &node.netns, "nft", "-f", &rules.display().to_string()])?;
+    if state.kube_proxy {
+        run("ip", &["-n", &node.netns, "addr", "replace", &format!("{API_ENDPOINT_IP}/32"), "dev", "lo"])?;
+    } else {
+        let rules = dir.join("api-dnat.nft");
+        write(&rules, &api_dnat_rules(node, state.api_port))?;
+        run("ip", &["netns", "exec", &node.netns, "nft", "-f", &rules.display().to_string()])?;
+    }
     super::net::sysctl(&node.netns, "net.ipv4.ip_forward", "1")?;
     super::net::sysctl(&node.netns, "net.ipv6.conf.all.forwarding", "1")?;
     // Output NAT runs after the route lookup: without a route to the Service range, a `hostNetwork` client
