@@ -93,7 +93,7 @@ demo:
 # The lab CLI from `make images`' static release build (the same binaries the demo runs).
 LAB := target/x86_64-unknown-linux-gnu/release/ferrolb-lab
 lab-up: images
-	$(LAB) up --kubelets
+	$(LAB) up --kubelets --kube-proxy
 
 lab-down:
 	@[ -x $(LAB) ] || $(MAKE) -s images
