@@ -41,22 +41,81 @@ pub fn ensure_binaries() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// A free TCP port on loopback, never one this process handed out before: the kernel may give a just-closed
-/// port again at once (CI once saw etcd and kube-apiserver both told 39607, so the API server could not bind
-/// and etcd answered its readiness probe), and the processes told these ports bind them only later.
+/// How long a port `free_port` handed out stays reserved: ample for its process to bind it.
+const PORT_RESERVATION: Duration = Duration::from_secs(600);
+
+/// A free TCP port on loopback, never one handed out in the last [`PORT_RESERVATION`] by this or any other lab
+/// process on the machine. The kernel may give a just-closed port again at once (CI once saw etcd and
+/// kube-apiserver both told 39607: the API server could not bind, and etcd answered its readiness probe), and
+/// the processes told these ports bind them only later; two labs come up at once when suites run in parallel,
+/// and one could otherwise talk to the other's etcd. The reservations live in `<tmp>/ferrolb-lab-ports`
+/// under a file lock; when that file cannot be used (a user without root, a root-owned file), this process's
+/// own memory still keeps it from repeating itself.
 pub fn free_port() -> Result<u16> {
     static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let shared = SharedReservations::open();
+    let mut taken = handed_out.clone();
+    if let Some(shared) = &shared {
+        taken.extend(shared.ports());
+    }
     // Listeners stay open until a new port is found, so the kernel cannot offer the same one again meanwhile.
     let mut held = Vec::new();
-    loop {
+    let port = loop {
         let l = TcpListener::bind("127.0.0.1:0").map_err(|e| io_err(Path::new("127.0.0.1:0"), e))?;
         let port = l.local_addr().map(|a| a.port()).map_err(|e| io_err(Path::new("127.0.0.1:0"), e))?;
-        if !handed_out.contains(&port) {
-            handed_out.push(port);
-            return Ok(port);
+        if !taken.contains(&port) {
+            break port;
         }
         held.push(l);
+    };
+    handed_out.push(port);
+    if let Some(shared) = shared {
+        shared.add(port);
+    }
+    Ok(port)
+}
+
+/// The machine-wide port reservations, locked while open (the lock goes with the file).
+struct SharedReservations {
+    file: nix::fcntl::Flock<File>,
+    now: u64,
+    recent: Vec<(u16, u64)>,
+}
+
+impl SharedReservations {
+    fn open() -> Option<Self> {
+        use std::io::Read;
+        let path = std::env::temp_dir().join("ferrolb-lab-ports");
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).ok()?;
+        let mut file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).ok()?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+        let mut text = String::new();
+        file.read_to_string(&mut text).ok()?;
+        let recent = text
+            .lines()
+            .filter_map(|line| {
+                let (port, at) = line.split_once(' ')?;
+                Some((port.parse().ok()?, at.parse().ok()?))
+            })
+            .filter(|(_, at): &(u16, u64)| now.saturating_sub(*at) < PORT_RESERVATION.as_secs())
+            .collect();
+        Some(Self { file, now, recent })
+    }
+
+    fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.recent.iter().map(|(port, _)| *port)
+    }
+
+    /// Records `port` and rewrites the file without the expired reservations (best effort: losing a
+    /// reservation only brings back the small chance of a clash, which `up` retries).
+    fn add(mut self, port: u16) {
+        use std::io::{Seek, Write};
+        self.recent.push((port, self.now));
+        let text: String = self.recent.iter().map(|(p, at)| format!("{p} {at}\n")).collect();
+        let _ = self.file.set_len(0);
+        let _ = self.file.rewind();
+        let _ = self.file.write_all(text.as_bytes());
     }
 }
 
@@ -92,20 +151,23 @@ pub fn wait_for(state: &State, role: &str, timeout: Duration, mut ready: impl Fn
     let start = Instant::now();
     let pid = state.procs.iter().rev().find(|p| p.role == role).map(|p| p.pid);
     while start.elapsed() < timeout {
-        if ready() {
-            return Ok(());
-        }
+        // Death first: a port answering while our process is gone is someone else's.
         if let Some(pid) = pid
             && !alive(pid)
         {
-            return Err(LabError::Command {
-                command: role.to_string(),
-                detail: format!("exited; log:\n{}", tail(&state.log(role))),
-            });
+            return Err(exited(state, role));
+        }
+        if ready() {
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     Err(LabError::Timeout { what: format!("{role} (log:\n{})", tail(&state.log(role))), after: timeout })
+}
+
+/// The error for a lab process that exited when it should run, with its log's tail.
+pub fn exited(state: &State, role: &str) -> LabError {
+    LabError::Command { command: role.to_string(), detail: format!("exited; log:\n{}", tail(&state.log(role))) }
 }
 
 /// The last 15 lines of a log file (empty when unreadable).

@@ -102,6 +102,8 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
     if is_running(&opts.dir) {
         let state = State::load(&opts.dir)?;
         if state.nodes.len() == opts.nodes
+            && state.real_nodes == opts.real_nodes
+            && state.kube_proxy == opts.kube_proxy
             && state.second_lan == opts.second_lan
             && state.speaker_nodes == opts.speaker_nodes
             && state.speaker_binaries == speaker_binaries(&state.nodes)
@@ -161,12 +163,13 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
     step(format!("creating the network: {lans}, host and {} node namespaces (198.18.0.0/15)", state.nodes.len()));
     net::create(&state.lan_netns(), &state.host_netns(), &state.nodes, opts.second_lan)?;
 
-    // Ports are picked free and bound by etcd and kube-apiserver a moment later, so a lab coming up at the same
-    // time (the test suites run two at once) can take one first: the loser exits, and starts again on new ones.
+    // Ports are picked free (and reserved for other labs, see `free_port`) and bound a moment later, so another
+    // process can still take one first: etcd or kube-apiserver then exits, and both start again on new ports.
+    // Only an exit is retried; a control plane that runs but never gets ready fails at once.
     for attempt in 1.. {
         match start_api_server(&mut state, &tokens).await {
             Ok(()) => break,
-            Err(e) if attempt < 3 => {
+            Err(e @ LabError::Command { .. }) if attempt < 3 => {
                 step(format!("the control plane did not come up ({e}); starting it again on new ports"));
                 for p in state.procs.iter().filter(|p| p.role == "etcd" || p.role == "kube-apiserver") {
                     stop_group(p.pid);
@@ -307,10 +310,7 @@ async fn wait_ready(state: &State) -> Result<()> {
             }
             // A dead API server never gets ready: say so at once, with its log, instead of after the timeout.
             _ if pid.is_some_and(|pid| !control_plane::alive(pid)) => {
-                return Err(LabError::Command {
-                    command: "kube-apiserver".into(),
-                    detail: format!("exited; log:\n{}", control_plane::tail(&state.log("kube-apiserver"))),
-                });
+                return Err(control_plane::exited(state, "kube-apiserver"));
             }
             last if start.elapsed() > timeout => {
                 let last = match last {
@@ -395,6 +395,11 @@ fn stop_group(pid: i32) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = killpg(group, Signal::SIGKILL);
+    // Gone before the caller reuses what it held (its port, its data directory).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline && alive(pid) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Takes the lab apart: every process (recorded, or found in its namespaces), every namespace, the state dir.
