@@ -18,7 +18,7 @@
 //! Run (root): `cargo build --release --workspace --bins && cargo bench -p ferrolb-tests --bench failover`
 //! Trials: FERROLB_TRIALS (default 20), FERROLB_REFERENCE_TRIALS (default 5).
 
-use ferrolb_tests::harness::{TestLab, create_yaml, ingress};
+use ferrolb_tests::harness::{TestLab, create_yaml, eventually, ingress, is_ready, pods};
 use ferrolb_tests::lab::{lifecycle, realnode};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -253,32 +253,6 @@ async fn process_lab(exe: &str, trials: usize) -> f64 {
     h
 }
 
-/// One prober in the `host` namespace, returned once it has had its first answer (so the kill that follows
-/// is measured from a served state, not from a guess).
-fn started_prober(lab: &TestLab, exe: &str, protocol: &str, target: &str, window_ms: u64) -> std::process::Child {
-    use std::io::BufRead;
-    let mut child = Command::new(exe)
-        .args(["--name", &lab.name, "--dir"])
-        .arg(&lab.dir)
-        .args(["exec", "host", "--", exe, "prober", protocol, target, "--duration-ms", &window_ms.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("prober");
-    let stderr = std::io::BufReader::new(child.stderr.take().expect("prober stderr"));
-    let mut lines = stderr.lines();
-    let first = lines.by_ref().map_while(Result::ok).find(|l| l.starts_with("first answer from "));
-    assert!(first.is_some(), "{protocol} prober never had an answer from {target}");
-    // Keep reading so the prober never blocks on a full pipe.
-    std::thread::spawn(move || lines.map_while(Result::ok).count());
-    child
-}
-
-fn report(child: std::process::Child) -> serde_json::Value {
-    let out = child.wait_with_output().expect("prober output");
-    serde_json::from_slice(&out.stdout).unwrap_or_default()
-}
-
 /// One real-node kill measured at once by the echo probers (witness port) and the DNS client (port 53).
 struct RealTrial {
     echo_udp_ms: f64,
@@ -295,12 +269,10 @@ async fn real_nodes(exe: &str, trials: usize, process_udp_p50: Option<f64>) {
     let witness_port = ferrolb_tests::lab::node::WITNESS_PORT;
     let vip = dns_service(&real, realnode::DNS_IMAGE, witness_port).await;
     let witness = format!("{vip}:{witness_port}");
-    for _ in 0..600 {
-        if ready_dns_pods(&client).await == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("every CoreDNS pod Ready", Duration::from_secs(120), || async {
+        (ready_dns_pods(&client).await == 3).then_some(())
+    })
+    .await;
     let dns = format!("{vip}:53");
     println!(
         "\nreal nodes (containerd + kubelet + kube-proxy nftables, ferrolb as the chart's pods, CoreDNS on each node): {vip}"
@@ -311,12 +283,12 @@ async fn real_nodes(exe: &str, trials: usize, process_udp_p50: Option<f64>) {
     for i in 0..trials {
         let owner = real.probe("host", "tcp", &witness, 2000).expect("the owner's echo answers");
         let probers = [
-            started_prober(&real, exe, "udp", &witness, window_ms),
-            started_prober(&real, exe, "tcp", &witness, window_ms),
-            started_prober(&real, exe, "dns", &dns, window_ms),
+            real.start_prober("udp", &witness, window_ms),
+            real.start_prober("tcp", &witness, window_ms),
+            real.start_prober("dns", &dns, window_ms),
         ];
         real.ok(&["kill", &owner]);
-        let [udp, tcp, dns_client] = probers.map(report);
+        let [udp, tcp, dns_client] = probers.map(|p| p.report());
         let t = RealTrial {
             echo_udp_ms: udp["max_gap_ms"].as_f64().unwrap_or(f64::NAN),
             echo_tcp_ms: tcp["max_gap_ms"].as_f64().unwrap_or(f64::NAN),
@@ -336,13 +308,11 @@ async fn real_nodes(exe: &str, trials: usize, process_udp_p50: Option<f64>) {
         real.ok(&["revive", &owner]);
         // Settled: the owner answers again and every CoreDNS pod is Ready, so the next kill starts from the
         // same state (a revived node restarts containerd, its kubelet, the speaker and its CoreDNS pod).
-        for _ in 0..600 {
+        eventually("the revived owner answering and every CoreDNS pod Ready", Duration::from_secs(120), || async {
             let back = real.probe("host", "tcp", &witness, 500).as_deref() == Ok(owner.as_str());
-            if back && ready_dns_pods(&client).await == 3 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            (back && ready_dns_pods(&client).await == 3).then_some(())
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     println!();
@@ -371,18 +341,5 @@ async fn real_nodes(exe: &str, trials: usize, process_udp_p50: Option<f64>) {
 
 /// CoreDNS pods Ready (the bench runs one per node).
 async fn ready_dns_pods(client: &kube::Client) -> usize {
-    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client.clone(), "kube-system");
-    let list = pods.list(&kube::api::ListParams::default().labels("k8s-app=kube-dns")).await;
-    list.map(|l| {
-        l.items
-            .iter()
-            .filter(|p| {
-                p.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
-            .count()
-    })
-    .unwrap_or(0)
+    pods(client, "kube-system", "k8s-app=kube-dns").await.iter().filter(|p| is_ready(p)).count()
 }

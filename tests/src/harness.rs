@@ -21,6 +21,38 @@ pub async fn one_lab_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     LABS.lock().await
 }
 
+/// A running `ferrolb-lab prober` (see [`TestLab::start_prober`]).
+pub struct Prober {
+    child: std::process::Child,
+    drain: std::thread::JoinHandle<usize>,
+}
+
+impl Prober {
+    /// Waits for the prober's window to end and returns its JSON report (`max_gap_ms`, `sent`, `answered`,
+    /// `first`, `last`).
+    pub fn report(self) -> serde_json::Value {
+        let out = self.child.wait_with_output().expect("prober output");
+        let _ = self.drain.join();
+        serde_json::from_slice(&out.stdout).expect("prober report")
+    }
+}
+
+/// Whether a pod is Ready and not being deleted.
+pub fn is_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The pods in `namespace` matching label `selector` (none when the list fails).
+pub async fn pods(client: &Client, namespace: &str, selector: &str) -> Vec<k8s_openapi::api::core::v1::Pod> {
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    api.list(&kube::api::ListParams::default().labels(selector)).await.map(|l| l.items).unwrap_or_default()
+}
+
 /// A lab owned by one test.
 pub struct TestLab {
     /// Lab name (namespace prefix).
@@ -114,25 +146,30 @@ impl TestLab {
     /// prober has had its first answer (it says so on stderr), and returns the prober's JSON report (longest gap,
     /// who answered first and last).
     pub fn probe_while(&self, protocol: &str, addr: &str, ms: u64, during: impl FnOnce()) -> serde_json::Value {
+        let prober = self.start_prober(protocol, addr, ms);
+        during();
+        prober.report()
+    }
+
+    /// Starts `ferrolb-lab prober` in `host` for `ms` and returns once it has had its first answer, so a fault
+    /// started next is measured from a served state. Several may run at once, e.g. to measure one kill twice.
+    pub fn start_prober(&self, protocol: &str, addr: &str, ms: u64) -> Prober {
         use std::io::BufRead;
         let (dir, duration) = (self.dir.display().to_string(), ms.to_string());
-        let mut prober = Command::new(&self.exe)
+        let mut child = Command::new(&self.exe)
             .args(["--name", &self.name, "--dir", &dir, "exec", "host", "--", &self.exe, "prober", protocol, addr])
             .args(["--duration-ms", &duration])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("prober");
-        let stderr = std::io::BufReader::new(prober.stderr.take().expect("prober stderr"));
+        let stderr = std::io::BufReader::new(child.stderr.take().expect("prober stderr"));
         let mut lines = stderr.lines();
         let first = lines.by_ref().map_while(Result::ok).find(|l| l.starts_with("first answer from "));
-        assert!(first.is_some(), "the prober never had an answer from {addr}");
-        during();
+        assert!(first.is_some(), "the {protocol} prober never had an answer from {addr}");
         // Keep reading stderr so the prober never blocks on a full pipe.
-        let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
-        let out = prober.wait_with_output().expect("prober output");
-        let _ = drain.join();
-        serde_json::from_slice(&out.stdout).expect("prober report")
+        let drain = std::thread::spawn(move || lines.map_while(Result::ok).count());
+        Prober { child, drain }
     }
 
     /// The lab's recorded state.

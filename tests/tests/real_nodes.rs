@@ -9,8 +9,8 @@ use ferrolb_crds::{ConfigurationState, IPAddressPool};
 use ferrolb_speaker::model::election;
 use ferrolb_tests::harness::{
     TestLab, Watch, address_conflict_events, answering_nodes, apply_users_services, assert_dns_served_by, create_yaml,
-    eventually, ingress, lb_addresses, one_lab_at_a_time, seed, wait_answered_by, wait_event, wait_ingress,
-    watched_while,
+    eventually, ingress, is_ready, lb_addresses, one_lab_at_a_time, pods, seed, wait_answered_by, wait_event,
+    wait_ingress, watched_while,
 };
 use ferrolb_tests::lab::{lifecycle, realnode};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -23,20 +23,6 @@ use std::time::{Duration, Instant};
 
 const EXE: &str = env!("CARGO_BIN_EXE_ferrolb-lab");
 const NS: &str = "metallb-system";
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-async fn pods(client: &kube::Client, namespace: &str, selector: &str) -> Vec<Pod> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    api.list(&ListParams::default().labels(selector)).await.map(|l| l.items).unwrap_or_default()
-}
 
 const SPEAKERS: &str = "app.kubernetes.io/component=speaker";
 const CONTROLLERS: &str = "app.kubernetes.io/component=controller";

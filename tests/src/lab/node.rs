@@ -2,7 +2,8 @@
 //! processes in the namespace use the same kubeconfig as everyone), and stands in for kube-proxy in IPVS mode
 //! with strictARP: every LoadBalancer ingress address (inside 198.18.0.0/15 or 2001:db8::/32 only) goes on
 //! `kube-ipvs0`, and an
-//! echo server answers on every Service port with this node's name, so a client sees which node served it.
+//! echo server answers on every Service port, and on [`WITNESS_PORT`], with this node's name, so a client sees
+//! which node served it.
 
 use super::addresses::in_packet_range;
 use super::net::IPVS_INTERFACE;
