@@ -401,7 +401,7 @@ pub fn arpwatch(lab: &TestLab, ip: &str, interval_ms: u64, duration_ms: u64) -> 
 pub struct Watch {
     /// The address.
     pub ip: String,
-    /// `udp` or `tcp`.
+    /// `udp` or `tcp` (the echo server answers), or `dns` (a real DNS query, for DNS pods behind kube-proxy).
     pub protocol: &'static str,
     /// The port the client asks.
     pub port: u16,

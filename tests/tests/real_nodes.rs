@@ -8,9 +8,8 @@
 use ferrolb_crds::{ConfigurationState, IPAddressPool};
 use ferrolb_speaker::model::election;
 use ferrolb_tests::harness::{
-    TestLab, Watch, address_conflict_events, answering_nodes, apply_users_services, assert_dns_served_by, create_yaml,
-    eventually, ingress, is_ready, lb_addresses, one_lab_at_a_time, pods, seed, wait_answered_by, wait_event,
-    wait_ingress, watched_while,
+    TestLab, Watch, address_conflict_events, answering_nodes, apply_users_services, create_yaml, eventually, ingress,
+    is_ready, lb_addresses, one_lab_at_a_time, pods, seed, wait_answered_by, wait_event, wait_ingress, watched_while,
 };
 use ferrolb_tests::lab::{lifecycle, realnode};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -27,12 +26,13 @@ const NS: &str = "metallb-system";
 const SPEAKERS: &str = "app.kubernetes.io/component=speaker";
 const CONTROLLERS: &str = "app.kubernetes.io/component=controller";
 
-/// Backend pods the kubelet really runs (the lab's pause image), so the Service has ready endpoints.
+/// CoreDNS pods (the lab's image, serving `lab.example`) on `nodes`, labelled `k8s-app: <app>` as the user's
+/// Services select them, so the DNS Service has ready endpoints that answer through kube-proxy.
 async fn backends(client: &kube::Client, app: &str, nodes: &[&str]) {
     for (i, node) in nodes.iter().enumerate() {
         let yaml = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {app}-{i}, namespace: kube-system, labels: {{k8s-app: {app}}}}}\nspec: {{nodeName: {node}, containers: [{{name: backend, image: {}}}]}}\n",
-            realnode::BACKEND_IMAGE
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {app}-{i}, namespace: kube-system, labels: {{k8s-app: {app}}}}}\nspec: {{nodeName: {node}, containers: [{{name: coredns, image: {}}}]}}\n",
+            realnode::DNS_IMAGE
         );
         create_yaml(client, &yaml).await.expect("backend pod");
     }
@@ -70,14 +70,15 @@ fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key} in /proc status:\n{status}"))
 }
 
-/// Runs `work` while the host's DNS client (UDP 53) and ARP asker watch `vip` (see [`watched_while`]); returns
-/// the client's longest gap in ms and every ARP sample.
+/// Runs `work` while a real DNS client on the host (queries to port 53, answered by the CoreDNS pods through
+/// kube-proxy) and the ARP asker watch `vip` (see [`watched_while`]); returns the client's longest gap in ms and
+/// every ARP sample.
 fn watched_dns_while<F, Fut>(lab: &TestLab, vip: &str, work: F) -> (f64, ferrolb_tests::lab::arping::WatchReport)
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let watch = Watch { ip: vip.to_string(), protocol: "udp", port: 53 };
+    let watch = Watch { ip: vip.to_string(), protocol: "dns", port: 53 };
     let seen = watched_while(lab, &[watch], work).pop().expect("one watch");
     (seen.outage_ms, seen.arp)
 }
@@ -98,7 +99,7 @@ async fn assert_no_alarm(
         .map(|n| (n.to_string(), pod_speaker_metric(lab, n, "ferrolb_speaker_stranger_conflicts_total")))
         .collect();
     println!(
-        "{what}: longest UDP outage {outage_ms:.0} ms; ARP samples {} ({} unanswered, {} with two answerers, MACs {:?}); AddressConflict Events {}; stranger conflicts per node {strangers:?}",
+        "{what}: longest DNS-client outage {outage_ms:.0} ms; ARP samples {} ({} unanswered, {} with two answerers, MACs {:?}); AddressConflict Events {}; stranger conflicts per node {strangers:?}",
         arp.samples,
         arp.unanswered,
         arp.several,
@@ -137,7 +138,7 @@ fn kubectl(lab: &TestLab, args: &[&str]) -> String {
 /// A 3-node lab of real nodes with the chart installed (pods Ready), one at a time.
 fn real_lab() -> TestLab {
     let started = Instant::now();
-    let lab = TestLab::start_with(EXE, "flbk", 3, &["--kubelets"]);
+    let lab = TestLab::start_with(EXE, "flbk", 3, &["--kubelets", "--kube-proxy"]);
     println!("real-node lab (3 nodes, chart installed, pods Ready) up in {:.1?}", started.elapsed());
     lab
 }
@@ -170,7 +171,7 @@ async fn users_scenario(lab: &TestLab, client: &kube::Client) -> (String, IpAddr
     let ip: IpAddr = vip.parse().expect("ip");
     let owner = election::owner(ip, nodes).expect("an owner").to_string();
     wait_answered_by(lab, &vip, &[&owner]).await;
-    assert_dns_served_by(lab, &vip, &owner);
+    assert_dns_served_by_pods_through(lab, &vip, &owner);
     wait_event(
         client,
         "kube-system",
@@ -289,7 +290,7 @@ async fn the_chart_runs_under_real_kubelets_and_serves_the_users_scenario() {
     println!("dns6 {v6_vip}: endpoints {endpoints:?}, answered by {v6_owner}");
 
     // Hard kill of the owner node: the address moves to one other node, measured by a prober on the host.
-    let report = lab.probe_while("udp", &format!("{vip}:53"), 4000, || {
+    let report = lab.probe_while("udp", &witness(&vip), 4000, || {
         lab.ok(&["kill", &owner]);
     });
     println!("hard kill of {owner} under real kubelets: longest UDP outage {} ms ({report})", report["max_gap_ms"]);
@@ -315,6 +316,30 @@ fn curl(lab: &TestLab, url: &str) -> Result<String, String> {
 }
 
 /// `dig` from the `host` namespace (one try, 2 s), with extra arguments; its short answer, or the error.
+/// `<vip>:7`, the echo server's witness port, which kube-proxy leaves alone: it names the node the address's
+/// packets reach, while Service ports go to the pods.
+fn witness(vip: &str) -> String {
+    std::net::SocketAddr::new(vip.parse().expect("ip"), ferrolb_tests::lab::node::WITNESS_PORT).to_string()
+}
+
+/// The user's check through the static route: `owner` receives the address's packets (the witness port, UDP
+/// and TCP), and `dig` over UDP and over TCP is answered by the CoreDNS pods behind kube-proxy.
+fn assert_dns_served_by_pods_through(lab: &TestLab, vip: &str, owner: &str) {
+    assert_eq!(lab.probe("host", "udp", &witness(vip), 2000), Ok(format!("{owner} probe")), "UDP reaches {owner}");
+    assert_eq!(lab.probe("host", "tcp", &witness(vip), 2000), Ok(owner.to_string()), "TCP reaches {owner}");
+    let answer = |args: &[&str]| {
+        // kube-proxy may take a moment to program a new endpoint: a few tries, each a real query.
+        (0..20).find_map(|_| {
+            dig(lab, vip, args).ok().or_else(|| {
+                std::thread::sleep(Duration::from_millis(500));
+                None
+            })
+        })
+    };
+    assert_eq!(answer(&["web.lab.example"]).as_deref(), Some("198.19.0.2"), "dig over UDP through {vip}");
+    assert_eq!(answer(&["+tcp", "web.lab.example"]).as_deref(), Some("198.19.0.2"), "dig over TCP through {vip}");
+}
+
 fn dig(lab: &TestLab, server: &str, args: &[&str]) -> Result<String, String> {
     let at = format!("@{server}");
     let mut all = vec!["exec", "host", "--", "dig", at.as_str(), "+short", "+time=2", "+tries=1"];
@@ -437,7 +462,7 @@ async fn the_users_services_are_served_by_real_pods_through_kube_proxy() {
     // A hard kill of the owner, measured at once by a real DNS client (CH TXT hostname.bind every 10 ms) and
     // by the echo prober on the address's witness port, which kube-proxy leaves alone: it names the node the
     // address's packets reach.
-    let witness = format!("{dns_vip}:{}", ferrolb_tests::lab::node::WITNESS_PORT);
+    let witness = witness(&dns_vip);
     let mut report = serde_json::Value::Null;
     let echo = lab.probe_while("udp", &witness, 9000, || {
         report = lab.probe_while("dns", &format!("{dns_vip}:53"), 6000, || {
@@ -604,7 +629,7 @@ async fn helm_upgrade_from_the_previous_chart_takes_the_crds_into_the_release_wi
     let previous = chart_from_history(PREVIOUS_CHART_COMMIT, &scratch);
     assert!(previous.join("crds/ipaddresspools.metallb.io.yaml").is_file(), "the previous chart ships crds/");
     let previous_arg = previous.display().to_string();
-    let lab = TestLab::start_with(EXE, "flbk", 3, &["--kubelets", "--chart", &previous_arg]);
+    let lab = TestLab::start_with(EXE, "flbk", 3, &["--kubelets", "--kube-proxy", "--chart", &previous_arg]);
     let client = lab.admin().await;
     let (vip, _, owner) = users_scenario(&lab, &client).await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -642,7 +667,7 @@ async fn helm_upgrade_from_the_previous_chart_takes_the_crds_into_the_release_wi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_kubeadm_labelled_node_says_why_and_answers_with_ignore_exclude_lb() {
     let _serial = one_lab_at_a_time().await;
-    let lab = TestLab::start_with(EXE, "flb1", 1, &["--kubelets", "--kubeadm-labels"]);
+    let lab = TestLab::start_with(EXE, "flb1", 1, &["--kubelets", "--kube-proxy", "--kubeadm-labels"]);
     let client = lab.admin().await;
     create_yaml(&client, LAB_POOL).await.expect("lab pool");
     create_yaml(&client, &seed("l2advertisement.yaml")).await.expect("l2advertisement");
@@ -664,6 +689,5 @@ async fn a_single_kubeadm_labelled_node_says_why_and_answers_with_ignore_exclude
     lifecycle::install_chart(&state, &["speaker.ignoreExcludeLB=true".into()]).expect("helm upgrade");
     realnode::wait_chart_ready(&state, Duration::from_secs(180)).await.expect("rolled out");
     wait_answered_by(&lab, "198.19.0.1", &["node-1"]).await;
-    assert_eq!(lab.probe("host", "udp", "198.19.0.1:53", 2000), Ok("node-1 probe".to_string()));
-    assert_eq!(lab.probe("host", "tcp", "198.19.0.1:53", 2000), Ok("node-1".to_string()));
+    assert_dns_served_by_pods_through(&lab, "198.19.0.1", "node-1");
 }

@@ -31,8 +31,6 @@ pub const API_ENDPOINT_IP: &str = "198.18.2.1";
 pub const KUBERNETES_SERVICE_IP: &str = "198.19.128.1";
 /// The pause image containerd starts every pod sandbox from (built by `make images`, never pulled).
 pub const PAUSE_IMAGE: &str = "docker.io/ferrolb-lab/pause:1";
-/// Image a test backend pod can run: the pause process, which only keeps the pod alive and Ready.
-pub const BACKEND_IMAGE: &str = "ferrolb-lab/pause:1";
 /// The lab's web server image (busybox httpd on port 8000; `make images`): it answers with its pod's name and
 /// the client's address, and logs each client.
 pub const WEB_IMAGE: &str = "ferrolb-lab/web:1";
