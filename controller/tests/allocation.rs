@@ -240,6 +240,64 @@ fn namespace_and_service_selectors_choose_who_may_use_a_pinned_pool() {
     assert_eq!(a.allocate(&dev), Err(Refusal::PoolNotAllowed { pool: "prod-web".into() }));
 }
 
+/// MetalLB's e2e cases "with namespace and namespace labels", "with service label" and "with namespace and
+/// service label": two one-address pools chosen by different criteria at priorities 10 and 20, and a third
+/// without priority; three Services take the priority-10 pool, then the priority-20 one, then the third.
+#[test]
+fn pools_chosen_by_namespace_name_labels_or_service_labels_rank_by_priority_alone() {
+    let selector = |k: &str, v: &str| LabelSelector {
+        match_labels: Some(BTreeMap::from([(k.to_string(), v.to_string())])),
+        ..LabelSelector::default()
+    };
+    let by = |address: &str, priority: Option<i32>, allocation: ServiceAllocation| {
+        let mut s = spec(&[address]);
+        s.service_allocation = Some(ServiceAllocation { priority, ..allocation });
+        s
+    };
+    let in_ns = || ServiceAllocation { namespaces: vec!["e2e".into()], ..ServiceAllocation::default() };
+    let ns_labelled =
+        || ServiceAllocation { namespace_selectors: vec![selector("foo1", "bar1")], ..ServiceAllocation::default() };
+    let svc_labelled =
+        || ServiceAllocation { service_selectors: vec![selector("test", "e2e")], ..ServiceAllocation::default() };
+    let user = |name: &str| {
+        let mut s = ServiceIntent::simple("e2e", name, &[80]);
+        s.namespace_labels.insert("foo1".into(), "bar1".into());
+        s.labels.insert("test".into(), "e2e".into());
+        s
+    };
+    let cases = [
+        (
+            "namespace (20) and namespace labels (10), then a general pool",
+            vec![
+                pool("ns-20", by("10.5.0.0/32", Some(20), in_ns())),
+                pool("ns-label-10", by("10.10.0.0/32", Some(10), ns_labelled())),
+                pool("general", spec(&["10.20.0.0/32"])),
+            ],
+        ),
+        (
+            "service labels (20 and 10), then a namespace pool without priority",
+            vec![
+                pool("svc-label-20", by("10.5.0.0/32", Some(20), svc_labelled())),
+                pool("svc-label-10", by("10.10.0.0/32", Some(10), svc_labelled())),
+                pool("ns-no-priority", by("10.20.0.0/32", None, in_ns())),
+            ],
+        ),
+        (
+            "namespace (20) and service labels (10), then a namespace pool without priority",
+            vec![
+                pool("ns-20", by("10.5.0.0/32", Some(20), in_ns())),
+                pool("svc-label-10", by("10.10.0.0/32", Some(10), svc_labelled())),
+                pool("ns-no-priority", by("10.20.0.0/32", None, in_ns())),
+            ],
+        ),
+    ];
+    for (what, pools) in cases {
+        let mut a = allocator(pools);
+        let order: Vec<IpAddr> = (1..=3).map(|i| got(&mut a, &user(&format!("svc{i}")))[0]).collect();
+        assert_eq!(order, ["10.10.0.0", "10.5.0.0", "10.20.0.0"].map(ip), "{what}");
+    }
+}
+
 // --- 4. autoAssign pools in stable order ---------------------------------------------------------------------
 
 #[test]
