@@ -160,7 +160,11 @@ async fn advertisements_choose_the_nics_that_answer_and_nics_may_come_and_go() {
     lab.ok(&["restart-speaker", &plugged_owner, "--env", "FERROLB_INTERFACE_RESCAN_SECS=3600"]);
     wait_announce_failed(&lab, &plugged_owner, 1.0).await;
     let failed = format!("node {plugged_owner} was elected for {plugged_ip} but cannot announce");
-    wait_event(&client, "default", "plugged", &failed).await;
+    let event = wait_event(&client, "default", "plugged", &failed).await;
+    assert_eq!(event.reason.as_deref(), Some("announceFailed"), "MetalLB's reason, for its users' alerts");
+    // Having said so (the metric and the Event), nobody answers for it on either segment.
+    wait_answers(&lab, &plugged_ip, "eth0", &[]).await;
+    wait_answers(&lab, &plugged_ip, "eth1", &[]).await;
     let before = netlink_rescans(&lab, &plugged_owner);
 
     // A NIC plugged in at run time, on the second segment, with no IPv4 address at all: named, it answers.
